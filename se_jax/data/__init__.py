@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders and data sources), splits and prompt formats."""

@@ -1,0 +1,1 @@
+"""Flax NNX models: the Llama-family decoder and the DeBERTa NLI encoder, and their loaders."""

@@ -1,0 +1,1 @@
+"""Stages: the I/O edge of each step (read inputs, resume, write outputs beside config.json)."""
