@@ -1,0 +1,365 @@
+"""The Llama-family decoder (Llama 2/3, SmolLM2, Qwen2) as Flax NNX modules, and its KV cache.
+
+Attribute names follow Hugging Face (`embed_tokens`, `layers[i].self_attn.q_proj`, ...), so
+checkpoint names and PEFT/LoRA target names map 1:1 (see `hf_names.py`). Projections are
+`nnx.Linear` with kernels `[in, out]` (the transpose of torch's `[out, in]`).
+
+One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
+
+    logits, cache = model(tokens, positions, cache)   # tokens, positions: int32[B, T]
+
+`positions[b, t] = -1` marks padding. Key k is visible to query q iff 0 <= pos_k <= pos_q in
+the same row, so left-padded prefill, one-token decode and right-padded training batches all
+use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
+
+Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
+those names to mesh axes with one `ShardingRules` table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# Architectures (config.json "architectures") this decoder implements.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+_ROPE_TYPES = ("default", "linear", "llama3")
+# Large finite negative for masked attention scores (float32 softmax; never -inf, so no NaN).
+_MASKED = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-frequency scaling (HF `rope_scaling` / `rope_parameters`); `rope_type` "default"
+    means none. "linear" divides frequencies by `factor`; "llama3" rescales low frequencies
+    smoothly (Llama 3.1+)."""
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a Llama-family decoder; field names as in HF `config.json`.
+
+    `attention_bias` adds biases to q/k/v (Qwen2 always has them); `o_proj_bias` to the
+    output projection (HF Llama's `attention_bias=True` sets both). `dtype` is the compute
+    dtype, `param_dtype` the storage dtype of the weights (names such as "bfloat16").
+    """
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+    architecture: str = "LlamaForCausalLM"
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("dtype", "param_dtype"):  # accept jnp.bfloat16 etc., store the name
+            object.__setattr__(self, name, jnp.dtype(getattr(self, name)).name)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple "
+                             f"of num_key_value_heads={self.num_key_value_heads}")
+        if self.rope_scaling.rope_type not in _ROPE_TYPES:
+            raise ValueError(f"rope_scaling.rope_type={self.rope_scaling.rope_type!r} is not "
+                             f"supported (supported: {', '.join(_ROPE_TYPES)})")
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @classmethod
+    def from_hf_dict(cls, d: Mapping[str, Any], **overrides) -> "LlamaConfig":
+        """Build from a Hugging Face `config.json` dict (transformers 4.x or 5.x spelling).
+
+        `overrides` (e.g. dtype="bfloat16") replace fields. Unsupported architectures or
+        features raise ValueError naming the field.
+        """
+        archs = d.get("architectures") or [_ARCH_BY_MODEL_TYPE.get(d.get("model_type"), None)]
+        arch = archs[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"config field 'architectures'={archs!r} (model_type="
+                             f"{d.get('model_type')!r}) is not supported; supported: "
+                             f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config field 'hidden_act'={act!r} is not supported (only 'silu')")
+        if d.get("use_sliding_window") or (arch == "MistralForCausalLM" and d.get("sliding_window")):
+            raise ValueError("config field 'sliding_window' is set: sliding-window attention "
+                             "is not supported")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size",
+                               "num_hidden_layers", "num_attention_heads") if k not in d]
+        if missing:
+            raise ValueError(f"config is missing field(s) {missing}")
+        # transformers 5 folds rope_theta and rope_scaling into rope_parameters.
+        rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
+        rope_theta = float(rope.pop("rope_theta", d.get("rope_theta", 10000.0)))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        known = {f.name for f in dataclasses.fields(RopeScaling)}
+        scaling = RopeScaling(rope_type=rope_type, **{k: v for k, v in rope.items() if k in known})
+        heads = d["num_attention_heads"]
+        is_qwen2 = arch == "Qwen2ForCausalLM"
+        kwargs = dict(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-5), rope_theta=rope_theta,
+            rope_scaling=scaling,
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            attention_bias=True if is_qwen2 else bool(d.get("attention_bias", False)),
+            o_proj_bias=False if is_qwen2 else bool(d.get("attention_bias", False)),
+            mlp_bias=bool(d.get("mlp_bias", False)), architecture=arch,
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=tuple(e) if isinstance(e := d.get("eos_token_id"), list) else e,
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+_ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                       "mistral": "MistralForCausalLM"}
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["k", "v", "pos", "length"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Keys/values of every layer for S slots. The caller owns it and donates it to jit.
+
+    k, v: [L, B, S, Hkv, Dh]; pos: int32[B, S] (position held by each slot, -1 = empty);
+    length: int32[] (slots filled). A call with T tokens writes slots [length, length + T);
+    the caller keeps length + T <= S (XLA clamps out-of-range writes silently).
+    """
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+    length: jax.Array
+
+    @classmethod
+    def init(cls, config: LlamaConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+        """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
+        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads,
+                 config.head_dim)
+        dtype = jnp.dtype(dtype or config.dtype)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   pos=jnp.full((batch, max_len), -1, jnp.int32),
+                   length=jnp.zeros((), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.pos.shape[1]
+
+
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+    """bool[B, T, S]: key s visible to query t iff 0 <= k_pos[s] <= q_pos[t] (same row)."""
+    k = k_pos[:, None, :]
+    return (k >= 0) & (k <= q_pos[:, :, None])
+
+
+# ----------------------------------------------------------------------------- rotary
+
+def rope_frequencies(config: LlamaConfig) -> np.ndarray:
+    """float32[Dh/2] inverse frequencies, with the config's scaling (as HF computes them)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    s = config.rope_scaling
+    if s.rope_type == "linear":
+        inv_freq = inv_freq / s.factor
+    elif s.rope_type == "llama3":
+        low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+        high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+        smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                  / (s.high_freq_factor - s.low_freq_factor))
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = np.where(medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def rope_tables(config: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: float32[B, T, Dh] for `positions` int32[B, T] (padding -1 is clamped to 0)."""
+    inv_freq = jnp.asarray(rope_frequencies(config))
+    angles = jnp.maximum(positions, 0).astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, H, Dh] rotated in HF's half-split layout (rotate_half), in float32."""
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos[:, :, None] + rotated * sin[:, :, None]).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------- modules
+
+def _linear(config: LlamaConfig, n_in: int, n_out: int, axes: tuple[str, str], bias: bool,
+            rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=bias, dtype=config.dtype,
+                      param_dtype=config.param_dtype, rngs=rngs,
+                      kernel_init=nnx.initializers.normal(0.02),
+                      kernel_metadata={"logical_axes": axes},
+                      bias_metadata={"logical_axes": axes[1:]})
+
+
+class RMSNorm(nnx.Module):
+    """y = weight * x / rms(x), normalised in float32 (as HF's LlamaRMSNorm)."""
+
+    def __init__(self, config: LlamaConfig):
+        self.eps = config.rms_norm_eps
+        self.dtype = config.dtype
+        self.weight = nnx.Param(jnp.ones((config.hidden_size,), config.param_dtype),
+                                logical_axes=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * xf.astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            c.num_attention_heads, c.num_key_value_heads, c.head_dim)
+        q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        self.q_proj = _linear(c, c.hidden_size, q_dim, ("embed", "heads"), c.attention_bias, rngs)
+        self.k_proj = _linear(c, c.hidden_size, kv_dim, ("embed", "kv_heads"), c.attention_bias, rngs)
+        self.v_proj = _linear(c, c.hidden_size, kv_dim, ("embed", "kv_heads"), c.attention_bias, rngs)
+        self.o_proj = _linear(c, q_dim, c.hidden_size, ("heads", "embed"), c.o_proj_bias, rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                 cache: KVCache | None, layer: int) -> tuple[jax.Array, KVCache | None]:
+        """x: [B, T, E]; mask: bool[B, T, S] (S = T without a cache) -> ([B, T, E], cache)."""
+        b, t, _ = x.shape
+        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if cache is not None:
+            start = (layer, 0, cache.length, 0, 0)
+            cache = dataclasses.replace(
+                cache,
+                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
+                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
+            k, v = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
+        out = dot_product_attention(q, k, v, mask)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q: [B, T, H, Dh], k/v: [B, S, Hkv, Dh], mask: bool[B, T, S] -> [B, T, H, Dh].
+
+    Scores and softmax in float32; query heads are grouped over their shared kv head.
+    """
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, h // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask[:, None, None], scores / math.sqrt(d), _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.gate_proj = _linear(c, c.hidden_size, c.intermediate_size, ("embed", "mlp"), c.mlp_bias, rngs)
+        self.up_proj = _linear(c, c.hidden_size, c.intermediate_size, ("embed", "mlp"), c.mlp_bias, rngs)
+        self.down_proj = _linear(c, c.intermediate_size, c.hidden_size, ("mlp", "embed"), c.mlp_bias, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Llama(nnx.Module):
+    """Llama-family causal LM. `model(tokens, positions, cache) -> (logits f32[B,T,V], cache)`."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = config
+        self.embed_tokens = nnx.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype,
+                                      param_dtype=c.param_dtype, rngs=rngs,
+                                      embedding_init=nnx.initializers.normal(0.02),
+                                      embedding_metadata={"logical_axes": ("vocab", "embed")})
+        self.layers = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
+        self.norm = RMSNorm(c)
+        if not c.tie_word_embeddings:
+            self.lm_head = _linear(c, c.hidden_size, c.vocab_size, ("embed", "vocab"), False, rngs)
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache)."""
+        if cache is None:
+            k_pos = positions
+        else:
+            k_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32),
+                                                 (0, cache.length))
+            cache = dataclasses.replace(cache, pos=k_pos)
+        mask = attention_mask(positions, k_pos)
+        cos, sin = rope_tables(self.config, positions)
+        x = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            x, cache = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
+        return self.norm(x), cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h: [B, T, E] from `hidden` -> float32 logits [B, T, V]."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(h).astype(jnp.float32)
+        return self.lm_head(h).astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        h, cache = self.hidden(tokens, positions, cache)
+        return self.logits(h), cache

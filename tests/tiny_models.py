@@ -1,0 +1,89 @@
+"""Tiny random Hugging Face checkpoints for tests (transformers + torch, CPU, local files only).
+
+Usage from any test:
+
+    from tiny_models import make_tiny_llama_dir   # tests/ is on sys.path under pytest
+    model_dir = make_tiny_llama_dir(tmp_path / "tiny", variant="llama")   # -> str
+    model = se_jax.models.loading.load_llama(model_dir)
+    tokenizer = se_jax.models.loading.load_tokenizer(model_dir)
+
+The directory holds `config.json`, `model.safetensors` (or shards + `model.safetensors.index.json`
+with `shard_size="100KB"`) and the SmolLM2 tokenizer (ChatML chat template, eos `<|im_end|>` = 2),
+converted once per process from the embedded GGUF; the vocabulary size matches it (49152).
+Variants: "llama" (LlamaForCausalLM), "qwen2" (Qwen2ForCausalLM, q/k/v bias), "llama3"
+(Llama-3 `rope_scaling`), "tied" (LlamaForCausalLM with tied input/output embeddings).
+Weights are random (seeded), drawn wider than the HF default so logits are not all near 0.
+For a session-wide model, wrap the call in a `scope="session"` fixture with
+`tmp_path_factory.mktemp(...)`.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+
+VARIANTS = ("llama", "qwen2", "llama3", "tied")
+TOKENIZER_VOCAB = 49152  # SmolLM2 tokenizer
+
+_BASE = dict(vocab_size=TOKENIZER_VOCAB, hidden_size=64, intermediate_size=128,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.1,
+             bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+def tiny_hf_config(variant: str = "llama"):
+    """The transformers config of a tiny model variant (see module docstring)."""
+    from transformers import LlamaConfig, Qwen2Config
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown tiny variant {variant!r}; choose from {VARIANTS}")
+    if variant == "qwen2":
+        return Qwen2Config(**_BASE, rope_theta=10000.0, tie_word_embeddings=False)
+    if variant == "llama3":
+        scaling = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                       high_freq_factor=4.0, original_max_position_embeddings=32)
+        return LlamaConfig(**_BASE, rope_theta=500000.0, rope_scaling=scaling)
+    return LlamaConfig(**_BASE, rope_theta=10000.0, tie_word_embeddings=(variant == "tied"))
+
+
+@functools.lru_cache(maxsize=None)
+def smollm2_tokenizer_dir() -> str:
+    """A directory holding the SmolLM2 tokenizer, converted once per process from the GGUF."""
+    from transformers import AutoTokenizer
+    from se_jax.embedded import embedded_gguf_path
+    gguf = embedded_gguf_path()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    out = tempfile.mkdtemp(prefix="smollm2_tokenizer_")
+    tok.save_pretrained(out)
+    return out
+
+
+def make_tiny_llama_dir(path, variant: str = "llama", *, seed: int = 0,
+                        shard_size: str | None = None, with_tokenizer: bool = True) -> str:
+    """Write a tiny random HF checkpoint (+ tokenizer) of `variant` to `path`; returns the dir."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    path = str(path)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(variant), dtype=torch.float32)
+    with torch.no_grad():  # non-trivial norms and biases, so their loading is tested too
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    kwargs = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    if with_tokenizer:
+        src = smollm2_tokenizer_dir()
+        for name in os.listdir(src):
+            shutil.copy(os.path.join(src, name), os.path.join(path, name))
+    return path
+
+
+def load_torch_model(path: str):
+    """The transformers model of a tiny dir, float32, eval mode, eager attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
