@@ -1,0 +1,182 @@
+"""TFDS builders for the local QA data: NQ-open JSONL, EntityQuestions, any QA JSONL.
+
+Each builder writes array_record files, which `tfds.data_source` reads with random access
+and without TensorFlow. The source location is part of the builder config, and the config
+name is a fingerprint of the source files, so a changed source is rebuilt, never mixed.
+
+All builders share one feature schema (QA_FEATURES); examples are keyed by their stable id.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from se_jax.data import sources
+
+QA_FEATURES = tfds.features.FeaturesDict({
+    "id": tfds.features.Text(),
+    "question": tfds.features.Text(),
+    "answers": tfds.features.Sequence(tfds.features.Text()),
+    "relation": tfds.features.Text(),  # EntityQuestions' Wikidata relation; "" elsewhere
+})
+
+_VERSION = tfds.core.Version("1.0.0")
+
+
+@dataclasses.dataclass(eq=False)
+class LocalSourceConfig(tfds.core.BuilderConfig):
+    """Builder config naming the local source (a folder or a file).
+
+    `folders`: for EntityQuestions, which of train/dev/test to build (empty = all present),
+    so a run that reads only the test relations does not convert the 176k training ones.
+    """
+    source: str = ""
+    folders: tuple[str, ...] = ()
+
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the local builders: array_record output, no download step."""
+    VERSION = _VERSION
+    BUILDER_CONFIGS = []
+
+    # TFDS resolves a builder's code path through importlib resources, which for an
+    # editable install needs the optional `importlib_resources` package; the path is only
+    # used to look for a checksums file, which local builders do not have.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)
+
+
+def _info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=builder, description=description,
+                                 features=QA_FEATURES, supervised_keys=None)
+
+
+def _split_name(stem: str) -> str:
+    """'NQ-open.efficientqa.dev.1.1' -> 'efficientqa_dev'; 'NQ-open.dev' -> 'dev'."""
+    parts = stem.split(".")[1:] if stem.lower().startswith("nq-open") else stem.split(".")
+    words = [p for p in parts if not p.isdigit()]
+    return re.sub(r"[^a-z0-9_]", "_", "_".join(words).lower()) or "all"
+
+
+class NqOpenJsonl(_LocalBuilder, skip_registration=True):
+    """NQ-open (Lee et al. 2019) from its JSONL files: `NQ-open.<split>.jsonl` in a folder.
+
+    Splits are named after the files: NQ-open.dev.jsonl -> "dev",
+    NQ-open.efficientqa.dev.1.1.jsonl -> "efficientqa_dev", NQ-open.train.jsonl -> "train".
+    """
+    name = "nq_open_jsonl"
+
+    def _files(self) -> dict[str, Path]:
+        folder = Path(self.builder_config.source)
+        files = {_split_name(f.name[:-len(".jsonl")]): f
+                 for f in sorted(folder.glob("NQ-open*.jsonl"))}
+        if not files:
+            raise FileNotFoundError(f"{folder}: no NQ-open*.jsonl files")
+        return files
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(self, "NQ-open questions with gold answer aliases, closed-book.")
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(path, split)
+                for split, path in self._files().items()}
+
+    def _generate_examples(self, path: Path, split: str):
+        yield from sources.read_qa_jsonl(path, prefix=f"nq_open-{split}")
+
+
+class EntityQuestions(_LocalBuilder, skip_registration=True):
+    """EntityQuestions (Sciavolino et al. 2021): `<root>/{train,dev,test}/P*.<split>.json`.
+
+    For each source split s present: "s" (all relations), "s_in_distribution" and
+    "s_out_of_distribution" (SliCK's relation sets, Gekhman et al. 2024). Every example keeps
+    its relation.
+    """
+    name = "entity_questions"
+
+    def _source_splits(self) -> list[str]:
+        root = Path(self.builder_config.source)
+        wanted = self.builder_config.folders or ("train", "dev", "test")
+        found = [s for s in wanted if (root / s).is_dir()]
+        if not found:
+            raise FileNotFoundError(f"{root}: no train/, dev/ or test/ EntityQuestions folder")
+        return found
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(self, "EntityQuestions, one Wikidata relation per question template.")
+
+    def _split_generators(self, dl_manager):
+        root = self.builder_config.source
+        out = {}
+        for s in self._source_splits():
+            out[s] = self._generate_examples(root, s, None)
+            out[f"{s}_in_distribution"] = self._generate_examples(
+                root, s, sources.SLICK_IN_DISTRIBUTION)
+            out[f"{s}_out_of_distribution"] = self._generate_examples(
+                root, s, sources.SLICK_OUT_OF_DISTRIBUTION)
+        return out
+
+    def _generate_examples(self, root: str, split: str, relations):
+        yield from sources.read_entity_questions(root, split, relations)
+
+
+class QaJsonl(_LocalBuilder, skip_registration=True):
+    """Any JSONL file of {"question", "answers"} (or "answer") as one split, "all"."""
+    name = "qa_jsonl"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(self, f"Questions from {self.builder_config.source}.")
+
+    def _split_generators(self, dl_manager):
+        return {"all": self._generate_examples(self.builder_config.source)}
+
+    def _generate_examples(self, path: str):
+        yield from sources.read_qa_jsonl(path, prefix=Path(path).stem)
+
+
+LOCAL_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    b.name: b for b in (NqOpenJsonl, EntityQuestions, QaJsonl)}
+
+
+def _source_files(builder_name: str, source: Path, folders: tuple[str, ...]) -> list[Path]:
+    if builder_name == "qa_jsonl":
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: QA JSONL file not found")
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: {builder_name} source folder not found")
+    if builder_name == "nq_open_jsonl":
+        pattern, files = "NQ-open*.jsonl", sorted(source.glob("NQ-open*.jsonl"))
+    else:
+        pattern = "{" + ",".join(folders or ("train", "dev", "test")) + "}/P*.json"
+        files = sorted(f for d in (folders or ("train", "dev", "test"))
+                       for f in source.glob(f"{d}/P*.json"))
+    if not files:
+        raise FileNotFoundError(f"{source}: no {pattern} files for {builder_name}")
+    return files
+
+
+def local_builder(builder_name: str, source: str | Path, data_dir: str | Path,
+                  folders: tuple[str, ...] = ()) -> tfds.core.GeneratorBasedBuilder:
+    """The builder of `builder_name` over `source`, prepared (array_record) under data_dir.
+
+    Preparing is done once per source fingerprint; later calls only read dataset_info.json.
+    """
+    cls = LOCAL_BUILDERS[builder_name]
+    source = Path(source).resolve()
+    folders = tuple(sorted(folders))
+    fingerprint = sources.source_fingerprint(_source_files(builder_name, source, folders))
+    name = f"src_{fingerprint}" + "".join(f"_{f}" for f in folders)
+    config = LocalSourceConfig(name=name, version=_VERSION, description=str(source),
+                               source=str(source), folders=folders)
+    builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
+    if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+    return builder

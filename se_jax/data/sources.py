@@ -1,0 +1,109 @@
+"""Readers of the local raw QA files that the TFDS builders turn into array_record datasets.
+
+Each reader yields `(key, record)` with record = {"id", "question", "answers", "relation"}
+(relation is "" where the dataset has none). Ids are stable: they name the source file and
+the position in it, so the same file always gives the same ids whatever the build order.
+Bad input raises ValueError naming the file, the line (or list index) and the field.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+QaRecord = dict  # {"id": str, "question": str, "answers": list[str], "relation": str}
+
+# SliCK (Gekhman et al. 2024) relation sets over EntityQuestions.
+SLICK_IN_DISTRIBUTION = ("P131", "P136", "P17", "P19", "P26", "P264", "P36", "P40", "P495",
+                         "P69", "P740", "P800")
+SLICK_OUT_OF_DISTRIBUTION = ("P127", "P50", "P407", "P176", "P170", "P175", "P112")
+
+_RELATION_FILE = re.compile(r"^(P\d+)\.(train|dev|test)\.json$")
+
+
+def _record(source: str, where: str, raw: object, ident: str, relation: str = "") -> QaRecord:
+    """Validate one raw {"question", "answers"|"answer"} item into a QaRecord."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}:{where}: expected a JSON object, got {type(raw).__name__}")
+    question = raw.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{source}:{where}: field 'question' is missing or empty")
+    answers = raw.get("answers", raw.get("answer"))
+    if isinstance(answers, str):
+        answers = [answers]
+    if (not isinstance(answers, list) or not answers
+            or not all(isinstance(a, str) for a in answers)):
+        raise ValueError(f"{source}:{where}: field 'answers' (or 'answer') must be a "
+                         f"non-empty string or list of strings, got {answers!r}")
+    return {"id": str(raw.get("id", ident)), "question": question.strip(),
+            "answers": [a for a in answers], "relation": relation}
+
+
+def read_qa_jsonl(path: str | os.PathLike, prefix: str) -> Iterator[tuple[str, QaRecord]]:
+    """A JSONL file of {"question", "answers"} (or "answer"; optional "id") objects.
+
+    Ids default to f"{prefix}-{line:06d}" (1-based line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: QA JSONL file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            ident = f"{prefix}-{lineno:06d}"
+            yield ident, _record(str(path), str(lineno), raw, ident)
+
+
+def entity_question_files(root: str | os.PathLike, split: str) -> dict[str, Path]:
+    """{relation: file} of EntityQuestions' `<root>/<split>/P*.<split>.json`."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: EntityQuestions split folder not found")
+    files = {}
+    for f in sorted(folder.iterdir()):
+        m = _RELATION_FILE.match(f.name)
+        if m and m.group(2) == split:
+            files[m.group(1)] = f
+    if not files:
+        raise ValueError(f"{folder}: no P*.{split}.json relation files")
+    return files
+
+
+def read_entity_questions(root: str | os.PathLike, split: str,
+                          relations: tuple[str, ...] | None = None
+                          ) -> Iterator[tuple[str, QaRecord]]:
+    """EntityQuestions' per-relation JSON lists; ids f"eq-{split}-{relation}-{index:06d}"."""
+    files = entity_question_files(root, split)
+    if relations is not None:
+        missing = sorted(set(relations) - set(files))
+        if missing:
+            raise ValueError(f"{Path(root) / split}: relations {missing} have no file "
+                             f"(found {sorted(files)})")
+        files = {r: files[r] for r in sorted(relations)}
+    for relation, path in files.items():
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(items, list):
+            raise ValueError(f"{path}: expected a JSON list of questions")
+        for index, raw in enumerate(items):
+            ident = f"eq-{split}-{relation}-{index:06d}"
+            yield ident, _record(str(path), f"[{index}]", raw, ident, relation)
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """A short hash of the files' paths, sizes and mtimes: a changed source gets a new build."""
+    import hashlib
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:10]

@@ -1,0 +1,111 @@
+"""The paper's splits: a fixed-seed draw per dataset, written once per run as JSONL.
+
+In-distribution dataset: a seeded permutation of its (id-sorted) pool; the first
+`train_size` questions train, the next `val_size` are the in-distribution validation set
+(tau is chosen on it), the next `test_size` the in-distribution test set. Each
+out-of-distribution dataset: the first `ood_size` of its own permutation, without any
+question already drawn. With the paper's sizes, 2,000 + 500 = 2,500 per dataset.
+
+`prepare_splits` writes `<out_dir>/<split>.jsonl` ({"id", "question", "answers",
+"relation", "dataset"}), the input format of the sample stage, and config.json; a rerun with
+the same config reuses them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from se_jax import stage_io
+from se_jax.data import catalog
+
+IN_DISTRIBUTION_SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """What to draw: names already parsed and checked."""
+    in_distribution: catalog.DatasetRef
+    out_of_distribution: tuple[catalog.DatasetRef, ...]
+    sizes: dict[str, int]  # train/val/test/ood
+    seed: int
+
+
+def ood_split_name(ref: catalog.DatasetRef) -> str:
+    """'ood_entity_questions_ood' style names; safe as file names and CSV values."""
+    return "ood_" + re.sub(r"[^A-Za-z0-9_]+", "_", ref.name).strip("_")
+
+
+def locations(data_config: Any, workdir: str | Path) -> catalog.DataLocations:
+    tfds_dir = Path(data_config.tfds_dir) if data_config.tfds_dir else Path(workdir) / "tfds"
+    source_dir = (Path(data_config.source_dir) if data_config.source_dir
+                  else catalog.default_source_dir())
+    return catalog.DataLocations(tfds_dir=tfds_dir, source_dir=source_dir,
+                                 download=bool(data_config.download))
+
+
+def plan(data_config: Any, workdir: str | Path) -> SplitPlan:
+    """Parse and check every dataset name and split; raise DatasetError before any compute."""
+    where = locations(data_config, workdir)
+    ind = catalog.parse_name(data_config.in_distribution)
+    ood = tuple(catalog.parse_name(n) for n in data_config.out_of_distribution)
+    for ref in (ind, *ood):
+        catalog.check(ref, where)
+    names = [ood_split_name(r) for r in ood]
+    if len(set(names)) != len(names):
+        raise catalog.DatasetError(f"out_of_distribution lists a dataset twice: {names}")
+    sizes = dict(train=int(data_config.train_size), val=int(data_config.val_size),
+                 test=int(data_config.test_size), ood=int(data_config.ood_size))
+    bad = {k: v for k, v in sizes.items() if v < 0}
+    if bad or sizes["train"] == 0:
+        raise catalog.DatasetError(f"split sizes must be >= 0 and train_size > 0: {sizes}")
+    return SplitPlan(ind, ood, sizes, int(data_config.seed))
+
+
+def draw(records: Sequence[dict], n: int, seed: int, label: str,
+         exclude: set[str] = frozenset()) -> list[dict]:
+    """The first n of a seeded permutation of `records` (sorted by id), skipping `exclude`."""
+    pool = [r for r in records if r["id"] not in exclude]
+    if n > len(pool):
+        raise catalog.DatasetError(
+            f"dataset {label} has {len(pool)} usable questions, the config asks for {n}; "
+            f"lower the split sizes in config.data")
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return [pool[i] for i in order[:n]]
+
+
+def draw_splits(p: SplitPlan, where: catalog.DataLocations) -> dict[str, list[dict]]:
+    """{"train", "val", "test", "ood_<name>"...: records}; deterministic in (config, data)."""
+    s = p.sizes
+    ind = catalog.load_records(p.in_distribution, where)
+    n_ind = s["train"] + s["val"] + s["test"]
+    drawn = draw(ind, n_ind, p.seed, p.in_distribution.label)
+    out = {"train": drawn[:s["train"]],
+           "val": drawn[s["train"]:s["train"] + s["val"]],
+           "test": drawn[s["train"] + s["val"]:]}
+    used = {r["id"] for r in drawn}
+    for ref in p.out_of_distribution:
+        records = catalog.load_records(ref, where)
+        out[ood_split_name(ref)] = draw(records, s["ood"], p.seed, ref.label, exclude=used)
+    return out
+
+
+def split_names(p: SplitPlan) -> list[str]:
+    return [*IN_DISTRIBUTION_SPLITS, *(ood_split_name(r) for r in p.out_of_distribution)]
+
+
+def prepare_splits(data_config: Any, workdir: str | Path, out_dir: str | Path
+                   ) -> dict[str, Path]:
+    """Draw (once) and write every split; {split: path of its JSONL}."""
+    p = plan(data_config, workdir)
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / f"{name}.jsonl" for name in split_names(p)}
+    stage_io.write_config(out_dir, data_config, ignore=("tfds_dir", "download"))
+    if all(path.exists() for path in paths.values()):
+        return paths
+    for name, records in draw_splits(p, locations(data_config, workdir)).items():
+        stage_io.write_jsonl(paths[name], records)
+    return paths
