@@ -1,0 +1,159 @@
+"""Device mesh and the logical-axis -> mesh-axis rules, kept in one place.
+
+Model parameters carry `logical_axes` metadata (e.g. q_proj.kernel: ("embed", "heads"));
+activations and caches name theirs where they are built. `ShardingRules` maps each logical
+name to mesh axes (or None = replicated). The mesh has axes (data, fsdp, tensor):
+
+    data    pure data parallelism: batch split, parameters replicated
+    fsdp    batch split and parameters sharded along "embed" (ZeRO-3 style; XLA all-gathers)
+    tensor  Megatron-style: heads, MLP hidden and vocab split
+
+    mesh = make_mesh(config.mesh)                 # {"data": -1, "fsdp": 1, "tensor": 1}
+    shard_model(model, mesh, ShardingRules())     # in place
+    x = jax.device_put(tokens, batch_sharding(mesh, ShardingRules()))
+
+A dimension that the mapped mesh axes do not divide is replicated instead (e.g. 3 kv heads on
+tensor=2), so any checkpoint runs on any mesh; the cost is memory, never correctness.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+MeshAxes = str | tuple[str, ...] | None
+
+
+def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A Mesh over `devices` (default: all, every process) with axes (data, fsdp, tensor).
+
+    `mesh_config` gives each axis size; at most one may be -1 (= the remaining devices).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    unknown = set(mesh_config) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")
+    sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh config {dict(mesh_config)}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh config {dict(mesh_config)}: {len(devices)} devices are not "
+                             f"divisible by the fixed axes' product {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh config {dict(mesh_config)} needs {math.prod(sizes)} devices, "
+                         f"have {len(devices)}")
+    try:  # topology-aware device order on TPU/GPU slices
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(sizes, devices)
+    except Exception:  # CPU / unusual topologies: plain order is fine
+        grid = np.asarray(devices).reshape(sizes)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Logical axis name -> mesh axes. The one table every sharding in se_jax comes from."""
+    batch: MeshAxes = ("data", "fsdp")
+    seq: MeshAxes = None
+    vocab: MeshAxes = "tensor"
+    embed: MeshAxes = "fsdp"
+    heads: MeshAxes = "tensor"
+    kv_heads: MeshAxes = "tensor"
+    head_dim: MeshAxes = None
+    mlp: MeshAxes = "tensor"
+    norm: MeshAxes = None
+    layers: MeshAxes = None
+    cache_seq: MeshAxes = None
+    lora_rank: MeshAxes = None
+
+    def mesh_axes(self, logical: str | None) -> MeshAxes:
+        if logical is None:
+            return None
+        if not hasattr(self, logical):
+            raise KeyError(f"no sharding rule for logical axis {logical!r}")
+        return getattr(self, logical)
+
+    def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
+             mesh: Mesh | None = None) -> PartitionSpec:
+        """PartitionSpec for an array with these logical axes. With `shape` and `mesh`, a
+        dimension the mesh axes do not divide is replicated; axes of size 1 are dropped."""
+        out, used = [], set()
+        for i, name in enumerate(logical_axes):
+            axes = self.mesh_axes(name)
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            axes = tuple(a for a in axes if a not in used)  # a mesh axis shards one dim only
+            if mesh is not None:
+                axes = tuple(a for a in axes if mesh.shape[a] > 1)
+                if shape is not None and shape[i] % math.prod(mesh.shape[a] for a in axes):
+                    axes = ()
+            used.update(axes)
+            out.append(axes[0] if len(axes) == 1 else (axes or None))
+        return PartitionSpec(*out)
+
+
+def logical_sharding(mesh: Mesh, rules: ShardingRules, logical_axes: Sequence[str | None],
+                     shape: Sequence[int] | None = None) -> NamedSharding:
+    """NamedSharding of an array with the given logical axes (and optionally its shape)."""
+    return NamedSharding(mesh, rules.spec(logical_axes, shape, mesh))
+
+
+def variable_sharding(var: nnx.Variable, mesh: Mesh, rules: ShardingRules) -> NamedSharding:
+    """Sharding of one nnx Variable from its `logical_axes` metadata (replicated if none)."""
+    axes = var.get_metadata("logical_axes", None) or (None,) * len(var.shape)
+    return logical_sharding(mesh, rules, axes, var.shape)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: ShardingRules) -> nnx.State:
+    """A State of NamedShardings with the structure of `state` (concrete or abstract)."""
+    return jax.tree.map(lambda v: variable_sharding(v, mesh, rules), state,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules) -> nnx.Module:
+    """Place every variable of `model` on `mesh` by the rules (in place); returns `model`."""
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    return model
+
+
+def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int = 2) -> NamedSharding:
+    """Sharding of a data-parallel input [B, ...]: batch split, other dims replicated."""
+    return logical_sharding(mesh, rules, ("batch",) + (None,) * (ndim - 1))
+
+
+def cache_shardings(cache: Any, mesh: Mesh, rules: ShardingRules) -> Any:
+    """NamedShardings for a KVCache (concrete or abstract): k/v [L,B,S,Hkv,Dh], pos [B,S]."""
+    kv = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+    return dataclasses.replace(
+        cache,
+        k=logical_sharding(mesh, rules, kv, cache.k.shape),
+        v=logical_sharding(mesh, rules, kv, cache.v.shape),
+        pos=logical_sharding(mesh, rules, ("batch", "cache_seq"), cache.pos.shape),
+        length=NamedSharding(mesh, PartitionSpec()))
+
+
+def init_cache(config, batch: int, max_len: int, mesh: Mesh, rules: ShardingRules,
+               dtype=None):
+    """An empty KVCache created directly in its sharded layout (no host copy)."""
+    from se_jax.models.llama import KVCache
+    make = lambda: KVCache.init(config, batch, max_len, dtype)  # noqa: E731
+    out = cache_shardings(jax.eval_shape(make), mesh, rules)
+    return jax.jit(make, out_shardings=out)()
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+__all__ = ["MESH_AXES", "make_mesh", "ShardingRules", "logical_sharding", "variable_sharding",
+           "state_shardings", "shard_model", "batch_sharding", "cache_shardings", "init_cache",
+           "replicated"]
