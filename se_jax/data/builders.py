@@ -61,7 +61,7 @@ def _split_name(stem: str) -> str:
     """'NQ-open.efficientqa.dev.1.1' -> 'efficientqa_dev'; 'NQ-open.dev' -> 'dev'."""
     parts = stem.split(".")[1:] if stem.lower().startswith("nq-open") else stem.split(".")
     words = [p for p in parts if not p.isdigit()]
-    return re.sub(r"[^a-z0-9_]", "_", "_".join(words).lower()) or "all"
+    return re.sub(r"[^a-z0-9_]", "_", "_".join(words).lower()) or "full"
 
 
 class NqOpenJsonl(_LocalBuilder, skip_registration=True):
@@ -127,14 +127,15 @@ class EntityQuestions(_LocalBuilder, skip_registration=True):
 
 
 class QaJsonl(_LocalBuilder, skip_registration=True):
-    """Any JSONL file of {"question", "answers"} (or "answer") as one split, "all"."""
+    """Any JSONL file of {"question", "answers"} (or "answer") as one split, "full"
+    ("all" is reserved by TFDS)."""
     name = "qa_jsonl"
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, f"Questions from {self.builder_config.source}.")
 
     def _split_generators(self, dl_manager):
-        return {"all": self._generate_examples(self.builder_config.source)}
+        return {"full": self._generate_examples(self.builder_config.source)}
 
     def _generate_examples(self, path: str):
         yield from sources.read_qa_jsonl(path, prefix=Path(path).stem)
@@ -178,5 +179,15 @@ def local_builder(builder_name: str, source: str | Path, data_dir: str | Path,
     builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
     if not builder.is_prepared():
         tfds.disable_progress_bar()
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except AssertionError as e:  # TFDS refuses to write a split with no examples
+            if "No examples were yielded" not in str(e):
+                raise
+            raise EmptySourceError(f"{source}: {builder_name} source has no questions "
+                                   f"({e})") from None
     return builder
+
+
+class EmptySourceError(ValueError):
+    """A local source yields no questions for some split."""

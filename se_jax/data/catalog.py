@@ -10,7 +10,7 @@ A dataset is named in the config as `<name>` or `<name>:<split>`:
 | `trivia_qa` | TFDS catalog `trivia_qa/rc.nocontext` | `validation` |
 | `natural_questions_open` | TFDS catalog `natural_questions_open` | `validation` |
 | `squad` | TFDS catalog `squad/v2.0`, answerable questions only, closed-book | `validation` |
-| `jsonl:<path>` | any JSONL of {"question", "answers"} (builder `qa_jsonl`) | `all` |
+| `jsonl:<path>` | any JSONL of {"question", "answers"} (builder `qa_jsonl`) | `full` |
 
 Local builders are prepared into `data_dir` on first use (array_record). Catalog datasets
 are read with `tfds.data_source` when prepared there (array_record), or downloaded and
@@ -113,8 +113,8 @@ def parse_name(text: str) -> DatasetRef:
         path = text[len(JSONL_PREFIX):]
         if not path:
             raise DatasetError(f"dataset {text!r}: give a file, e.g. jsonl:/data/q.jsonl")
-        spec = DatasetSpec("qa_jsonl", "all", _from_local, source="")
-        return DatasetRef(f"jsonl_{Path(path).stem}", spec, "all", path)
+        spec = DatasetSpec("qa_jsonl", "full", _from_local, source="")
+        return DatasetRef(f"jsonl_{Path(path).stem}", spec, "full", path)
     name, _, split = text.partition(":")
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} "
@@ -147,7 +147,7 @@ def _local_builder(ref: DatasetRef, where: DataLocations):
                and folder in ("train", "dev", "test") else ())
     try:
         return builders.local_builder(ref.spec.builder, source, where.tfds_dir, folders)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, builders.EmptySourceError) as e:
         raise DatasetError(f"dataset {ref.label}: {e}") from None
 
 
@@ -167,16 +167,21 @@ def check(ref: DatasetRef, where: DataLocations) -> None:
 
 def _catalog_source(ref: DatasetRef, where: DataLocations):
     import tensorflow_datasets as tfds
+    how = (f"prepare it there in array_record format (`tfds build {ref.spec.builder} "
+           f"--file_format=array_record --data_dir={where.tfds_dir}`) or set "
+           f"--config.data.download=True on a machine with internet")
+    if not where.download:
+        builder = tfds.builder(ref.spec.builder, data_dir=str(where.tfds_dir))
+        if not builder.is_prepared():
+            raise DatasetError(f"dataset {ref.label}: TFDS catalog dataset "
+                               f"{ref.spec.builder!r} is not prepared under {where.tfds_dir}; "
+                               f"{how}")
     try:
         return tfds.data_source(ref.spec.builder, split=ref.split, data_dir=str(where.tfds_dir),
                                 download=where.download)
     except Exception as e:  # noqa: BLE001 - TFDS raises many types; the fix is the same
-        raise DatasetError(
-            f"dataset {ref.label}: TFDS catalog dataset {ref.spec.builder!r} is not prepared "
-            f"under {where.tfds_dir} ({type(e).__name__}: {e}). Prepare it there in "
-            f"array_record format (e.g. `tfds build {ref.spec.builder} "
-            f"--file_format=array_record --data_dir={where.tfds_dir}`) or set "
-            f"--config.data.download=True on a machine with internet.") from None
+        raise DatasetError(f"dataset {ref.label}: TFDS could not read {ref.spec.builder!r} "
+                           f"from {where.tfds_dir} ({type(e).__name__}: {e}); {how}") from None
 
 
 def load_records(ref: DatasetRef, where: DataLocations) -> list[QaRecord]:

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from absl import logging
+
 QaRecord = dict  # {"id": str, "question": str, "answers": list[str], "relation": str}
 
 # SliCK (Gekhman et al. 2024) relation sets over EntityQuestions.
@@ -82,11 +84,16 @@ def read_entity_questions(root: str | os.PathLike, split: str,
     """EntityQuestions' per-relation JSON lists; ids f"eq-{split}-{relation}-{index:06d}"."""
     files = entity_question_files(root, split)
     if relations is not None:
+        # A partial copy of the dataset may lack some relations: use those present.
+        present = sorted(set(relations) & set(files))
+        if not present:
+            raise ValueError(f"{Path(root) / split}: none of the relations {sorted(relations)} "
+                             f"has a file (found {sorted(files)})")
         missing = sorted(set(relations) - set(files))
         if missing:
-            raise ValueError(f"{Path(root) / split}: relations {missing} have no file "
-                             f"(found {sorted(files)})")
-        files = {r: files[r] for r in sorted(relations)}
+            logging.warning("%s: relations %s have no file; using %s",
+                            Path(root) / split, missing, present)
+        files = {r: files[r] for r in present}
     for relation, path in files.items():
         try:
             items = json.loads(path.read_text(encoding="utf-8"))
