@@ -59,7 +59,8 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int):
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        unk_token="[UNK]", mask_token="[MASK]")
+        unk_token="[UNK]", mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
 
 def build_torch_model(spec: dict, vocab_size: int, seed: int = 0):

@@ -103,13 +103,13 @@ def model_from_state_dict(config: DebertaConfig, state_dict: dict[str, np.ndarra
 
     pure = jax.tree_util.tree_map_with_path(
         lambda p, leaf: fill(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in p), leaf),
-        abs_state.to_pure_dict())
+        nnx.to_pure_dict(abs_state))
     if missing:
         raise ValueError(f"{source}: missing weights {missing[:6]}{'...' if len(missing) > 6 else ''}")
     unused = sorted(set(state_dict) - used)
     if unused:  # e.g. position_embeddings of position_biased_input=False models, LM heads
         logging.info("%s: %d checkpoint tensors unused: %s", source, len(unused), unused[:6])
-    abs_state.replace_by_pure_dict(pure)
+    nnx.replace_by_pure_dict(abs_state, pure)
     return nnx.merge(graphdef, abs_state)
 
 
