@@ -13,7 +13,7 @@ questions) -> list[bool]`, and has a `name` that is printed with every number it
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -111,6 +111,67 @@ class LlmJudge:
             no = np.logaddexp.reduce(lp[:, len(self.yes):], axis=1)
             verdicts.extend(bool(v) for v in yes > no)
         return verdicts
+
+
+def decoder_next_token_scorer(model: Any, tokenizer: Any, *,
+                              buckets: Sequence[int] = (128, 256, 512, 1024),
+                              batch_size: int = 16) -> NextTokenScorer:
+    """A NextTokenScorer over a loaded `Llama`: prompts in the chat template (plain text
+    plus "\nAnswer:" for base models), left-padded to a length bucket and a fixed batch,
+    one jitted forward; log-softmax of the last position at the candidates' first tokens.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from se_jax.data import prompts as prompt_lib
+    from se_jax.sampling import bucket_length, left_pad
+
+    graphdef, state = nnx.split(model)
+    chat = prompt_lib.has_chat_template(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @jax.jit
+    def last_logprobs(state, tokens, positions):
+        m = nnx.merge(graphdef, state)
+        h, _ = m.hidden(tokens, positions)
+        return jax.nn.log_softmax(m.logits(h[:, -1:])[:, 0], axis=-1)   # [B, V]
+
+    def encode(prompt: str) -> list[int]:
+        if chat:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                   tokenize=False, add_generation_prompt=True)
+        else:
+            prompt = prompt + "\nAnswer:"
+        return prompt_lib.encode_prompt(tokenizer, prompt)
+
+    def scorer(prompts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+        cand = [tokenizer(c if chat else " " + c, add_special_tokens=False)["input_ids"][0]
+                for c in candidates]
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            ids = [encode(p) for p in prompts[start:start + batch_size]]
+            length = bucket_length(max(map(len, ids)), buckets,
+                                   cap=int(model.config.max_position_embeddings))
+            tokens, positions = left_pad(ids, length, batch_size, pad_id)
+            lp = np.asarray(last_logprobs(state, jnp.asarray(tokens), jnp.asarray(positions)))
+            out.append(lp[:len(ids)][:, cand])
+        return np.concatenate(out, 0)
+
+    return scorer
+
+
+def make_judge(eval_config: Any, model: Any = None, tokenizer: Any = None,
+               model_name: str = "generator") -> Judge:
+    """The judge `config.evaluation.judge` names; the LLM judge needs a loaded model."""
+    name = eval_config.judge
+    if name != "llm":
+        return string_judge(name, float(eval_config.f1_threshold))
+    if model is None or tokenizer is None:
+        raise ValueError("the llm judge needs a loaded model and tokenizer")
+    batch = int(eval_config.judge_batch_size)
+    return LlmJudge(decoder_next_token_scorer(model, tokenizer, batch_size=batch),
+                    model_name=model_name, batch_size=batch)
 
 
 def string_judge(name: str, f1_threshold: float = 0.5) -> Judge:

@@ -54,3 +54,39 @@ def test_llm_judge_compares_yes_and_no_logprobs_in_batches():
     prompt = judges.llm_judge_prompt("Lyon", ["Paris", "City of Light"], "capital of France?")
     assert "capital of France?" in prompt and "Paris or City of Light" in prompt
     assert "Lyon" in prompt and "yes or no" in prompt
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from tiny_models import make_tiny_llama_dir
+    from se_jax.models.loading import load_llama, load_tokenizer
+    path = make_tiny_llama_dir(tmp_path_factory.mktemp("tiny_judge"), variant="llama")
+    return load_llama(path), load_tokenizer(path)
+
+
+def test_decoder_scorer_matches_unpadded_forward(tiny_llama):
+    """Batched, left-padded scoring == one unpadded forward per prompt at its last token."""
+    import jax.numpy as jnp
+    from se_jax.data import prompts as prompt_lib
+    model, tokenizer = tiny_llama
+    scorer = judges.decoder_next_token_scorer(model, tokenizer, batch_size=4)
+    texts = [judges.llm_judge_prompt("Paris", ["Paris"], "capital of France?"),
+             judges.llm_judge_prompt("a much longer proposed answer " * 3, ["x"], "q?"),
+             judges.llm_judge_prompt("Lyon", ["Paris"], "capital?")]
+    got = scorer(texts, ["yes", "no"])
+    assert got.shape == (3, 2)
+    yes_no = [tokenizer("yes", add_special_tokens=False)["input_ids"][0],
+              tokenizer("no", add_special_tokens=False)["input_ids"][0]]
+    for i, t in enumerate(texts):
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = jnp.asarray([prompt_lib.encode_prompt(tokenizer, chat)])
+        logits, _ = model(ids, jnp.arange(ids.shape[1])[None])
+        ref = np.asarray(logits[0, -1]) - np.logaddexp.reduce(np.asarray(logits[0, -1]))
+        np.testing.assert_allclose(got[i], ref[yes_no], atol=1e-4)
+    # The judge built from the config uses this scorer and names the model.
+    import ml_collections
+    cfg = ml_collections.ConfigDict(dict(judge="llm", f1_threshold=0.5, judge_batch_size=2))
+    j = judges.make_judge(cfg, model, tokenizer, model_name="tiny")
+    verdicts = j.batch(["Paris", "Lyon", "x"], [["Paris"]] * 3, ["q?"] * 3)
+    assert len(verdicts) == 3 and j.name == "llm(tiny)"
