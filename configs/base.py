@@ -78,6 +78,59 @@ def experiment_config() -> ml_collections.ConfigDict:
     ))
 
 
+def labels_config() -> ml_collections.ConfigDict:
+    """The label stage: generations (+ uncertainties) -> SFT set (se_jax/labels.py)."""
+    return ml_collections.ConfigDict(dict(
+        # se | rtuning | rtuning_u | idk | slick
+        method="se",
+        tau=1.0,                    # se / rtuning_u: entropy > tau -> abstain
+        # se: "discrete_semantic_entropy" (default) or "semantic_entropy" (weighted).
+        entropy="discrete_semantic_entropy",
+        backend="",                 # required uncertainty backend ("" = whatever is there)
+        abstention_phrase="I don't know the answer.",
+        judge="alias",              # rtuning / idk / slick correctness: alias | f1
+        f1_threshold=0.5,
+        answer_source="gold",       # rtuning / idk "correct" target: gold | model
+        idk_threshold=1.0,          # idk: fraction of samples judged correct to answer
+        # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024).
+        slick=dict(num_sets=10, shots=4, num_samples=16, temperature=0.5,
+                   unknown="drop"),  # drop | abstain | keep
+        generations="",   # generations.jsonl ("" = <workdir>/sample/generations.jsonl)
+        uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/uncertainty.jsonl)
+        slick_answers="",  # slick: few-shot answers jsonl ("" = approximate from generations)
+        out_dir="",       # "" = <workdir>/label
+    ))
+
+
+def training_config() -> ml_collections.ConfigDict:
+    """The train stage: SFT set -> LoRA / full fine-tuning (se_jax/training.py)."""
+    return ml_collections.ConfigDict(dict(
+        mode="lora",      # lora | full | attention (attention-only) | mlp (MLP-only)
+        # The paper's adapter: r=8 on the query and value projections; scale alpha / r.
+        lora=dict(rank=8, alpha=16.0, dropout=0.05, target_modules=("q_proj", "v_proj")),
+        learning_rate=3e-5, batch_size=48, epochs=7,   # the paper's defaults
+        grad_accum_steps=1,   # micro-batches per optimizer update (batch_size each)
+        warmup_ratio=0.03, end_lr_ratio=0.0,           # linear warmup, cosine decay
+        weight_decay=0.0, max_grad_norm=1.0,
+        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
+        loss_on="target",     # target (answer + end-of-turn tokens) | sequence
+        # Self-distillation (Kaplan et al. 2026): CE + weight * tau^2 * KL(teacher || student)
+        # at temperature tau; the teacher is the model after `teacher_epoch` epochs
+        # (0 = the base model).
+        distill=dict(enabled=False, weight=1.0, tau=0.5, teacher_epoch=0),
+        pad_multiple=32,      # sequence lengths padded to a multiple (fewer compilations)
+        bucket_batches=8,     # batches per length-sorting window
+        loss_chunk_tokens=1024,  # tokens per logits chunk of the loss
+        save_every=100, keep=3, async_checkpoint=True,
+        max_steps=-1,         # > 0: stop after this many steps of this run (resumable)
+        log_every_seconds=30.0, log_every_steps=50,
+        export_adapter=True,  # PEFT adapter dir (LoRA mode)
+        export_merged=True,   # merged full HF safetensors checkpoint
+        sft="",           # sft.jsonl ("" = <workdir>/label/sft.jsonl)
+        out_dir="",       # "" = <workdir>/train
+    ))
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/default"  # every stage writes below this directory
@@ -90,4 +143,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = data_config()
     config.evaluation = evaluation_config()
     config.experiment = experiment_config()
+    config.labels = labels_config()
+    config.training = training_config()
     return config

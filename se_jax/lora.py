@@ -1,0 +1,154 @@
+"""LoRA adapters on a decoder's projections, and which parameters a run trains.
+
+`add_lora(model, spec, rngs)` replaces each targeted `nnx.Linear` (matched by its path, e.g.
+"layers.3.self_attn.q_proj") in place with a `LoRALinear`:
+
+    y = base_layer(x) + (alpha / r) * (dropout(x) @ lora_a @ lora_b)
+
+as PEFT computes it (lora_a [in, r], lora_b [r, out] are `nnx.LoRAParam`, i.e. PEFT's
+lora_A.weight.T and lora_B.weight.T; lora_b starts at zero, so the wrapped model starts equal
+to the base). `trainable_filter(mode)` says which variables the optimizer updates and the
+checkpoints store: only the `nnx.LoRAParam`s in LoRA mode; in full fine-tuning every
+`nnx.Param`, or only the attention or only the MLP ones (Kaplan et al. 2026).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import zlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TRAIN_MODES = ("lora", "full", "attention", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASpec:
+    """Which linears get adapters and how. `target_modules`: module names matched against
+    the last path component (PEFT's list form, e.g. ("q_proj", "v_proj")), or one regular
+    expression fully matched against the dotted path (PEFT's string form)."""
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def matches(self, path: str) -> bool:
+        if isinstance(self.target_modules, str):
+            return re.fullmatch(self.target_modules, path) is not None
+        return path.rsplit(".", 1)[-1] in self.target_modules
+
+
+def _peft_a_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
+    """PEFT's default A init: kaiming_uniform(a=sqrt(5)) on [r, in] = U(+-1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class LoRALinear(nnx.Module):
+    """A frozen `nnx.Linear` plus a scaled, dropout-fed `nnx.LoRA` branch (see module doc).
+
+    x: [..., in] -> [..., out]. The attribute is `base_layer`, as in PEFT, so the export maps
+    names 1:1.
+    """
+
+    def __init__(self, base_layer: nnx.Linear, spec: LoRASpec, *, rngs: nnx.Rngs):
+        self.base_layer = base_layer
+        self.scale = spec.scale
+        axes = getattr(base_layer.kernel, "logical_axes", None) or (None, None)
+        self.lora = nnx.LoRA(
+            base_layer.in_features, spec.rank, base_layer.out_features,
+            dtype=base_layer.dtype, param_dtype=base_layer.param_dtype,
+            a_initializer=_peft_a_init, b_initializer=nnx.initializers.zeros,
+            a_metadata={"logical_axes": (axes[0], "lora_rank")},
+            b_metadata={"logical_axes": ("lora_rank", axes[1])}, rngs=rngs)
+        self.dropout = nnx.Dropout(spec.dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
+        return self.base_layer(x, **kwargs) + self.lora(self.dropout(x)) * self.scale
+
+    def merged(self) -> jax.Array:
+        """The base kernel with the adapter folded in: W + scale * A @ B, [in, out]."""
+        a, b = self.lora.lora_a[...], self.lora.lora_b[...]
+        kernel = self.base_layer.kernel[...]
+        return (kernel.astype(jnp.float32) + self.scale * (a.astype(jnp.float32)
+                                                           @ b.astype(jnp.float32))
+                ).astype(kernel.dtype)
+
+
+def _path_str(path: Sequence) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _parent(model: nnx.Module, path: Sequence):
+    node = model
+    for p in path[:-1]:
+        node = node[p] if isinstance(p, int) else getattr(node, p)
+    return node
+
+
+def add_lora(model: nnx.Module, spec: LoRASpec, *, rngs: nnx.Rngs) -> list[str]:
+    """Wrap every `nnx.Linear` whose path `spec` matches, in place; returns the paths.
+
+    Raises ValueError when nothing matches (a typo in target_modules would otherwise train
+    nothing).
+    """
+    targets = [(path, m) for path, m in nnx.iter_graph(model)
+               if isinstance(m, nnx.Linear) and spec.matches(_path_str(path))]
+    if not targets:
+        raise ValueError(f"LoRA target_modules={spec.target_modules!r} match no nnx.Linear")
+    for path, linear in targets:
+        setattr(_parent(model, path), path[-1], LoRALinear(linear, spec, rngs=rngs))
+    return [_path_str(p) for p, _ in targets]
+
+
+def lora_layers(model: nnx.Module) -> list[tuple[str, LoRALinear]]:
+    """(dotted path, layer) of every adapter, in graph order."""
+    return [(_path_str(p), m) for p, m in nnx.iter_graph(model) if isinstance(m, LoRALinear)]
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """Fold every adapter into its base kernel and put the plain `nnx.Linear` back, in place
+    (for the merged export and for inference without the adapter's extra matmuls)."""
+    for path, layer in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, LoRALinear)]:
+        base = layer.base_layer
+        base.kernel[...] = layer.merged()
+        setattr(_parent(model, path), path[-1], base)
+    return model
+
+
+def trainable_filter(mode: str) -> nnx.filterlib.Filter:
+    """The variables a run updates and checkpoints.
+
+    "lora": the adapters only; "full": every parameter; "attention": only parameters under
+    `self_attn`; "mlp": only parameters under `mlp` (embeddings and norms stay frozen in the
+    last two).
+    """
+    if mode == "lora":
+        return nnx.LoRAParam
+    if mode == "full":
+        return nnx.Param
+    if mode == "attention":
+        return nnx.All(nnx.Param, nnx.PathContains("self_attn"))
+    if mode == "mlp":
+        return nnx.All(nnx.Param, nnx.PathContains("mlp"))
+    raise ValueError(f"training mode {mode!r} is not one of {TRAIN_MODES}")
+
+
+def _dropout_key(path: tuple, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """An independent key per dropout layer: the step key folded with the layer's path."""
+    del shape
+    return jax.random.fold_in(key, zlib.crc32(_path_str(path).encode()) & 0x7FFFFFFF)
+
+
+def reseed_dropout(model: nnx.Module, key: jax.Array) -> None:
+    """Make every dropout mask a function of (`key`, layer path) only, so a resumed run
+    draws exactly the masks an uninterrupted one would."""
+    nnx.reseed(model, dropout=key, policy=_dropout_key)

@@ -1,0 +1,268 @@
+"""The SFT loop: LoRA or (partly frozen) full fine-tuning with optax, Orbax and optional
+self-distillation, data-parallel over a device mesh.
+
+    model = load_llama(...); seqs = [tokenize_example(...) for ...]
+    result = train(model, seqs, config.training, workdir=..., mesh=mesh, seed=config.seed)
+
+The model is split once into (graphdef, trainable, frozen) states (`lora.trainable_filter`);
+the jitted step takes the trainable parameters and the `nnx.Optimizer` state (both donated),
+the frozen parameters and a batch sharded along the mesh's batch axes, and returns the new
+trainable and optimizer states. Everything a step depends on is a function of
+(seed, step): the batch (`sft_data.epoch_batches`), the dropout masks
+(`lora.reseed_dropout`), the learning rate (the optimizer's own step count), so a run
+restarted from any checkpoint reaches bit-identical final weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+
+from se_jax import checkpointing, lora, losses, mesh as mesh_lib, sft_data
+from se_jax.stage_io import Progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/inf; the run stopped before saving it."""
+
+
+def lora_spec(cfg) -> lora.LoRASpec:
+    """`config.training.lora` -> LoRASpec (a string target is a regex, a list names)."""
+    targets = cfg.lora.target_modules
+    return lora.LoRASpec(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha),
+                         dropout=float(cfg.lora.dropout),
+                         target_modules=targets if isinstance(targets, str) else tuple(targets))
+
+
+def loss_config(cfg) -> losses.LossConfig:
+    kd = cfg.distill
+    return losses.LossConfig(kd_weight=float(kd.weight) if kd.enabled else 0.0,
+                             tau=float(kd.tau), chunk=int(cfg.loss_chunk_tokens))
+
+
+def make_optimizer(cfg, num_updates: int) -> optax.GradientTransformation:
+    """AdamW with linear warmup + cosine decay to `end_lr_ratio * lr`, global-norm clipping,
+    weight decay on matrices only, and `grad_accum_steps` micro-batches per update."""
+    warmup = int(round(cfg.warmup_ratio * num_updates))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
+        decay_steps=max(num_updates, warmup + 1),
+        end_value=cfg.learning_rate * cfg.end_lr_ratio)
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm),
+        optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                    weight_decay=cfg.weight_decay,
+                    mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
+    if cfg.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps))
+    return tx
+
+
+def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,
+               batch: dict[str, jax.Array], key: jax.Array, *, graphdef, teacher_graphdef,
+               cfg: losses.LossConfig) -> tuple[jax.Array, dict]:
+    """The SFT loss of one batch as a function of the trainable state (differentiate this).
+
+    `graphdef` is the model in train mode, `teacher_graphdef` in eval mode (no dropout);
+    the teacher is `teacher` (a snapshot of the trainable state) over the same `frozen` state.
+    batch: tokens/targets/positions int32[B, T], loss_mask/valid float32[B, T]
+    (`sft_data.make_batch`); key: this step's dropout key.
+    """
+    # copy=True: fresh Variables at this trace level, so dropout may advance its RNG count.
+    model = nnx.merge(graphdef, params, frozen, copy=True)
+    lora.reseed_dropout(model, key)
+    h, _ = model.hidden(batch["tokens"], batch["positions"])
+    t_fn = t_h = None
+    if cfg.kd_weight > 0:
+        t = nnx.merge(teacher_graphdef, teacher, frozen, copy=True)
+        t_h, _ = t.hidden(batch["tokens"], batch["positions"])
+        t_fn = t.logits
+    return losses.sft_loss(model.logits, h, batch["targets"], batch["loss_mask"],
+                           batch["valid"], cfg, teacher_fn=t_fn, teacher_hidden=t_h)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+    """The compiled training steps, (params, opt, frozen, teacher, batch, key) ->
+    (params, opt, metrics); `step_kd` adds the distillation term (None when it is off)."""
+    step: Callable
+    step_kd: Callable | None
+
+
+def split_for_training(model: nnx.Module, wrt) -> tuple[Any, Any, nnx.State, nnx.State]:
+    """(train-mode graphdef, eval-mode graphdef, trainable state, frozen state)."""
+    model.eval()
+    teacher_graphdef, _, _ = nnx.split(model, wrt, ...)
+    model.train()
+    graphdef, params, frozen = nnx.split(model, wrt, ...)
+    return graphdef, teacher_graphdef, params, frozen
+
+
+def make_step_fns(model: nnx.Module, optimizer: nnx.Optimizer, wrt, loss_cfg: losses.LossConfig,
+                  shardings: dict) -> StepFns:
+    """Build the jitted training steps (with and without the distillation term).
+
+    `shardings` holds NamedShardings for "params", "opt", "frozen", "teacher" (their
+    structure, or None) and "batch".
+    """
+    graphdef, teacher_graphdef, _, _ = split_for_training(model, wrt)
+    opt_graphdef, _ = nnx.split(optimizer)
+
+    def step(params, opt_state, frozen, teacher, batch, key, *, cfg: losses.LossConfig):
+        loss_fn = functools.partial(batch_loss, graphdef=graphdef,
+                                    teacher_graphdef=teacher_graphdef, cfg=cfg)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, frozen, teacher, batch, key)
+        model = nnx.merge(graphdef, params, frozen)
+        opt = nnx.merge(opt_graphdef, opt_state)
+        opt.update(model, grads)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return nnx.state(model, wrt), nnx.state(opt), metrics
+
+    def jit(cfg):
+        return jax.jit(
+            functools.partial(step, cfg=cfg), donate_argnums=(0, 1),
+            in_shardings=(shardings["params"], shardings["opt"], shardings["frozen"],
+                          shardings["teacher"], shardings["batch"], None),
+            out_shardings=(shardings["params"], shardings["opt"], None))
+
+    no_kd = dataclasses.replace(loss_cfg, kd_weight=0.0)
+    return StepFns(jit(no_kd), jit(loss_cfg) if loss_cfg.kd_weight > 0 else None)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int                 # micro-steps done in total (over all restarts)
+    resumed_from: int | None   # the checkpoint step this process started from
+    history: list[dict]        # per-step metrics of this process
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def prepare_model(model: nnx.Module, cfg, seed: int) -> list[str]:
+    """Add adapters in LoRA mode (seeded by `seed`); returns the wrapped paths ([] in full
+    fine-tuning). The model is left in train mode."""
+    paths = []
+    if cfg.mode == "lora":
+        paths = lora.add_lora(model, lora_spec(cfg),
+                              rngs=nnx.Rngs(params=seed, dropout=seed))
+    elif cfg.mode not in lora.TRAIN_MODES:
+        raise ValueError(f"config.training.mode={cfg.mode!r} is not one of {lora.TRAIN_MODES}")
+    model.train()
+    return paths
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, workdir: str,
+          mesh: Mesh, seed: int = 0, rules: mesh_lib.ShardingRules | None = None,
+          pad_id: int = 0) -> TrainResult:
+    """Fine-tune `model` (already `prepare_model`d) on `seqs`, checkpointing to `workdir`.
+
+    Resumes from the newest checkpoint in `workdir` if there is one. Stops early after
+    `cfg.max_steps` micro-steps of this run's schedule when > 0 (the schedule itself still
+    spans all epochs, so a later run with max_steps=-1 continues the same run). Raises
+    NonFiniteLossError on a NaN/inf loss or gradient, after the last good checkpoint is on
+    disk. On return the model holds the trained weights, in eval mode.
+    """
+    rules = rules or mesh_lib.ShardingRules()
+    if not seqs:
+        raise ValueError("no training examples")
+    batch_size = int(cfg.batch_size)
+    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
+    if batch_size % shards:
+        raise ValueError(f"config.training.batch_size={batch_size} is not divisible by the "
+                         f"mesh's {shards} batch shards")
+    wrt = lora.trainable_filter(cfg.mode)
+    spe = steps_per_epoch(len(seqs), batch_size)
+    total = spe * int(cfg.epochs)
+    accum = max(int(cfg.grad_accum_steps), 1)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg, max(total // accum, 1)), wrt=wrt)
+    mesh_lib.shard_model(model, mesh, rules)
+    mesh_lib.shard_model(optimizer, mesh, rules)
+    _, params, frozen = nnx.split(model, wrt, ...)
+    _, opt_state = nnx.split(optimizer)
+    loss_cfg = loss_config(cfg)
+    use_kd = loss_cfg.kd_weight > 0
+    teacher = _copy(params) if use_kd else None
+    shardings = dict(params=mesh_lib.state_shardings(params, mesh, rules),
+                     opt=mesh_lib.state_shardings(opt_state, mesh, rules),
+                     frozen=mesh_lib.state_shardings(frozen, mesh, rules),
+                     batch=mesh_lib.batch_sharding(mesh, rules))
+    shardings["teacher"] = shardings["params"] if use_kd else None
+    fns = make_step_fns(model, optimizer, wrt, loss_cfg, shardings)
+
+    manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
+                                         async_save=cfg.async_checkpoint)
+    ckpt = lambda: {"params": params.to_pure_dict(), "opt": opt_state.to_pure_dict(),  # noqa
+                    **({"teacher": teacher.to_pure_dict()} if use_kd else {})}
+    start, resumed_from = 0, None
+    restored = checkpointing.restore_latest(manager, ckpt())
+    if restored is not None:
+        start, tree = restored
+        resumed_from = start
+        params.replace_by_pure_dict(tree["params"])
+        opt_state.replace_by_pure_dict(tree["opt"])
+        if use_kd:
+            teacher.replace_by_pure_dict(tree["teacher"])
+    stop = total if cfg.max_steps <= 0 else min(total, start + int(cfg.max_steps))
+    teacher_step = int(cfg.distill.teacher_epoch) * spe
+    base_key = jax.random.key(seed)
+    lengths = [len(s.ids) for s in seqs]
+    progress = Progress("train", total=total, unit="steps", initial=start,
+                        every_seconds=cfg.log_every_seconds)
+    logging.info("train: %d examples, %d steps/epoch x %d epochs = %d steps (from %d), "
+                 "mode=%s, trainable=%d params", len(seqs), spe, cfg.epochs, total, start,
+                 cfg.mode, sum(x.size for x in jax.tree.leaves(params)))
+    history, batches, epoch_of_batches = [], None, -1
+    for step in range(start, stop):
+        epoch, index = divmod(step, spe)
+        if epoch != epoch_of_batches:
+            batches = sft_data.epoch_batches(lengths, batch_size, seed, epoch,
+                                             cfg.bucket_batches)
+            epoch_of_batches = epoch
+        if use_kd and step == teacher_step:
+            teacher = _copy(params)  # the snapshot after `teacher_epoch` epochs
+        arrays = sft_data.make_batch([seqs[i] for i in batches[index]], batch_size,
+                                     pad_multiple=cfg.pad_multiple,
+                                     target_only=(cfg.loss_on == "target"), pad_id=pad_id)
+        batch = jax.device_put(arrays, shardings["batch"])
+        fn = fns.step_kd if use_kd and step >= teacher_step else fns.step
+        params, opt_state, metrics = fn(params, opt_state, frozen, teacher, batch,
+                                        jax.random.fold_in(base_key, step))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+            manager.wait_until_finished()
+            raise NonFiniteLossError(
+                f"non-finite loss={metrics['loss']} / grad_norm={metrics['grad_norm']} at "
+                f"step {step + 1} (epoch {epoch}, batch {index}); stopped without saving it. "
+                f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
+        history.append(dict(metrics, step=step + 1))
+        checkpointing.save(manager, step + 1, ckpt(), force=(step + 1 == stop))
+        progress.update(1, tokens=float(arrays["valid"].sum()))
+        if (step + 1) % max(cfg.log_every_steps, 1) == 0:
+            logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
+                         metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
+    manager.wait_until_finished()
+    manager.close()
+    nnx.update(model, params)
+    model.eval()
+    return TrainResult(steps=stop, resumed_from=resumed_from, history=history)
+
+
+def trainable_state(model: nnx.Module, mode: str) -> nnx.State:
+    """The parameters a run of `mode` trains (what the checkpoints hold)."""
+    return nnx.state(model, lora.trainable_filter(mode))
