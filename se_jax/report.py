@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from se_jax import stage_io
+
 RESULT_FIELDS = ("method", "tau", "split", "seed", "n", "correct", "incorrect", "abstained",
                  "accuracy", "engagement", "aed", "judge")
 
@@ -145,10 +147,11 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
     n = max([int(r["n"]) for r in [*rows, *reference_rows] if r["split"] == split] or [1])
     # Iso-AED contours: AED = sqrt((I^2 + (n-C)^2) / (2 n^2)).
     ii, cc = np.meshgrid(np.linspace(0, n, 200), np.linspace(0, n, 200))
-    levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    levels = np.round(np.arange(0.05, 1.0, 0.05), 2)
     cs = ax.contour(ii, cc, np.sqrt((ii ** 2 + (n - cc) ** 2) / (2 * n ** 2)), levels=levels,
                     colors="#bbbbbb", linestyles=":", linewidths=0.8)
-    ax.clabel(cs, fmt=lambda v: f"AED {v:.1f}", fontsize=7)
+    ax.clabel(cs, fmt=lambda v: f"AED {v:.2f}", fontsize=7)
+    xs, ys = [], []
     for m in methods:
         by_tau = collections.defaultdict(list)
         for r in rows:
@@ -157,8 +160,12 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
         taus = sorted(by_tau)
         inc = [np.mean([int(r["incorrect"]) for r in by_tau[t]]) for t in taus]
         cor = [np.mean([int(r["correct"]) for r in by_tau[t]]) for t in taus]
+        xs += inc
+        ys += cor
         colour = method_colour(m, methods)
-        ax.plot(inc, cor, "-o", color=colour, label=method_label(m), markersize=5, lw=1.5)
+        style = "-o" if len(taus) > 1 else "s"          # methods without tau: one square
+        ax.plot(inc, cor, style, color=colour, label=method_label(m),
+                markersize=5 if len(taus) > 1 else 8, lw=1.5)
         if len(taus) > 1:
             for t, x, y in zip(taus, inc, cor):
                 if not math.isnan(t):
@@ -166,16 +173,20 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
                                 fontsize=7, color=colour)
     for r in reference_rows:
         if r["split"] == split:
-            ax.plot([int(r["incorrect"])], [int(r["correct"])], "*", color="#444444",
-                    markersize=14, label=method_label(r["method"]))
+            xs.append(int(r["incorrect"]))
+            ys.append(int(r["correct"]))
+            ax.plot(xs[-1:], ys[-1:], "*", color="#444444", markersize=14,
+                    label=method_label(r["method"]))
             break
-    ax.set_xlim(0, n)
-    ax.set_ylim(0, n)
-    ax.set_xlabel(f"# incorrect answers (of {n})")
-    ax.set_ylabel(f"# correct answers (of {n})")
+    # Zoom on the points (with margin), never past [0, n].
+    pad = 0.08 * n
+    ax.set_xlim(max(0, min(xs, default=0) - pad), min(n, max(xs, default=n) + pad))
+    ax.set_ylim(max(0, min(ys, default=0) - pad), min(n, max(ys, default=n) + pad))
+    ax.set_xlabel(f"# incorrect answers (of {n}; fewer is better)")
+    ax.set_ylabel(f"# correct answers (of {n}; more is better)")
     ax.set_title(f"Adaptation on {split}: one point per tau (labelled)"
-                 + (f"\njudge: {judge}" if judge else ""))
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+                 + (f"\njudge: {judge}; dotted: equal AED" if judge else ""), fontsize=10)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -189,7 +200,7 @@ def plot_aed(rows: Sequence[Mapping[str, Any]], splits: Sequence[str],
     aed = summarise(rows, "aed")
     methods = _ordered([r["method"] for r in rows])
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(splits) + 0.5 * len(methods)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.5, 2.0 * len(splits) + 0.5 * len(methods)), 4.5))
     x = np.arange(len(splits))
     for k, m in enumerate(methods):
         means = [aed.get((m, s), (np.nan, 0, 0))[0] for s in splits]
@@ -205,9 +216,10 @@ def plot_aed(rows: Sequence[Mapping[str, Any]], splits: Sequence[str],
     ax.set_ylabel("AED (lower is better)")
     top = max([v[0] + v[1] for v in aed.values() if not math.isnan(v[0])] or [0.75])
     ax.set_ylim(0, min(1.0, top + 0.1))
-    ax.set_title("Accuracy-Engagement Distance per method (error bars: std over seeds)"
-                 + (f"\njudge: {judge}" if judge else ""))
-    ax.legend(fontsize=8, ncol=min(len(methods), 3), loc="upper left")
+    ax.set_title("AED per method and split (lower is better)\n"
+                 f"error bars: std over seeds" + (f"; judge: {judge}" if judge else ""),
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -245,3 +257,82 @@ def plot_entropy_histograms(panels: Mapping[str, tuple[Sequence[float], Sequence
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- report.md
+
+PLOTS = {"adaptation": "adaptation.png", "aed": "aed.png", "entropy": "entropy_hist.png"}
+
+
+def uncertainty_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: one row per score, AUROC / AURAC / PRR with their 90% intervals."""
+    lines = ["| score | AUROC | AURAC | PRR |", "|---|---|---|---|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['auroc']} | {m['aurac']} | {m['prr']} |")
+    return "\n".join(lines)
+
+
+def breakdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown of SliCK category rows {method, split, category, n, accuracy, abstain_rate}."""
+    lines = ["| method | split | category | n | accuracy | abstention rate |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {method_label(r['method'])} | {r['split']} | {r['category']} | "
+                     f"{r['n']} | {_fmt(float(r['accuracy']))} | "
+                     f"{_fmt(float(r['abstain_rate']))} |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, Any]],
+                 sweep: Sequence[Mapping[str, Any]], splits: Sequence[str], judge: str,
+                 uncertainty: Mapping[str, Mapping[str, Any]] | None = None,
+                 histograms: Mapping[str, tuple[Sequence[float], Sequence[bool]]] | None = None,
+                 taus: Sequence[float] = (), breakdown: Sequence[Mapping[str, Any]] = (),
+                 header: str = "") -> dict[str, Path]:
+    """Write results.csv, sweep.csv, the PNG plots and report.md into `out_dir`.
+
+    Args:
+      results: final rows (picked tau) for every method x split x seed, incl. "original".
+      sweep: validation rows for every method x tau x seed.
+      splits: the test splits in table order (in-distribution test first, then OOD).
+      judge: the correctness judge's name, printed with every number.
+      uncertainty: {score name: {"auroc"|"aurac"|"prr": Interval}}.
+      histograms: {score name: (scores, correct)} for the entropy histogram plot.
+    Returns {"report", "results", "sweep", plot name...: path}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"results": write_results_csv(results, out / "results.csv"),
+             "sweep": write_results_csv(sweep, out / "sweep.csv")}
+    reference = [r for r in results if r["method"] == "original"]
+    ref_val = [r for r in sweep if r["method"] == "original"] or reference
+    paths["adaptation"] = plot_adaptation([r for r in sweep if r["method"] != "original"],
+                                          ref_val, out / PLOTS["adaptation"], judge=judge)
+    paths["aed"] = plot_aed(results, splits, out / PLOTS["aed"], judge=judge)
+    if histograms:
+        notes = {k: f"AUROC {v['auroc']}" for k, v in (uncertainty or {}).items()
+                 if k in histograms}
+        paths["entropy"] = plot_entropy_histograms(histograms, out / PLOTS["entropy"],
+                                                   taus=taus, judge=judge, notes=notes)
+    parts = ["# Abstention fine-tuning with semantic entropy: results\n",
+             header.strip() + "\n" if header else "",
+             f"Correctness judge: **{judge}**. AED = sqrt((I^2 + (|D|-C)^2) / (2|D|^2)); "
+             f"lower is better; bold = best per column. tau picked per method by mean "
+             f"validation AED; mean ± std over seeds.\n",
+             "## AED per method (Table 1 style)\n", aed_table(results, splits) + "\n",
+             f"![AED per method]({PLOTS['aed']})\n",
+             "## Adaptation: correct vs incorrect answers on validation, per tau\n",
+             f"![adaptation plot]({PLOTS['adaptation']})\n"]
+    if uncertainty:
+        parts += [f"## Uncertainty of the original model's most-likely answers "
+                  f"(90% bootstrap intervals; judge: {judge})\n",
+                  uncertainty_table(uncertainty) + "\n"]
+    if histograms:
+        parts.append(f"![entropy histograms]({PLOTS['entropy']})\n")
+    if breakdown:
+        parts += ["## SliCK category breakdown\n", breakdown_table(breakdown) + "\n"]
+    parts += ["Files: `results.csv` (one row per method x split x seed), `sweep.csv` (every "
+              "tau on validation).\n"]
+    paths["report"] = out / "report.md"
+    stage_io.atomic_write_text(paths["report"], "\n".join(p for p in parts if p))
+    return paths
