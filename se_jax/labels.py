@@ -143,7 +143,7 @@ def se_labels(pairs: Iterable[tuple[Mapping, Mapping]], *, tau: float,
 def r_tuning_u_labels(pairs: Iterable[tuple[Mapping, Mapping]], *, tau: float,
                       phrase: str = ABSTENTION_PHRASE) -> list[Example]:
     """R-Tuning-U labels: the exact-string entropy of the same samples, same tau rule."""
-    return _threshold_labels(pairs, method="r_tuning_u", entropy_field="exact_entropy",
+    return _threshold_labels(pairs, method="rtuning_u", entropy_field="exact_entropy",
                              tau=tau, phrase=phrase)
 
 
@@ -170,7 +170,7 @@ def r_tuning_labels(generations: Iterable[Mapping[str, Any]], *, judge: Judge = 
         where = "r_tuning labeller"
         most_likely = _most_likely(g, where)
         correct = bool(judge(most_likely, _field(g, "answers", where), g["question"]))
-        reason = dict(method="r_tuning", most_likely=most_likely, correct=correct)
+        reason = dict(method="rtuning", most_likely=most_likely, correct=correct)
         if correct:
             out.append(_answer(g, _correct_target(g, [most_likely], answer_source, where),
                                reason))

@@ -1,0 +1,24 @@
+"""The train stage: SFT set -> LoRA (or partly frozen full) fine-tuning -> checkpoints + export.
+
+    python launch/train.py --config=configs/base.py --config.workdir=runs/demo \
+        --config.training.epochs=7 --config.training.batch_size=48
+
+Killed at any point, the same command resumes from the newest checkpoint.
+"""
+from __future__ import annotations
+
+from absl import app
+from ml_collections import config_flags
+
+from se_jax.stages.train import run_train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
+
+
+def main(argv):
+    del argv
+    print(run_train(_CONFIG.value))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,91 @@
+"""The train stage: sft.jsonl -> Orbax checkpoints + exported model in `out_dir`.
+
+    out_dir/config.json        the config it ran with (a rerun with another config is refused)
+    out_dir/checkpoints/<step> Orbax: trainable params + optimizer state (+ teacher)
+    out_dir/adapter/           PEFT adapter (LoRA mode): adapter_config.json + safetensors
+    out_dir/merged/            full HF checkpoint with the adapters folded in (+ tokenizer)
+    out_dir/summary.json       steps, losses, where it resumed from
+
+Resumable: a killed run restarted with the same flags continues from the newest checkpoint
+and reaches the same final weights (se_jax/training.py). The exports are written after the
+last step, so their presence means the run finished.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+from se_jax import export, stage_io, training
+from se_jax.mesh import make_mesh
+from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.sft_data import tokenize_example
+
+SUMMARY_FILE = "summary.json"
+# Options that do not change the trained weights (may differ when resuming).
+IGNORED_CONFIG = ("evaluation", "experiment", "training.max_steps", "training.log_every_seconds",
+                  "training.log_every_steps", "training.async_checkpoint",
+                  "training.export_adapter", "training.export_merged", "mesh")
+
+
+def _paths(config: Any) -> tuple[Path, Path]:
+    tc, work = config.training, Path(config.workdir)
+    return Path(tc.sft or work / "label" / "sft.jsonl"), Path(tc.out_dir or work / "train")
+
+
+def read_sft(path: Path) -> list[dict]:
+    """The SFT records; ValueError naming file, line and field of a malformed one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"train stage: SFT file {path} does not exist")
+    records = stage_io.read_jsonl(path)
+    for i, r in enumerate(records, 1):
+        for field in ("id", "question", "target"):
+            if not isinstance(r.get(field), (str, int)) or r.get(field) == "":
+                raise ValueError(f"{path}:{i}: record id={r.get('id')!r} has no usable "
+                                 f"{field!r} field")
+    if not records:
+        raise ValueError(f"{path}: no SFT records")
+    return records
+
+
+def prompt_style(config: Any) -> str:
+    """The prompt style the sampler used (config.prompt.style), so training sees the same."""
+    prompt = config.get("prompt") if hasattr(config, "get") else None
+    return prompt.style if prompt is not None and "style" in prompt else "short"
+
+
+def run_train(config: Any) -> Path:
+    """Train on the SFT set and export; returns out_dir."""
+    tc = config.training
+    sft_path, out_dir = _paths(config)
+    stage_io.write_config(out_dir, config, ignore=IGNORED_CONFIG)
+    records = read_sft(sft_path)
+    tokenizer = load_tokenizer(config.model.path)
+    mesh = make_mesh(config.mesh)
+    model = load_llama(config.model.path, mesh=mesh, dtype=config.model.dtype,
+                       param_dtype=config.model.param_dtype)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer of {config.model.path} has no eos token to end targets")
+    seqs = [tokenize_example(tokenizer, r, eos_id=eos, style=prompt_style(config))
+            for r in records]
+    training.prepare_model(model, tc, config.seed)
+    result = training.train(model, seqs, tc, workdir=str(out_dir / "checkpoints"), mesh=mesh,
+                            seed=config.seed, pad_id=tokenizer.pad_token_id or 0)
+    total = training.steps_per_epoch(len(seqs), tc.batch_size) * tc.epochs
+    summary = dict(steps=result.steps, total_steps=total, resumed_from=result.resumed_from,
+                   examples=len(seqs), finished=result.steps == total,
+                   last_loss=result.history[-1]["loss"] if result.history else None,
+                   first_loss=result.history[0]["loss"] if result.history else None)
+    if result.steps == total:
+        if tc.mode == "lora" and tc.export_adapter:
+            export.export_peft_adapter(model, training.lora_spec(tc), str(out_dir / "adapter"),
+                                       base_model=str(config.model.path))
+        if tc.export_merged:
+            export.export_merged(model, str(out_dir / "merged"), tokenizer=tokenizer)
+    stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
+                               json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    logging.info("train: %s", json.dumps(summary, sort_keys=True))
+    return out_dir
