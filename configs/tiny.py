@@ -1,0 +1,40 @@
+"""A tiny end-to-end config: every stage in seconds (tests/test_experiment_e2e.py).
+
+The model is a tiny random Llama directory and the data tiny local files, both written by
+the test, which overrides `model.path`, `workdir` and `data.source_dir`:
+
+    python launch/experiment.py --config=configs/tiny.py --config.model.path=/tmp/tiny \\
+        --config.workdir=/tmp/run --config.data.source_dir=/tmp/tiny_data
+"""
+from __future__ import annotations
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.workdir = "runs/tiny"
+    config.model.max_seq_len = 160
+    config.mesh.data = 1          # one device: the test compares against a 2-process run
+
+    d = config.data
+    d.in_distribution = "nq_open"
+    d.out_of_distribution = ("entity_questions_ood",)
+    d.train_size, d.val_size, d.test_size, d.ood_size = 8, 4, 4, 4
+
+    config.evaluation.judge = "f1"
+    config.evaluation.max_new_tokens = 4
+    config.evaluation.batch_size = 4
+    config.evaluation.bootstrap_samples = 50
+
+    ex = config.experiment
+    ex.methods = ("se_lexical", "rtuning", "rtuning_u", "idk")
+    ex.taus = (0.5, 1.5)
+    ex.seeds = (0,)
+
+    t = config.training
+    t.lora.rank, t.lora.alpha = 2, 4.0
+    t.batch_size, t.epochs, t.learning_rate = 4, 1, 1e-3
+    t.save_every, t.keep, t.async_checkpoint = 1000, 1, False
+    t.export_adapter = False
+    return config

@@ -1,0 +1,470 @@
+"""The paper's experiment, end to end, from one config.
+
+    splits -> sample(train, val) -> entropy(backend x split)
+           -> for method, tau, seed: label -> train -> evaluate(val)
+           -> pick tau per method by mean validation AED
+           -> evaluate picked models on in-distribution test and every OOD split
+           -> report (report.md, results.csv, sweep.csv, PNG plots)
+
+Methods: `se_<backend>` (SE labels from the discrete semantic entropy of that equivalence
+backend), `rtuning`, `rtuning_u`, `idk`; the original model is always evaluated as the
+reference. Optional arms (config.experiment.arms) retrain the first SE method at its
+picked tau with self-distillation ("self_distill") or attention-only full fine-tuning
+("attention_only").
+
+Every unit of work has its own directory below `config.workdir` (Layout) holding its
+config.json and a `done.json` marker written last, so a rerun after a crash, or with one
+more method, tau or seed, does only the missing work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from se_jax import stage_io
+
+SE_PREFIX = "se_"
+BASELINES = ("rtuning", "rtuning_u", "idk")
+ARMS = ("self_distill", "attention_only")
+ENTROPY_BACKENDS = ("deberta", "llm_judge", "lexical")
+ORIGINAL = "original"
+SWEEP_SPLIT = "val"
+DONE = "done.json"
+
+
+class ConfigError(ValueError):
+    """The config names something that does not exist; raised before any compute."""
+
+
+# ----------------------------------------------------------------------------- methods
+
+def se_backend(method: str) -> str | None:
+    return method[len(SE_PREFIX):] if method.startswith(SE_PREFIX) else None
+
+
+def uses_tau(method: str) -> bool:
+    """SE and R-Tuning-U threshold an entropy at tau; R-Tuning and Idk have no tau."""
+    return se_backend(method) is not None or method == "rtuning_u"
+
+
+def backends_needed(methods: Sequence[str], default: str) -> list[str]:
+    """Entropy backends to run: those of the SE methods (R-Tuning-U's exact-string entropy
+    is in every uncertainty record, so it needs only one backend, `default`)."""
+    out = [b for b in (se_backend(m) for m in methods) if b]
+    return list(dict.fromkeys(out or [default]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One fine-tuned model: a labelling method at a tau (None: no tau), a seed, an arm."""
+    method: str
+    tau: float | None
+    seed: int
+    arm: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}+{self.arm}" if self.arm else self.method
+
+    @property
+    def label_tag(self) -> str:
+        return self.method + ("" if self.tau is None else f"/tau_{self.tau:.2f}")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}{'' if self.tau is None else f'/tau_{self.tau:.2f}'}/seed_{self.seed}"
+
+
+def sweep_runs(methods: Sequence[str], taus: Sequence[float], seeds: Sequence[int]
+               ) -> list[Run]:
+    return [Run(m, t, s) for m in methods for t in (taus if uses_tau(m) else (None,))
+            for s in seeds]
+
+
+# ----------------------------------------------------------------------------- config
+
+def validate_config(config: Any) -> None:
+    """Raise ConfigError naming the bad field before any model is loaded."""
+    ex = config.experiment
+    methods = list(ex.methods)
+    if not methods:
+        raise ConfigError("config.experiment.methods is empty")
+    for m in methods:
+        b = se_backend(m)
+        if m == ORIGINAL:
+            raise ConfigError("config.experiment.methods: 'original' is always evaluated; "
+                              "do not list it")
+        if b is None and m not in BASELINES:
+            raise ConfigError(
+                f"config.experiment.methods: unknown method {m!r}; choose from "
+                f"{[SE_PREFIX + x for x in ENTROPY_BACKENDS] + list(BASELINES)}")
+        if b is not None and b not in ENTROPY_BACKENDS:
+            raise ConfigError(f"config.experiment.methods: {m!r} names unknown entropy "
+                              f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"config.experiment.methods lists a method twice: {methods}")
+    taus = [float(t) for t in ex.taus]
+    if any(uses_tau(m) for m in methods) and (not taus or any(t < 0 for t in taus)):
+        raise ConfigError(f"config.experiment.taus must be non-empty and >= 0, got {taus}")
+    if not list(ex.seeds):
+        raise ConfigError("config.experiment.seeds is empty")
+    for arm in ex.arms:
+        if arm not in ARMS:
+            raise ConfigError(f"config.experiment.arms: unknown arm {arm!r}; choose from "
+                              f"{list(ARMS)}")
+    if ex.arms and not any(se_backend(m) for m in methods):
+        raise ConfigError("config.experiment.arms need an SE method in experiment.methods")
+    from se_jax import judges
+    if config.evaluation.judge not in judges.JUDGE_NAMES:
+        raise ConfigError(f"config.evaluation.judge: unknown judge "
+                          f"{config.evaluation.judge!r}; choose from {judges.JUDGE_NAMES}")
+
+
+# ----------------------------------------------------------------------------- layout
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where every artifact of an experiment lives (below config.workdir)."""
+    root: Path
+    report_dir: Path
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Layout":
+        root = Path(config.workdir)
+        out = Path(config.experiment.out_dir) if config.experiment.out_dir else root / "report"
+        return cls(root, out)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def sample(self, split: str) -> Path:
+        return self.root / "sample" / split
+
+    def entropy(self, backend: str, split: str) -> Path:
+        return self.root / "entropy" / backend / split
+
+    def label(self, run: Run) -> Path:
+        return self.root / "label" / run.label_tag
+
+    def train(self, run: Run) -> Path:
+        return self.root / "train" / run.tag
+
+    def evaluate(self, tag: str, split: str) -> Path:
+        return self.root / "evaluate" / tag / split
+
+
+def is_done(path: Path) -> bool:
+    return (path / DONE).exists()
+
+
+def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
+    stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
+                                                       default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- tau choice
+
+def pick_taus(sweep: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """{method: tau with the lowest mean validation AED over seeds} (ties: smaller tau)."""
+    by = {}
+    for r in sweep:
+        if r["split"] != SWEEP_SPLIT or r["method"] == ORIGINAL:
+            continue
+        by.setdefault(r["method"], {}).setdefault(r["tau"], []).append(float(r["aed"]))
+    picked = {}
+    for method, per_tau in by.items():
+        def key(t):
+            mean = sum(per_tau[t]) / len(per_tau[t])
+            return (mean if not math.isnan(mean) else math.inf,
+                    -math.inf if t in (None, "") else float(t))
+        picked[method] = min(per_tau, key=key)
+    return picked
+
+
+def result_row(method: str, tau: float | None, split: str, seed: int,
+               metrics: Mapping[str, Any]) -> dict:
+    """A results.csv row (se_jax.report.RESULT_FIELDS)."""
+    return {"method": method, "tau": "" if tau is None else float(tau), "split": split,
+            "seed": seed, **{k: metrics[k] for k in ("n", "correct", "incorrect", "abstained",
+                                                     "accuracy", "engagement", "aed",
+                                                     "judge")}}
+
+
+# ----------------------------------------------------------------------------- stage calls
+# Each stage is called with a copy of the run's config whose input/output paths point
+# into the Layout; the stages write config.json and refuse a changed config.
+
+def _copy(config: Any) -> Any:
+    return config.copy_and_resolve_references()
+
+
+def _split_records(paths: Mapping[str, Path], split: str) -> list[dict]:
+    return stage_io.read_jsonl(paths[split])
+
+
+def sample_split(config: Any, layout: Layout, split: str, questions: Path) -> Path:
+    """Generations (most-likely + M samples) of one split; returns generations.jsonl."""
+    from se_jax.stages import sample
+    out = layout.sample(split)
+    if not is_done(out):
+        cfg = _copy(config)
+        cfg.sampling.input = str(questions)
+        cfg.sampling.out_dir = str(out)
+        sample.run_sample(cfg)
+        mark_done(out)
+    return out / "generations.jsonl"
+
+
+def entropy_split(config: Any, layout: Layout, backend: str, split: str,
+                  generations: Path) -> Path:
+    """Uncertainties of one split with one equivalence backend; returns uncertainty.jsonl."""
+    from se_jax.stages import entropy
+    out = layout.entropy(backend, split)
+    if not is_done(out):
+        cfg = _copy(config)
+        cfg.entropy.backend = backend
+        cfg.entropy.generations = str(generations)
+        cfg.entropy.out_dir = str(out)
+        entropy.run_entropy(cfg)
+        mark_done(out)
+    return out / "uncertainty.jsonl"
+
+
+_LABEL_METHOD = {"rtuning": "rtuning", "rtuning_u": "rtuning_u", "idk": "idk"}
+
+
+def label_run(config: Any, layout: Layout, run: Run, generations: Path,
+              uncertainty: Mapping[str, Path]) -> Path:
+    """The SFT set of a run (shared by its seeds and arms); returns sft.jsonl."""
+    from se_jax.stages import label
+    out = layout.label(run)
+    if not is_done(out):
+        cfg = _copy(config)
+        backend = se_backend(run.method)
+        cfg.labels.method = "se" if backend else _LABEL_METHOD[run.method]
+        cfg.labels.tau = float(run.tau) if run.tau is not None else cfg.labels.tau
+        cfg.labels.backend = backend or ""
+        cfg.labels.generations = str(generations)
+        cfg.labels.uncertainty = str(uncertainty[backend or next(iter(uncertainty))])
+        cfg.labels.out_dir = str(out)
+        if config.evaluation.judge in ("alias", "f1"):   # label with the evaluation's judge
+            cfg.labels.judge = config.evaluation.judge
+            cfg.labels.f1_threshold = config.evaluation.f1_threshold
+        label.run_label(cfg)
+        mark_done(out, json.loads((out / "summary.json").read_text()))
+    return out / "sft.jsonl"
+
+
+def train_run(config: Any, layout: Layout, run: Run, sft: Path) -> Path:
+    """Fine-tune one run; returns the merged checkpoint directory (HF safetensors)."""
+    from se_jax.stages import train
+    out = layout.train(run)
+    if not is_done(out):
+        cfg = _copy(config)
+        cfg.seed = int(run.seed)
+        cfg.training.sft = str(sft)
+        cfg.training.out_dir = str(out)
+        cfg.training.export_merged = True
+        if run.arm == "self_distill":
+            cfg.training.distill.enabled = True
+        elif run.arm == "attention_only":
+            cfg.training.mode = "attention"
+        train.run_train(cfg)
+        mark_done(out, json.loads((out / "summary.json").read_text()))
+    return out / "merged"
+
+
+# ----------------------------------------------------------------------------- models
+
+class Models:
+    """Loads each model once per use; the original model is kept for the whole run."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._original = None
+
+    def load(self, path: str):
+        from se_jax.mesh import make_mesh
+        from se_jax.models.loading import load_llama, load_tokenizer
+        mesh = make_mesh(self.config.mesh)
+        model = load_llama(path, mesh=mesh, dtype=self.config.model.dtype,
+                           param_dtype=self.config.model.param_dtype)
+        return model, load_tokenizer(path)
+
+    def original(self):
+        if self._original is None:
+            self._original = self.load(self.config.model.path)
+        return self._original
+
+
+def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: Callable,
+                   splits: Sequence[str], questions: Mapping[str, Path], judge_factory
+                   ) -> dict[str, dict]:
+    """Evaluate one model on `splits` (skipping finished ones); {split: metrics}."""
+    from se_jax.stages import evaluate
+    out = {}
+    pending = [s for s in splits if evaluate.read_metrics(layout.evaluate(tag, s)) is None]
+    model = tokenizer = judge = None
+    if pending:
+        model, tokenizer = model_and_tokenizer()
+        judge = judge_factory(model, tokenizer)
+    for s in splits:
+        out_dir = layout.evaluate(tag, s)
+        done = evaluate.read_metrics(out_dir)
+        out[s] = done if done is not None else evaluate.evaluate_split(
+            model, tokenizer, _split_records(questions, s), out_dir, config, judge=judge,
+            model_tag=tag)
+    return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class ExperimentResult:
+    table: str
+    judge: str
+    paths: dict[str, Path]
+    results: list[dict]
+    sweep: list[dict]
+    picked: dict[str, float | None]
+
+
+def describe_plan(config: Any) -> str:
+    """What a run would do (validates config and datasets; loads no model)."""
+    from se_jax.data import splits as split_lib
+    validate_config(config)
+    plan = split_lib.plan(config.data, config.workdir)
+    ex = config.experiment
+    runs = sweep_runs(list(ex.methods), [float(t) for t in ex.taus], list(ex.seeds))
+    backends = backends_needed(list(ex.methods), config.entropy.backend)
+    return "\n".join([
+        f"workdir: {config.workdir}",
+        f"in-distribution: {plan.in_distribution.label} (train {plan.sizes['train']}, "
+        f"val {plan.sizes['val']}, test {plan.sizes['test']})",
+        f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
+        f"({plan.sizes['ood']} each)",
+        f"entropy backends: {backends}",
+        f"fine-tuning runs in the sweep: {len(runs)} "
+        f"({', '.join(sorted({r.method for r in runs}))}; taus {list(ex.taus)}; "
+        f"seeds {list(ex.seeds)})",
+        f"arms: {list(ex.arms)}; judge: {config.evaluation.judge}"])
+
+
+def run(config: Any) -> ExperimentResult | None:
+    """The whole experiment (see module doc). Returns None on processes other than 0."""
+    import jax
+
+    from se_jax import judges
+    from se_jax.data import splits as split_lib
+
+    validate_config(config)
+    split_lib.plan(config.data, config.workdir)          # names and splits, before compute
+    start = time.perf_counter()
+    layout = Layout.from_config(config)
+    ex = config.experiment
+    methods, seeds = list(ex.methods), [int(s) for s in ex.seeds]
+    taus = [float(t) for t in ex.taus]
+    questions = split_lib.prepare_splits(config.data, layout.root, layout.data)
+    test_splits = [s for s in questions if s not in ("train", SWEEP_SPLIT)]
+    models = Models(config)
+    judge_model = config.evaluation.judge_model
+
+    def judge_factory(model, tokenizer):
+        if config.evaluation.judge != "llm":
+            return judges.make_judge(config.evaluation)
+        if judge_model:   # a separate judge model, loaded once
+            jm, jt = models.load(judge_model)
+            return judges.make_judge(config.evaluation, jm, jt, model_name=judge_model)
+        om, ot = models.original()   # the original generator judges every model's answers
+        return judges.make_judge(config.evaluation, om, ot, model_name=str(config.model.path))
+
+    # 1. sample train + val once (+ the test splits for the SliCK categories);
+    # 2. entropy per backend.
+    sampled = ["train", "val"] + (test_splits if ex.slick_breakdown else [])
+    generations = {s: sample_split(config, layout, s, questions[s]) for s in sampled}
+    backends = backends_needed(methods, config.entropy.backend)
+    uncertainty = {s: {b: entropy_split(config, layout, b, s, generations[s])
+                       for b in backends} for s in ("train", "val")}
+    logging.info("experiment: samples and entropies ready after %.0fs",
+                 time.perf_counter() - start)
+
+    # 3. the original model on every split.
+    original = evaluate_model(config, layout, ORIGINAL, models.original,
+                              [SWEEP_SPLIT, *test_splits], questions, judge_factory)
+
+    # 4. sweep: label, train, evaluate on validation.
+    sweep = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT]) for s in seeds]
+    runs = sweep_runs(methods, taus, seeds)
+    for i, r in enumerate(runs):
+        logging.info("experiment: sweep run %d/%d: %s", i + 1, len(runs), r.tag)
+        metrics = _train_and_evaluate(config, layout, r, generations["train"],
+                                      uncertainty["train"], models, [SWEEP_SPLIT], questions,
+                                      judge_factory)
+        sweep.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
+
+    # 5. pick tau per method; 6. picked models (and arms) on test + OOD.
+    picked = pick_taus(sweep)
+    final_runs = [Run(m, picked[m], s) for m in methods for s in seeds]
+    first_se = next((m for m in methods if se_backend(m)), None)
+    final_runs += [Run(first_se, picked[first_se], s, arm) for arm in ex.arms for s in seeds]
+    results = [result_row(ORIGINAL, None, sp, s, original[sp])
+               for s in seeds for sp in test_splits]
+    for r in final_runs:
+        metrics = _train_and_evaluate(config, layout, r, generations["train"],
+                                      uncertainty["train"], models,
+                                      [SWEEP_SPLIT, *test_splits], questions, judge_factory)
+        if r.arm:
+            sweep.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
+        results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in test_splits]
+
+    if jax.process_index() != 0:
+        return None
+    from se_jax.stages import evaluate as evaluate_stage, report as report_stage
+    judge_name = original[SWEEP_SPLIT]["judge"]
+    judge = judge_factory(*models.original()) if config.evaluation.judge == "llm" else \
+        judges.make_judge(config.evaluation)
+    unc, hist = report_stage.uncertainty_analysis(
+        config, {s: generations[s] for s in ("train", "val")}, uncertainty, judge)
+    breakdown = []
+    if ex.slick_breakdown:
+        categories = {}
+        for s in test_splits:
+            categories.update(report_stage.slick_categories(
+                stage_io.read_jsonl(generations[s]), judge))
+        tags = {ORIGINAL: ORIGINAL, **{r.name: r.tag for r in final_runs if r.seed == seeds[0]}}
+        breakdown = report_stage.slick_breakdown(
+            {(name, s): evaluate_stage.read_outcomes(layout.evaluate(tag, s))
+             for name, tag in tags.items() for s in test_splits}, categories)
+    from se_jax import report
+    header = (f"Model: `{config.model.path}`; data: {config.data.in_distribution} "
+              f"(train {config.data.train_size}, val {config.data.val_size}, test "
+              f"{config.data.test_size}), OOD {list(config.data.out_of_distribution)} "
+              f"({config.data.ood_size} each); M={config.sampling.num_samples}; "
+              f"taus {taus}; seeds {seeds}; picked tau: "
+              + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
+              + f". Wall time {time.perf_counter() - start:.0f}s.")
+    paths = report.write_report(layout.report_dir, results=results, sweep=sweep,
+                                splits=test_splits, judge=judge_name, uncertainty=unc,
+                                histograms=hist, taus=taus, breakdown=breakdown,
+                                header=header)
+    table = report.aed_table(results, test_splits)
+    return ExperimentResult(table=table, judge=judge_name, paths=paths, results=results,
+                            sweep=sweep, picked=picked)
+
+
+def _train_and_evaluate(config, layout, r: Run, generations, uncertainty, models,
+                        splits, questions, judge_factory) -> dict[str, dict]:
+    from se_jax.stages import evaluate
+    if all(evaluate.read_metrics(layout.evaluate(r.tag, s)) is not None for s in splits):
+        return {s: evaluate.read_metrics(layout.evaluate(r.tag, s)) for s in splits}
+    sft = label_run(config, layout, r, generations, uncertainty)
+    merged = train_run(config, layout, r, sft)
+    return evaluate_model(config, layout, r.tag, lambda: models.load(str(merged)), splits,
+                          questions, judge_factory)

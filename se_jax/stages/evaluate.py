@@ -1,0 +1,119 @@
+"""The evaluate stage: greedy answers of a (fine-tuned or original) model on one split,
+judged, written as `outcomes.jsonl` + `metrics.json` (+ `config.json`) in `out_dir`.
+
+Resumable: questions are processed in fixed shards (stage_io.ShardedJsonl); a rerun skips
+finished shards and a finished directory (metrics.json) is returned as is.
+
+Multi-process (one process per host, or N local processes): shard i is computed by
+process i % P with its local devices (data parallelism over hosts needs no cross-host
+collectives for inference); after a barrier process 0 merges the shards and writes the
+metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+from absl import logging
+
+from se_jax import evaluation, stage_io
+from se_jax.data import prompts as prompt_lib
+
+OUTCOMES = "outcomes"
+METRICS_FILE = "metrics.json"
+
+
+def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config: Any) -> list[str]:
+    """The prompts the sampler used (config.prompt), so evaluation asks exactly the same."""
+    return [prompt_lib.format_prompt(tokenizer, q["question"], **prompt_kwargs(config))
+            for q in questions]
+
+
+def prompt_kwargs(config: Any) -> dict[str, Any]:
+    p = config.prompt
+    return dict(style=p.style)
+
+
+def barrier(name: str) -> None:
+    """All processes reach this point (no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def read_metrics(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
+                   out_dir: str | Path, config: Any, *, judge: Any, model_tag: str) -> dict:
+    """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
+
+    Args:
+      questions: split records {"id", "question", "answers", ...}.
+      config: the run's config (sections evaluation, sampling, prompt are read).
+      judge: a se_jax.judges.Judge; its name is stored with every outcome and metric.
+      model_tag: what was evaluated (e.g. "original", "se_lexical/tau_1.00/seed_0"),
+        stored in config.json so a directory never mixes two models.
+    """
+    out_dir = Path(out_dir)
+    done = read_metrics(out_dir)
+    if done is not None:
+        return done
+    ev = config.evaluation
+    stage_config = {"model": model_tag, "judge": judge.name,
+                    "evaluation": stage_io.config_to_dict(ev),
+                    "prompt": stage_io.config_to_dict(config.prompt),
+                    "num_questions": len(questions)}
+    if jax.process_index() == 0:
+        stage_io.write_config(out_dir, stage_config, ignore=("evaluation.batch_size",
+                                                            "evaluation.bootstrap_samples"))
+    barrier(f"evaluate-config-{out_dir}")
+    shard_size = max(int(ev.batch_size) * 4, 1)
+    num_shards = max(math.ceil(len(questions) / shard_size), 1)
+    out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
+    mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
+    answer_fn = _greedy_fn(model, tokenizer, config)
+    progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
+                                 unit="questions")
+    for i in mine:
+        chunk = list(questions[i * shard_size:(i + 1) * shard_size])
+        predictions = answer_fn(prompt_texts(tokenizer, chunk, config),
+                                [q["id"] for q in chunk])
+        out.write_shard(i, evaluation.judge_outcomes(
+            chunk, predictions, judge, abstention_variants=tuple(ev.abstention_variants),
+            abstention_phrase=config.labels.abstention_phrase))
+        progress.update(len(chunk))
+    barrier(f"evaluate-shards-{out_dir}")
+    if jax.process_index() == 0:
+        out.finalize()
+        outcomes = list(out.records())
+        metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge.name,
+                   "model": model_tag}
+        stage_io.atomic_write_text(out_dir / METRICS_FILE,
+                                   json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        logging.info("evaluate %s: n=%d correct=%d incorrect=%d abstained=%d AED=%.3f "
+                     "(judge: %s)", model_tag, metrics["n"], metrics["correct"],
+                     metrics["incorrect"], metrics["abstained"], metrics["aed"], judge.name)
+    barrier(f"evaluate-done-{out_dir}")
+    return read_metrics(out_dir)
+
+
+def _greedy_fn(model: Any, tokenizer: Any, config: Any):
+    from se_jax import sampling
+    kwargs = sampling.sampling_kwargs(config.sampling)
+    kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
+    kwargs["batch_size"] = int(config.evaluation.batch_size)
+
+    def answer(prompts: list[str], ids: list[str]) -> list[str]:
+        return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,
+                                                        **kwargs)]
+    return answer
+
+
+def read_outcomes(out_dir: str | Path) -> list[dict]:
+    return stage_io.read_jsonl(Path(out_dir) / f"{OUTCOMES}.jsonl")
