@@ -305,8 +305,8 @@ class Models:
 
 
 def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: Callable,
-                   splits: Sequence[str], questions: Mapping[str, Path], judge_factory
-                   ) -> dict[str, dict]:
+                   splits: Sequence[str], questions: Mapping[str, Path],
+                   judge_factory: Callable) -> dict[str, dict]:
     """Evaluate one model on `splits` (skipping finished ones); {split: metrics}."""
     from se_jax.stages import evaluate
     out = {}
@@ -314,7 +314,7 @@ def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: C
     model = tokenizer = judge = None
     if pending:
         model, tokenizer = model_and_tokenizer()
-        judge = judge_factory(model, tokenizer)
+        judge = judge_factory()
     for s in splits:
         out_dir = layout.evaluate(tag, s)
         done = evaluate.read_metrics(out_dir)
@@ -325,6 +325,79 @@ def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: C
 
 
 # ----------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class Context:
+    """What every step of one experiment shares: config, layout, split files, models."""
+    config: Any
+    layout: Layout
+    questions: dict[str, Path]
+    models: Models
+    generations: dict[str, Path] = dataclasses.field(default_factory=dict)
+    uncertainty: dict[str, dict[str, Path]] = dataclasses.field(default_factory=dict)
+    original: dict[str, dict] = dataclasses.field(default_factory=dict)
+    _judge: Any = None
+
+    @classmethod
+    def create(cls, config: Any, layout: Layout, questions: Mapping[str, Path]) -> "Context":
+        return cls(config, layout, dict(questions), Models(config))
+
+    @property
+    def test_splits(self) -> list[str]:
+        return [s for s in self.questions if s not in ("train", SWEEP_SPLIT)]
+
+    def judge(self):
+        """The configured judge (built once); the LLM judge runs `evaluation.judge_model`,
+        else the original generator, so every model's answers get the same judge."""
+        if self._judge is None:
+            from se_jax import judges
+            ev = self.config.evaluation
+            if ev.judge != "llm":
+                self._judge = judges.make_judge(ev)
+            elif ev.judge_model:
+                jm, jt = self.models.load(ev.judge_model)
+                self._judge = judges.make_judge(ev, jm, jt, model_name=ev.judge_model)
+            else:
+                om, ot = self.models.original()
+                self._judge = judges.make_judge(ev, om, ot,
+                                                model_name=str(self.config.model.path))
+        return self._judge
+
+    def prepare(self, evaluate_original: bool = True) -> None:
+        """Sample train + val (and the test splits for SliCK), entropies per backend, and
+        (optionally) the original model on every split."""
+        c, ex = self.config, self.config.experiment
+        sampled = ["train", SWEEP_SPLIT] + (self.test_splits if ex.slick_breakdown else [])
+        self.generations = {s: sample_split(c, self.layout, s, self.questions[s])
+                            for s in sampled}
+        backends = backends_needed(list(ex.methods), c.entropy.backend)
+        self.uncertainty = {s: {b: entropy_split(c, self.layout, b, s, self.generations[s])
+                                for b in backends} for s in ("train", SWEEP_SPLIT)}
+        if evaluate_original:
+            self.original = self.evaluate_original([SWEEP_SPLIT, *self.test_splits])
+
+    def evaluate_original(self, splits: Sequence[str]) -> dict[str, dict]:
+        return evaluate_model(self.config, self.layout, ORIGINAL, self.models.original,
+                              splits, self.questions, self.judge)
+
+    def label(self, r: Run) -> Path:
+        return label_run(self.config, self.layout, r, self.generations["train"],
+                         self.uncertainty["train"])
+
+    def train(self, r: Run) -> Path:
+        return train_run(self.config, self.layout, r, self.label(r))
+
+    def train_and_evaluate(self, r: Run, splits: Sequence[str]) -> dict[str, dict]:
+        """Metrics of run `r` on `splits`; labels, trains and evaluates only what is missing."""
+        from se_jax.stages import evaluate
+        done = {s: evaluate.read_metrics(self.layout.evaluate(r.tag, s)) for s in splits}
+        if all(m is not None for m in done.values()):
+            return done
+        merged = self.train(r)
+        return evaluate_model(self.config, self.layout, r.tag,
+                              lambda: self.models.load(str(merged)), splits, self.questions,
+                              self.judge)
+
 
 @dataclasses.dataclass
 class ExperimentResult:
@@ -361,7 +434,6 @@ def run(config: Any) -> ExperimentResult | None:
     """The whole experiment (see module doc). Returns None on processes other than 0."""
     import jax
 
-    from se_jax import judges
     from se_jax.data import splits as split_lib
 
     validate_config(config)
@@ -371,100 +443,74 @@ def run(config: Any) -> ExperimentResult | None:
     ex = config.experiment
     methods, seeds = list(ex.methods), [int(s) for s in ex.seeds]
     taus = [float(t) for t in ex.taus]
-    questions = split_lib.prepare_splits(config.data, layout.root, layout.data)
-    test_splits = [s for s in questions if s not in ("train", SWEEP_SPLIT)]
-    models = Models(config)
-    judge_model = config.evaluation.judge_model
+    ctx = Context.create(config, layout,
+                         split_lib.prepare_splits(config.data, layout.root, layout.data))
+    test_splits = ctx.test_splits
 
-    def judge_factory(model, tokenizer):
-        if config.evaluation.judge != "llm":
-            return judges.make_judge(config.evaluation)
-        if judge_model:   # a separate judge model, loaded once
-            jm, jt = models.load(judge_model)
-            return judges.make_judge(config.evaluation, jm, jt, model_name=judge_model)
-        om, ot = models.original()   # the original generator judges every model's answers
-        return judges.make_judge(config.evaluation, om, ot, model_name=str(config.model.path))
-
-    # 1. sample train + val once (+ the test splits for the SliCK categories);
-    # 2. entropy per backend.
-    sampled = ["train", "val"] + (test_splits if ex.slick_breakdown else [])
-    generations = {s: sample_split(config, layout, s, questions[s]) for s in sampled}
-    backends = backends_needed(methods, config.entropy.backend)
-    uncertainty = {s: {b: entropy_split(config, layout, b, s, generations[s])
-                       for b in backends} for s in ("train", "val")}
-    logging.info("experiment: samples and entropies ready after %.0fs",
+    ctx.prepare()
+    logging.info("experiment: samples, entropies and the original model done after %.0fs",
                  time.perf_counter() - start)
 
-    # 3. the original model on every split.
-    original = evaluate_model(config, layout, ORIGINAL, models.original,
-                              [SWEEP_SPLIT, *test_splits], questions, judge_factory)
-
-    # 4. sweep: label, train, evaluate on validation.
-    sweep = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT]) for s in seeds]
+    # Sweep: label, train, evaluate on validation; pick tau per method.
+    sweep = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, ctx.original[SWEEP_SPLIT])
+             for s in seeds]
     runs = sweep_runs(methods, taus, seeds)
     for i, r in enumerate(runs):
-        logging.info("experiment: sweep run %d/%d: %s", i + 1, len(runs), r.tag)
-        metrics = _train_and_evaluate(config, layout, r, generations["train"],
-                                      uncertainty["train"], models, [SWEEP_SPLIT], questions,
-                                      judge_factory)
+        logging.info("experiment: sweep run %d/%d: %s (%.0fs)", i + 1, len(runs), r.tag,
+                     time.perf_counter() - start)
+        metrics = ctx.train_and_evaluate(r, [SWEEP_SPLIT])
         sweep.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
-
-    # 5. pick tau per method; 6. picked models (and arms) on test + OOD.
     picked = pick_taus(sweep)
+
+    # The picked models (and the optional arms at the first SE method's tau) on test + OOD.
     final_runs = [Run(m, picked[m], s) for m in methods for s in seeds]
     first_se = next((m for m in methods if se_backend(m)), None)
     final_runs += [Run(first_se, picked[first_se], s, arm) for arm in ex.arms for s in seeds]
-    results = [result_row(ORIGINAL, None, sp, s, original[sp])
+    results = [result_row(ORIGINAL, None, sp, s, ctx.original[sp])
                for s in seeds for sp in test_splits]
     for r in final_runs:
-        metrics = _train_and_evaluate(config, layout, r, generations["train"],
-                                      uncertainty["train"], models,
-                                      [SWEEP_SPLIT, *test_splits], questions, judge_factory)
+        metrics = ctx.train_and_evaluate(r, [SWEEP_SPLIT, *test_splits])
         if r.arm:
             sweep.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in test_splits]
 
     if jax.process_index() != 0:
         return None
+    return write_report(ctx, results, sweep, picked, final_runs,
+                        wall_s=time.perf_counter() - start)
+
+
+def write_report(ctx: Context, results: list[dict], sweep: list[dict],
+                 picked: dict[str, float | None], final_runs: Sequence[Run],
+                 wall_s: float) -> ExperimentResult:
+    from se_jax import report
     from se_jax.stages import evaluate as evaluate_stage, report as report_stage
-    judge_name = original[SWEEP_SPLIT]["judge"]
-    judge = judge_factory(*models.original()) if config.evaluation.judge == "llm" else \
-        judges.make_judge(config.evaluation)
+    config, ex = ctx.config, ctx.config.experiment
+    seeds = [int(s) for s in ex.seeds]
+    judge = ctx.judge()
     unc, hist = report_stage.uncertainty_analysis(
-        config, {s: generations[s] for s in ("train", "val")}, uncertainty, judge)
+        config, {s: ctx.generations[s] for s in ("train", SWEEP_SPLIT)}, ctx.uncertainty,
+        judge)
     breakdown = []
     if ex.slick_breakdown:
         categories = {}
-        for s in test_splits:
+        for s in ctx.test_splits:
             categories.update(report_stage.slick_categories(
-                stage_io.read_jsonl(generations[s]), judge))
+                stage_io.read_jsonl(ctx.generations[s]), judge))
         tags = {ORIGINAL: ORIGINAL, **{r.name: r.tag for r in final_runs if r.seed == seeds[0]}}
         breakdown = report_stage.slick_breakdown(
-            {(name, s): evaluate_stage.read_outcomes(layout.evaluate(tag, s))
-             for name, tag in tags.items() for s in test_splits}, categories)
-    from se_jax import report
-    header = (f"Model: `{config.model.path}`; data: {config.data.in_distribution} "
-              f"(train {config.data.train_size}, val {config.data.val_size}, test "
-              f"{config.data.test_size}), OOD {list(config.data.out_of_distribution)} "
-              f"({config.data.ood_size} each); M={config.sampling.num_samples}; "
-              f"taus {taus}; seeds {seeds}; picked tau: "
+            {(name, s): evaluate_stage.read_outcomes(ctx.layout.evaluate(tag, s))
+             for name, tag in tags.items() for s in ctx.test_splits}, categories)
+    d = config.data
+    header = (f"Model: `{config.model.path}`; data: {d.in_distribution} (train {d.train_size}, "
+              f"val {d.val_size}, test {d.test_size}), OOD {list(d.out_of_distribution)} "
+              f"({d.ood_size} each); M={config.sampling.num_samples} samples; taus "
+              f"{[float(t) for t in ex.taus]}; seeds {seeds}; picked tau: "
               + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
-              + f". Wall time {time.perf_counter() - start:.0f}s.")
-    paths = report.write_report(layout.report_dir, results=results, sweep=sweep,
-                                splits=test_splits, judge=judge_name, uncertainty=unc,
-                                histograms=hist, taus=taus, breakdown=breakdown,
-                                header=header)
-    table = report.aed_table(results, test_splits)
-    return ExperimentResult(table=table, judge=judge_name, paths=paths, results=results,
-                            sweep=sweep, picked=picked)
-
-
-def _train_and_evaluate(config, layout, r: Run, generations, uncertainty, models,
-                        splits, questions, judge_factory) -> dict[str, dict]:
-    from se_jax.stages import evaluate
-    if all(evaluate.read_metrics(layout.evaluate(r.tag, s)) is not None for s in splits):
-        return {s: evaluate.read_metrics(layout.evaluate(r.tag, s)) for s in splits}
-    sft = label_run(config, layout, r, generations, uncertainty)
-    merged = train_run(config, layout, r, sft)
-    return evaluate_model(config, layout, r.tag, lambda: models.load(str(merged)), splits,
-                          questions, judge_factory)
+              + f". Wall time of this invocation: {wall_s:.0f}s.")
+    paths = report.write_report(ctx.layout.report_dir, results=results, sweep=sweep,
+                                splits=ctx.test_splits, judge=judge.name, uncertainty=unc,
+                                histograms=hist, taus=[float(t) for t in ex.taus],
+                                breakdown=breakdown, header=header)
+    return ExperimentResult(table=report.aed_table(results, ctx.test_splits), judge=judge.name,
+                            paths=paths, results=results, sweep=sweep, picked=picked)

@@ -1,0 +1,40 @@
+"""The README's main job: the whole experiment on the embedded SmolLM2-135M-Instruct, sized
+to finish on a 2-core CPU in under 15 minutes.
+
+    python launch/experiment.py --config=configs/demo.py
+
+NQ-open questions (train / validation / in-distribution test) and SliCK's
+out-of-distribution EntityQuestions relations from ../shared/data, M=10 samples, a short
+tau sweep for SE (lexical equivalence: no NLI checkpoint is available offline) and
+R-Tuning-U against R-Tuning and Idk, one seed, a small LoRA. Scale any of it up from the
+command line, e.g. --config.data.train_size=2000 --config.experiment.seeds='(0,1,2)'.
+"""
+from __future__ import annotations
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.workdir = "runs/demo"
+
+    d = config.data
+    d.in_distribution = "nq_open"
+    d.out_of_distribution = ("entity_questions_ood",)
+    d.train_size, d.val_size, d.test_size, d.ood_size = 160, 48, 48, 48
+
+    config.evaluation.judge = "f1"
+    config.evaluation.max_new_tokens = 24
+    config.evaluation.batch_size = 16
+
+    ex = config.experiment
+    ex.methods = ("se_lexical", "rtuning", "rtuning_u")
+    ex.taus = (0.5, 1.0, 1.5)
+    ex.seeds = (0,)
+
+    t = config.training
+    t.lora.rank, t.lora.alpha = 8, 16.0
+    t.learning_rate, t.batch_size, t.epochs = 1e-3, 16, 3
+    t.save_every, t.keep = 1000, 1
+    t.export_adapter = False
+    return config
