@@ -131,6 +131,27 @@ def training_config() -> ml_collections.ConfigDict:
     ))
 
 
+def entropy_config() -> ml_collections.ConfigDict:
+    """The entropy stage: generations -> semantic ids, equivalence, entropies (se_jax/entailment.py)."""
+    return ml_collections.ConfigDict(dict(
+        # deberta | llm_judge | lexical. deberta without nli_path falls back to lexical,
+        # loudly, and the output records say so (no NLI checkpoint can be downloaded here).
+        backend="deberta",
+        strict=False,                 # True: both directions ENTAILMENT; False: reference's
+        condition_on_question=True,   # deberta: classify "{question} {answer}" pairs
+        lexical_threshold=0.5,        # lexical: token F1 (question words removed) >= this
+        nli_path="",                  # HF DeBERTa NLI directory, e.g. deberta-v2-xlarge-mnli
+        nli_dtype="float32",          # float32 | bfloat16
+        batch_size=64,                # deberta: pairs per jitted forward (x batch shards)
+        buckets=(32, 64, 128, 256, 512),  # deberta: padded pair lengths
+        llm_path="",                  # llm_judge: decoder ("" = config.model.path)
+        llm_batch_size=16,            # llm_judge: prompts per forward
+        questions_per_shard=128,      # resumable unit of work
+        generations="",   # generations.jsonl or its directory ("" = <workdir>/sample)
+        out_dir="",       # "" = <workdir>/entropy
+    ))
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/default"  # every stage writes below this directory
@@ -140,6 +161,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.on_bad_input = "skip"
     config.model = model_config()
     config.mesh = mesh_config()
+    config.entropy = entropy_config()
     config.data = data_config()
     config.evaluation = evaluation_config()
     config.experiment = experiment_config()
