@@ -51,9 +51,14 @@ def adapter_tensors(model) -> dict[str, np.ndarray]:
     return out
 
 
-def adapter_config(spec: lora.LoRASpec, base_model: str) -> dict[str, Any]:
-    """PEFT's LoraConfig fields for `spec` (scale = alpha / r, no rsLoRA / DoRA / bias)."""
-    targets = (spec.target_modules if isinstance(spec.target_modules, str)
+def adapter_config(spec: lora.LoRASpec, base_model: str,
+                   modules: list[str]) -> dict[str, Any]:
+    """PEFT's LoraConfig fields for `spec` (scale = alpha / r, no rsLoRA / DoRA / bias).
+
+    A regex target (matched against our paths, which lack HF's "model." prefix) is written
+    as the explicit list of HF module names `modules`, which PEFT matches as suffixes.
+    """
+    targets = (sorted(modules) if isinstance(spec.target_modules, str)
                else sorted(spec.target_modules))
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,
@@ -67,13 +72,16 @@ def export_peft_adapter(model, spec: lora.LoRASpec, out_dir: str, *,
                         base_model: str = "") -> str:
     """Write the PEFT adapter directory of `model`'s adapters; returns `out_dir`."""
     tensors = adapter_tensors(model)
+    modules = sorted({n[len("base_model.model."):-len(".lora_A.weight")]
+                      for n in tensors if n.endswith(".lora_A.weight")})
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, ".adapter_model.safetensors.tmp")
         save_file(tensors, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(out_dir, "adapter_model.safetensors"))
         atomic_write_text(os.path.join(out_dir, "adapter_config.json"),
-                          json.dumps(adapter_config(spec, base_model), indent=2) + "\n")
+                          json.dumps(adapter_config(spec, base_model, modules), indent=2)
+                          + "\n")
     return out_dir
 
 
