@@ -172,7 +172,8 @@ def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
 # ----------------------------------------------------------------------------- tau choice
 
 def pick_taus(sweep: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """{method: tau with the lowest mean validation AED over seeds} (ties: smaller tau)."""
+    """{method: tau with the lowest mean validation AED over seeds} (ties: smaller tau;
+    None for methods without tau)."""
     by = {}
     for r in sweep:
         if r["split"] != SWEEP_SPLIT or r["method"] == ORIGINAL:
@@ -184,7 +185,8 @@ def pick_taus(sweep: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
             mean = sum(per_tau[t]) / len(per_tau[t])
             return (mean if not math.isnan(mean) else math.inf,
                     -math.inf if t in (None, "") else float(t))
-        picked[method] = min(per_tau, key=key)
+        best = min(per_tau, key=key)
+        picked[method] = None if best in (None, "") else float(best)
     return picked
 
 

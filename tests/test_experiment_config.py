@@ -1,0 +1,86 @@
+"""Experiment config checks (before any compute), tau choice, sweep plan, launcher errors."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs import base, demo, paper_llama3_8b, tiny
+from se_jax import experiment as ex
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("methods", ("se_lexical", "rtuning_x"), "unknown method 'rtuning_x'"),
+    ("methods", ("se_nli",), "unknown entropy backend 'nli'"),
+    ("methods", ("original",), "always evaluated"),
+    ("methods", ("idk", "idk"), "twice"),
+    ("taus", (), "taus must be non-empty"),
+    ("seeds", (), "seeds is empty"),
+    ("arms", ("distill",), "unknown arm 'distill'"),
+])
+def test_validate_config_names_the_bad_field(field, value, message):
+    config = tiny.get_config()
+    config.experiment[field] = value
+    with pytest.raises(ex.ConfigError, match=message):
+        ex.validate_config(config)
+
+
+def test_validate_config_judge_and_shipped_configs():
+    for module in (base, demo, tiny, paper_llama3_8b):
+        ex.validate_config(module.get_config())
+    config = tiny.get_config()
+    config.evaluation.judge = "exact"
+    with pytest.raises(ex.ConfigError, match="unknown judge 'exact'"):
+        ex.validate_config(config)
+
+
+def test_sweep_runs_and_tags():
+    runs = ex.sweep_runs(["se_lexical", "rtuning"], [0.5, 1.0], [0, 1])
+    assert [r.tag for r in runs] == ["se_lexical/tau_0.50/seed_0", "se_lexical/tau_0.50/seed_1",
+                                     "se_lexical/tau_1.00/seed_0", "se_lexical/tau_1.00/seed_1",
+                                     "rtuning/seed_0", "rtuning/seed_1"]
+    arm = ex.Run("se_lexical", 1.0, 0, "self_distill")
+    assert arm.tag == "se_lexical+self_distill/tau_1.00/seed_0"
+    assert arm.label_tag == "se_lexical/tau_1.00"          # shares the SE labels
+    assert ex.backends_needed(["rtuning_u", "idk"], "lexical") == ["lexical"]
+    assert ex.backends_needed(["se_deberta", "se_lexical", "rtuning_u"], "x") == [
+        "deberta", "lexical"]
+
+
+def test_pick_taus_by_mean_validation_aed():
+    rows = [dict(method="se_lexical", tau=0.5, split="val", seed=0, aed=0.40),
+            dict(method="se_lexical", tau=0.5, split="val", seed=1, aed=0.30),   # mean .35
+            dict(method="se_lexical", tau=1.0, split="val", seed=0, aed=0.36),
+            dict(method="se_lexical", tau=1.0, split="val", seed=1, aed=0.36),   # mean .36
+            dict(method="se_lexical", tau=1.5, split="test", seed=0, aed=0.01),  # not val
+            dict(method="rtuning_u", tau=0.5, split="val", seed=0, aed=0.5),
+            dict(method="rtuning_u", tau=2.0, split="val", seed=0, aed=0.5),     # tie
+            dict(method="rtuning", tau="", split="val", seed=0, aed=0.6),
+            dict(method="idk", tau="", split="val", seed=0, aed=math.nan),
+            dict(method="original", tau="", split="val", seed=0, aed=0.1)]
+    picked = ex.pick_taus(rows)
+    assert picked == {"se_lexical": 0.5, "rtuning_u": 0.5, "rtuning": None, "idk": None}
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "experiment.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_launcher_rejects_config_typos_before_compute(tmp_path):
+    out = _launch("--config=configs/tiny.py", f"--config.workdir={tmp_path}",
+                  "--config.experiment.methodz=('idk',)", "--dry_run")
+    assert out.returncode != 0
+    assert "methodz" in out.stderr
+    out = _launch("--config=configs/tiny.py", f"--config.workdir={tmp_path}",
+                  "--config.experiment.methods=('se_lexcal',)", "--dry_run")
+    assert out.returncode != 0 and "unknown method 'se_lexcal'" in out.stderr
+    out = _launch("--config=configs/tiny.py", f"--config.workdir={tmp_path}",
+                  "--config.data.in_distribution=nq_closed", "--dry_run")
+    assert out.returncode != 0 and "unknown dataset 'nq_closed'" in out.stderr
+    assert not (tmp_path / "sample").exists()    # nothing ran

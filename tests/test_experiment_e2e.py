@@ -1,0 +1,108 @@
+"""End to end on a tiny random model and tiny data: every stage, the table and the plots;
+a rerun does no work, and one more tau does only the missing work."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from configs import tiny
+from se_jax import experiment as ex
+from se_jax import report
+
+
+def write_tiny_data(root: Path) -> Path:
+    """NQ-open-like and EntityQuestions-like files, in the shared data layout."""
+    nq = root / "nq_open" / "NQ-open.dev.jsonl"
+    nq.parent.mkdir(parents=True, exist_ok=True)
+    capitals = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"),
+                ("Germany", "Berlin"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
+                ("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi"),
+                ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Poland", "Warsaw"),
+                ("Greece", "Athens"), ("Cuba", "Havana"), ("Iran", "Tehran"),
+                ("Iraq", "Baghdad"), ("Nepal", "Kathmandu"), ("Mali", "Bamako")]
+    nq.write_text("".join(json.dumps({"question": f"what is the capital of {c}",
+                                      "answer": [a]}) + "\n" for c, a in capitals))
+    eq = root / "entity_questions" / "test" / "P50.test.json"
+    eq.parent.mkdir(parents=True, exist_ok=True)
+    eq.write_text(json.dumps([{"question": f"Who is the author of Book {i}?",
+                               "answers": [f"Author {i}"]} for i in range(6)]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from tiny_models import make_tiny_llama_dir
+    root = tmp_path_factory.mktemp("e2e")
+    model_dir = make_tiny_llama_dir(root / "model", variant="llama")
+    return model_dir, write_tiny_data(root / "data"), root
+
+
+def tiny_config(model_dir: str, data_dir: Path, workdir: Path):
+    config = tiny.get_config()
+    config.model.path = str(model_dir)
+    config.data.source_dir = str(data_dir)
+    config.workdir = str(workdir)
+    return config
+
+
+def test_experiment_end_to_end(tiny_setup):
+    model_dir, data_dir, root = tiny_setup
+    workdir = root / "run"
+    config = tiny_config(model_dir, data_dir, workdir)
+    start = time.perf_counter()
+    result = ex.run(config)
+    first = time.perf_counter() - start
+    out = Path(result.paths["report"]).parent
+
+    # report.md: the AED table with every method and split, and the judge.
+    text = (out / "report.md").read_text()
+    for label in ("Original model", "SE (lexical)", "R-Tuning", "R-Tuning-U", "Idk"):
+        assert f"| {label} |" in text
+    assert "AED test" in text and "AED ood_entity_questions_ood" in text
+    assert "f1>=0.5" in text
+    # results.csv: one row per method x split x seed, the contract's columns.
+    rows = report.read_results_csv(out / "results.csv")
+    assert list(rows[0]) == list(report.RESULT_FIELDS)
+    assert {(r["method"], r["split"]) for r in rows} == {
+        (m, s) for m in ("original", "se_lexical", "rtuning", "rtuning_u", "idk")
+        for s in ("test", "ood_entity_questions_ood")}
+    assert len(rows) == 10
+    for r in rows:
+        n, c, i, a = (int(r[k]) for k in ("n", "correct", "incorrect", "abstained"))
+        assert n == 4 and c + i + a == n
+        assert float(r["aed"]) == pytest.approx(((i ** 2 + (n - c) ** 2) / (2 * n * n)) ** .5,
+                                                abs=1e-3)
+    # The sweep: every tau of the tau methods on validation, and the picked tau is one.
+    sweep = report.read_results_csv(out / "sweep.csv")
+    assert {(r["method"], r["tau"]) for r in sweep if r["method"] == "se_lexical"} == {
+        ("se_lexical", "0.500"), ("se_lexical", "1.500")}
+    assert result.picked["se_lexical"] in (0.5, 1.5) and result.picked["rtuning"] is None
+    # Plots are real PNGs.
+    for name in ("adaptation.png", "aed.png", "entropy_hist.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # Every stage left its artifacts and done marker.
+    layout = ex.Layout.from_config(config)
+    for path in (layout.sample("train"), layout.sample("val"),
+                 layout.entropy("lexical", "train"), layout.train(ex.Run("idk", None, 0))):
+        assert (path / "done.json").exists() and (path / "config.json").exists()
+
+    # A rerun finds everything done: no stage runs again (no model is even loaded).
+    marker = layout.train(ex.Run("rtuning", None, 0)) / "done.json"
+    stamp = marker.stat().st_mtime_ns
+    start = time.perf_counter()
+    again = ex.run(config)
+    assert time.perf_counter() - start < first / 2
+    assert marker.stat().st_mtime_ns == stamp
+    assert again.table == result.table
+
+    # One more tau: only its runs are trained.
+    config.experiment.taus = (0.5, 1.5, 2.5)
+    ex.run(config)
+    assert marker.stat().st_mtime_ns == stamp
+    assert (layout.train(ex.Run("se_lexical", 2.5, 0)) / "done.json").exists()
+    assert (layout.train(ex.Run("rtuning_u", 2.5, 0)) / "done.json").exists()
