@@ -115,11 +115,15 @@ class EntityQuestions(_LocalBuilder, skip_registration=True):
         root = self.builder_config.source
         out = {}
         for s in self._source_splits():
+            present = set(sources.entity_question_files(root, s))
             out[s] = self._generate_examples(root, s, None)
-            out[f"{s}_in_distribution"] = self._generate_examples(
-                root, s, sources.SLICK_IN_DISTRIBUTION)
-            out[f"{s}_out_of_distribution"] = self._generate_examples(
-                root, s, sources.SLICK_OUT_OF_DISTRIBUTION)
+            # A partial copy may lack a relation set altogether: no such split then.
+            if present & set(sources.SLICK_IN_DISTRIBUTION):
+                out[f"{s}_in_distribution"] = self._generate_examples(
+                    root, s, sources.SLICK_IN_DISTRIBUTION)
+            if present & set(sources.SLICK_OUT_OF_DISTRIBUTION):
+                out[f"{s}_out_of_distribution"] = self._generate_examples(
+                    root, s, sources.SLICK_OUT_OF_DISTRIBUTION)
         return out
 
     def _generate_examples(self, root: str, split: str, relations):
