@@ -152,6 +152,32 @@ def entropy_config() -> ml_collections.ConfigDict:
     ))
 
 
+def prompt_config() -> ml_collections.ConfigDict:
+    """How a question becomes a prompt (se_jax/data/prompts.py); every stage uses it."""
+    return ml_collections.ConfigDict(dict(
+        style="short",   # short ("as briefly as possible") | sentence ("single ... sentence")
+        chat="auto",     # auto (chat template if the tokenizer has one) | chat | plain
+        few_shot=(),     # ((question, answer), ...) examples shown before the question
+    ))
+
+
+def sampling_config() -> ml_collections.ConfigDict:
+    """The sample stage: 1 low-temperature + M sampled answers per question (se_jax/sampling.py)."""
+    return ml_collections.ConfigDict(dict(
+        num_samples=10,         # M answers at `temperature` (the entropy estimators' set)
+        temperature=1.0,
+        low_temperature=0.1,    # the "most likely" answer; 0 = greedy
+        top_k=0,                # 0 = off
+        top_p=1.0,              # 1.0 = off
+        max_new_tokens=64,
+        batch_size=8,           # questions per batch (x (1 + M) decode rows); one shard each
+        buckets=(64, 128, 256, 512),  # prompt lengths padded to (one program each)
+        stop_strings=("\n", "Question:", "Context:"),  # "\n" only after answer text
+        input="",        # questions JSONL {"id", "question", "answers"} (launch/sample.py --questions)
+        out_dir="",      # "" = <workdir>/sample
+    ))
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.workdir = "runs/default"  # every stage writes below this directory
@@ -161,6 +187,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.on_bad_input = "skip"
     config.model = model_config()
     config.mesh = mesh_config()
+    config.prompt = prompt_config()
+    config.sampling = sampling_config()
     config.entropy = entropy_config()
     config.data = data_config()
     config.evaluation = evaluation_config()
