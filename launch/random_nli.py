@@ -91,12 +91,30 @@ def build_torch_model(spec: dict, vocab_size: int, seed: int = 0):
     return model
 
 
+def calibrate_classifier(model, tokenizer, sentences: list[str]) -> None:
+    """Centre and scale the classifier on pairs of `sentences`, so the argmax depends on the
+    input (a random encoder's pooled outputs share a large common part, which otherwise
+    makes one class win everywhere)."""
+    import torch
+    a = [x for x in sentences for _ in sentences]
+    b = [y for _ in sentences for y in sentences]
+    enc = tokenizer(a, b, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.deberta(**enc).last_hidden_state
+        logits = model.classifier(model.pooler(hidden)) - model.classifier.bias
+        mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
+        model.classifier.weight.div_(std[:, None])
+        model.classifier.bias.copy_(-mean / std)
+
+
 def save_random_nli(out_dir: str | Path, spec: dict, sentences: Iterable[str],
                     vocab_size: int = 400, seed: int = 0) -> Path:
     """Save a random DeBERTa NLI model + tokenizer as a Hugging Face directory."""
     out_dir = Path(out_dir)
+    sentences = list(sentences)
     tokenizer = train_tokenizer(sentences, vocab_size)
     model = build_torch_model(spec, len(tokenizer), seed)
+    calibrate_classifier(model, tokenizer, sentences)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -111,3 +129,8 @@ DEFAULT_SENTENCES = [
     "Who painted the Mona Lisa? Leonardo da Vinci painted it in Florence.",
     "I don't know the answer.",
 ]
+# Question-conditioned answers, as the deberta backend builds them ("{question} {answer}").
+HAMLET_Q = "Who wrote the play Hamlet, and in which year was it first performed?"
+HAMLET_ANSWERS = ["Shakespeare", "William Shakespeare wrote it around 1600 in London",
+                  "I don't know the answer.", "Marlowe", "Ben Jonson, in 1603"]
+DEFAULT_SENTENCES += [f"{HAMLET_Q} {a}" for a in HAMLET_ANSWERS]

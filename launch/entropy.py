@@ -1,0 +1,36 @@
+"""The entropy stage: generations.jsonl -> uncertainty.jsonl (semantic ids, equivalence
+matrices, discrete/weighted semantic entropy, naive and exact-string entropy).
+
+    python launch/entropy.py --config=configs/base.py --generations=runs/demo/sample \\
+        --out=runs/demo/entropy --config.entropy.backend=deberta \\
+        --config.entropy.nli_path=/models/deberta-v2-xlarge-mnli
+
+Without --config.entropy.nli_path the deberta backend falls back to the lexical one (logged
+loudly, and written into every record). Rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
+_GENERATIONS = flags.DEFINE_string("generations", None, "generations.jsonl or its directory "
+                                   "(default config.entropy.generations, else <workdir>/sample)")
+_OUT = flags.DEFINE_string("out", None, "output directory (default config.entropy.out_dir, "
+                           "else <workdir>/entropy)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax.stages.entropy import run_entropy
+    config = _CONFIG.value
+    if _GENERATIONS.value:
+        config.entropy.generations = _GENERATIONS.value
+    if _OUT.value:
+        config.entropy.out_dir = _OUT.value
+    print(run_entropy(config))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,299 @@
+"""Semantic equivalence of sampled answers: backends behind one interface, and the kernel
+that turns M answers per question into an M x M equivalence matrix.
+
+A backend labels ordered pairs (answer a -> answer b, given the question) with one of
+CONTRADICTION / NEUTRAL / ENTAILMENT, many pairs per call:
+- `deberta` (the paper's): a DeBERTa NLI classifier on "{question} {a}" -> "{question} {b}",
+  argmax over the classes named in the checkpoint's id2label; one jitted forward per padded,
+  length-bucketed batch, pairs sharded over the mesh's batch axes.
+- `llm_judge`: a loaded decoder asked "Does Possible Answer 1 semantically entail Possible
+  Answer 2? Respond with entailment, contradiction, or neutral", scored in one forward pass
+  by the next-token log-probabilities of the three labels' first tokens.
+- `lexical`: SQuAD token F1 of the answers after removing the question's words; ENTAILMENT
+  when >= threshold, else NEUTRAL (F1 is symmetric, so "both ways" holds by construction).
+  The offline fallback when no NLI checkpoint is configured.
+
+Equivalence of a and b combines both directions as jlko/semantic_uncertainty does:
+strict = both ENTAILMENT; non-strict = no CONTRADICTION and not both NEUTRAL.
+
+The kernel (`equivalence_matrices`) first drops exact duplicate strings per question (short
+answers repeat a lot), labels all ordered pairs of the distinct strings of every question
+in one backend call (the diagonal too: a random or odd model need not entail a string from
+itself, and duplicates inherit that verdict), and scatters back to M x M.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+
+from se_jax import mesh as mesh_lib
+from se_jax.text import answer_tokens, token_f1
+
+CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
+LABELS = ("contradiction", "neutral", "entailment")  # index = the constants above
+BACKENDS = ("deberta", "llm_judge", "lexical")
+
+
+class Backend(Protocol):
+    """Labels ordered pairs; `name` and `checkpoint` are written into every output record."""
+    name: str
+    checkpoint: str | None
+
+    def implications(self, questions: Sequence[str], premises: Sequence[str],
+                     hypotheses: Sequence[str]) -> np.ndarray:
+        """int8[P]: LABELS index of premises[p] -> hypotheses[p] given questions[p]."""
+        ...
+
+
+def combine_directions(forward: np.ndarray, backward: np.ndarray, strict: bool) -> np.ndarray:
+    """Equivalence from the two directions' labels (elementwise, any shape)."""
+    if strict:
+        return (forward == ENTAILMENT) & (backward == ENTAILMENT)
+    return ((forward != CONTRADICTION) & (backward != CONTRADICTION)
+            & ~((forward == NEUTRAL) & (backward == NEUTRAL)))
+
+
+# ----------------------------------------------------------------------------- lexical
+
+@dataclasses.dataclass(frozen=True)
+class LexicalBackend:
+    threshold: float = 0.5
+    name: str = "lexical"
+    checkpoint: str | None = None
+
+    def implications(self, questions, premises, hypotheses) -> np.ndarray:
+        out = np.empty(len(premises), np.int8)
+        for i, (q, a, b) in enumerate(zip(questions, premises, hypotheses)):
+            f1 = token_f1(a, b, drop=answer_tokens(q))
+            out[i] = ENTAILMENT if f1 >= self.threshold else NEUTRAL
+        return out
+
+
+# ----------------------------------------------------------------------------- deberta
+
+def _canonical_index(id2label: Sequence[str], source: str) -> np.ndarray:
+    """int8[num_labels]: model class index -> LABELS index, from the checkpoint's names."""
+    names = [str(n).lower() for n in id2label]
+    if sorted(names) != sorted(LABELS):
+        raise ValueError(f"{source}: id2label {list(id2label)} is not the three NLI classes "
+                         f"{LABELS}; fix config.json's id2label")
+    return np.array([LABELS.index(n) for n in names], np.int8)
+
+
+def pad_pairs(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None,
+              rows: int, length: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    """Right-pad encoded pairs to int32[rows, length] (ids, attention mask, token types);
+    rows past len(ids) are padding whose first token is left valid (finite softmax)."""
+    tokens = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    type_ids = np.zeros((rows, length), np.int32)
+    for i, seq in enumerate(ids):
+        tokens[i, :len(seq)] = seq
+        mask[i, :len(seq)] = 1
+        if types is not None:
+            type_ids[i, :len(seq)] = types[i]
+    mask[len(ids):, 0] = 1
+    return tokens, mask, type_ids
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length; beyond the largest, the next multiple of it."""
+    for b in sorted(buckets):
+        if length <= b:
+            return b
+    top = max(buckets)
+    return -(-length // top) * top
+
+
+class DebertaBackend:
+    """NLI classifier backend. Pairs are sorted by length, cut into batches of `batch_size`
+    within a length bucket, padded, and classified by one jitted forward per batch; the
+    batch axis is sharded over the mesh's batch axes (parameters replicated)."""
+    name = "deberta"
+
+    def __init__(self, nli: Any, mesh: Mesh, *, batch_size: int = 64,
+                 buckets: Sequence[int] = (32, 64, 128, 256, 512),
+                 condition_on_question: bool = True,
+                 rules: mesh_lib.ShardingRules = mesh_lib.ShardingRules()):
+        self.nli, self.tokenizer, self.checkpoint = nli, nli.tokenizer, nli.path
+        self.buckets = tuple(buckets)
+        self.condition_on_question = condition_on_question
+        shards = int(np.prod([mesh.shape[a] for a in _axes(rules.batch) if a in mesh.shape]))
+        self.batch_size = -(-batch_size // shards) * shards  # divisible by the batch shards
+        self.to_canonical = jnp.asarray(_canonical_index(nli.labels, nli.path))
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        graphdef, state = nnx.split(nli.model)
+        self.state = jax.device_put(state, mesh_lib.replicated(mesh))
+        rows = mesh_lib.logical_sharding(mesh, rules, ("batch", None))
+        out = mesh_lib.logical_sharding(mesh, rules, ("batch",))
+
+        def classify(state, tokens, mask, type_ids):
+            logits = nnx.merge(graphdef, state)(tokens, mask, type_ids)
+            return self.to_canonical[jnp.argmax(logits, axis=-1)]
+
+        self._classify = jax.jit(
+            classify, in_shardings=(mesh_lib.replicated(mesh), rows, rows, rows),
+            out_shardings=out)
+
+    def texts(self, question: str, answer: str) -> str:
+        """The reference conditions each answer on its question: f"{question} {answer}"."""
+        return f"{question} {answer}" if self.condition_on_question else answer
+
+    def encode(self, questions, premises, hypotheses) -> tuple[list, list | None]:
+        a = [self.texts(q, p) for q, p in zip(questions, premises)]
+        b = [self.texts(q, h) for q, h in zip(questions, hypotheses)]
+        enc = self.tokenizer(a, b)
+        return enc["input_ids"], enc.get("token_type_ids")
+
+    def batches(self, ids: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, int]]:
+        """(pair indices, padded length) per batch: sorted by length, one bucket per batch."""
+        order = np.argsort([len(s) for s in ids], kind="stable")
+        out: list[tuple[np.ndarray, int]] = []
+        start = 0
+        while start < len(order):
+            length = bucket_for(len(ids[order[start]]), self.buckets)
+            stop = start
+            while (stop < len(order) and stop - start < self.batch_size
+                   and len(ids[order[stop]]) <= length):
+                stop += 1
+            chunk = order[start:stop]
+            out.append((chunk, bucket_for(len(ids[chunk[-1]]), self.buckets)))
+            start = stop
+        return out
+
+    def implications(self, questions, premises, hypotheses) -> np.ndarray:
+        if not len(premises):
+            return np.zeros(0, np.int8)
+        ids, types = self.encode(questions, premises, hypotheses)
+        results = []
+        for chunk, length in self.batches(ids):  # dispatch all batches, then fetch (async)
+            tokens, mask, type_ids = pad_pairs(
+                [ids[i] for i in chunk], None if types is None else [types[i] for i in chunk],
+                self.batch_size, length, self.pad_id)
+            results.append((chunk, self._classify(self.state, tokens, mask, type_ids)))
+        labels = np.empty(len(ids), np.int8)
+        for chunk, out in results:
+            labels[chunk] = np.asarray(out)[:len(chunk)]
+        return labels
+
+
+def _axes(axes) -> tuple[str, ...]:
+    return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+# ----------------------------------------------------------------------------- llm judge
+
+LLM_ENTAILMENT_TEMPLATE = (
+    'We are evaluating answers to the question "{question}"\n'
+    "Here are two possible answers:\n"
+    "Possible Answer 1: {a}\nPossible Answer 2: {b}\n"
+    "Does Possible Answer 1 semantically entail Possible Answer 2? "
+    "Respond with entailment, contradiction, or neutral.")
+
+
+@dataclasses.dataclass
+class LlmJudgeBackend:
+    """Scores the reference's EntailmentLLM prompt by next-token log-probabilities.
+
+    `scorer(prompts, candidates) -> float[B, K]` (se_jax.judges.decoder_next_token_scorer
+    over a loaded Llama) gives the log-probability of each candidate's first token after
+    each chat-formatted prompt; the label is the argmax over the three label words.
+    """
+    scorer: Any
+    checkpoint: str | None = None
+    batch_size: int = 16
+    name: str = "llm_judge"
+
+    def implications(self, questions, premises, hypotheses) -> np.ndarray:
+        prompts = [LLM_ENTAILMENT_TEMPLATE.format(question=q, a=a, b=b)
+                   for q, a, b in zip(questions, premises, hypotheses)]
+        if not prompts:
+            return np.zeros(0, np.int8)
+        logprobs = np.asarray(self.scorer(prompts, list(LABELS)))      # [P, 3]
+        return np.argmax(logprobs, axis=-1).astype(np.int8)
+
+
+def make_llm_judge(model: Any, tokenizer: Any, checkpoint: str, batch_size: int = 16,
+                   buckets: Sequence[int] = (128, 256, 512)) -> LlmJudgeBackend:
+    from se_jax.judges import decoder_next_token_scorer
+    firsts = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in LABELS]
+    if len(set(firsts)) != len(LABELS):
+        raise ValueError(f"{checkpoint}: the labels {LABELS} share a first token {firsts}; "
+                         f"they cannot be told apart by next-token log-probabilities")
+    scorer = decoder_next_token_scorer(model, tokenizer, buckets=buckets, batch_size=batch_size)
+    return LlmJudgeBackend(scorer, checkpoint=checkpoint, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+@dataclasses.dataclass
+class EquivalenceBatch:
+    """equivalence[q]: bool[M_q, M_q]; pairs_labelled: ordered pairs sent to the backend."""
+    equivalence: list[np.ndarray]
+    pairs_labelled: int
+
+
+def unique_strings(answers: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct strings in first-seen order and int[M] index of each answer among them."""
+    index: dict[str, int] = {}
+    inverse = np.array([index.setdefault(a, len(index)) for a in answers], np.int64)
+    return list(index), inverse
+
+
+def equivalence_matrices(backend: Backend, questions: Sequence[str],
+                         answers: Sequence[Sequence[str]], *, strict: bool) -> EquivalenceBatch:
+    """M x M equivalence matrices for a batch of questions, from one backend call over all
+    ordered pairs (diagonal included) of each question's distinct answers."""
+    uniques = [unique_strings(a) for a in answers]
+    qs, ps, hs = [], [], []
+    for q, (u, _) in zip(questions, uniques):
+        n = len(u)
+        qs += [q] * (n * n)
+        ps += [u[i] for i in range(n) for _ in range(n)]
+        hs += [u[j] for _ in range(n) for j in range(n)]
+    labels = backend.implications(qs, ps, hs)
+    out, offset = [], 0
+    for u, inverse in uniques:
+        n = len(u)
+        table = labels[offset:offset + n * n].reshape(n, n)   # table[a, b]: a -> b
+        offset += n * n
+        same = combine_directions(table, table.T, strict)
+        out.append(same[np.ix_(inverse, inverse)])
+    return EquivalenceBatch(out, len(ps))
+
+
+def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
+                 decoder_tokenizer: Any = None, decoder_path: str | None = None
+                 ) -> tuple[Backend, str | None]:
+    """The configured backend and, when it is a fallback, why (written into the outputs).
+
+    `deberta` without `nli_path` falls back to `lexical`, loudly: it changes the method.
+    """
+    name = entropy_config.backend
+    if name not in BACKENDS:
+        raise ValueError(f"entropy.backend={name!r}; choose from {BACKENDS}")
+    if name == "lexical":
+        return LexicalBackend(float(entropy_config.lexical_threshold)), None
+    if name == "deberta":
+        if not entropy_config.nli_path:
+            reason = ("entropy.nli_path is not set (no NLI checkpoint available): using the "
+                      "lexical token-F1 backend instead of DeBERTa entailment")
+            logging.warning("=" * 20 + " FALLBACK " + "=" * 20 + "\n%s", reason)
+            return LexicalBackend(float(entropy_config.lexical_threshold)), reason
+        from se_jax.models.deberta_loading import load_nli
+        nli = load_nli(entropy_config.nli_path, dtype=entropy_config.nli_dtype)
+        return DebertaBackend(nli, mesh, batch_size=int(entropy_config.batch_size),
+                              buckets=tuple(entropy_config.buckets),
+                              condition_on_question=bool(entropy_config.condition_on_question)
+                              ), None
+    if decoder is None or decoder_tokenizer is None:
+        raise ValueError("entropy.backend=llm_judge needs a loaded decoder and its tokenizer")
+    return make_llm_judge(decoder, decoder_tokenizer, decoder_path or "?",
+                          batch_size=int(entropy_config.llm_batch_size)), None

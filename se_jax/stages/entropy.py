@@ -1,0 +1,194 @@
+"""The entropy stage: generations.jsonl -> uncertainty.jsonl (+ config.json, skipped.jsonl).
+
+Per question (WORKSPACE-notes.md, "Uncertainties"): the M x M equivalence matrix of the
+sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
+discrete and likelihood-weighted semantic entropy, naive predictive entropy and the
+exact-string entropy; plus the backend and checkpoint that produced them. When the
+configured backend is unavailable and a fallback ran, every record says so.
+
+Questions are processed in shards of `entropy.questions_per_shard` (each shard: one backend
+call over all its pairs, one jitted clustering call) written atomically, so a killed run
+resumes where it stopped and produces the same file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from absl import logging
+
+from se_jax import clustering, entailment, stage_io, uncertainty
+
+
+class GenerationsError(ValueError):
+    """A generations record is missing a field or has a wrong type; names file:line and id."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """What the stage needs of one generations record."""
+    id: str
+    question: str
+    texts: tuple[str, ...]          # the M sampled answers
+    mean_logprobs: tuple[float, ...]  # their length-normalised log-likelihoods
+
+
+def parse_record(record: Any, where: str) -> Item:
+    """Validate one generations record; GenerationsError naming `where`, id and field."""
+    if not isinstance(record, dict):
+        raise GenerationsError(f"{where}: not a JSON object")
+    rid = record.get("id")
+    label = f"{where}: id={rid!r}"
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise GenerationsError(f"{label}: field 'id' missing or not a string")
+    question = record.get("question")
+    if not isinstance(question, str):
+        raise GenerationsError(f"{label}: field 'question' missing or not a string")
+    samples = record.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise GenerationsError(f"{label}: field 'samples' missing, not a list, or empty")
+    texts, lps = [], []
+    for k, s in enumerate(samples):
+        if not isinstance(s, dict) or not isinstance(s.get("text"), str):
+            raise GenerationsError(f"{label}: field 'samples[{k}].text' missing or not a string")
+        lp = s.get("mean_logprob")
+        if (not isinstance(lp, (int, float)) or isinstance(lp, bool)
+                or not math.isfinite(lp)):
+            raise GenerationsError(f"{label}: field 'samples[{k}].mean_logprob' missing or "
+                                   f"not a finite number (got {lp!r})")
+        texts.append(s["text"])
+        lps.append(float(lp))
+    return Item(str(rid), question, tuple(texts), tuple(lps))
+
+
+def read_generations(path: Path, on_bad_input: str) -> tuple[list[Item], list[dict]]:
+    """Valid items in file order, and skipped records ({"line", "id", "reason"})."""
+    items, skipped = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem, rid = f"{where}: not valid JSON ({e.msg})", None
+            else:
+                rid = record.get("id") if isinstance(record, dict) else None
+                try:
+                    items.append(parse_record(record, where))
+                    continue
+                except GenerationsError as e:
+                    problem = str(e)
+            if on_bad_input == "error":
+                raise GenerationsError(problem)
+            logging.warning("entropy: skipping %s", problem)
+            skipped.append({"line": line_no, "id": rid, "reason": problem})
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise GenerationsError(f"{path}: id {dup!r} occurs more than once")
+    return items, skipped
+
+
+def _padded(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype) -> np.ndarray:
+    out = np.full((len(rows), width), fill, dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, strict: bool,
+                        fallback: str | None = None) -> tuple[list[dict], int]:
+    """The output records of a batch of questions, and the number of pairs labelled.
+
+    One backend call for all pairs of the batch; clustering and estimators jitted over the
+    batch, answers padded to the largest M (padding masked out).
+    """
+    if not items:
+        return [], 0
+    eq = entailment.equivalence_matrices(backend, [it.question for it in items],
+                                         [it.texts for it in items], strict=strict)
+    m = max(len(it.texts) for it in items)
+    valid = _padded([[True] * len(it.texts) for it in items], m, False, bool)
+    matrix = np.zeros((len(items), m, m), bool)
+    for i, e in enumerate(eq.equivalence):
+        matrix[i, :len(e), :len(e)] = e
+    lps = _padded([it.mean_logprobs for it in items], m, 0.0, np.float32)
+    exact = _padded([uncertainty.exact_string_ids(it.texts) for it in items], m, -1, np.int32)
+    ids = clustering.semantic_ids(matrix, valid)
+    columns = dict(
+        discrete_semantic_entropy=uncertainty.cluster_entropy(ids, valid),
+        semantic_entropy=uncertainty.semantic_entropy(ids, lps, valid),
+        naive_entropy=uncertainty.naive_entropy(lps, valid),
+        exact_entropy=uncertainty.cluster_entropy(exact, valid),
+    )
+    ids, columns = np.asarray(ids), {k: np.asarray(v) for k, v in columns.items()}
+    records = []
+    for i, it in enumerate(items):
+        n = len(it.texts)
+        record = dict(id=it.id, backend=backend.name, checkpoint=backend.checkpoint,
+                      semantic_ids=ids[i, :n].tolist(),
+                      equivalence=eq.equivalence[i].tolist(),
+                      num_clusters=int(ids[i, :n].max()) + 1,
+                      **{k: float(v[i]) for k, v in columns.items()})
+        if fallback:
+            record["fallback"] = fallback
+        records.append(record)
+    return records, eq.pairs_labelled
+
+
+def resolve_paths(config: Any) -> tuple[Path, Path]:
+    """(generations.jsonl, output directory) from config.entropy and config.workdir."""
+    ec, work = config.entropy, Path(config.workdir)
+    gen = Path(ec.generations or work / "sample")
+    if gen.is_dir():
+        gen = gen / "generations.jsonl"
+    if not gen.is_file():
+        raise FileNotFoundError(f"entropy stage: generations file {gen} does not exist")
+    return gen, Path(ec.out_dir or work / "entropy")
+
+
+def _load_backend(config: Any):
+    from se_jax.mesh import make_mesh
+    mesh = make_mesh(config.mesh)
+    if config.entropy.backend != "llm_judge":
+        return entailment.make_backend(config.entropy, mesh)
+    from se_jax.models.loading import load_llama, load_tokenizer
+    path = config.entropy.llm_path or config.model.path
+    model = load_llama(path, mesh=mesh, dtype=config.model.dtype,
+                       param_dtype=config.model.param_dtype)
+    return entailment.make_backend(config.entropy, mesh, decoder=model,
+                                   decoder_tokenizer=load_tokenizer(path), decoder_path=path)
+
+
+def run_entropy(config: Any) -> Path:
+    """Run (or resume) the stage; returns the path of uncertainty.jsonl."""
+    gen_path, out_dir = resolve_paths(config)
+    stage_io.write_config(out_dir, config)
+    items, skipped = read_generations(gen_path, config.on_bad_input)
+    stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
+    per_shard = int(config.entropy.questions_per_shard)
+    shards = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]
+    out = stage_io.ShardedJsonl(out_dir, "uncertainty", len(shards))
+    pending = out.pending()
+    if pending:
+        backend, fallback = _load_backend(config)
+        done = sum(len(s) for i, s in enumerate(shards) if i not in set(pending))
+        progress = stage_io.Progress("entropy", total=len(items), unit="questions",
+                                     initial=done)
+        for i in pending:
+            records, pairs = uncertainty_records(backend, shards[i],
+                                                 strict=bool(config.entropy.strict),
+                                                 fallback=fallback)
+            out.write_shard(i, records)
+            all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
+            progress.update(len(shards[i]), pairs=pairs, pairs_before_dedup=all_pairs)
+        logging.info("entropy: %s", progress.line())
+    path = out.finalize()
+    logging.info("entropy: wrote %s (%d questions, %d skipped)", path, len(items), len(skipped))
+    return path
