@@ -125,7 +125,7 @@ def make_step_fns(model: nnx.Module, optimizer: nnx.Optimizer, wrt, loss_cfg: lo
         model = nnx.merge(graphdef, params, frozen)
         opt = nnx.merge(opt_graphdef, opt_state)
         opt.update(model, grads)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return nnx.state(model, wrt), nnx.state(opt), metrics
 
     def jit(cfg):
@@ -207,17 +207,18 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
 
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
                                          async_save=cfg.async_checkpoint)
-    ckpt = lambda: {"params": params.to_pure_dict(), "opt": opt_state.to_pure_dict(),  # noqa
-                    **({"teacher": teacher.to_pure_dict()} if use_kd else {})}
+    ckpt = lambda: {"params": nnx.to_pure_dict(params),  # noqa: E731
+                    "opt": nnx.to_pure_dict(opt_state),
+                    **({"teacher": nnx.to_pure_dict(teacher)} if use_kd else {})}
     start, resumed_from = 0, None
     restored = checkpointing.restore_latest(manager, ckpt())
     if restored is not None:
         start, tree = restored
         resumed_from = start
-        params.replace_by_pure_dict(tree["params"])
-        opt_state.replace_by_pure_dict(tree["opt"])
+        nnx.replace_by_pure_dict(params, tree["params"])
+        nnx.replace_by_pure_dict(opt_state, tree["opt"])
         if use_kd:
-            teacher.replace_by_pure_dict(tree["teacher"])
+            nnx.replace_by_pure_dict(teacher, tree["teacher"])
     stop = total if cfg.max_steps <= 0 else min(total, start + int(cfg.max_steps))
     teacher_step = int(cfg.distill.teacher_epoch) * spe
     base_key = jax.random.key(seed)

@@ -46,7 +46,8 @@ def _torch_logits(torch_model, tokens: np.ndarray) -> np.ndarray:
         return torch_model(input_ids=torch.from_numpy(tokens).long()).logits.float().numpy()
 
 
-@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), r"layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)"],
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"),
+                                     r"layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)"],
                          ids=["q_v", "regex_o_down"])
 def test_peft_adapter_loads_in_transformers_with_the_same_logits(tiny_dir, tmp_path, targets):
     from peft import PeftModel
