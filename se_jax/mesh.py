@@ -126,8 +126,17 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules) -> nnx.Modu
 
 
 def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int = 2) -> NamedSharding:
-    """Sharding of a data-parallel input [B, ...]: batch split, other dims replicated."""
+    """Sharding of a data-parallel input [B, ...]: batch split, other dims replicated.
+    B must be a multiple of `batch_shards` (pad with all-padding rows, positions -1)."""
     return logical_sharding(mesh, rules, ("batch",) + (None,) * (ndim - 1))
+
+
+def batch_shards(mesh: Mesh | None, rules: ShardingRules) -> int:
+    """How many ways the batch axis is split: batch sizes must be a multiple of this."""
+    if mesh is None:
+        return 1
+    axes = rules.batch if isinstance(rules.batch, tuple) else (rules.batch,)
+    return math.prod(mesh.shape[a] for a in axes if a)
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: ShardingRules) -> Any:
@@ -155,5 +164,5 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 __all__ = ["MESH_AXES", "make_mesh", "ShardingRules", "logical_sharding", "variable_sharding",
-           "state_shardings", "shard_model", "batch_sharding", "cache_shardings", "init_cache",
+           "state_shardings", "shard_model", "batch_sharding", "batch_shards", "cache_shardings", "init_cache",
            "replicated"]

@@ -1,0 +1,85 @@
+"""Run a command as N JAX processes on this machine (CPU, gloo collectives).
+
+    python launch/multihost.py --num_processes=2 --local_devices=2 -- \\
+        python launch/smoke.py --config.mesh.data=2 --config.mesh.tensor=2
+
+Each child gets SE_JAX_COORDINATOR=localhost:<free port>, SE_JAX_NUM_PROCESSES and
+SE_JAX_PROCESS_ID; entry points call se_jax.distributed.initialize(), which joins them into
+one runtime whose jax.devices() spans all processes. Output lines are prefixed "[p<i>]".
+The exit status is the first non-zero child status (others are then stopped), else 0.
+
+On a TPU pod slice do not use this: run the same command on every host with
+SE_JAX_DISTRIBUTED=auto (JAX reads the pod environment).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app, flags
+
+from se_jax import distributed
+
+_NUM = flags.DEFINE_integer("num_processes", 2, "local processes to start")
+_LOCAL = flags.DEFINE_integer("local_devices", 1, "simulated CPU devices per process")
+_TIMEOUT = flags.DEFINE_float("timeout", 600, "seconds before all children are stopped")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _forward(proc: subprocess.Popen, prefix: str) -> None:
+    for line in proc.stdout:
+        sys.stdout.write(f"{prefix} {line}")
+        sys.stdout.flush()
+
+
+def run(command: list[str], num_processes: int, local_devices: int, timeout: float) -> int:
+    """Start `command` as `num_processes` processes; wait; return the combined exit status."""
+    coordinator = f"localhost:{_free_port()}"
+    procs, threads = [], []
+    for i in range(num_processes):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", **{
+            distributed.ENV_COORDINATOR: coordinator,
+            distributed.ENV_NUM_PROCESSES: str(num_processes),
+            distributed.ENV_PROCESS_ID: str(i),
+            distributed.ENV_LOCAL_DEVICES: str(local_devices)})
+        env.pop("XLA_FLAGS", None)  # device count comes from SE_JAX_LOCAL_DEVICES
+        p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+        procs.append(p)
+        threads.append(threading.Thread(target=_forward, args=(p, f"[p{i}]"), daemon=True))
+        threads[-1].start()
+    deadline, status = time.monotonic() + timeout, 0
+    while any(p.poll() is None for p in procs):
+        failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            status = failed[0] if failed else 124
+            for p in procs:  # a failed peer would leave the others waiting on collectives
+                if p.poll() is None:
+                    p.terminate()
+            break
+        time.sleep(0.2)
+    for p in procs:
+        p.wait()
+    for t in threads:
+        t.join(timeout=5)
+    return status or next((p.returncode for p in procs if p.returncode), 0)
+
+
+def main(argv: list[str]) -> None:
+    command = argv[1:]
+    if not command:
+        raise app.UsageError("give the command after --, e.g. -- python launch/smoke.py")
+    sys.exit(run(command, _NUM.value, _LOCAL.value, _TIMEOUT.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
