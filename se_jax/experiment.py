@@ -286,17 +286,29 @@ def train_run(config: Any, layout: Layout, run: Run, sft: Path) -> Path:
 # ----------------------------------------------------------------------------- models
 
 class Models:
-    """Loads each model once per use; the original model is kept for the whole run."""
+    """Loads models for inference; the original model is loaded once and kept.
+
+    Inference is data-parallel over processes (see se_jax/stages/evaluate.py), so each
+    process holds its own copy on a mesh of its local devices (config.mesh sizes, -1 =
+    the remaining local devices).
+    """
 
     def __init__(self, config: Any):
         self.config = config
         self._original = None
+        self._mesh = None
+
+    @property
+    def mesh(self):
+        if self._mesh is None:
+            import jax
+            from se_jax.mesh import make_mesh
+            self._mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
+        return self._mesh
 
     def load(self, path: str):
-        from se_jax.mesh import make_mesh
         from se_jax.models.loading import load_llama, load_tokenizer
-        mesh = make_mesh(self.config.mesh)
-        model = load_llama(path, mesh=mesh, dtype=self.config.model.dtype,
+        model = load_llama(path, mesh=self.mesh, dtype=self.config.model.dtype,
                            param_dtype=self.config.model.param_dtype)
         return model, load_tokenizer(path)
 
@@ -308,7 +320,7 @@ class Models:
 
 def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: Callable,
                    splits: Sequence[str], questions: Mapping[str, Path],
-                   judge_factory: Callable) -> dict[str, dict]:
+                   judge_factory: Callable, mesh=None) -> dict[str, dict]:
     """Evaluate one model on `splits` (skipping finished ones); {split: metrics}."""
     from se_jax.stages import evaluate
     out = {}
@@ -322,7 +334,7 @@ def evaluate_model(config: Any, layout: Layout, tag: str, model_and_tokenizer: C
         done = evaluate.read_metrics(out_dir)
         out[s] = done if done is not None else evaluate.evaluate_split(
             model, tokenizer, _split_records(questions, s), out_dir, config, judge=judge,
-            model_tag=tag)
+            model_tag=tag, mesh=mesh)
     return out
 
 
@@ -380,7 +392,7 @@ class Context:
 
     def evaluate_original(self, splits: Sequence[str]) -> dict[str, dict]:
         return evaluate_model(self.config, self.layout, ORIGINAL, self.models.original,
-                              splits, self.questions, self.judge)
+                              splits, self.questions, self.judge, mesh=self.models.mesh)
 
     def label(self, r: Run) -> Path:
         return label_run(self.config, self.layout, r, self.generations["train"],
@@ -398,7 +410,7 @@ class Context:
         merged = self.train(r)
         return evaluate_model(self.config, self.layout, r.tag,
                               lambda: self.models.load(str(merged)), splits, self.questions,
-                              self.judge)
+                              self.judge, mesh=self.models.mesh)
 
 
 @dataclasses.dataclass

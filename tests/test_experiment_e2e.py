@@ -78,9 +78,11 @@ def test_experiment_end_to_end(tiny_setup):
                                                 abs=1e-3)
     # The sweep: every tau of the tau methods on validation, and the picked tau is one.
     sweep = report.read_results_csv(out / "sweep.csv")
-    assert {(r["method"], r["tau"]) for r in sweep if r["method"] == "se_lexical"} == {
-        ("se_lexical", "0.500"), ("se_lexical", "1.500")}
-    assert result.picked["se_lexical"] in (0.5, 1.5) and result.picked["rtuning"] is None
+    assert {(r["method"], r["tau"]) for r in sweep} == {
+        ("original", ""), ("se_lexical", "1.000"), ("rtuning_u", "1.000"), ("rtuning", ""),
+        ("idk", "")}
+    assert result.picked == {"se_lexical": 1.0, "rtuning_u": 1.0, "rtuning": None,
+                             "idk": None}
     # Plots are real PNGs.
     for name in ("adaptation.png", "aed.png", "entropy_hist.png"):
         data = (out / name).read_bytes()
@@ -101,8 +103,9 @@ def test_experiment_end_to_end(tiny_setup):
     assert again.table == result.table
 
     # One more tau: only its runs are trained.
-    config.experiment.taus = (0.5, 1.5, 2.5)
-    ex.run(config)
+    config.experiment.taus = (1.0, 2.5)
+    more = ex.run(config)
     assert marker.stat().st_mtime_ns == stamp
     assert (layout.train(ex.Run("se_lexical", 2.5, 0)) / "done.json").exists()
     assert (layout.train(ex.Run("rtuning_u", 2.5, 0)) / "done.json").exists()
+    assert {float(r["tau"]) for r in more.sweep if r["method"] == "se_lexical"} == {1.0, 2.5}

@@ -50,7 +50,8 @@ def read_metrics(out_dir: str | Path) -> dict | None:
 
 
 def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
-                   out_dir: str | Path, config: Any, *, judge: Any, model_tag: str) -> dict:
+                   out_dir: str | Path, config: Any, *, judge: Any, model_tag: str,
+                   mesh: Any = None) -> dict:
     """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
 
     Args:
@@ -59,6 +60,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
       judge: a se_jax.judges.Judge; its name is stored with every outcome and metric.
       model_tag: what was evaluated (e.g. "original", "se_lexical/tau_1.00/seed_0"),
         stored in config.json so a directory never mixes two models.
+      mesh: this process's mesh (the model's); batches are sharded over its batch axes.
     """
     out_dir = Path(out_dir)
     done = read_metrics(out_dir)
@@ -77,7 +79,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
     mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
-    answer_fn = _greedy_fn(model, tokenizer, config)
+    answer_fn = _greedy_fn(model, tokenizer, config, mesh)
     progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
                                  unit="questions")
     for i in mine:
@@ -103,7 +105,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     return read_metrics(out_dir)
 
 
-def _greedy_fn(model: Any, tokenizer: Any, config: Any):
+def _greedy_fn(model: Any, tokenizer: Any, config: Any, mesh: Any):
     from se_jax import sampling
     kwargs = sampling.sampling_kwargs(config.sampling)
     kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
@@ -111,7 +113,7 @@ def _greedy_fn(model: Any, tokenizer: Any, config: Any):
 
     def answer(prompts: list[str], ids: list[str]) -> list[str]:
         return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,
-                                                        **kwargs)]
+                                                        mesh=mesh, **kwargs)]
     return answer
 
 
