@@ -6,10 +6,10 @@
 
 Every config value can be overridden with --config.<section>.<field>=...; a typo in a field
 name, an unknown method, backend, judge or dataset stops the run before any compute.
-Multi-host (TPU pod slice): run the same command on every host; jax.distributed is
-initialised from the environment (se_jax/distributed.py). On one machine,
-`python launch/multihost.py --num_processes=2 -- launch/experiment.py ...` starts N local
-processes for testing.
+Multi-host (TPU pod slice): run the same command on every host with SE_JAX_DISTRIBUTED=auto;
+jax.distributed is initialised from the pod environment (se_jax/distributed.py). On one
+machine, `python launch/multihost.py --num_processes=2 -- python launch/experiment.py ...`
+starts N local processes (gloo) for testing.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax import distributed, experiment
-    distributed.initialize_from_config(_CONFIG.value)
+    distributed.initialize()
     start = time.perf_counter()
     if _DRY_RUN.value:
         print(experiment.describe_plan(_CONFIG.value))

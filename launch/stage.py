@@ -51,7 +51,7 @@ def main(argv):
     from se_jax.data import splits as split_lib
 
     config = _CONFIG.value
-    distributed.initialize_from_config(config)
+    distributed.initialize()
     ex.validate_config(config)
     layout = ex.Layout.from_config(config)
     questions = split_lib.prepare_splits(config.data, layout.root, layout.data)

@@ -239,10 +239,11 @@ def plot_entropy_histograms(panels: Mapping[str, tuple[Sequence[float], Sequence
         correct = correct.astype(bool)
         hi = max(float(scores.max()) if scores.size else 1.0, 1e-6)
         bins = np.linspace(0, hi * 1.0001, 13)
-        ax.hist(scores[correct], bins=bins, alpha=0.6, color="#2ca02c",
-                label=f"correct (n={int(correct.sum())})", density=True)
-        ax.hist(scores[~correct], bins=bins, alpha=0.6, color="#d62728",
-                label=f"incorrect (n={int((~correct).sum())})", density=True)
+        for mask, colour, what in ((correct, "#2ca02c", "correct"),
+                                   (~correct, "#d62728", "incorrect")):
+            if mask.any():   # density of an empty class is undefined
+                ax.hist(scores[mask], bins=bins, alpha=0.6, color=colour,
+                        label=f"{what} (n={int(mask.sum())})", density=True)
         for t in taus:
             if t <= hi:
                 ax.axvline(t, color="#888888", lw=0.6, ls="--")

@@ -28,13 +28,8 @@ METRICS_FILE = "metrics.json"
 
 def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config: Any) -> list[str]:
     """The prompts the sampler used (config.prompt), so evaluation asks exactly the same."""
-    return [prompt_lib.format_prompt(tokenizer, q["question"], **prompt_kwargs(config))
-            for q in questions]
-
-
-def prompt_kwargs(config: Any) -> dict[str, Any]:
-    p = config.prompt
-    return dict(style=p.style)
+    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    return [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
 
 
 def barrier(name: str) -> None:
@@ -110,6 +105,7 @@ def _greedy_fn(model: Any, tokenizer: Any, config: Any, mesh: Any):
     kwargs = sampling.sampling_kwargs(config.sampling)
     kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
     kwargs["batch_size"] = int(config.evaluation.batch_size)
+    kwargs["max_seq_len"] = int(config.model.max_seq_len)
 
     def answer(prompts: list[str], ids: list[str]) -> list[str]:
         return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,
