@@ -5,6 +5,8 @@ their unpadded forward; export back to HF layout round-trips through transformer
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +129,14 @@ def test_export_round_trips_through_transformers(tiny_dirs, tmp_path, variant):
     tokens = np.random.RandomState(6).randint(0, TOKENIZER_VOCAB, (1, 9))
     np.testing.assert_allclose(torch_logits(out, tokens), torch_logits(tiny_dirs[variant], tokens),
                                rtol=0, atol=TOL)
+
+
+def test_sharded_safetensors_index_loads_the_same_weights(tiny_dirs, tmp_path):
+    sharded = make_tiny_llama_dir(tmp_path / "sharded", "llama", shard_size="2MB",
+                                  with_tokenizer=False)
+    assert os.path.isfile(os.path.join(sharded, "model.safetensors.index.json"))
+    a = jax.tree.leaves(nnx.state(load_llama(sharded)))
+    b = jax.tree.leaves(nnx.state(load_llama(tiny_dirs["llama"])))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
