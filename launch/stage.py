@@ -48,13 +48,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax import distributed
     from se_jax import experiment as ex
-    from se_jax.data import splits as split_lib
 
     config = _CONFIG.value
     distributed.initialize()
     ex.validate_config(config)
     layout = ex.Layout.from_config(config)
-    questions = split_lib.prepare_splits(config.data, layout.root, layout.data)
+    questions = ex.prepare_splits(config, layout)
     stage = _STAGE.value
     if stage == "splits":
         print("\n".join(f"{k}: {v}" for k, v in questions.items()))

@@ -207,6 +207,17 @@ def _copy(config: Any) -> Any:
     return config.copy_and_resolve_references()
 
 
+def prepare_splits(config: Any, layout: Layout) -> dict[str, Path]:
+    """The split files; drawn (and TFDS datasets built) by process 0 only, then shared."""
+    import jax
+    from se_jax.data import splits as split_lib
+    from se_jax.stages.evaluate import barrier
+    if jax.process_index() == 0:
+        split_lib.prepare_splits(config.data, layout.root, layout.data)
+    barrier("experiment-splits")
+    return split_lib.prepare_splits(config.data, layout.root, layout.data)
+
+
 def _split_records(paths: Mapping[str, Path], split: str) -> list[dict]:
     return stage_io.read_jsonl(paths[split])
 
@@ -448,17 +459,14 @@ def run(config: Any) -> ExperimentResult | None:
     """The whole experiment (see module doc). Returns None on processes other than 0."""
     import jax
 
-    from se_jax.data import splits as split_lib
-
     validate_config(config)
-    split_lib.plan(config.data, config.workdir)          # names and splits, before compute
     start = time.perf_counter()
     layout = Layout.from_config(config)
     ex = config.experiment
     methods, seeds = list(ex.methods), [int(s) for s in ex.seeds]
     taus = [float(t) for t in ex.taus]
-    ctx = Context.create(config, layout,
-                         split_lib.prepare_splits(config.data, layout.root, layout.data))
+    # Dataset names, splits and sizes are checked here, before any model is loaded.
+    ctx = Context.create(config, layout, prepare_splits(config, layout))
     test_splits = ctx.test_splits
 
     ctx.prepare()

@@ -70,7 +70,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         stage_io.write_config(out_dir, stage_config, ignore=("evaluation.batch_size",
                                                             "evaluation.bootstrap_samples"))
     barrier(f"evaluate-config-{out_dir}")
-    shard_size = max(int(ev.batch_size) * 4, 1)
+    shard_size = max(int(ev.batch_size), 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
     mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
@@ -85,6 +85,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
             chunk, predictions, judge, abstention_variants=tuple(ev.abstention_variants),
             abstention_phrase=config.labels.abstention_phrase))
         progress.update(len(chunk))
+    logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
+                 jax.process_index(), len(mine), num_shards)
     barrier(f"evaluate-shards-{out_dir}")
     if jax.process_index() == 0:
         out.finalize()

@@ -1,0 +1,58 @@
+"""The evaluate stage run as 2 local JAX processes (launch/multihost.py, gloo) writes the
+same artifacts as 1 process: each process answers its share of the shards, process 0
+merges them."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_experiment_e2e import write_tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    from tiny_models import make_tiny_llama_dir
+    root = tmp_path_factory.mktemp("multiprocess")
+    return make_tiny_llama_dir(root / "model", variant="llama"), write_tiny_data(root / "data")
+
+
+def _stage_command(model_dir, data_dir, workdir: Path) -> list[str]:
+    return [sys.executable, str(REPO / "launch" / "stage.py"), "--config=configs/tiny.py",
+            f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
+            f"--config.workdir={workdir}", "--config.evaluation.batch_size=1",
+            "--stage=evaluate", "--method=original", "--split=test"]
+
+
+def _run(cmd: list[str], devices: int | None = None) -> str:
+    env = dict(os.environ)
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_two_processes_write_the_same_artifacts_as_one(tiny_inputs, tmp_path):
+    model_dir, data_dir = tiny_inputs
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_stage_command(model_dir, data_dir, one), devices=1)
+    log = _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
+                "--local_devices=1", "--", *_stage_command(model_dir, data_dir, two)])
+    # The 4 shards (one question each) were split between the processes.
+    assert "process 0 answered 2 of 4 shards" in log
+    assert "process 1 answered 2 of 4 shards" in log
+    rel = Path("evaluate") / "original" / "test"
+    for name in ("outcomes.jsonl", "metrics.json", "config.json"):
+        a, b = (one / rel / name).read_text(), (two / rel / name).read_text()
+        assert a == b, name
+    assert len((one / rel / "outcomes.jsonl").read_text().splitlines()) == 4
+    for split in ("train", "val", "test", "ood_entity_questions_ood"):
+        assert (one / "data" / f"{split}.jsonl").read_text() == \
+            (two / "data" / f"{split}.jsonl").read_text()
+    assert not (two / rel / "outcomes.parts").exists()
