@@ -141,6 +141,14 @@ def _put(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Array:
     return jnp.asarray(x) if mesh is None else jax.device_put(x, _batch_spec(x, mesh, rules))
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered from the other processes on a pod)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
 def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
              pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """tokens, positions int32[batch, length]: prompts right-aligned, positions -1 on padding
@@ -304,7 +312,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
                   put(row_index), put(row_temp), put(np.repeat(prompt_len, r)),
                   put(row_done), stop_arrays,
                   max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p))
-    toks, lps, lens, steps = jax.device_get(out[:4])  # the cache stays on device, dropped
+    toks, lps, lens, steps = (_to_host(x) for x in out[:4])  # the cache is dropped on device
     return RawRows(toks[:n * r], lps[:n * r], lens[:n * r], int(steps))
 
 

@@ -1,0 +1,40 @@
+"""The sample stage: questions JSONL -> generations.jsonl (1 low-temperature + M samples
+per question, with token log-probabilities), resumable.
+
+    python launch/sample.py --questions=data/val.jsonl --out=runs/demo/sample
+    python launch/sample.py --config=configs/base.py --questions=q.jsonl --out=out \\
+        --config.model.path=/ckpt/Llama-3.1-8B-Instruct --config.sampling.num_samples=10 \\
+        --config.mesh.data=-1 --config.mesh.tensor=4
+
+Rerunning the same command after an interruption (even kill -9) resumes; the result is
+byte-identical to an uninterrupted run. Bad input lines are skipped (listed in
+<out>/skipped.jsonl) or, with --config.on_bad_input=error, stop the run before any work.
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
+_QUESTIONS = flags.DEFINE_string("questions", None, "questions JSONL of {id, question, "
+                                 "answers} (default config.sampling.input)")
+_OUT = flags.DEFINE_string("out", None, "output directory (default config.sampling.out_dir, "
+                           "else <workdir>/sample)")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import distributed
+    from se_jax.stages.sample import run_sample
+    config = _CONFIG.value
+    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
+    if _QUESTIONS.value:
+        config.sampling.input = _QUESTIONS.value
+    if _OUT.value:
+        config.sampling.out_dir = _OUT.value
+    print(run_sample(config))
+
+
+if __name__ == "__main__":
+    app.run(main)
