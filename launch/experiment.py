@@ -28,12 +28,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax import distributed, experiment
+    from se_jax.data.catalog import DatasetError
     distributed.initialize()
     start = time.perf_counter()
-    if _DRY_RUN.value:
-        print(experiment.describe_plan(_CONFIG.value))
-        return
-    result = experiment.run(_CONFIG.value)
+    try:
+        if _DRY_RUN.value:
+            print(experiment.describe_plan(_CONFIG.value))
+            return
+        result = experiment.run(_CONFIG.value)
+    except (experiment.ConfigError, DatasetError) as e:
+        sys.exit(f"error: {e}")
     if result is None:   # not process 0: the report is written once
         return
     print(result.table)

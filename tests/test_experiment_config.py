@@ -79,7 +79,7 @@ def test_launcher_rejects_config_typos_before_compute(tmp_path):
     assert "methodz" in out.stderr
     out = _launch("--config=configs/tiny.py", f"--config.workdir={tmp_path}",
                   "--config.experiment.methods=('se_lexcal',)", "--dry_run")
-    assert out.returncode != 0 and "unknown method 'se_lexcal'" in out.stderr
+    assert out.returncode != 0 and "unknown entropy backend 'lexcal'" in out.stderr
     out = _launch("--config=configs/tiny.py", f"--config.workdir={tmp_path}",
                   "--config.data.in_distribution=nq_closed", "--dry_run")
     assert out.returncode != 0 and "unknown dataset 'nq_closed'" in out.stderr
