@@ -24,7 +24,7 @@ import dataclasses
 import random
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from se_jax.text import ABSTENTION_PHRASE, alias_match
+from se_jax.text import ABSTENTION_PHRASE, alias_match, is_abstention, normalize_answer
 
 Judge = Callable[[str, Sequence[str], str], bool]
 Label = Literal["answer", "abstain"]
@@ -287,3 +287,30 @@ def label_counts(examples: Iterable[Example]) -> dict[str, int]:
     for e in examples:
         counts[e.label] += 1
     return counts
+
+
+def label_adherence(examples: Iterable[Example], answers: Mapping[str, str], *,
+                    phrase: str = ABSTENTION_PHRASE) -> dict[str, float]:
+    """How well a model's answers (id -> text) follow an SFT set's labels.
+
+    abstain_rate_on_abstain: abstain-labelled questions the model now abstains on;
+    kept_rate_on_answer: answer-labelled questions whose answer equals the target after
+    SQuAD normalisation (the model keeps its own answer); abstain_rate_on_answer: answer-
+    labelled questions it abstains on (over-abstention). Abstention = `text.is_abstention`.
+    """
+    abstain = [e for e in examples if e.label == "abstain"]
+    answer = [e for e in examples if e.label == "answer"]
+    missing = [e.id for e in (*abstain, *answer) if e.id not in answers]
+    if missing:
+        raise LabelError(f"no model answer for ids {missing[:5]}")
+
+    def rate(items, ok) -> float:
+        return sum(bool(ok(e)) for e in items) / len(items) if items else float("nan")
+
+    said = lambda e: is_abstention(answers[e.id], phrase=phrase)  # noqa: E731
+    return dict(
+        num_abstain=len(abstain), num_answer=len(answer),
+        abstain_rate_on_abstain=rate(abstain, said),
+        kept_rate_on_answer=rate(answer, lambda e: normalize_answer(answers[e.id])
+                                 == normalize_answer(e.target)),
+        abstain_rate_on_answer=rate(answer, said))

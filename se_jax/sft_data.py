@@ -27,9 +27,12 @@ class TokenizedExample:
 
 
 def tokenize_example(tokenizer: Any, example: Mapping[str, Any], *, eos_id: int,
-                     style: str = "short", chat: bool | None = None) -> TokenizedExample:
-    """sft.jsonl record {"id", "question", "target", ...} -> token ids (see module doc)."""
-    prompt = prompts.format_prompt(tokenizer, example["question"], style=style, chat=chat)
+                     prompt_kwargs: Mapping[str, Any] | None = None) -> TokenizedExample:
+    """sft.jsonl record {"id", "question", "target", ...} -> token ids (see module doc).
+
+    `prompt_kwargs`: `prompts.prompt_kwargs(config.prompt)`, exactly what the sampler used.
+    """
+    prompt = prompts.format_prompt(tokenizer, example["question"], **(prompt_kwargs or {}))
     prompt_ids = prompts.encode_prompt(tokenizer, prompt)
     target_ids = list(tokenizer(example["target"], add_special_tokens=False)["input_ids"])
     ids = np.asarray(prompt_ids + target_ids + [eos_id], np.int32)

@@ -167,6 +167,62 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
+@dataclasses.dataclass
+class TrainState:
+    """What a step reads and writes: trainable params and optimizer state (donated, and
+    checkpointed with the teacher), the frozen rest of the model, the compiled steps."""
+    params: nnx.State
+    opt_state: nnx.State
+    frozen: nnx.State
+    teacher: nnx.State | None
+    fns: StepFns
+    batch_sharding: Any
+
+    def checkpoint(self) -> dict:
+        """The pure pytree a checkpoint holds."""
+        out = {"params": nnx.to_pure_dict(self.params), "opt": nnx.to_pure_dict(self.opt_state)}
+        if self.teacher is not None:
+            out["teacher"] = nnx.to_pure_dict(self.teacher)
+        return out
+
+    def apply_step(self, batch: dict[str, jax.Array], key: jax.Array,
+                   distill: bool) -> dict[str, jax.Array]:
+        """Run one compiled step on a device batch; updates params/opt_state; metrics."""
+        fn = self.fns.step_kd if distill else self.fns.step
+        self.params, self.opt_state, metrics = fn(self.params, self.opt_state, self.frozen,
+                                                  self.teacher, batch, key)
+        return metrics
+
+    def restore(self, tree: dict) -> None:
+        nnx.replace_by_pure_dict(self.params, tree["params"])
+        nnx.replace_by_pure_dict(self.opt_state, tree["opt"])
+        if self.teacher is not None:
+            nnx.replace_by_pure_dict(self.teacher, tree["teacher"])
+
+
+def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
+                     rules: mesh_lib.ShardingRules | None = None) -> TrainState:
+    """Place the model and a fresh `nnx.Optimizer` (over the trainable filter of
+    `cfg.mode`) on `mesh`, split them into states, and compile-ready step functions."""
+    rules = rules or mesh_lib.ShardingRules()
+    wrt = lora.trainable_filter(cfg.mode)
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg, max(num_updates, 1)), wrt=wrt)
+    mesh_lib.shard_model(model, mesh, rules)
+    mesh_lib.shard_model(optimizer, mesh, rules)
+    _, params, frozen = nnx.split(model, wrt, ...)
+    _, opt_state = nnx.split(optimizer)
+    loss_cfg = loss_config(cfg)
+    use_kd = loss_cfg.kd_weight > 0
+    shardings = dict(params=mesh_lib.state_shardings(params, mesh, rules),
+                     opt=mesh_lib.state_shardings(opt_state, mesh, rules),
+                     frozen=mesh_lib.state_shardings(frozen, mesh, rules),
+                     batch=mesh_lib.batch_sharding(mesh, rules))
+    shardings["teacher"] = shardings["params"] if use_kd else None
+    fns = make_step_fns(model, optimizer, wrt, loss_cfg, shardings)
+    return TrainState(params, opt_state, frozen, _copy(params) if use_kd else None, fns,
+                      shardings["batch"])
+
+
 def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, workdir: str,
           mesh: Mesh, seed: int = 0, rules: mesh_lib.ShardingRules | None = None,
           pad_id: int = 0) -> TrainResult:
@@ -178,7 +234,6 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
     NonFiniteLossError on a NaN/inf loss or gradient, after the last good checkpoint is on
     disk. On return the model holds the trained weights, in eval mode.
     """
-    rules = rules or mesh_lib.ShardingRules()
     if not seqs:
         raise ValueError("no training examples")
     batch_size = int(cfg.batch_size)
@@ -186,39 +241,20 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
     if batch_size % shards:
         raise ValueError(f"config.training.batch_size={batch_size} is not divisible by the "
                          f"mesh's {shards} batch shards")
-    wrt = lora.trainable_filter(cfg.mode)
     spe = steps_per_epoch(len(seqs), batch_size)
     total = spe * int(cfg.epochs)
-    accum = max(int(cfg.grad_accum_steps), 1)
-    optimizer = nnx.Optimizer(model, make_optimizer(cfg, max(total // accum, 1)), wrt=wrt)
-    mesh_lib.shard_model(model, mesh, rules)
-    mesh_lib.shard_model(optimizer, mesh, rules)
-    _, params, frozen = nnx.split(model, wrt, ...)
-    _, opt_state = nnx.split(optimizer)
-    loss_cfg = loss_config(cfg)
-    use_kd = loss_cfg.kd_weight > 0
-    teacher = _copy(params) if use_kd else None
-    shardings = dict(params=mesh_lib.state_shardings(params, mesh, rules),
-                     opt=mesh_lib.state_shardings(opt_state, mesh, rules),
-                     frozen=mesh_lib.state_shardings(frozen, mesh, rules),
-                     batch=mesh_lib.batch_sharding(mesh, rules))
-    shardings["teacher"] = shardings["params"] if use_kd else None
-    fns = make_step_fns(model, optimizer, wrt, loss_cfg, shardings)
+    state = init_train_state(model, cfg, mesh=mesh, rules=rules,
+                             num_updates=total // max(int(cfg.grad_accum_steps), 1))
+    use_kd = state.teacher is not None
 
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
                                          async_save=cfg.async_checkpoint)
-    ckpt = lambda: {"params": nnx.to_pure_dict(params),  # noqa: E731
-                    "opt": nnx.to_pure_dict(opt_state),
-                    **({"teacher": nnx.to_pure_dict(teacher)} if use_kd else {})}
     start, resumed_from = 0, None
-    restored = checkpointing.restore_latest(manager, ckpt())
+    restored = checkpointing.restore_latest(manager, state.checkpoint())
     if restored is not None:
         start, tree = restored
         resumed_from = start
-        nnx.replace_by_pure_dict(params, tree["params"])
-        nnx.replace_by_pure_dict(opt_state, tree["opt"])
-        if use_kd:
-            nnx.replace_by_pure_dict(teacher, tree["teacher"])
+        state.restore(tree)
     stop = total if cfg.max_steps <= 0 else min(total, start + int(cfg.max_steps))
     teacher_step = int(cfg.distill.teacher_epoch) * spe
     base_key = jax.random.key(seed)
@@ -227,7 +263,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
                         every_seconds=cfg.log_every_seconds)
     logging.info("train: %d examples, %d steps/epoch x %d epochs = %d steps (from %d), "
                  "mode=%s, trainable=%d params", len(seqs), spe, cfg.epochs, total, start,
-                 cfg.mode, sum(x.size for x in jax.tree.leaves(params)))
+                 cfg.mode, sum(x.size for x in jax.tree.leaves(state.params)))
     history, batches, epoch_of_batches = [], None, -1
     for step in range(start, stop):
         epoch, index = divmod(step, spe)
@@ -236,14 +272,13 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
                                              cfg.bucket_batches)
             epoch_of_batches = epoch
         if use_kd and step == teacher_step:
-            teacher = _copy(params)  # the snapshot after `teacher_epoch` epochs
+            state.teacher = _copy(state.params)  # the snapshot after `teacher_epoch` epochs
         arrays = sft_data.make_batch([seqs[i] for i in batches[index]], batch_size,
                                      pad_multiple=cfg.pad_multiple,
                                      target_only=(cfg.loss_on == "target"), pad_id=pad_id)
-        batch = jax.device_put(arrays, shardings["batch"])
-        fn = fns.step_kd if use_kd and step >= teacher_step else fns.step
-        params, opt_state, metrics = fn(params, opt_state, frozen, teacher, batch,
-                                        jax.random.fold_in(base_key, step))
+        metrics = state.apply_step(jax.device_put(arrays, state.batch_sharding),
+                                   jax.random.fold_in(base_key, step),
+                                   distill=use_kd and step >= teacher_step)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
             manager.wait_until_finished()
@@ -252,14 +287,14 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
                 f"step {step + 1} (epoch {epoch}, batch {index}); stopped without saving it. "
                 f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
         history.append(dict(metrics, step=step + 1))
-        checkpointing.save(manager, step + 1, ckpt(), force=(step + 1 == stop))
+        checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
         progress.update(1, tokens=float(arrays["valid"].sum()))
         if (step + 1) % max(cfg.log_every_steps, 1) == 0:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
     manager.wait_until_finished()
     manager.close()
-    nnx.update(model, params)
+    nnx.update(model, state.params)
     model.eval()
     return TrainResult(steps=stop, resumed_from=resumed_from, history=history)
 

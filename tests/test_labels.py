@@ -168,3 +168,14 @@ def test_errors_name_record_and_field():
     del unc["exact_entropy"]
     with pytest.raises(labels.LabelError, match="'exact_entropy'"):
         labels.r_tuning_u_labels(labels.join_by_id(GENS[:1], [unc]), tau=1.0)
+
+
+def test_label_adherence_counts_abstentions_and_kept_answers():
+    ex = labels.se_labels(labels.join_by_id(GENS, UNCS), tau=1.0)  # q1,q2 answer; q3,q4 abstain
+    after = {"q1": "paris.", "q2": "I don't know the answer.", "q3": "I don't know",
+             "q4": "Einstein"}
+    got = labels.label_adherence(ex, after)
+    assert got == {"num_abstain": 2, "num_answer": 2, "abstain_rate_on_abstain": 0.5,
+                   "kept_rate_on_answer": 0.5, "abstain_rate_on_answer": 0.5}
+    with pytest.raises(labels.LabelError, match="no model answer"):
+        labels.label_adherence(ex, {"q1": "Paris"})

@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from se_jax import export, stage_io, training
+from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
 from se_jax.models.loading import load_llama, load_tokenizer
 from se_jax.sft_data import tokenize_example
@@ -50,12 +51,6 @@ def read_sft(path: Path) -> list[dict]:
     return records
 
 
-def prompt_style(config: Any) -> str:
-    """The prompt style the sampler used (config.prompt.style), so training sees the same."""
-    prompt = config.get("prompt") if hasattr(config, "get") else None
-    return prompt.style if prompt is not None and "style" in prompt else "short"
-
-
 def run_train(config: Any) -> Path:
     """Train on the SFT set and export; returns out_dir."""
     tc = config.training
@@ -69,8 +64,9 @@ def run_train(config: Any) -> Path:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer of {config.model.path} has no eos token to end targets")
-    seqs = [tokenize_example(tokenizer, r, eos_id=eos, style=prompt_style(config))
-            for r in records]
+    # The prompt exactly as the sampler built it (config.prompt).
+    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    seqs = [tokenize_example(tokenizer, r, eos_id=eos, prompt_kwargs=kwargs) for r in records]
     training.prepare_model(model, tc, config.seed)
     result = training.train(model, seqs, tc, workdir=str(out_dir / "checkpoints"), mesh=mesh,
                             seed=config.seed, pad_id=tokenizer.pad_token_id or 0)

@@ -1,0 +1,154 @@
+"""Benchmark: LoRA training tokens/s of our jitted step against transformers + peft.
+
+Both sides train SmolLM2-135M-Instruct (the embedded GGUF, dequantised to float32) with LoRA
+r=8, alpha=16, dropout 0.05 on q_proj and v_proj, AdamW (lr 3e-5) with global-norm clipping
+at 1.0, on the same batch of 8 x 64 random tokens with the loss on every next token. Each
+side runs in its own subprocess on this machine, one after the other (so neither sees the
+other's memory or threads), and reports the median step time over the timed steps and its
+peak resident memory (ru_maxrss; also after model loading). Ours runs
+`se_jax.training.init_train_state(...).apply_step`, the step the train stage uses.
+
+    python launch/bench_training.py            # 3 warm-up + 10 timed steps per side
+    python launch/bench_training.py --quick    # 1 warm-up + 3 timed steps (< 2 minutes)
+
+Last line: training_speedup_vs_torch=<our tokens/s / torch tokens/s>.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_QUICK = flags.DEFINE_bool("quick", False, "fewer steps (finishes in under two minutes)")
+_SIDE = flags.DEFINE_enum("side", None, ["jax", "torch"], "internal: run one side only")
+_BATCH = flags.DEFINE_integer("batch", 8, "sequences per step")
+_SEQ = flags.DEFINE_integer("seq", 64, "tokens per sequence")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps (3 with --quick)")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps first (1 with --quick)")
+
+RANK, ALPHA, DROPOUT, LR = 8, 16.0, 0.05, 3e-5
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _tokens(vocab: int):
+    import numpy as np
+    return np.random.default_rng(0).integers(3, vocab, (_BATCH.value, _SEQ.value)).astype(
+        np.int32)
+
+
+def _time_steps(step, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_jax(warmup: int, steps: int) -> dict:
+    import jax
+    from configs.base import training_config
+    from se_jax import sft_data, training
+    from se_jax.mesh import make_mesh
+    from se_jax.models.loading import load_llama
+
+    model = load_llama("embedded")
+    loaded = _rss_mib()
+    cfg = training_config()
+    cfg.lora.update(dict(rank=RANK, alpha=ALPHA, dropout=DROPOUT))
+    cfg.update(dict(learning_rate=LR, batch_size=_BATCH.value, max_grad_norm=1.0,
+                    weight_decay=0.0, warmup_ratio=0.0))
+    training.prepare_model(model, cfg, seed=0)
+    mesh = make_mesh({"data": -1})
+    state = training.init_train_state(model, cfg, mesh=mesh, num_updates=1000)
+    tokens = _tokens(model.config.vocab_size)
+    seqs = [sft_data.TokenizedExample(str(i), t, 0) for i, t in enumerate(tokens)]
+    arrays = sft_data.make_batch(seqs, _BATCH.value, pad_multiple=_SEQ.value, target_only=False)
+    batch = jax.device_put(arrays, state.batch_sharding)
+    counter = iter(range(10 ** 9))
+
+    def step():
+        metrics = state.apply_step(batch, jax.random.key(next(counter)), distill=False)
+        jax.block_until_ready(metrics["loss"])
+
+    times = _time_steps(step, warmup, steps)
+    return dict(side="jax", step_s=statistics.median(times), times=times,
+                loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), devices=len(jax.devices()))
+
+
+def run_torch(warmup: int, steps: int) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from se_jax.embedded import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf),
+                                                 gguf_file=os.path.basename(gguf),
+                                                 dtype=torch.float32)
+    loaded = _rss_mib()
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
+                                             target_modules=["q_proj", "v_proj"]))
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
+    ids = torch.from_numpy(_tokens(model.config.vocab_size)).long()
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = _time_steps(step, warmup, steps)
+    return dict(side="torch", step_s=statistics.median(times), times=times,
+                loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), threads=torch.get_num_threads())
+
+
+def _child(side: str, warmup: int, steps: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--warmup={warmup}",
+           f"--steps={steps}", f"--batch={_BATCH.value}", f"--seq={_SEQ.value}"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{side} side failed (rc={out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv):
+    del argv
+    warmup = 1 if _QUICK.value else _WARMUP.value
+    steps = 3 if _QUICK.value else _STEPS.value
+    if _SIDE.value:
+        result = (run_jax if _SIDE.value == "jax" else run_torch)(warmup, steps)
+        print("RESULT " + json.dumps(result))
+        return
+    tokens = _BATCH.value * _SEQ.value
+    results = {side: _child(side, warmup, steps) for side in ("torch", "jax")}
+    print(f"LoRA r={RANK} on q_proj,v_proj, SmolLM2-135M f32, batch {_BATCH.value} x "
+          f"{_SEQ.value} tokens, AdamW; {warmup} warm-up + {steps} timed steps (median)")
+    for side, label in (("torch", "transformers+peft"), ("jax", "se_jax (jit)")):
+        r = results[side]
+        print(f"  {label:18s} step {r['step_s']:.3f}s  {tokens / r['step_s']:7.1f} tokens/s  "
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB (after load {r['loaded_rss_mib']:.0f} MiB)"
+              f"  steps: {', '.join(f'{t:.2f}' for t in r['times'])}")
+    speedup = results["torch"]["step_s"] / results["jax"]["step_s"]
+    print(f"training_speedup_vs_torch={speedup:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
