@@ -165,8 +165,14 @@ def is_done(path: Path) -> bool:
 
 
 def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
-    stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
-                                                       default=str) + "\n")
+    """Written last, by process 0 once every process has finished the unit of work."""
+    import jax
+    from se_jax.stages.evaluate import barrier
+    barrier(f"done-{path}")
+    if jax.process_index() == 0:
+        stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
+                                                           default=str) + "\n")
+    barrier(f"marked-{path}")
 
 
 # ----------------------------------------------------------------------------- tau choice
@@ -250,9 +256,6 @@ def entropy_split(config: Any, layout: Layout, backend: str, split: str,
     return out / "uncertainty.jsonl"
 
 
-_LABEL_METHOD = {"rtuning": "rtuning", "rtuning_u": "rtuning_u", "idk": "idk"}
-
-
 def label_run(config: Any, layout: Layout, run: Run, generations: Path,
               uncertainty: Mapping[str, Path]) -> Path:
     """The SFT set of a run (shared by its seeds and arms); returns sft.jsonl."""
@@ -261,7 +264,7 @@ def label_run(config: Any, layout: Layout, run: Run, generations: Path,
     if not is_done(out):
         cfg = _copy(config)
         backend = se_backend(run.method)
-        cfg.labels.method = "se" if backend else _LABEL_METHOD[run.method]
+        cfg.labels.method = "se" if backend else run.method   # rtuning, rtuning_u, idk
         cfg.labels.tau = float(run.tau) if run.tau is not None else cfg.labels.tau
         cfg.labels.backend = backend or ""
         cfg.labels.generations = str(generations)

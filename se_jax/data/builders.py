@@ -8,9 +8,12 @@ All builders share one feature schema (QA_FEATURES); examples are keyed by their
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from pathlib import Path
+
+from absl import logging
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -167,6 +170,18 @@ def _source_files(builder_name: str, source: Path, folders: tuple[str, ...]) -> 
     return files
 
 
+@contextlib.contextmanager
+def _quiet():
+    """TFDS logs a warning per builder construction ("Using custom data configuration");
+    one line per dataset build is enough."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def local_builder(builder_name: str, source: str | Path, data_dir: str | Path,
                   folders: tuple[str, ...] = ()) -> tfds.core.GeneratorBasedBuilder:
     """The builder of `builder_name` over `source`, prepared (array_record) under data_dir.
@@ -180,11 +195,14 @@ def local_builder(builder_name: str, source: str | Path, data_dir: str | Path,
     name = f"src_{fingerprint}" + "".join(f"_{f}" for f in folders)
     config = LocalSourceConfig(name=name, version=_VERSION, description=str(source),
                                source=str(source), folders=folders)
-    builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
+    with _quiet():
+        builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
     if not builder.is_prepared():
         tfds.disable_progress_bar()
+        logging.info("building %s from %s into %s", builder_name, source, builder.data_dir)
         try:
-            builder.download_and_prepare()
+            with _quiet():
+                builder.download_and_prepare()
         except AssertionError as e:  # TFDS refuses to write a split with no examples
             if "No examples were yielded" not in str(e):
                 raise
