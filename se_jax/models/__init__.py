@@ -1,1 +1,12 @@
-"""Flax NNX models: the Llama-family decoder and the DeBERTa NLI encoder, and their loaders."""
+"""Flax NNX models: the Llama-family decoder and the DeBERTa NLI encoder, and their loaders.
+
+    llama.py            LlamaConfig, Llama (HF attribute names), KVCache, the attention mask rule
+    loading.py          load_llama / load_tokenizer (embedded, HF dir, .gguf, hub id) onto a mesh;
+                        to_hf_state_dict / save_hf_checkpoint (export)
+    hf_names.py         the one HF-name <-> parameter-path map (+ GGUF names), used both ways
+    hf_checkpoint.py    HF directory reader/writer (config.json, safetensors, sharded index)
+    gguf_checkpoint.py  GGUF reader: config from metadata, dequantisation, q/k un-permutation
+    safetensors_io.py   memory-mapped .safetensors reading (bf16 via ml_dtypes) and writing
+    greedy.py           reference greedy decoding (smoke run, tests); the sampler is se_jax/sampling.py
+    deberta.py          NLI encoder
+"""
