@@ -30,6 +30,8 @@ def get_config():
     ex.methods = ("se_lexical", "rtuning", "rtuning_u", "idk")
     ex.taus = (1.0,)
     ex.seeds = (0,)
+    ex.arms = ("attention_only",)
+    ex.slick_breakdown = True
 
     t = config.training
     t.lora.rank, t.lora.alpha = 2, 4.0

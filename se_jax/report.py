@@ -31,7 +31,15 @@ _METHOD_STYLE = {
 _SE_COLOURS = ("#1f77b4", "#2ca02c", "#17becf", "#8c564b")
 
 
+_ARM_LABEL = {"self_distill": "self-distillation", "attention_only": "attention-only"}
+
+
 def method_label(method: str) -> str:
+    """'se_lexical' -> 'SE (lexical)'; an arm 'se_lexical+attention_only' ->
+    'SE (lexical) + attention-only'."""
+    if "+" in method:
+        base, arm = method.split("+", 1)
+        return f"{method_label(base)} + {_ARM_LABEL.get(arm, arm)}"
     if method in _METHOD_STYLE:
         return _METHOD_STYLE[method][1]
     if method.startswith("se_"):

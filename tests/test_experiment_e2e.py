@@ -53,59 +53,65 @@ def test_experiment_end_to_end(tiny_setup):
     model_dir, data_dir, root = tiny_setup
     workdir = root / "run"
     config = tiny_config(model_dir, data_dir, workdir)
+    config.experiment.methods = ("se_lexical", "rtuning", "rtuning_u")   # idk comes later
     start = time.perf_counter()
     result = ex.run(config)
     first = time.perf_counter() - start
     out = Path(result.paths["report"]).parent
+    methods = ("original", "se_lexical", "rtuning", "rtuning_u", "se_lexical+attention_only")
 
-    # report.md: the AED table with every method and split, and the judge.
+    # report.md: the AED table with every method and split, the judge, the analyses.
     text = (out / "report.md").read_text()
-    for label in ("Original model", "SE (lexical)", "R-Tuning", "R-Tuning-U", "Idk"):
+    for label in ("Original model", "SE (lexical)", "R-Tuning", "R-Tuning-U",
+                  "SE (lexical) + attention-only"):
         assert f"| {label} |" in text
     assert "AED test" in text and "AED ood_entity_questions_ood" in text
-    assert "f1>=0.5" in text
+    assert "f1>=0.5" in text and "AUROC" in text and "SliCK category breakdown" in text
     # results.csv: one row per method x split x seed, the contract's columns.
     rows = report.read_results_csv(out / "results.csv")
     assert list(rows[0]) == list(report.RESULT_FIELDS)
-    assert {(r["method"], r["split"]) for r in rows} == {
-        (m, s) for m in ("original", "se_lexical", "rtuning", "rtuning_u", "idk")
-        for s in ("test", "ood_entity_questions_ood")}
-    assert len(rows) == 10
+    assert sorted((r["method"], r["split"]) for r in rows) == sorted(
+        (m, s) for m in methods for s in ("test", "ood_entity_questions_ood"))
     for r in rows:
         n, c, i, a = (int(r[k]) for k in ("n", "correct", "incorrect", "abstained"))
         assert n == 4 and c + i + a == n
         assert float(r["aed"]) == pytest.approx(((i ** 2 + (n - c) ** 2) / (2 * n * n)) ** .5,
                                                 abs=1e-3)
-    # The sweep: every tau of the tau methods on validation, and the picked tau is one.
+    # The sweep on validation, and the picked taus.
     sweep = report.read_results_csv(out / "sweep.csv")
     assert {(r["method"], r["tau"]) for r in sweep} == {
         ("original", ""), ("se_lexical", "1.000"), ("rtuning_u", "1.000"), ("rtuning", ""),
-        ("idk", "")}
-    assert result.picked == {"se_lexical": 1.0, "rtuning_u": 1.0, "rtuning": None,
-                             "idk": None}
+        ("se_lexical+attention_only", "1.000")}
+    assert result.picked == {"se_lexical": 1.0, "rtuning_u": 1.0, "rtuning": None}
     # Plots are real PNGs.
     for name in ("adaptation.png", "aed.png", "entropy_hist.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    # Every stage left its artifacts and done marker.
+    # Every stage left its artifacts and done marker; the arm trained attention only.
     layout = ex.Layout.from_config(config)
-    for path in (layout.sample("train"), layout.sample("val"),
-                 layout.entropy("lexical", "train"), layout.train(ex.Run("idk", None, 0))):
+    arm = ex.Run("se_lexical", 1.0, 0, "attention_only")
+    for path in (layout.sample("train"), layout.sample("test"),
+                 layout.entropy("lexical", "train"), layout.label(arm), layout.train(arm)):
         assert (path / "done.json").exists() and (path / "config.json").exists()
+    arm_config = json.loads((layout.train(arm) / "config.json").read_text())
+    assert arm_config["training"]["mode"] == "attention"
 
-    # A rerun finds everything done: no stage runs again (no model is even loaded).
+    # A rerun finds everything done: nothing runs again, no model is loaded.
     marker = layout.train(ex.Run("rtuning", None, 0)) / "done.json"
     stamp = marker.stat().st_mtime_ns
     start = time.perf_counter()
     again = ex.run(config)
-    assert time.perf_counter() - start < first / 2
+    assert time.perf_counter() - start < first / 3
     assert marker.stat().st_mtime_ns == stamp
     assert again.table == result.table
 
-    # One more tau: only its runs are trained.
-    config.experiment.taus = (1.0, 2.5)
+    # One more method: only its label/train/evaluate directories are new.
+    before = {p for p in workdir.rglob("done.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in before}
+    config.experiment.methods = ("se_lexical", "rtuning", "rtuning_u", "idk")
     more = ex.run(config)
-    assert marker.stat().st_mtime_ns == stamp
-    assert (layout.train(ex.Run("se_lexical", 2.5, 0)) / "done.json").exists()
-    assert (layout.train(ex.Run("rtuning_u", 2.5, 0)) / "done.json").exists()
-    assert {float(r["tau"]) for r in more.sweep if r["method"] == "se_lexical"} == {1.0, 2.5}
+    new = {p.parent.relative_to(workdir) for p in workdir.rglob("done.json")} - {
+        p.parent.relative_to(workdir) for p in before}
+    assert new == {Path("label/idk"), Path("train/idk/seed_0")}
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert {r["method"] for r in more.results} == set(methods) | {"idk"}
