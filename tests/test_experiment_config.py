@@ -84,3 +84,19 @@ def test_launcher_rejects_config_typos_before_compute(tmp_path):
                   "--config.data.in_distribution=nq_closed", "--dry_run")
     assert out.returncode != 0 and "unknown dataset 'nq_closed'" in out.stderr
     assert not (tmp_path / "sample").exists()    # nothing ran
+
+
+def test_sweep_launcher_prints_the_fan_out(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"),
+                          "--config=configs/tiny.py", f"--config.workdir={tmp_path}",
+                          "--print_only"], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    prepare = [line for line in lines if "--stage=prepare" in line]
+    runs = [line for line in lines if "--stage=run" in line]
+    final = [line for line in lines if "launch/experiment.py" in line]
+    # tiny: se_lexical and rtuning_u at one tau, rtuning and idk without: 4 jobs.
+    assert len(prepare) == 1 and len(final) == 1 and len(runs) == 4
+    assert sum("--method=se_lexical" in r and "--tau=1.0" in r for r in runs) == 1
+    assert all(f"--config.workdir={tmp_path}" in line for line in lines)
