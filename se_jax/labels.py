@@ -281,6 +281,17 @@ def slick_labels(records: Iterable[Mapping[str, Any]], *, judge: Judge = alias_j
     return out
 
 
+def balanced_tau(entropies: Sequence[float]) -> float:
+    """The threshold, among the observed entropy values, whose "entropy > tau -> abstain"
+    split is closest to half/half (ties at the maximum entropy are common with few samples,
+    which a plain median would put all on the answer side)."""
+    if not entropies:
+        raise ValueError("balanced_tau needs at least one entropy")
+    values = sorted(set(float(e) for e in entropies))
+    half = len(entropies) / 2
+    return min(values, key=lambda t: (abs(sum(e > t for e in entropies) - half), t))
+
+
 def label_counts(examples: Iterable[Example]) -> dict[str, int]:
     """{"answer": n, "abstain": m} (for logs and the stage summary)."""
     counts = {"answer": 0, "abstain": 0}

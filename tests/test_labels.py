@@ -179,3 +179,10 @@ def test_label_adherence_counts_abstentions_and_kept_answers():
                    "kept_rate_on_answer": 0.5, "abstain_rate_on_answer": 0.5}
     with pytest.raises(labels.LabelError, match="no model answer"):
         labels.label_adherence(ex, {"q1": "Paris"})
+
+
+def test_balanced_tau_splits_ties_at_the_maximum():
+    ents = [1.79, 1.79, 1.79, 1.79, 1.56, 0.0]
+    tau = labels.balanced_tau(ents)
+    assert tau == 1.56 and sum(e > tau for e in ents) == 4  # the nearest split to 3/3
+    assert labels.balanced_tau([0.0, 0.5, 1.0, 1.5]) == 0.5

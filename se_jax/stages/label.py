@@ -1,5 +1,5 @@
 """The label stage: generations.jsonl (+ uncertainty.jsonl) -> sft.jsonl (+ config.json,
-summary.json) in `out_dir`.
+summary.json, skipped.jsonl) in `out_dir`.
 
 Reads the files of the sample and entropy stages (WORKSPACE-notes.md contracts), runs the
 labeller `config.labels.method` names (se_jax/labels.py) and writes one SFT record per kept
@@ -98,9 +98,17 @@ def run_label(config: Any) -> Path:
     _, _, out_dir = _paths(config)
     stage_io.write_config(out_dir, config, ignore=IGNORED_CONFIG)
     examples, info = make_examples(config)
+    # An empty target (the model's most-likely answer was empty) teaches nothing: skip it.
+    skipped = [{"line": i + 1, "id": e.id, "reason": "empty target (empty most-likely answer)"}
+               for i, e in enumerate(examples) if not e.target.strip()]
+    examples = [e for e in examples if e.target.strip()]
+    for s in skipped:
+        logging.warning("label: skipping id=%r: %s", s["id"], s["reason"])
+    stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
     sft_path = out_dir / SFT_FILE
     stage_io.write_jsonl(sft_path, (e.to_json() for e in examples))
-    summary = dict(info, num_examples=len(examples), **labels.label_counts(examples))
+    summary = dict(info, num_examples=len(examples), num_skipped=len(skipped),
+                   **labels.label_counts(examples))
     categories = collections.Counter(e.reason.get("category") for e in examples)
     if config.labels.method == "slick":
         summary["categories"] = {k: v for k, v in categories.items() if k}

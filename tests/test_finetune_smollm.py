@@ -1,0 +1,35 @@
+"""On the embedded SmolLM2-135M: a short LoRA run on an SE-labelled set moves the model.
+
+The real stages run end to end (sample -> entropy (lexical) -> label (SE) -> train -> greedy
+answers of the merged export) on 16 NQ-open questions; after training the model must say the
+abstention phrase on most abstain-labelled training questions and keep its own answer on most
+answer-labelled ones. The few-hundred-question version is `launch/finetune_smollm.py`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "finetune_smollm.py"
+
+
+def _finetune_module():
+    spec = importlib.util.spec_from_file_location("finetune_smollm", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lora_on_se_labels_teaches_smollm_when_to_abstain(shared_data, embedded_gguf, tmp_path):
+    result = _finetune_module().finetune_and_measure(
+        tmp_path, num_questions=16, num_samples=4, epochs=8, learning_rate=2e-3,
+        batch_size=8, shared_data=str(shared_data))
+    before, after = result["before"], result["after"]
+    print(result)
+    assert after["num_abstain"] >= 5 and after["num_answer"] >= 5  # a real two-sided set
+    assert result["train_last_loss"] < 0.5 * result["train_first_loss"]
+    # Before: the base model never says the phrase; after: it does where labelled to ...
+    assert before["abstain_rate_on_abstain"] < 0.2
+    assert after["abstain_rate_on_abstain"] > 0.5
+    # ... and keeps its own answer where labelled to answer.
+    assert after["kept_rate_on_answer"] > 0.5
