@@ -82,7 +82,7 @@ NextTokenScorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 class LlmJudge:
     """Yes/no judge scored by a decoder's next-token log-probabilities.
 
-    `scorer` runs the model (see se_jax.stages.evaluate.decoder_next_token_scorer); this
+    `scorer` runs the model (`decoder_next_token_scorer` below, or any other); this
     class only builds prompts, batches them, and compares log p(yes) with log p(no).
     """
     scorer: NextTokenScorer
