@@ -138,3 +138,26 @@ def test_only_lora_params_are_trainable_and_freezing_modes_select_by_path(tiny_d
     assert mlp and all("mlp" in p for p in mlp)
     everything = nnx.to_flat_state(training.trainable_state(full, "full"))
     assert len(everything) > len(attention) + len(mlp)  # embeddings and norms too
+
+
+@pytest.mark.parametrize("mode", ["attention", "mlp"])
+def test_freezing_modes_update_only_their_parameters(tiny_dir, tmp_path, mode):
+    model = load_llama(tiny_dir)
+    before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    cfg = ml_collections.ConfigDict(dict(
+        mode=mode, learning_rate=1e-2, batch_size=4, epochs=1, grad_accum_steps=1,
+        warmup_ratio=0.0, end_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, loss_on="target",
+        distill=dict(enabled=False, weight=1.0, tau=0.5, teacher_epoch=0),
+        loss_chunk_tokens=1024, pad_multiple=16, bucket_batches=1, save_every=10, keep=1,
+        async_checkpoint=False, max_steps=-1, log_every_seconds=60.0, log_every_steps=1))
+    training.prepare_model(model, cfg, seed=0)
+    rng = np.random.default_rng(1)
+    seqs = [sft_data.TokenizedExample(str(i), rng.integers(3, 1000, 12).astype(np.int32), 6)
+            for i in range(4)]
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1])
+    training.train(model, seqs, cfg, workdir=str(tmp_path / "ckpt"), mesh=mesh, seed=0)
+    part = "self_attn" if mode == "attention" else "mlp"
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        changed = not np.array_equal(np.asarray(var.get_value()), before[path])
+        assert changed == (part in path), f"{'/'.join(map(str, path))} changed={changed}"

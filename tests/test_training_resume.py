@@ -3,6 +3,7 @@
 Resume: a real `launch/train.py` subprocess is killed with SIGKILL in the middle of the run,
 restarted with the same flags, and must end with bit-identical LoRA weights to an
 uninterrupted run (same batches from (seed, epoch), same dropout masks from (seed, step),
+the gradient accumulator of optax.MultiSteps,
 the self-distillation teacher restored from the checkpoint too).
 
 NaN: a loss that turns non-finite stops the run with a clear error, and the last good
@@ -42,6 +43,7 @@ def get_config():
     c.model.path = {model!r}
     c.training.update(dict(
         batch_size=8, epochs=2, learning_rate=1e-3, warmup_ratio=0.2, save_every=1, keep=2,
+        grad_accum_steps=2,  # a kill may land between micro-batches of one update
         lora=dict(rank=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj")),
         distill=dict(enabled=True, weight=1.0, tau=0.5, teacher_epoch=0),
         sft={sft!r}, export_merged=False, log_every_steps=1))
