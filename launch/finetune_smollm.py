@@ -4,16 +4,17 @@ now follow its labels?
 Runs the real stages on the first N NQ-open dev questions of ../shared/data:
 sample (1 answer at T=0.1 + M at T=1) -> entropy (lexical equivalence backend; no NLI
 checkpoint can be downloaded here) -> label (SE: semantic entropy > tau -> "I don't know the
-answer.", else the model's own T=0.1 answer; the probability-weighted SE, see make_config) -> train (LoRA r=8 on q_proj/v_proj)
--> greedy answers of the merged model on the same training questions. Prints, before and
-after training, the fraction of abstain-labelled questions on which the model abstains and
-the fraction of answer-labelled questions on which it gives its own (target) answer.
+answer.", else the model's own T=0.1 answer; the probability-weighted SE, see make_config)
+-> train (LoRA r=8 on q_proj/v_proj) -> greedy answers of the merged model on the same
+training questions. Prints, before and after training, the fraction of abstain-labelled
+questions on which the model abstains and the fraction of answer-labelled questions on which
+it gives its own (target) answer.
 
     python launch/finetune_smollm.py --num_questions=300 --workdir=/tmp/smollm_ft
 
 tau defaults to the observed entropy value that splits the set closest to half abstain, half
-answer (`labels.balanced_tau`; the paper
-sweeps tau instead). Every stage is resumable: rerunning the same command continues.
+answer (`labels.balanced_tau`; the paper sweeps tau instead). Every stage is resumable:
+rerunning the same command continues.
 """
 from __future__ import annotations
 
