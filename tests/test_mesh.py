@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec
 from se_jax.mesh import ShardingRules, batch_sharding, init_cache, make_mesh
 from se_jax.models.greedy import greedy_generate
 from se_jax.models.llama import KVCache
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.models.loading import load_llama, load_tokenizer, to_hf_state_dict
 from tiny_models import TOKENIZER_VOCAB, make_tiny_llama_dir
 from conftest import REPO
 
@@ -78,6 +78,10 @@ def test_sharded_forward_equals_single_device(tiny_dir, single, axes):
     reference = prefill_then_step(single, KVCache.init(single.config, 4, 8), jnp.asarray)
     for s, r in zip(sharded, reference):
         np.testing.assert_allclose(s, r, rtol=0, atol=1e-5)
+    exported, expected = to_hf_state_dict(model), to_hf_state_dict(single)  # gathers shards
+    assert exported.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(exported[name], expected[name], err_msg=name)
 
 
 def test_greedy_on_mesh_equals_single_device(tiny_dir, single):
