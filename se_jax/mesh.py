@@ -122,6 +122,8 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules) -> nnx.Modu
     """Place every variable of `model` on `mesh` by the rules (in place); returns `model`."""
     state = nnx.state(model)
     nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    if hasattr(model, "mesh_rules"):  # the decoder pins its activations to the same mesh
+        model.mesh_rules = (mesh, rules)
     return model
 
 

@@ -334,6 +334,17 @@ class Llama(nnx.Module):
         self.norm = RMSNorm(c)
         if not c.tie_word_embeddings:
             self.lm_head = _linear(c, c.hidden_size, c.vocab_size, ("embed", "vocab"), False, rngs)
+        # (Mesh, ShardingRules) once the weights are sharded (load_llama sets it): the residual
+        # stream is then pinned to batch-split, embed-replicated, so XLA's sharding propagation
+        # cannot pick another layout (FSDP all-gathers weights; tensor parallelism reduces).
+        self.mesh_rules = None
+
+    def _constrain(self, x: jax.Array) -> jax.Array:
+        if self.mesh_rules is None:
+            return x
+        mesh, rules = self.mesh_rules
+        spec = rules.spec(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh)
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array,
                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -346,9 +357,10 @@ class Llama(nnx.Module):
             cache = dataclasses.replace(cache, pos=k_pos)
         mask = attention_mask(positions, k_pos)
         cos, sin = rope_tables(self.config, positions)
-        x = self.embed_tokens(tokens)
+        x = self._constrain(self.embed_tokens(tokens))
         for i, layer in enumerate(self.layers):
             x, cache = layer(x, cos, sin, mask, cache, i)
+            x = self._constrain(x)
         if cache is not None:
             cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
         return self.norm(x), cache

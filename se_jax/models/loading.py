@@ -120,6 +120,8 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
     if variables:  # param_specs and Llama disagree: a bug here, not in the checkpoint
         raise RuntimeError(f"parameters with no checkpoint tensor: {sorted(variables)}")
     model = nnx.merge(graphdef, state)
+    if mesh is not None:
+        model.mesh_rules = (mesh, rules)
     log.info("loaded %s (%d layers, hidden %d) in %.1fs", reader.source,
              config.num_hidden_layers, config.hidden_size, time.perf_counter() - start)
     return model
