@@ -27,13 +27,18 @@ def get_config():
     config.sampling.max_new_tokens = 24      # short answers; the stop strings end most sooner
     config.entropy.backend = "lexical"       # no NLI checkpoint offline (deberta would fall back)
 
-    config.evaluation.judge = "f1"
+    # SmolLM2-135M answers in sentences even when asked to be brief; SQuAD F1 would count
+    # "The capital of France is Paris." wrong against "Paris". The alias judge (a gold alias
+    # inside the normalised answer) is the fairer one here; paper configs use F1 or the LLM.
+    config.evaluation.judge = "alias"
     config.evaluation.max_new_tokens = 24
     config.evaluation.batch_size = 16
 
     ex = config.experiment
     ex.methods = ("se_lexical", "rtuning", "rtuning_u")
-    ex.taus = (0.75, 1.5)
+    # With M=10 lexical clusters of a 135M model's answers, most questions sit at or near
+    # ln(10) = 2.30 nats; 2.2 lets the 9-cluster questions keep their answer.
+    ex.taus = (1.0, 2.2)
     ex.seeds = (0,)
 
     t = config.training
