@@ -6,7 +6,7 @@
 
 `--model`: "embedded", a Hugging Face directory (e.g. a train stage's merged/ export), a .gguf
 file or a hub id. Writes outcomes.jsonl / metrics.json / config.json under
-<workdir>/evaluate/<tag>/<split> (resumable) and prints the metrics with the judge's name.
+<workdir>/evaluate/<judge>/<tag>/<split> (resumable) and prints the metrics with the judge's name.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ Outcome of a question: correct, incorrect, or abstained. With C correct, I incor
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -172,6 +173,8 @@ class Interval:
     high: float
 
     def __str__(self) -> str:
+        if math.isnan(self.value):
+            return "n/a (needs correct and incorrect answers)"
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 

@@ -128,17 +128,29 @@ def validate_config(config: Any) -> None:
 
 # ----------------------------------------------------------------------------- layout
 
+def judge_key(eval_config: Any) -> str:
+    """A directory name for the configured judge: answers judged by another judge are
+    evaluated again into their own directory, never mixed."""
+    if eval_config.judge == "f1":
+        return f"f1_{float(eval_config.f1_threshold):g}"
+    if eval_config.judge == "llm":
+        model = eval_config.judge_model or "generator"
+        return "llm_" + "".join(c if c.isalnum() else "_" for c in model)[-60:]
+    return str(eval_config.judge)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Where every artifact of an experiment lives (below config.workdir)."""
     root: Path
     report_dir: Path
+    judge: str   # judge_key(config.evaluation)
 
     @classmethod
     def from_config(cls, config: Any) -> "Layout":
         root = Path(config.workdir)
         out = Path(config.experiment.out_dir) if config.experiment.out_dir else root / "report"
-        return cls(root, out)
+        return cls(root, out, judge_key(config.evaluation))
 
     @property
     def data(self) -> Path:
@@ -157,7 +169,7 @@ class Layout:
         return self.root / "train" / run.tag
 
     def evaluate(self, tag: str, split: str) -> Path:
-        return self.root / "evaluate" / tag / split
+        return self.root / "evaluate" / self.judge / tag / split
 
 
 def is_done(path: Path) -> bool:
@@ -526,6 +538,15 @@ def write_report(ctx: Context, results: list[dict], sweep: list[dict],
         breakdown = report_stage.slick_breakdown(
             {(name, s): evaluate_stage.read_outcomes(ctx.layout.evaluate(tag, s))
              for name, tag in tags.items() for s in ctx.test_splits}, categories)
+    label_sets = []
+    for r in dict.fromkeys(Run(x.method, x.tau, 0) for x in sweep_runs(
+            list(ex.methods), [float(t) for t in ex.taus], seeds)):
+        done = ctx.layout.label(r) / DONE
+        if done.exists():
+            summary = json.loads(done.read_text())
+            label_sets.append(dict(method=r.method, tau="" if r.tau is None else r.tau,
+                                   answer=summary.get("answer", ""),
+                                   abstain=summary.get("abstain", "")))
     d = config.data
     header = (f"Model: `{config.model.path}`; data: {d.in_distribution} (train {d.train_size}, "
               f"val {d.val_size}, test {d.test_size}), OOD {list(d.out_of_distribution)} "
@@ -536,6 +557,6 @@ def write_report(ctx: Context, results: list[dict], sweep: list[dict],
     paths = report.write_report(ctx.layout.report_dir, results=results, sweep=sweep,
                                 splits=ctx.test_splits, judge=judge.name, uncertainty=unc,
                                 histograms=hist, taus=[float(t) for t in ex.taus],
-                                breakdown=breakdown, header=header)
+                                breakdown=breakdown, label_sets=label_sets, header=header)
     return ExperimentResult(table=report.aed_table(results, ctx.test_splits), judge=judge.name,
                             paths=paths, results=results, sweep=sweep, picked=picked)

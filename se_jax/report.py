@@ -281,6 +281,15 @@ def uncertainty_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def label_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown of the SFT sets: {method, tau, answer, abstain} per labelled set."""
+    lines = ["| method | tau | answer targets | abstain targets |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {method_label(r['method'])} | {r['tau'] if r['tau'] != '' else '-'} "
+                     f"| {r['answer']} | {r['abstain']} |")
+    return "\n".join(lines)
+
+
 def breakdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown of SliCK category rows {method, split, category, n, accuracy, abstain_rate}."""
     lines = ["| method | split | category | n | accuracy | abstention rate |",
@@ -297,6 +306,7 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
                  uncertainty: Mapping[str, Mapping[str, Any]] | None = None,
                  histograms: Mapping[str, tuple[Sequence[float], Sequence[bool]]] | None = None,
                  taus: Sequence[float] = (), breakdown: Sequence[Mapping[str, Any]] = (),
+                 label_sets: Sequence[Mapping[str, Any]] = (),
                  header: str = "") -> dict[str, Path]:
     """Write results.csv, sweep.csv, the PNG plots and report.md into `out_dir`.
 
@@ -307,6 +317,7 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
       judge: the correctness judge's name, printed with every number.
       uncertainty: {score name: {"auroc"|"aurac"|"prr": Interval}}.
       histograms: {score name: (scores, correct)} for the entropy histogram plot.
+      label_sets: {method, tau, answer, abstain} per SFT set (what each model was taught).
     Returns {"report", "results", "sweep", plot name...: path}.
     """
     out = Path(out_dir)
@@ -332,6 +343,9 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
              f"![AED per method]({PLOTS['aed']})\n",
              "## Adaptation: correct vs incorrect answers on validation, per tau\n",
              f"![adaptation plot]({PLOTS['adaptation']})\n"]
+    if label_sets:
+        parts += ["## Training sets: answer vs abstain targets\n",
+                  label_table(label_sets) + "\n"]
     if uncertainty:
         parts += [f"## Uncertainty of the original model's most-likely answers "
                   f"(90% bootstrap intervals; judge: {judge})\n",

@@ -47,7 +47,7 @@ def test_two_processes_write_the_same_artifacts_as_one(tiny_inputs, tmp_path):
     # The 4 shards (one question each) were split between the processes.
     assert "process 0 answered 2 of 4 shards" in log
     assert "process 1 answered 2 of 4 shards" in log
-    rel = Path("evaluate") / "original" / "test"
+    rel = Path("evaluate") / "f1_0.5" / "original" / "test"
     for name in ("outcomes.jsonl", "metrics.json", "config.json"):
         a, b = (one / rel / name).read_text(), (two / rel / name).read_text()
         assert a == b, name
