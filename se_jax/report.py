@@ -172,8 +172,11 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
         ys += cor
         colour = method_colour(m, methods)
         style = "-o" if len(taus) > 1 else "s"          # methods without tau: one square
-        ax.plot(inc, cor, style, color=colour, label=method_label(m),
-                markersize=5 if len(taus) > 1 else 8, lw=1.5)
+        # Shrinking sizes keep coinciding points of several methods visible (concentric).
+        size = max(13 - 3 * methods.index(m), 4)
+        ax.plot(inc, cor, style, color=colour, label=method_label(m), markersize=size,
+                markeredgecolor="white", markeredgewidth=0.8, lw=1.5, clip_on=False,
+                zorder=3 + methods.index(m))
         if len(taus) > 1:
             for t, x, y in zip(taus, inc, cor):
                 if not math.isnan(t):
@@ -183,13 +186,18 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
         if r["split"] == split:
             xs.append(int(r["incorrect"]))
             ys.append(int(r["correct"]))
-            ax.plot(xs[-1:], ys[-1:], "*", color="#444444", markersize=14,
-                    label=method_label(r["method"]))
+            ax.plot(xs[-1:], ys[-1:], "*", color="#444444", markersize=16, clip_on=False,
+                    label=method_label(r["method"]), zorder=2)
             break
-    # Zoom on the points (with margin), never past [0, n].
-    pad = 0.08 * n
-    ax.set_xlim(max(0, min(xs, default=0) - pad), min(n, max(xs, default=n) + pad))
-    ax.set_ylim(max(0, min(ys, default=0) - pad), min(n, max(ys, default=n) + pad))
+    # Zoom on the points (margin 8%, window at least 40% of n), within [0, n] plus a
+    # sliver so that points on the edge stay whole.
+    edge = 0.03 * n
+    for lo_hi, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
+        lo, hi = min(lo_hi, default=0) - 0.08 * n, max(lo_hi, default=n) + 0.08 * n
+        grow = max(0.0, 0.4 * n - (hi - lo)) / 2
+        lo, hi = lo - grow, hi + grow
+        shift = max(0.0, -edge - lo) - max(0.0, hi - n - edge)
+        setter(max(-edge, lo + shift), min(n + edge, hi + shift))
     ax.set_xlabel(f"# incorrect answers (of {n}; fewer is better)")
     ax.set_ylabel(f"# correct answers (of {n}; more is better)")
     ax.set_title(f"Adaptation on {split}: one point per tau (labelled)"
