@@ -13,7 +13,8 @@ the same row, so left-padded prefill, one-token decode and right-padded training
 use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
 
 Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
-those names to mesh axes with one `ShardingRules` table.
+those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
+`mesh_rules` and pins its residual stream to a batch-split layout.
 """
 from __future__ import annotations
 
