@@ -334,7 +334,11 @@ class Llama(nnx.Module):
         self.layers = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
         self.norm = RMSNorm(c)
         if not c.tie_word_embeddings:
-            self.lm_head = _linear(c, c.hidden_size, c.vocab_size, ("embed", "vocab"), False, rngs)
+            self.lm_head = nnx.Linear(c.hidden_size, c.vocab_size, use_bias=False, dtype=c.dtype,
+                                      param_dtype=c.param_dtype, rngs=rngs,
+                                      preferred_element_type=jnp.float32,
+                                      kernel_init=nnx.initializers.normal(0.02),
+                                      kernel_metadata={"logical_axes": ("embed", "vocab")})
         # (Mesh, ShardingRules) once the weights are sharded (load_llama sets it): the residual
         # stream is then pinned to batch-split, embed-replicated, so XLA's sharding propagation
         # cannot pick another layout (FSDP all-gathers weights; tensor parallelism reduces).
@@ -367,9 +371,14 @@ class Llama(nnx.Module):
         return self.norm(x), cache
 
     def logits(self, h: jax.Array) -> jax.Array:
-        """h: [B, T, E] from `hidden` -> float32 logits [B, T, V]."""
+        """h: [B, T, E] from `hidden` -> float32 logits [B, T, V].
+
+        The products accumulate into float32 even in bfloat16 compute: log-probabilities
+        over a large vocabulary need more than bfloat16's 8 bits of mantissa.
+        """
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(h).astype(jnp.float32)
+            table = self.embed_tokens.embedding[...].astype(h.dtype)
+            return jnp.einsum("bte,ve->btv", h, table, preferred_element_type=jnp.float32)
         return self.lm_head(h).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array,
