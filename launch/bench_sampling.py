@@ -52,7 +52,8 @@ QUESTIONS = ("What is the capital of France?", "Who wrote the novel Pride and Pr
              "What language is spoken in Brazil?", "Who was the first president of the USA?",
              "What is the square root of 144?", "Which gas do plants absorb?",
              "What is the currency of Japan?")
-BUCKETS = (64, 128, 256)
+# Prompts padded to a multiple of 16 tokens (transformers pads to the longest prompt).
+BUCKETS = tuple(range(16, 513, 16))
 
 
 def _questions(n: int) -> list[str]:

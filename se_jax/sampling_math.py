@@ -128,7 +128,10 @@ def sample_step(logits: jax.Array, keys: jax.Array, temperature: jax.Array,
     u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     drawn = inverse_cdf_sample(u, weights)
     tokens = jnp.where(greedy, first_max_index(logits), drawn)
-    return tokens, token_logprobs(logits, tokens)
+    # log softmax at T=1, reusing the row maximum: picked - peak - log sum exp(logits - peak)
+    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    log_norm = jnp.log(jnp.sum(jnp.exp(logits - peak), axis=-1))
+    return tokens, picked - peak[:, 0] - log_norm
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
