@@ -104,10 +104,15 @@ def stable_hash(question_id: str) -> int:
 # ----------------------------------------------------------------------------- shapes
 
 def bucket_length(length: int, buckets: Sequence[int], cap: int) -> int:
-    """Padded prompt length: the smallest bucket >= length, else `cap` (the longest allowed)."""
+    """Padded prompt length: the smallest bucket >= length; past the largest bucket, the
+    next multiple of it; never more than `cap` (the longest prompt allowed)."""
     if length > cap:
         raise ValueError(f"prompt of {length} tokens exceeds the longest allowed ({cap})")
-    return min([b for b in buckets if length <= b <= cap], default=cap)
+    fitting = [b for b in buckets if b >= length]
+    if fitting:
+        return min(min(fitting), cap)
+    largest = max(buckets)
+    return min(-(-length // largest) * largest, cap)
 
 
 def max_prompt_length(model_config: Any, max_new_tokens: int,

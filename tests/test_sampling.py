@@ -251,7 +251,9 @@ def test_stop_tables_follow_the_rule(tokenizer):
 def test_bucketing_and_padding():
     assert sampling.bucket_length(10, (16, 32), cap=100) == 16
     assert sampling.bucket_length(20, (16, 32), cap=100) == 32
-    assert sampling.bucket_length(40, (16, 32), cap=100) == 100
+    assert sampling.bucket_length(40, (16, 32), cap=100) == 64   # multiples of the largest
+    assert sampling.bucket_length(90, (16, 32), cap=100) == 96
+    assert sampling.bucket_length(97, (16, 32), cap=100) == 100
     assert sampling.bucket_length(30, (16, 64), cap=40) == 40
     with pytest.raises(ValueError, match="exceeds"):
         sampling.bucket_length(41, (16, 64), cap=40)
