@@ -8,7 +8,8 @@ answer.", else the model's own T=0.1 answer; the probability-weighted SE, see ma
 -> train (LoRA r=8 on q_proj/v_proj) -> greedy answers of the merged model on the same
 training questions. Prints, before and after training, the fraction of abstain-labelled
 questions on which the model abstains and the fraction of answer-labelled questions on which
-it gives its own (target) answer.
+it gives its own (target) answer. "Before" reads the base model's T=0.1 answers from the
+sample stage (the targets themselves), so no second base-model decode is needed.
 
     python launch/finetune_smollm.py --num_questions=300 --workdir=/tmp/smollm_ft
 
@@ -28,8 +29,8 @@ from absl import app, flags, logging
 _N = flags.DEFINE_integer("num_questions", 300, "NQ-open dev questions to label and train on")
 _M = flags.DEFINE_integer("num_samples", 6, "sampled answers per question (T=1)")
 _TAU = flags.DEFINE_float("tau", None, "SE threshold; default: labels.balanced_tau")
-_EPOCHS = flags.DEFINE_integer("epochs", 4, "training epochs")
-_LR = flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "training epochs")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "peak learning rate")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "training batch size")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/se_jax_finetune_smollm", "output directory")
 _DATA = flags.DEFINE_string("shared_data", "", "../shared/data ('' = $SE_JAX_SHARED_DATA or "
@@ -54,8 +55,9 @@ def write_questions(shared_data: Path, n: int, out: Path) -> Path:
     return out
 
 
-def make_config(workdir: Path, questions: Path, *, num_samples: int, epochs: int,
-                learning_rate: float, batch_size: int, mesh: dict | None = None):
+def make_config(workdir: Path, questions: Path, *, num_samples: int, mesh: dict | None = None):
+    """The config of the sample and entropy stages (they record the whole config, so the
+    label/train options are set later on a copy, keeping those stages resumable)."""
     from configs.base import get_config
     c = get_config()
     c.workdir = str(workdir)
@@ -70,8 +72,6 @@ def make_config(workdir: Path, questions: Path, *, num_samples: int, epochs: int
     # (cluster-count) entropy of 6 samples is at its maximum for most questions, which no
     # threshold can split; the weighted one still ranks them.
     c.labels.entropy = "semantic_entropy"
-    c.training.update(dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                           warmup_ratio=0.1, save_every=1000, keep=1, log_every_steps=5))
     return c
 
 
@@ -91,8 +91,8 @@ def greedy(model: Any, tokenizer: Any, questions: list[dict], config: Any, mesh)
 
 
 def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples: int = 6,
-                         tau: float | None = None, epochs: int = 4,
-                         learning_rate: float = 1e-3, batch_size: int = 16,
+                         tau: float | None = None, epochs: int = 3,
+                         learning_rate: float = 2e-3, batch_size: int = 16,
                          mesh: dict | None = None, shared_data: str = "") -> dict:
     """Run sample -> entropy -> label -> train on the embedded model and measure how the
     greedy answers on the training questions follow the labels, before and after."""
@@ -107,21 +107,23 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     workdir = Path(workdir)
     questions = write_questions(shared_data_dir(shared_data), num_questions,
                                 workdir / "questions.jsonl")
-    config = make_config(workdir, questions, num_samples=num_samples, epochs=epochs,
-                         learning_rate=learning_rate, batch_size=batch_size, mesh=mesh)
-    run_sample(config)
+    config = make_config(workdir, questions, num_samples=num_samples, mesh=mesh)
+    gen_path = run_sample(config)
     unc_path = run_entropy(config)
     entropies = [u[config.labels.entropy] for u in stage_io.read_jsonl(unc_path)]
-    # Label/train with the chosen tau (the earlier stages ran, and resume, with the default).
+    # Label/train with the chosen tau and training options on a copy (see make_config).
     config = config.copy_and_resolve_references()
     config.labels.tau = float(labels.balanced_tau(entropies) if tau is None else tau)
+    config.training.update(dict(epochs=epochs, learning_rate=learning_rate,
+                                batch_size=batch_size, warmup_ratio=0.1, save_every=5, keep=2,
+                                log_every_steps=5))
     sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
     train_dir = run_train(config)
 
     qs = stage_io.read_jsonl(questions)
     mesh_ = make_mesh(config.mesh)
     tokenizer = load_tokenizer(config.model.path)
-    before = greedy(load_llama(config.model.path, mesh=mesh_), tokenizer, qs, config, mesh_)
+    before = {g["id"]: g["most_likely"]["text"] for g in stage_io.read_jsonl(gen_path)}
     after = greedy(load_llama(str(train_dir / "merged"), mesh=mesh_), tokenizer, qs, config,
                    mesh_)
     summary = json.loads((train_dir / "summary.json").read_text())

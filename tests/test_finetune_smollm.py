@@ -22,13 +22,14 @@ def _finetune_module():
 
 def test_lora_on_se_labels_teaches_smollm_when_to_abstain(shared_data, embedded_gguf, tmp_path):
     result = _finetune_module().finetune_and_measure(
-        tmp_path, num_questions=16, num_samples=4, epochs=8, learning_rate=2e-3,
+        tmp_path, num_questions=16, num_samples=4, epochs=10, learning_rate=3e-3,
         batch_size=8, shared_data=str(shared_data))
     before, after = result["before"], result["after"]
     print(result)
     assert after["num_abstain"] >= 5 and after["num_answer"] >= 5  # a real two-sided set
     assert result["train_last_loss"] < 0.5 * result["train_first_loss"]
-    # Before: the base model never says the phrase; after: it does where labelled to ...
+    # Before (the T=0.1 answers the labels came from) the model never says the phrase;
+    # after training it does where labelled to ...
     assert before["abstain_rate_on_abstain"] < 0.2
     assert after["abstain_rate_on_abstain"] > 0.5
     # ... and keeps its own answer where labelled to answer.
