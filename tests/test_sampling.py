@@ -167,15 +167,18 @@ def test_same_answers_for_1_or_8_devices_any_batch_size_and_order(tiny_dir, toke
     model1 = load_llama(tiny_dir, mesh=one)
     ref = sampling.generate(model1, tokenizer, prompt_ids, IDS, batch_size=5, mesh=one,
                             **kwargs)
-    eight = make_mesh({"data": -1})
-    assert eight.devices.size == 8
-    model8 = load_llama(tiny_dir, mesh=eight)
-    for batch_size, order in [(8, range(5)), (2, (4, 2, 0, 3, 1))]:
+    # 8 devices: pure data parallel; then data x fsdp x tensor (weights sharded too), with
+    # a batch size that splits the questions differently and a shuffled order.
+    for axes, batch_size, order in [({"data": -1}, 8, range(5)),
+                                    ({"data": 2, "fsdp": 2, "tensor": 2}, 2, (4, 2, 0, 3, 1))]:
+        mesh = make_mesh(axes)
+        assert mesh.devices.size == 8
+        model8 = load_llama(tiny_dir, mesh=mesh)
         order = list(order)
         got = sampling.generate(model8, tokenizer, [prompt_ids[i] for i in order],
-                                [IDS[i] for i in order], batch_size=batch_size, mesh=eight,
+                                [IDS[i] for i in order], batch_size=batch_size, mesh=mesh,
                                 **kwargs)
-        assert _token_ids(got) == [_token_ids(ref)[i] for i in order]
+        assert _token_ids(got) == [_token_ids(ref)[i] for i in order], axes
         for g, i in zip(got, order):
             np.testing.assert_allclose([a.sum_logprob for a in g],
                                        [a.sum_logprob for a in ref[i]], atol=1e-4)
