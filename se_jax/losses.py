@@ -17,7 +17,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-LogitsFn = Callable[[jax.Array], jax.Array]  # hidden [N, E] -> float32 logits [N, V]
+# The model's output head, `model.logits`: hidden [B, T, E] -> float32 logits [B, T, V].
+LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +33,14 @@ def _chunk_sums(logits_fn: LogitsFn, teacher_fn: LogitsFn | None, tau: float,
                 h: jax.Array, h_teacher: jax.Array | None, targets: jax.Array,
                 loss_mask: jax.Array, valid: jax.Array) -> jax.Array:
     """Sums over one chunk: [sum CE * mask, sum KL * valid]. h: [C, E]; targets: int32[C]."""
-    logits = logits_fn(h)                                            # [C, V] f32
+    logits = logits_fn(h[None])[0]                                   # [C, V] f32
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
     ce = jnp.sum((lse - target_logit) * loss_mask)
     if teacher_fn is None:
         return jnp.stack([ce, jnp.zeros_like(ce)])
     teacher_logp = jax.nn.log_softmax(
-        jax.lax.stop_gradient(teacher_fn(h_teacher)) / tau, axis=-1)
+        jax.lax.stop_gradient(teacher_fn(h_teacher[None])[0]) / tau, axis=-1)
     student_logp = jax.nn.log_softmax(logits / tau, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
     return jnp.stack([ce, jnp.sum(kl * valid)])
@@ -52,7 +53,7 @@ def sft_loss(logits_fn: LogitsFn, hidden: jax.Array, targets: jax.Array,
     """The SFT loss of one batch and its parts.
 
     Args:
-      logits_fn: the student's output head, hidden [N, E] -> logits [N, V].
+      logits_fn: the student's output head (`model.logits`).
       hidden: the student's final hidden states [B, T, E].
       targets: int32[B, T], the next token at each position.
       loss_mask: float32[B, T], 1 where the next token is supervised (CE).
