@@ -8,13 +8,23 @@ API (other stages import these):
 
     most_likely, samples = sample_answers(model, tokenizer, prompts, ids, num_samples=10,
                                           temperature=1.0, low_temperature=0.1)  # SE set
+    # most_likely[i] is key index 0; samples[i][m] is key index m + 1
     greedy = greedy_answers(model, tokenizer, prompts, ids)                    # evaluation
 
-    kwargs = sampling_kwargs(config.sampling)   # the config section as keyword arguments
+    kwargs = sampling_kwargs(config.sampling)   # max_new_tokens, top_k, top_p,
+                                                # stop_strings, batch_size, buckets
+    raw = decode_batch(model, prompt_ids, ids, temperatures=..., batch_size=...,
+                       max_new_tokens=..., stop=stopping.stop_tables(...))  # raw token
+    # arrays of one batch, before stop strings are cut (benchmarks)
 
 `prompts` are texts from `se_jax.data.prompts.format_prompt` (or token-id lists); `ids` are
 the question ids that seed each answer's random key. `Answer` holds the text (stop string
-cut), token ids, each token's log-probability under the model at T=1, their sum and mean.
+cut, stripped), token ids, each token's log-probability under the model at T=1 (whatever
+the sampling temperature or filters), their sum and mean. EOS and the tokens that only hold
+stop text are dropped; an empty answer keeps its first token (see `stopping.cut_answer`).
+`eos_ids=()` and `stop_strings=()` give fixed-length answers of max_new_tokens tokens.
+Pass `mesh` (and `rules`, default `se_jax.mesh.ShardingRules()`) when the model was loaded
+onto a mesh.
 
 How (one batch of B prompts, rows R = B * len(temperatures)):
 1. Prompts are left-padded to a length bucket P (config `buckets`), the batch to B rows
