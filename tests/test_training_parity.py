@@ -29,6 +29,13 @@ def tiny_dir(tmp_path_factory) -> str:
     return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny_parity"), with_tokenizer=False)
 
 
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory) -> str:
+    """Tied input/output embeddings, as SmolLM2: the loss goes through `embed_tokens`."""
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny_parity_tied"), variant="tied",
+                               with_tokenizer=False)
+
+
 def _train_cfg() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         mode="lora", lora=dict(rank=RANK, alpha=ALPHA, dropout=0.0,
@@ -89,8 +96,10 @@ def _torch_reference(path: str, model: nnx.Module, batch: dict, kd_weight: float
     return float(loss.detach()), grads
 
 
-@pytest.mark.parametrize("kd_weight", [0.0, 1.0], ids=["ce", "ce+self_distill"])
-def test_one_step_loss_and_lora_grads_match_peft(tiny_dir, kd_weight):
+@pytest.mark.parametrize("variant,kd_weight", [("untied", 0.0), ("untied", 1.0), ("tied", 0.0)],
+                         ids=["ce", "ce+self_distill", "tied_ce"])
+def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight):
+    tiny_dir = request.getfixturevalue("tied_dir" if variant == "tied" else "tiny_dir")
     model = _our_model(tiny_dir)
     batch = _batch(model.config.vocab_size)
     graphdef, teacher_graphdef, params, frozen = training.split_for_training(
