@@ -20,7 +20,16 @@ once (ours: compilation) before the timed repeats, and the median is reported.
 Also: our throughput with natural stopping (EOS and stop strings; real tokens counted) and
 on 1 vs 8 simulated CPU devices (one process with
 XLA_FLAGS=--xla_force_host_platform_device_count=8; on a CPU this shows the overhead of
-sharding, not a speed-up). Last line: sampling_speedup_vs_torch=<ours/torch>.
+sharding, not a speed-up; a batch is padded to a multiple of the device count, so use
+--questions divisible by 8). Last line: sampling_speedup_vs_torch=<ours/torch>.
+
+Measured choices (this 2-core AVX-512 CPU): float32 compute beats bfloat16 here (bf16
+weights with float32 accumulation in every projection: 78-90 vs 130-159 tokens/s for
+float32, interleaved in one process), so --dtype defaults to float32. Per decode step the
+sampling math costs ~16 ms for 80 rows x 49k vocab (was ~95 ms with a 49k cumsum and
+XLA's variadic-reduce argmax; see se_jax/sampling_math.py).
+Under heavy CPU contention (other jobs on the same cores) transformers' OpenMP threads
+degrade far more than XLA's, which inflates the ratio: compare on an otherwise idle machine.
 """
 from __future__ import annotations
 
