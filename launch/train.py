@@ -17,6 +17,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run conf
 
 def main(argv):
     del argv
+    from se_jax import distributed
+    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
     print(run_train(_CONFIG.value))
 
 

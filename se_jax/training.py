@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 from flax import nnx
@@ -162,6 +163,14 @@ def prepare_model(model: nnx.Module, cfg, seed: int) -> list[str]:
     return paths
 
 
+def global_batch(arrays: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Host arrays -> global device arrays. Every process builds the same full batch (a pure
+    function of (seed, step)) and hands its devices their slices, so this also serves a
+    multi-host pod slice."""
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+            for k, v in arrays.items()}
+
+
 def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
@@ -275,7 +284,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
         arrays = sft_data.make_batch([seqs[i] for i in batches[index]], batch_size,
                                      pad_multiple=cfg.pad_multiple,
                                      target_only=(cfg.loss_on == "target"), pad_id=pad_id)
-        metrics = state.apply_step(jax.device_put(arrays, state.batch_sharding),
+        metrics = state.apply_step(global_batch(arrays, state.batch_sharding),
                                    jax.random.fold_in(base_key, step),
                                    distill=use_kd and step >= teacher_step)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

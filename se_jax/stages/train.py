@@ -18,7 +18,7 @@ from typing import Any
 
 from absl import logging
 
-from se_jax import export, stage_io, training
+from se_jax import distributed, export, stage_io, training
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
 from se_jax.models.loading import load_llama, load_tokenizer
@@ -81,7 +81,8 @@ def run_train(config: Any) -> Path:
                                        base_model=str(config.model.path))
         if tc.export_merged:
             export.export_merged(model, str(out_dir / "merged"), tokenizer=tokenizer)
-    stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
-                               json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if distributed.is_main_process():
+        stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
+                                   json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logging.info("train: %s", json.dumps(summary, sort_keys=True))
     return out_dir
