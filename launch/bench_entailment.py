@@ -223,14 +223,15 @@ def main(argv):
               f"PyTorch batched {len(sub_ids) / torch_t:.1f} pairs/s -> {ratio:.2f}x")
         # where our time goes in (a)
         batches = backend.batches(ids)
-        padded = sum(length * backend.batch_size for _, length in batches)
+        padded = sum(length * backend.rows(len(chunk)) for chunk, length in batches)
         real = sum(len(x) for x in ids)
-        forward = len(ids) / (len(sub_ids) / ours_t)
+        slots_per_s = sum(a[0].size for a in arrays) / ours_t
+        forward = padded / slots_per_s
         print(f"    ours (a) breakdown: tokenize {tokenize:.2f}s, forward ~{forward:.2f}s "
-              f"({len(batches)} batches, at the (b) rate), rest (padding, transfers, "
+              f"({len(batches)} batches, at the (b) token-slot rate), rest (padding, transfers, "
               f"clustering, estimators) ~{max(warm - tokenize - forward, 0):.2f}s of "
               f"{warm:.2f}s; token slots: {real} real of {padded} computed "
-              f"({real / padded:.0%}; padding rows of the last batch per bucket included)")
+              f"({real / padded:.0%} used)")
         print(json.dumps(dict(speedup_warm=round(speedup, 2), raw_ratio=round(ratio, 2),
                               quick=quick, ref_questions=len(ref_items),
                               questions=len(items), pairs_after_dedup=pairs)))

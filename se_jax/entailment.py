@@ -126,6 +126,7 @@ class DebertaBackend:
         self.buckets = tuple(buckets)
         self.condition_on_question = condition_on_question
         shards = int(np.prod([mesh.shape[a] for a in _axes(rules.batch) if a in mesh.shape]))
+        self.shards = shards
         self.batch_size = -(-batch_size // shards) * shards  # divisible by the batch shards
         self.to_canonical = jnp.asarray(_canonical_index(nli.labels, nli.path))
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -168,6 +169,14 @@ class DebertaBackend:
             start = stop
         return out
 
+    def rows(self, n: int) -> int:
+        """Padded rows for a batch of n pairs: the batch size, or for a bucket's last, short
+        batch the next power-of-two multiple of the shards (few shapes, little waste)."""
+        rows = self.shards
+        while rows < n:
+            rows *= 2
+        return min(rows, self.batch_size)
+
     def implications(self, questions, premises, hypotheses) -> np.ndarray:
         if not len(premises):
             return np.zeros(0, np.int8)
@@ -176,7 +185,7 @@ class DebertaBackend:
         for chunk, length in self.batches(ids):  # dispatch all batches, then fetch (async)
             tokens, mask, type_ids = pad_pairs(
                 [ids[i] for i in chunk], None if types is None else [types[i] for i in chunk],
-                self.batch_size, length, self.pad_id)
+                self.rows(len(chunk)), length, self.pad_id)
             results.append((chunk, self._classify(self.state, tokens, mask, type_ids)))
         labels = np.empty(len(ids), np.int8)
         for chunk, out in results:
