@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from se_jax import mesh as mesh_lib
 from se_jax import sampling_math, stopping

@@ -91,7 +91,8 @@ def cut_text(text: str, stop_strings: Sequence[str]) -> int:
 
 
 def cut_answer(tokenizer: Any, generated: Sequence[int], logprobs: Sequence[float],
-               stop_strings: Sequence[str], eos: Sequence[int]) -> tuple[str, list[int], list[float]]:
+               stop_strings: Sequence[str],
+               eos: Sequence[int]) -> tuple[str, list[int], list[float]]:
     """The answer in a row of generated tokens: (text, token ids, their log-probs).
 
     generated: the tokens the loop produced, up to and including the one that stopped it.

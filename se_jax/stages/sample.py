@@ -101,7 +101,8 @@ def read_questions(path: str | Path, tokenizer: Any, *, prompt_kwargs: dict[str,
                     problem = (f"prompt has {len(ids)} tokens; the model's context allows "
                                f"{max_prompt_tokens} with sampling.max_new_tokens")
             if problem is not None:
-                bad.append({"line": line_no, "id": rid, "reason": f"{where}: id={rid!r}: {problem}"})
+                bad.append({"line": line_no, "id": rid,
+                            "reason": f"{where}: id={rid!r}: {problem}"})
                 continue
             seen.add(str(rid))
             questions.append(Question(line_no, str(rid), text.strip(), answers, prompt,
