@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from deberta_fixtures import random_nli, tiny_nli_dirs  # noqa: F401  (fixture)
+from deberta_fixtures import tiny_nli_dirs  # noqa: F401  (fixture)
 from se_jax.models import deberta, deberta_loading, torch_zip
 
 PREMISES = [
