@@ -139,6 +139,9 @@ def entropy_config() -> ml_collections.ConfigDict:
         backend="deberta",
         strict=False,                 # True: both directions ENTAILMENT; False: reference's
         condition_on_question=True,   # deberta: classify "{question} {answer}" pairs
+        # reference: jlko/semantic_uncertainty's greedy loop (a later cluster may take over an
+        # answer); unassigned: a cluster claims only answers with no id yet.
+        cluster_rule="reference",
         lexical_threshold=0.5,        # lexical: token F1 (question words removed) >= this
         nli_path="",                  # HF DeBERTa NLI directory, e.g. deberta-v2-xlarge-mnli
         nli_dtype="float32",          # float32 | bfloat16

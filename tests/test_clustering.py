@@ -7,9 +7,9 @@ import pytest
 from se_jax.clustering import semantic_ids
 
 
-def reference_ids(equivalent, valid=None) -> list[int]:
+def reference_ids(equivalent, valid=None, overwrite=True) -> list[int]:
     """jlko/semantic_uncertainty get_semantic_ids, with are_equivalent(i, j) = equivalent[i][j]
-    (invalid slots skipped, id -1)."""
+    (invalid slots skipped, id -1); overwrite=False claims only unassigned answers."""
     n = len(equivalent)
     valid = [True] * n if valid is None else valid
     ids = [-1] * n
@@ -18,7 +18,7 @@ def reference_ids(equivalent, valid=None) -> list[int]:
         if valid[i] and ids[i] == -1:
             ids[i] = next_id
             for j in range(i + 1, n):
-                if valid[j] and equivalent[i][j]:
+                if valid[j] and equivalent[i][j] and (overwrite or ids[j] == -1):
                     ids[j] = next_id
             next_id += 1
     return ids
@@ -34,8 +34,17 @@ def test_non_transitive_chain_and_overwrite():
     assert semantic_ids(steal[None])[0].tolist() == [0, 1, 1] == reference_ids(steal)
 
 
+def test_unassigned_rule_keeps_first_cluster():
+    steal = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1]], bool)
+    assert semantic_ids(steal[None], rule="unassigned")[0].tolist() == [0, 1, 0]
+    assert reference_ids(steal, overwrite=False) == [0, 1, 0]
+    with pytest.raises(ValueError, match="rule"):
+        semantic_ids(steal[None], rule="transitive")
+
+
+@pytest.mark.parametrize("rule", ["reference", "unassigned"])
 @pytest.mark.parametrize("m", [1, 5, 10])
-def test_random_matrices_match_reference(m):
+def test_random_matrices_match_reference(m, rule):
     rng = np.random.default_rng(m)
     q = 2000
     density = rng.uniform(0, 1, size=(q, 1, 1))
@@ -45,8 +54,9 @@ def test_random_matrices_match_reference(m):
     equivalent = np.where((np.arange(q) % 2 == 0)[:, None, None], sym, raw)
     valid = rng.uniform(size=(q, m)) < 0.9
     valid[: q // 2] = True
-    ours = np.asarray(semantic_ids(equivalent, valid))
-    expected = np.array([reference_ids(e, v) for e, v in zip(equivalent, valid)])
+    ours = np.asarray(semantic_ids(equivalent, valid, rule=rule))
+    expected = np.array([reference_ids(e, v, overwrite=rule == "reference")
+                         for e, v in zip(equivalent, valid)])
     np.testing.assert_array_equal(ours, expected)
     # Not a vacuous check: the batch holds non-transitive, multi-cluster cases.
     if m >= 5:

@@ -103,7 +103,8 @@ def _padded(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype) -> np.n
 
 
 def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, strict: bool,
-                        fallback: str | None = None) -> tuple[list[dict], int]:
+                        fallback: str | None = None,
+                        cluster_rule: str = "reference") -> tuple[list[dict], int]:
     """The output records of a batch of questions, and the number of pairs labelled.
 
     One backend call for all pairs of the batch; clustering and estimators jitted over the
@@ -120,7 +121,7 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
         matrix[i, :len(e), :len(e)] = e
     lps = _padded([it.mean_logprobs for it in items], m, 0.0, np.float32)
     exact = _padded([uncertainty.exact_string_ids(it.texts) for it in items], m, -1, np.int32)
-    ids = clustering.semantic_ids(matrix, valid)
+    ids = clustering.semantic_ids(matrix, valid, rule=cluster_rule)
     columns = dict(
         discrete_semantic_entropy=uncertainty.cluster_entropy(ids, valid),
         semantic_entropy=uncertainty.semantic_entropy(ids, lps, valid),
@@ -184,6 +185,7 @@ def run_entropy(config: Any) -> Path:
         for i in pending:
             records, pairs = uncertainty_records(backend, shards[i],
                                                  strict=bool(config.entropy.strict),
+                                                 cluster_rule=config.entropy.cluster_rule,
                                                  fallback=fallback)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
