@@ -126,7 +126,8 @@ def aed_table(rows: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str:
             cells.append(f"**{cell}**" if mean == best[s] else cell)
         for table in (acc, eng):
             mean, std, k = table.get((m, test), (float("nan"), 0.0, 0))
-            cells.append(_fmt(mean) + (f" ± {std:.3f}" if k > 1 else ""))
+            cells.append("n/a (no answers)" if math.isnan(mean) else
+                         _fmt(mean) + (f" ± {std:.3f}" if k > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -249,7 +250,8 @@ def plot_entropy_histograms(panels: Mapping[str, tuple[Sequence[float], Sequence
     questions whose most-likely answer was correct vs incorrect (density, shared bins)."""
     plt = _pyplot()
     names = list(panels)
-    fig, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(7.5, 5.0 * len(names)), 4.4),
+                             squeeze=False)
     for ax, name in zip(axes[0], names):
         scores, correct = (np.asarray(v) for v in panels[name])
         correct = correct.astype(bool)
@@ -269,7 +271,7 @@ def plot_entropy_histograms(panels: Mapping[str, tuple[Sequence[float], Sequence
         ax.set_title(name + (f"\n{note}" if note else ""), fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle("Semantic entropy of questions answered correctly vs incorrectly"
-                 + (f" (judge: {judge}; dashed: taus)" if judge else ""), fontsize=10)
+                 + (f"\njudge: {judge}; dashed lines: taus" if judge else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
