@@ -34,7 +34,8 @@ _BACKEND = flags.DEFINE_string("backend", None, "entropy: equivalence backend "
 flags.mark_flag_as_required("stage")
 
 
-def _run_of_flags(ex) -> "ex.Run":
+def _run_of_flags(ex):
+    """The experiment.Run that --method/--tau/--seed/--arm name."""
     if _METHOD.value is None:
         raise app.UsageError(f"--stage={_STAGE.value} needs --method")
     tau = _TAU.value if ex.uses_tau(_METHOD.value) else None

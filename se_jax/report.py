@@ -234,7 +234,7 @@ def plot_aed(rows: Sequence[Mapping[str, Any]], splits: Sequence[str],
     top = max([v[0] + v[1] for v in aed.values() if not math.isnan(v[0])] or [0.75])
     ax.set_ylim(0, min(1.0, top + 0.1))
     ax.set_title("AED per method and split (lower is better)\n"
-                 f"error bars: std over seeds" + (f"; judge: {judge}" if judge else ""),
+                 "error bars: std over seeds" + (f"; judge: {judge}" if judge else ""),
                  fontsize=10)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()

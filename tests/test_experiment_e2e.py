@@ -2,7 +2,6 @@
 a rerun does no work, and one more tau does only the missing work."""
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
