@@ -82,12 +82,13 @@ def config_to_dict(config: Any) -> dict:
 
 
 def write_config(out_dir: str | os.PathLike, config: Any,
-                 ignore: Sequence[str] = ()) -> None:
+                 ignore: Sequence[str] = (), depends_on: Sequence[str] | None = None) -> None:
     """Write `config.json` beside a stage's outputs; refuse a different existing config.
 
-    `ignore` lists dotted keys (or prefixes) that may differ between runs into the same
-    directory without changing the results (e.g. logging frequency, batch size of a stage
-    whose outputs do not depend on it).
+    `depends_on` lists the dotted keys (or prefixes, e.g. "sampling") that the outputs
+    depend on; only those are compared (None: every key). `ignore` lists keys (or prefixes)
+    within them that may differ between runs into the same directory without changing the
+    results (e.g. logging frequency, an output path).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,9 +97,12 @@ def write_config(out_dir: str | os.PathLike, config: Any,
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         a, b = _flatten(old), _flatten(new)
+        def under(key: str, prefixes: Sequence[str]) -> bool:
+            return any(key == p or key.startswith(p + ".") for p in prefixes)
+
         differ = sorted(k for k in set(a) | set(b)
-                        if a.get(k) != b.get(k)
-                        and not any(k == p or k.startswith(p + ".") for p in ignore))
+                        if a.get(k) != b.get(k) and not under(k, ignore)
+                        and (depends_on is None or under(k, depends_on)))
         if differ:
             shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:8])
             raise ValueError(

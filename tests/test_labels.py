@@ -186,3 +186,11 @@ def test_balanced_tau_splits_ties_at_the_maximum():
     tau = labels.balanced_tau(ents)
     assert tau == 1.56 and sum(e > tau for e in ents) == 4  # the nearest split to 3/3
     assert labels.balanced_tau([0.0, 0.5, 1.0, 1.5]) == 0.5
+
+
+def test_label_stage_accepts_a_recorded_backend_fallback_only(tmp_path):
+    from se_jax.stages import label as label_stage
+    records = [{"id": "1", "backend": "lexical", "fallback": "no NLI checkpoint"}]
+    assert label_stage._check_backend(records, "deberta", tmp_path) == "no NLI checkpoint"
+    with pytest.raises(labels.LabelError, match="backend"):
+        label_stage._check_backend([{"id": "1", "backend": "lexical"}], "deberta", tmp_path)

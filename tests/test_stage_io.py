@@ -33,3 +33,13 @@ def test_read_jsonl_names_the_bad_line(tmp_path):
     p.write_text('{"id": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"x.jsonl:2"):
         stage_io.read_jsonl(p)
+
+
+def test_write_config_compares_only_the_sections_it_depends_on(tmp_path):
+    stage_io.write_config(tmp_path, {"sampling": {"t": 1.0}, "training": {"lr": 1}},
+                          depends_on=["sampling"])
+    stage_io.write_config(tmp_path, {"sampling": {"t": 1.0}, "training": {"lr": 2}},
+                          depends_on=["sampling"])
+    with pytest.raises(ValueError, match="sampling.t"):
+        stage_io.write_config(tmp_path, {"sampling": {"t": 0.5}, "training": {"lr": 2}},
+                              depends_on=["sampling"])

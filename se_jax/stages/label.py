@@ -38,15 +38,20 @@ def _read(path: Path, what: str) -> list[dict]:
     return stage_io.read_jsonl(path)
 
 
-def _check_backend(uncertainties: list[dict], backend: str, path: Path) -> None:
-    """All records share one equivalence backend (and the one configured, if any)."""
+def _check_backend(uncertainties: list[dict], backend: str, path: Path) -> str | None:
+    """All records share one equivalence backend (the one configured, if any, unless the
+    entropy stage recorded a fallback); returns the fallback reason, if any."""
     for i, u in enumerate(uncertainties, 1):
-        if backend and u.get("backend") != backend:
+        if backend and u.get("backend") != backend and not u.get("fallback"):
             raise labels.LabelError(f"{path}:{i}: id={u.get('id')!r} has backend "
                                     f"{u.get('backend')!r}, config.labels.backend={backend!r}")
     found = {u.get("backend") for u in uncertainties}
     if len(found) > 1:
         raise labels.LabelError(f"{path}: mixes equivalence backends {sorted(map(str, found))}")
+    fallback = next((u["fallback"] for u in uncertainties if u.get("fallback")), None)
+    if fallback:
+        logging.warning("labels: the uncertainties used a fallback backend: %s", fallback)
+    return fallback
 
 
 def slick_records_from_generations(generations: list[dict]) -> list[dict]:
@@ -84,7 +89,9 @@ def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
         return labels.idk_labels(generations, judge=judge, threshold=float(lc.idk_threshold),
                                  phrase=phrase, answer_source=lc.answer_source), info
     uncertainties = _read(unc_path, "uncertainty")
-    _check_backend(uncertainties, lc.backend, unc_path)
+    fallback = _check_backend(uncertainties, lc.backend, unc_path)
+    if fallback:
+        info["backend_fallback"] = fallback
     info["uncertainty"] = str(unc_path)
     pairs = labels.join_by_id(generations, uncertainties)
     if method == "se":

@@ -138,10 +138,6 @@ def resolve_paths(config: Any) -> tuple[Path, Path]:
     return Path(sc.input), Path(sc.out_dir or Path(config.workdir) / "sample")
 
 
-def _neutral_keys(config: Any) -> list[str]:
-    return [k for k in config.keys() if k not in _RESULT_SECTIONS] + list(_NEUTRAL_KEYS)
-
-
 def run_sample(config: Any) -> Path:
     """Run (or resume) the stage; returns the path of generations.jsonl."""
     from se_jax.mesh import make_mesh
@@ -168,7 +164,8 @@ def run_sample(config: Any) -> Path:
 
     writer = distributed.is_main_process()
     if writer:
-        stage_io.write_config(out_dir, config, ignore=_neutral_keys(config))
+        stage_io.write_config(out_dir, config, ignore=_NEUTRAL_KEYS,
+                              depends_on=_RESULT_SECTIONS)
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
     per_shard = int(sc.batch_size)
     shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]
