@@ -155,7 +155,7 @@ def main(argv):
 
         mesh = make_mesh({"data": -1})
         backend = entailment.DebertaBackend(nli, mesh, batch_size=_BATCH.value,
-                                            buckets=(32, 48, 64, 96, 128, 256, 512))
+                                            buckets=entailment.DEFAULT_BUCKETS)
 
         # ---- (a) the whole job
         _, cold = timed(lambda: uncertainty_records(backend, items, strict=False))

@@ -18,8 +18,10 @@ strict = both ENTAILMENT; non-strict = no CONTRADICTION and not both NEUTRAL.
 
 The kernel (`equivalence_matrices`) first drops exact duplicate strings per question (short
 answers repeat a lot), labels all ordered pairs of the distinct strings of every question
-in one backend call (the diagonal too: a random or odd model need not entail a string from
-itself, and duplicates inherit that verdict), and scatters back to M x M.
+in one backend call, and scatters back to M x M. The pair (a, a) is labelled only for a
+string that occurs more than once (a random or odd model need not entail a string from
+itself, and the reference compares duplicates, so they inherit that verdict); a string that
+occurs once is equivalent to itself.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ from se_jax.text import answer_tokens, token_f1
 CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
 LABELS = ("contradiction", "neutral", "entailment")  # index = the constants above
 BACKENDS = ("deberta", "llm_judge", "lexical")
+# Padded pair lengths of the deberta backend: fine steps where answer pairs usually fall
+# (token slots are the cost; a few more compiled shapes are cheap), coarse beyond.
+DEFAULT_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512)
 
 
 class Backend(Protocol):
@@ -119,7 +124,7 @@ class DebertaBackend:
     name = "deberta"
 
     def __init__(self, nli: Any, mesh: Mesh, *, batch_size: int = 64,
-                 buckets: Sequence[int] = (32, 64, 128, 256, 512),
+                 buckets: Sequence[int] = DEFAULT_BUCKETS,
                  condition_on_question: bool = True,
                  rules: mesh_lib.ShardingRules = mesh_lib.ShardingRules()):
         self.nli, self.tokenizer, self.checkpoint = nli, nli.tokenizer, nli.path
@@ -258,23 +263,27 @@ def unique_strings(answers: Sequence[str]) -> tuple[list[str], np.ndarray]:
 
 def equivalence_matrices(backend: Backend, questions: Sequence[str],
                          answers: Sequence[Sequence[str]], *, strict: bool) -> EquivalenceBatch:
-    """M x M equivalence matrices for a batch of questions, from one backend call over all
-    ordered pairs (diagonal included) of each question's distinct answers."""
+    """M x M equivalence matrices for a batch of questions, from one backend call over the
+    ordered pairs of each question's distinct answers.
+
+    An answer is equivalent to itself, so the pair (a, a) goes to the backend only for a
+    string that occurs more than once: the reference compares such duplicates, and the
+    model's verdict on them decides, exactly as there. Singletons skip it (M of M^2 pairs).
+    """
     uniques = [unique_strings(a) for a in answers]
-    qs, ps, hs = [], [], []
-    for q, (u, _) in zip(questions, uniques):
-        n = len(u)
-        qs += [q] * (n * n)
-        ps += [u[i] for i in range(n) for _ in range(n)]
-        hs += [u[j] for _ in range(n) for j in range(n)]
+    tables = [np.full((len(u), len(u)), ENTAILMENT, np.int8) for u, _ in uniques]
+    qs, ps, hs, where = [], [], [], []
+    for k, (q, (u, inverse)) in enumerate(zip(questions, uniques)):
+        repeated = np.bincount(inverse, minlength=len(u)) > 1
+        for i in range(len(u)):
+            for j in range(len(u)):
+                if i != j or repeated[i]:
+                    qs.append(q), ps.append(u[i]), hs.append(u[j]), where.append((k, i, j))
     labels = backend.implications(qs, ps, hs)
-    out, offset = [], 0
-    for u, inverse in uniques:
-        n = len(u)
-        table = labels[offset:offset + n * n].reshape(n, n)   # table[a, b]: a -> b
-        offset += n * n
-        same = combine_directions(table, table.T, strict)
-        out.append(same[np.ix_(inverse, inverse)])
+    for (k, i, j), label in zip(where, labels):
+        tables[k][i, j] = label                               # tables[k][a, b]: a -> b
+    out = [combine_directions(t, t.T, strict)[np.ix_(inverse, inverse)]
+           for t, (_, inverse) in zip(tables, uniques)]
     return EquivalenceBatch(out, len(ps))
 
 

@@ -66,11 +66,18 @@ def test_kernel_equals_all_pairs_brute_force(strict):
     backend = HashBackend()
     out = E.equivalence_matrices(backend, questions, answers, strict=strict)
     assert backend.calls == [out.pairs_labelled]          # one call for the whole batch
-    assert out.pairs_labelled == sum(len(set(a)) ** 2 for a in answers)
+    # all ordered pairs of distinct strings, plus (a, a) for strings that repeat
+    assert out.pairs_labelled == sum(len(set(a)) ** 2 - len(set(a))
+                                     + sum(a.count(s) > 1 for s in set(a)) for a in answers)
     for q, ans, got in zip(questions, answers, out.equivalence):
-        want = np.array([[reference_equivalent(backend.label(q, a, b), backend.label(q, b, a),
-                                               strict) for b in ans] for a in ans])
+        want = np.array([[i == j and ans.count(a) == 1  # a singleton is itself
+                          or reference_equivalent(backend.label(q, a, b),
+                                                  backend.label(q, b, a), strict)
+                          for j, b in enumerate(ans)] for i, a in enumerate(ans)])
         np.testing.assert_array_equal(got, want)
+    # the batch holds both kinds: singletons and repeated strings
+    assert any(a.count(s) == 1 for a in answers for s in a)
+    assert any(a.count(s) > 1 for a in answers for s in a)
 
 
 @pytest.fixture(scope="module")
