@@ -272,19 +272,19 @@ def equivalence_matrices(backend: Backend, questions: Sequence[str],
     """
     uniques = [unique_strings(a) for a in answers]
     tables = [np.full((len(u), len(u)), ENTAILMENT, np.int8) for u, _ in uniques]
-    qs, ps, hs, where = [], [], [], []
-    for k, (q, (u, inverse)) in enumerate(zip(questions, uniques)):
+    where = []   # (question k, premise i, hypothesis j) over distinct strings
+    for k, (u, inverse) in enumerate(uniques):
         repeated = np.bincount(inverse, minlength=len(u)) > 1
-        for i in range(len(u)):
-            for j in range(len(u)):
-                if i != j or repeated[i]:
-                    qs.append(q), ps.append(u[i]), hs.append(u[j]), where.append((k, i, j))
-    labels = backend.implications(qs, ps, hs)
+        where += [(k, i, j) for i in range(len(u)) for j in range(len(u))
+                  if i != j or repeated[i]]
+    labels = backend.implications([questions[k] for k, _, _ in where],
+                                  [uniques[k][0][i] for k, i, _ in where],
+                                  [uniques[k][0][j] for k, _, j in where])
     for (k, i, j), label in zip(where, labels):
         tables[k][i, j] = label                               # tables[k][a, b]: a -> b
     out = [combine_directions(t, t.T, strict)[np.ix_(inverse, inverse)]
            for t, (_, inverse) in zip(tables, uniques)]
-    return EquivalenceBatch(out, len(ps))
+    return EquivalenceBatch(out, len(where))
 
 
 def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
