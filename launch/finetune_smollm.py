@@ -135,11 +135,12 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     config.labels.tau = float(labels.balanced_tau(entropies) if tau is None else tau)
     config.training.update(dict(epochs=epochs, learning_rate=learning_rate,
                                 batch_size=batch_size, warmup_ratio=0.1, save_every=5, keep=2,
-                                log_every_steps=5, out_dir=str(workdir / train_name)))
+                                log_every_steps=5, out_dir=str(workdir / train_name),
+                                export_merged=True))
     config.training.lora.update(dict(rank=lora_rank, alpha=2.0 * lora_rank,
                                      target_modules=list(lora_targets)))
     sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
-    train_dir = run_train(config)
+    train_dir = run_train(config).out_dir
 
     qs = stage_io.read_jsonl(questions)
     mesh_ = make_mesh(config.mesh)

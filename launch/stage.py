@@ -8,7 +8,7 @@
     python launch/stage.py --config=configs/demo.py --stage=evaluate --method=original \\
         --split=test
 
-Stages reuse finished artifacts exactly as launch/experiment.py does (the same functions of
+Stages reuse finished artifacts exactly as launch/experiment.py does (the same `Job` of
 se_jax/experiment.py), so a sweep can fan `--stage=run` out over machines and then call
 launch/experiment.py, which finds everything done and writes the report.
 Multi-process: the same command in every process (launch/multihost.py locally); the
@@ -34,55 +34,53 @@ _BACKEND = flags.DEFINE_string("backend", None, "entropy: equivalence backend "
 flags.mark_flag_as_required("stage")
 
 
-def _run_of_flags(ex):
-    """The experiment.Run that --method/--tau/--seed/--arm name."""
+def _run_of_flags():
+    """The plan.Run that --method/--tau/--seed/--arm name."""
+    from se_jax import plan
     if _METHOD.value is None:
         raise app.UsageError(f"--stage={_STAGE.value} needs --method")
-    tau = _TAU.value if ex.uses_tau(_METHOD.value) else None
-    if ex.uses_tau(_METHOD.value) and tau is None:
+    tau = _TAU.value if plan.uses_tau(_METHOD.value) else None
+    if plan.uses_tau(_METHOD.value) and tau is None:
         raise app.UsageError(f"--method={_METHOD.value} needs --tau")
-    return ex.Run(_METHOD.value, tau, _SEED.value, _ARM.value)
+    return plan.Run(_METHOD.value, tau, _SEED.value, _ARM.value)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed
+    from se_jax import distributed, runtime
     from se_jax import experiment as ex
+    from se_jax.plan import ORIGINAL, SWEEP_SPLIT
 
-    config = _CONFIG.value
+    runtime.setup()
     distributed.initialize()
-    ex.validate_config(config)
-    layout = ex.Layout.from_config(config)
-    questions = ex.prepare_splits(config, layout)
     stage = _STAGE.value
+    run = _run_of_flags() if stage in ("label", "train", "run") or (
+        stage == "evaluate" and _METHOD.value != ORIGINAL) else None
+    job, sweep = ex.start(_CONFIG.value)
     if stage == "splits":
-        print("\n".join(f"{k}: {v}" for k, v in questions.items()))
-        return
-    context = ex.Context.create(config, layout, questions)
-    if stage == "prepare":
-        context.prepare()
+        print("\n".join(f"{k}: {v}" for k, v in job.questions.items()))
+    elif stage == "prepare":
+        ex.prepare(job, sweep)
     elif stage == "sample":
-        print(ex.sample_split(config, layout, _SPLIT.value, questions[_SPLIT.value]))
+        print(job.sample(_SPLIT.value))
     elif stage == "entropy":
-        backend = _BACKEND.value or config.entropy.backend
-        gens = ex.sample_split(config, layout, _SPLIT.value, questions[_SPLIT.value])
-        print(ex.entropy_split(config, layout, backend, _SPLIT.value, gens))
+        backend = _BACKEND.value or job.config.entropy.backend
+        print(job.entropy(backend, _SPLIT.value, job.sample(_SPLIT.value)))
     elif stage == "label":
-        context.prepare(evaluate_original=False)
-        print(context.label(_run_of_flags(ex)))
+        print(ex.prepare(job, sweep, evaluate_original=False).sft(job, run)())
     elif stage == "train":
-        context.prepare(evaluate_original=False)
-        print(context.train(_run_of_flags(ex)))
+        job.trained_model(run, ex.prepare(job, sweep, evaluate_original=False).sft(job, run)())
+        print(job.layout.train(run))
     elif stage == "run":
-        context.prepare()
-        print(context.train_and_evaluate(_run_of_flags(ex), [ex.SWEEP_SPLIT]))
+        prep = ex.prepare(job, sweep)
+        print(job.train_and_evaluate(run, prep.sft(job, run), [SWEEP_SPLIT]))
     elif stage == "evaluate":
-        if _METHOD.value == ex.ORIGINAL:
-            print(context.evaluate_original([_SPLIT.value]))
+        if run is None:
+            print(job.evaluate(ORIGINAL, lambda: job.resident().model, [_SPLIT.value]))
         else:
-            context.prepare(evaluate_original=False)
-            print(context.train_and_evaluate(_run_of_flags(ex), [_SPLIT.value]))
+            prep = ex.prepare(job, sweep, evaluate_original=False)
+            print(job.train_and_evaluate(run, prep.sft(job, run), [_SPLIT.value]))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _passthrough() -> list[str]:
 
 def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]:
     """Phases of one experiment: [[prepare], [run jobs...], [experiment]]."""
-    from se_jax import experiment as ex
+    from se_jax import plan
     base = [_flag(k, v) for k, v in overrides.items()] + _passthrough()
     stage = [sys.executable, str(REPO / "launch" / "stage.py"), f"--config={config_path}"]
     cfg = config.copy_and_resolve_references()
@@ -64,9 +64,7 @@ def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]
         for p in parents:
             node = node[p]
         node[leaf] = v
-    ex.validate_config(cfg)
-    e = cfg.experiment
-    runs = ex.sweep_runs(list(e.methods), [float(t) for t in e.taus], list(e.seeds))
+    runs = plan.Sweep.from_config(cfg).runs
     jobs = [stage + ["--stage=run", f"--method={r.method}", f"--seed={r.seed}"]
             + ([f"--tau={r.tau}"] if r.tau is not None else []) + base for r in runs]
     final = [sys.executable, str(REPO / "launch" / "experiment.py"),

@@ -19,7 +19,7 @@ def main(argv):
     del argv
     from se_jax import distributed
     distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
-    print(run_train(_CONFIG.value))
+    print(run_train(_CONFIG.value).out_dir)
 
 
 if __name__ == "__main__":

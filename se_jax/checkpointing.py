@@ -48,3 +48,19 @@ def restore_latest(manager: ocp.CheckpointManager, like: PyTree) -> tuple[int, P
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     logging.info("checkpoint: restored step %d from %s", step, manager.directory)
     return step, restored.state
+
+
+def restore_latest_params(manager: ocp.CheckpointManager, like: PyTree) -> PyTree | None:
+    """Only the "params" entry of the newest checkpoint (a finished run's weights, without
+    its optimizer state), restored with the shapes, dtypes and shardings of `like`."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                       dtype=x.dtype), like)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": like}, restore_args={"params": restore_args}, partial_restore=True)))
+    logging.info("checkpoint: restored the parameters of step %d from %s", step,
+                 manager.directory)
+    return restored.state["params"]

@@ -54,3 +54,11 @@ def initialize() -> None:
 def is_main_process() -> bool:
     """Process 0 writes shared outputs and prints summaries."""
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """All processes reach this point (no-op in a single process). The one convention for
+    shared outputs: every process computes, process 0 writes, then all pass a barrier."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -11,16 +11,20 @@ where <hf module> comes from the decoder's one HF name map (`hf_names.param_spec
 `PeftModel.from_pretrained(AutoModelForCausalLM..., adapter_dir)` reproduces our logits.
 Merged (`export_merged`): adapters folded into the base kernels, written by the decoder's
 `save_hf_checkpoint` (config.json + model.safetensors [+ tokenizer]).
+`load_peft_adapter` reads such an adapter directory back onto a base model (ours or PEFT's).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from safetensors.numpy import save_file
+from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 from se_jax import lora
 from se_jax.models.hf_names import param_specs
@@ -90,3 +94,53 @@ def export_merged(model, out_dir: str, *, tokenizer=None) -> str:
     write a full HF safetensors checkpoint; returns `out_dir`."""
     lora.merge_lora(model)
     return save_hf_checkpoint(model, out_dir, tokenizer=tokenizer)
+
+
+def load_peft_adapter(model, adapter_dir: str | os.PathLike, *, merge: bool = False):
+    """Add the adapters of a PEFT adapter directory to `model` (in place; returns it).
+
+    Exactly the linears named in `adapter_model.safetensors` get a `LoRALinear` with the
+    file's A and B (scale lora_alpha / r, no dropout); `merge=True` folds them into the
+    base kernels instead (a plain model, e.g. a taught base for a new experiment).
+    Raises ValueError naming the file and tensor when the adapter does not fit the model.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"PEFT adapter: {path} does not exist")
+    cfg = json.loads(config_path.read_text())
+    for field in ("r", "lora_alpha"):
+        if not isinstance(cfg.get(field), (int, float)) or cfg[field] <= 0:
+            raise ValueError(f"{config_path}: field {field!r} must be a positive number, got "
+                             f"{cfg.get(field)!r}")
+    tensors = load_file(str(weights_path))
+    ours = {hf: ".".join(map(str, path)) for path, hf in _hf_module_names(model).items()}
+    suffix = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$")
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for name, value in tensors.items():
+        m = suffix.match(name)
+        if m is None or m.group(1) not in ours:
+            raise ValueError(f"{weights_path}: tensor {name!r} names no linear of the model")
+        found.setdefault(ours[m.group(1)], {})[m.group(2)] = value
+    if not found:
+        raise ValueError(f"{weights_path}: no LoRA tensors")
+    spec = lora.LoRASpec(rank=int(cfg["r"]), alpha=float(cfg["lora_alpha"]), dropout=0.0,
+                         target_modules="|".join(re.escape(p) for p in sorted(found)))
+    lora.add_lora(model, spec, rngs=nnx.Rngs(0))
+    for path, layer in lora.lora_layers(model):
+        pair = found[path]
+        a, b = pair.get("A"), pair.get("B")
+        want_a, want_b = layer.lora.lora_a.shape, layer.lora.lora_b.shape
+        if a is None or b is None or a.T.shape != want_a or b.T.shape != want_b:
+            raise ValueError(f"{weights_path}: adapter of {path} has shapes "
+                             f"{None if a is None else list(a.shape)} / "
+                             f"{None if b is None else list(b.shape)}, the model needs "
+                             f"{list(want_a[::-1])} / {list(want_b[::-1])} (r={spec.rank})")
+        for var, host in ((layer.lora.lora_a, a.T), (layer.lora.lora_b, b.T)):
+            value = var[...]
+            var[...] = jax.device_put(np.asarray(host, value.dtype), value.sharding)
+    if merge:
+        lora.merge_lora(model)
+    return model

@@ -1,6 +1,6 @@
 """SFT losses over a large vocabulary: cross-entropy plus the self-distillation KL.
 
-    loss = CE + kd_weight * tau^2 * KL(p_teacher(tau) || p_student(tau))
+    loss = CE + kd_weight * T^2 * KL(p_teacher(T) || p_student(T)), T the distillation temperature
 
 CE is averaged over the supervised tokens (`loss_mask`), the KL over every non-padding
 position (`valid`), both token level (Kaplan et al. 2026). The logits are never built for the
@@ -23,13 +23,14 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """kd_weight = 0 turns self-distillation off; tau is the distillation temperature."""
+    """kd_weight = 0 turns self-distillation off; temperature softens both distributions
+    (not the entropy threshold tau of the labels)."""
     kd_weight: float = 0.0
-    tau: float = 0.5
+    temperature: float = 0.5
     chunk: int = 1024
 
 
-def _chunk_sums(logits_fn: LogitsFn, teacher_fn: LogitsFn | None, tau: float,
+def _chunk_sums(logits_fn: LogitsFn, teacher_fn: LogitsFn | None, temperature: float,
                 h: jax.Array, h_teacher: jax.Array | None, targets: jax.Array,
                 loss_mask: jax.Array, valid: jax.Array) -> jax.Array:
     """Sums over one chunk: [sum CE * mask, sum KL * valid]. h: [C, E]; targets: int32[C]."""
@@ -40,8 +41,8 @@ def _chunk_sums(logits_fn: LogitsFn, teacher_fn: LogitsFn | None, tau: float,
     if teacher_fn is None:
         return jnp.stack([ce, jnp.zeros_like(ce)])
     teacher_logp = jax.nn.log_softmax(
-        jax.lax.stop_gradient(teacher_fn(h_teacher[None])[0]) / tau, axis=-1)
-    student_logp = jax.nn.log_softmax(logits / tau, axis=-1)
+        jax.lax.stop_gradient(teacher_fn(h_teacher[None])[0]) / temperature, axis=-1)
+    student_logp = jax.nn.log_softmax(logits / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
     return jnp.stack([ce, jnp.sum(kl * valid)])
 
@@ -74,7 +75,7 @@ def sft_loss(logits_fn: LogitsFn, hidden: jax.Array, targets: jax.Array,
     teacher = teacher_fn if use_kd else None
 
     if n <= config.chunk:
-        sums = _chunk_sums(logits_fn, teacher, config.tau, flat[0], flat_teacher, *flat[1:])
+        sums = _chunk_sums(logits_fn, teacher, config.temperature, flat[0], flat_teacher, *flat[1:])
     else:
         chunks = -(-n // config.chunk)
         pad = chunks * config.chunk - n
@@ -89,11 +90,11 @@ def sft_loss(logits_fn: LogitsFn, hidden: jax.Array, targets: jax.Array,
         def body(carry, x):
             h, tgt, lm, vd = x[:4]
             ht = x[4] if use_kd else None
-            return carry + _chunk_sums(logits_fn, teacher, config.tau, h, ht, tgt, lm, vd), None
+            return carry + _chunk_sums(logits_fn, teacher, config.temperature, h, ht, tgt, lm, vd), None
 
         sums, _ = jax.lax.scan(body, jnp.zeros(2, jnp.float32), xs)
     tokens = jnp.sum(flat[2])
     ce = sums[0] / jnp.maximum(tokens, 1.0)
     kl = sums[1] / jnp.maximum(jnp.sum(flat[3]), 1.0)
-    loss = ce + config.kd_weight * config.tau ** 2 * kl if use_kd else ce
+    loss = ce + config.kd_weight * config.temperature ** 2 * kl if use_kd else ce
     return loss, {"ce": ce, "kl": kl, "tokens": tokens}

@@ -311,13 +311,32 @@ def breakdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def phase_table(telemetry: Mapping[str, Any]) -> str:
+    """Markdown: seconds per phase of this invocation, then model loads and XLA programs
+    built (compiled, or read from the persistent cache) per program name."""
+    lines = ["| phase | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in telemetry["phases"]]
+    total = sum(seconds for _, seconds in telemetry["phases"])
+    lines += [f"| **all phases** | **{total:.1f}** |", "",
+              f"Model loads: {telemetry['model_loads']}. Programs built: "
+              f"{sum(n for n, _ in telemetry['compilations'].values())} "
+              f"({telemetry['persistent_cache_hits']} of them read from the persistent "
+              f"compilation cache).", "", "| program | builds | compile seconds |",
+              "|---|---|---|"]
+    big = sorted(telemetry["compilations"].items(), key=lambda kv: -kv[1][1])
+    lines += [f"| `{name}` | {n} | {seconds:.1f} |" for name, (n, seconds) in big
+              if seconds >= 0.5]
+    return "\n".join(lines)
+
+
 def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, Any]],
                  sweep: Sequence[Mapping[str, Any]], splits: Sequence[str], judge: str,
                  uncertainty: Mapping[str, Mapping[str, Any]] | None = None,
                  histograms: Mapping[str, tuple[Sequence[float], Sequence[bool]]] | None = None,
                  taus: Sequence[float] = (), breakdown: Sequence[Mapping[str, Any]] = (),
                  label_sets: Sequence[Mapping[str, Any]] = (),
-                 header: str = "") -> dict[str, Path]:
+                 header: str = "", telemetry: Mapping[str, Any] | None = None
+                 ) -> dict[str, Path]:
     """Write results.csv, sweep.csv, the PNG plots and report.md into `out_dir`.
 
     Args:
@@ -328,6 +347,7 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
       uncertainty: {score name: {"auroc"|"aurac"|"prr": Interval}}.
       histograms: {score name: (scores, correct)} for the entropy histogram plot.
       label_sets: {method, tau, answer, abstain} per SFT set (what each model was taught).
+      telemetry: se_jax.telemetry.Telemetry.snapshot() of this invocation (phase table).
     Returns {"report", "results", "sweep", plot name...: path}.
     """
     out = Path(out_dir)
@@ -364,6 +384,8 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
         parts.append(f"![entropy histograms]({PLOTS['entropy']})\n")
     if breakdown:
         parts += ["## SliCK category breakdown\n", breakdown_table(breakdown) + "\n"]
+    if telemetry:
+        parts += ["## Where the time went (this invocation)\n", phase_table(telemetry) + "\n"]
     parts += ["Files: `results.csv` (one row per method x split x seed), `sweep.csv` (every "
               "tau on validation).\n"]
     paths["report"] = out / "report.md"

@@ -46,24 +46,52 @@ def lora_spec(cfg) -> lora.LoRASpec:
 def loss_config(cfg) -> losses.LossConfig:
     kd = cfg.distill
     return losses.LossConfig(kd_weight=float(kd.weight) if kd.enabled else 0.0,
-                             tau=float(kd.tau), chunk=int(cfg.loss_chunk_tokens))
+                             temperature=float(kd.temperature), chunk=int(cfg.loss_chunk_tokens))
 
 
-def make_optimizer(cfg, num_updates: int) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer's hyper-parameters and schedule length (hashable: runs with equal
+    specs share one optax transformation, hence one compiled training step)."""
+    learning_rate: float
+    num_updates: int
+    warmup_ratio: float = 0.0
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    grad_accum_steps: int = 1
+
+    @classmethod
+    def from_config(cls, cfg, num_updates: int) -> "OptimizerSpec":
+        """`config.training` -> spec."""
+        return cls(float(cfg.learning_rate), int(num_updates), float(cfg.warmup_ratio),
+                   float(cfg.end_lr_ratio), float(cfg.weight_decay), float(cfg.max_grad_norm),
+                   float(cfg.adam_b1), float(cfg.adam_b2), float(cfg.adam_eps),
+                   int(cfg.grad_accum_steps))
+
+
+@functools.lru_cache(maxsize=64)
+def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     """AdamW with linear warmup + cosine decay to `end_lr_ratio * lr`, global-norm clipping,
-    weight decay on matrices only, and `grad_accum_steps` micro-batches per update."""
-    warmup = int(round(cfg.warmup_ratio * num_updates))
+    weight decay on matrices only, and `grad_accum_steps` micro-batches per update.
+
+    Cached: the transformation is part of the optimizer's (static) graph, so equal specs
+    must give the same object for the jitted step to be reused across runs."""
+    warmup = int(round(spec.warmup_ratio * spec.num_updates))
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
-        decay_steps=max(num_updates, warmup + 1),
-        end_value=cfg.learning_rate * cfg.end_lr_ratio)
+        init_value=0.0, peak_value=spec.learning_rate, warmup_steps=warmup,
+        decay_steps=max(spec.num_updates, warmup + 1),
+        end_value=spec.learning_rate * spec.end_lr_ratio)
     tx = optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
-                    weight_decay=cfg.weight_decay,
+        optax.clip_by_global_norm(spec.max_grad_norm),
+        optax.adamw(schedule, b1=spec.adam_b1, b2=spec.adam_b2, eps=spec.adam_eps,
+                    weight_decay=spec.weight_decay,
                     mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
-    if cfg.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(cfg.grad_accum_steps))
+    if spec.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=spec.grad_accum_steps)
     return tx
 
 
@@ -107,15 +135,33 @@ def split_for_training(model: nnx.Module, wrt) -> tuple[Any, Any, nnx.State, nnx
     return graphdef, teacher_graphdef, params, frozen
 
 
+# Compiled steps of this process, keyed by everything baked into the program (graphs,
+# loss settings, shardings): every run of a sweep with the same model structure and
+# optimizer reuses one compiled step per batch shape; parameters are always arguments.
+_STEP_FNS: dict[tuple, "StepFns"] = {}
+
+
 def make_step_fns(model: nnx.Module, optimizer: nnx.Optimizer, wrt, loss_cfg: losses.LossConfig,
                   shardings: dict) -> StepFns:
-    """Build the jitted training steps (with and without the distillation term).
+    """The jitted training steps (with and without the distillation term), built once per
+    process for each (model graph, optimizer graph, loss config, shardings).
 
     `shardings` holds NamedShardings for "params", "opt", "frozen", "teacher" (their
     structure, or None) and "batch".
     """
     graphdef, teacher_graphdef, _, _ = split_for_training(model, wrt)
     opt_graphdef, _ = nnx.split(optimizer)
+    leaves, treedef = jax.tree.flatten(shardings, is_leaf=lambda x: x is None)
+    key = (graphdef, teacher_graphdef, opt_graphdef, repr(wrt), loss_cfg, tuple(leaves),
+           treedef)
+    if key not in _STEP_FNS:
+        _STEP_FNS[key] = _build_step_fns(graphdef, teacher_graphdef, opt_graphdef, wrt,
+                                         loss_cfg, shardings)
+    return _STEP_FNS[key]
+
+
+def _build_step_fns(graphdef, teacher_graphdef, opt_graphdef, wrt,
+                    loss_cfg: losses.LossConfig, shardings: dict) -> StepFns:
 
     def step(params, opt_state, frozen, teacher, batch, key, *, cfg: losses.LossConfig):
         loss_fn = functools.partial(batch_loss, graphdef=graphdef,
@@ -214,10 +260,14 @@ def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
     `cfg.mode`) on `mesh`, split them into states, and compile-ready step functions."""
     rules = rules or mesh_lib.ShardingRules()
     wrt = lora.trainable_filter(cfg.mode)
-    optimizer = nnx.Optimizer(model, make_optimizer(cfg, max(num_updates, 1)), wrt=wrt)
+    optimizer = nnx.Optimizer(
+        model, make_optimizer(OptimizerSpec.from_config(cfg, max(num_updates, 1))), wrt=wrt)
     mesh_lib.shard_model(model, mesh, rules)
     mesh_lib.shard_model(optimizer, mesh, rules)
     _, params, frozen = nnx.split(model, wrt, ...)
+    # The step donates the trainable arrays; copy them so a model that shares its weights
+    # with a resident base (se_jax/sweep_engine.py) never loses the base's buffers.
+    params = _copy(params)
     _, opt_state = nnx.split(optimizer)
     loss_cfg = loss_config(cfg)
     use_kd = loss_cfg.kd_weight > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configs import base, demo, paper_llama3_8b, tiny
-from se_jax import experiment as ex
+from se_jax import plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,29 +26,29 @@ REPO = Path(__file__).resolve().parents[1]
 def test_validate_config_names_the_bad_field(field, value, message):
     config = tiny.get_config()
     config.experiment[field] = value
-    with pytest.raises(ex.ConfigError, match=message):
-        ex.validate_config(config)
+    with pytest.raises(plan.ConfigError, match=message):
+        plan.validate(config)
 
 
 def test_validate_config_judge_and_shipped_configs():
     for module in (base, demo, tiny, paper_llama3_8b):
-        ex.validate_config(module.get_config())
+        plan.validate(module.get_config())
     config = tiny.get_config()
     config.evaluation.judge = "exact"
-    with pytest.raises(ex.ConfigError, match="unknown judge 'exact'"):
-        ex.validate_config(config)
+    with pytest.raises(plan.ConfigError, match="unknown judge 'exact'"):
+        plan.validate(config)
 
 
 def test_sweep_runs_and_tags():
-    runs = ex.sweep_runs(["se_lexical", "rtuning"], [0.5, 1.0], [0, 1])
+    runs = plan.sweep_runs(["se_lexical", "rtuning"], [0.5, 1.0], [0, 1])
     assert [r.tag for r in runs] == ["se_lexical/tau_0.50/seed_0", "se_lexical/tau_0.50/seed_1",
                                      "se_lexical/tau_1.00/seed_0", "se_lexical/tau_1.00/seed_1",
                                      "rtuning/seed_0", "rtuning/seed_1"]
-    arm = ex.Run("se_lexical", 1.0, 0, "self_distill")
+    arm = plan.Run("se_lexical", 1.0, 0, "self_distill")
     assert arm.tag == "se_lexical+self_distill/tau_1.00/seed_0"
     assert arm.label_tag == "se_lexical/tau_1.00"          # shares the SE labels
-    assert ex.backends_needed(["rtuning_u", "idk"], "lexical") == ["lexical"]
-    assert ex.backends_needed(["se_deberta", "se_lexical", "rtuning_u"], "x") == [
+    assert plan.backends_needed(["rtuning_u", "idk"], "lexical") == ["lexical"]
+    assert plan.backends_needed(["se_deberta", "se_lexical", "rtuning_u"], "x") == [
         "deberta", "lexical"]
 
 
@@ -63,7 +63,7 @@ def test_pick_taus_by_mean_validation_aed():
             dict(method="rtuning", tau="", split="val", seed=0, aed=0.6),
             dict(method="idk", tau="", split="val", seed=0, aed=math.nan),
             dict(method="original", tau="", split="val", seed=0, aed=0.1)]
-    picked = ex.pick_taus(rows)
+    picked = plan.pick_taus(rows)
     assert picked == {"se_lexical": 0.5, "rtuning_u": 0.5, "rtuning": None, "idk": None}
 
 

@@ -11,6 +11,8 @@ import pytest
 from configs import tiny
 from se_jax import experiment as ex
 from se_jax import report
+from se_jax.layout import Layout
+from se_jax.plan import Run
 
 
 def write_tiny_data(root: Path) -> Path:
@@ -87,8 +89,8 @@ def test_experiment_end_to_end(tiny_setup):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     # Every stage left its artifacts and done marker; the arm trained attention only.
-    layout = ex.Layout.from_config(config)
-    arm = ex.Run("se_lexical", 1.0, 0, "attention_only")
+    layout = Layout.from_config(config)
+    arm = Run("se_lexical", 1.0, 0, "attention_only")
     for path in (layout.sample("train"), layout.sample("test"),
                  layout.entropy("lexical", "train"), layout.label(arm), layout.train(arm)):
         assert (path / "done.json").exists() and (path / "config.json").exists()
@@ -96,7 +98,7 @@ def test_experiment_end_to_end(tiny_setup):
     assert arm_config["training"]["mode"] == "attention"
 
     # A rerun finds everything done: nothing runs again, no model is loaded.
-    marker = layout.train(ex.Run("rtuning", None, 0)) / "done.json"
+    marker = layout.train(Run("rtuning", None, 0)) / "done.json"
     stamp = marker.stat().st_mtime_ns
     start = time.perf_counter()
     again = ex.run(config)

@@ -107,7 +107,7 @@ def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight):
     # The teacher is the base model: the adapters with B = 0.
     teacher = jax.tree.map(
         lambda x: jnp.zeros_like(x) if x.shape[0] == RANK else x, params)
-    cfg = losses.LossConfig(kd_weight=kd_weight, tau=TAU, chunk=16)  # 4 x 16 tokens: 4 chunks
+    cfg = losses.LossConfig(kd_weight=kd_weight, temperature=TAU, chunk=16)  # 4 x 16 tokens: 4 chunks
     loss_fn = functools.partial(training.batch_loss, graphdef=graphdef,
                                 teacher_graphdef=teacher_graphdef, cfg=cfg)
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
@@ -157,7 +157,7 @@ def test_freezing_modes_update_only_their_parameters(tiny_dir, tmp_path, mode):
         mode=mode, learning_rate=1e-2, batch_size=4, epochs=1, grad_accum_steps=1,
         warmup_ratio=0.0, end_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, loss_on="target",
-        distill=dict(enabled=False, weight=1.0, tau=0.5, teacher_epoch=0),
+        distill=dict(enabled=False, weight=1.0, temperature=0.5, teacher_epoch=0),
         loss_chunk_tokens=1024, pad_multiple=16, bucket_batches=1, save_every=10, keep=1,
         async_checkpoint=False, max_steps=-1, log_every_seconds=60.0, log_every_steps=1))
     training.prepare_model(model, cfg, seed=0)

@@ -45,7 +45,7 @@ def get_config():
         batch_size=8, epochs=2, learning_rate=1e-3, warmup_ratio=0.2, save_every=1, keep=2,
         grad_accum_steps=2,  # a kill may land between micro-batches of one update
         lora=dict(rank=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj")),
-        distill=dict(enabled=True, weight=1.0, tau=0.5, teacher_epoch=0),
+        distill=dict(enabled=True, weight=1.0, temperature=0.5, teacher_epoch=0),
         sft={sft!r}, export_merged=False, log_every_steps=1))
     return c
 '''
@@ -100,7 +100,7 @@ def _saved_steps(ckpt_dir: Path) -> list[int]:
 
 
 def test_sigkill_mid_run_then_restart_reaches_identical_weights(config_file, tmp_path):
-    reference = run_train(_load_config(config_file, tmp_path / "uninterrupted"))
+    reference = run_train(_load_config(config_file, tmp_path / "uninterrupted")).out_dir
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed_from"] is None
 
@@ -160,7 +160,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(config_file,
     manager = checkpointing.make_manager(ckpt_dir, save_every=1, keep=2, async_save=False)
     assert manager.latest_step() == 3
     like = {"params": good, "opt": nnx.to_pure_dict(nnx.state(nnx.Optimizer(
-        model, training.make_optimizer(tc, STEPS), wrt=nnx.LoRAParam)))}
+        model, training.make_optimizer(training.OptimizerSpec.from_config(tc, STEPS)), wrt=nnx.LoRAParam)))}
     step, restored = checkpointing.restore_latest(manager, like)
     assert step == 3
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored["params"]),

@@ -20,6 +20,7 @@ import jax
 from absl import logging
 
 from se_jax import evaluation, stage_io
+from se_jax.distributed import barrier
 from se_jax.data import prompts as prompt_lib
 from se_jax.stages import NEUTRAL_KEYS
 
@@ -31,13 +32,6 @@ def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config:
     """The prompts the sampler used (config.prompt), so evaluation asks exactly the same."""
     kwargs = prompt_lib.prompt_kwargs(config.prompt)
     return [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
-
-
-def barrier(name: str) -> None:
-    """All processes reach this point (no-op in a single process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
 
 
 def read_metrics(out_dir: str | Path) -> dict | None:

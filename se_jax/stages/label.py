@@ -78,7 +78,7 @@ def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
         else:
             records = slick_records_from_generations(_read(gen_path, "generations"))
             info["slick_source"] = "approximate: zero-shot generations, one exemplar set"
-        return labels.slick_labels(records, judge=judge, unknown=lc.slick.unknown,
+        return labels.slick_labels(records, judge=judge, unknown=lc.slick_unknown,
                                    phrase=phrase), info
     generations = _read(gen_path, "generations")
     if method in ("rtuning", "idk"):

@@ -133,10 +133,14 @@ def resolve_paths(config: Any) -> tuple[Path, Path]:
     return Path(sc.input), Path(sc.out_dir or Path(config.workdir) / "sample")
 
 
-def run_sample(config: Any) -> Path:
-    """Run (or resume) the stage; returns the path of generations.jsonl."""
+def run_sample(config: Any, resident: Any = None) -> Path:
+    """Run (or resume) the stage; returns the path of generations.jsonl.
+
+    `resident`: the caller's loaded generator (se_jax.resident.Resident); loaded here from
+    config.model when None and there is work to do."""
     from se_jax.mesh import make_mesh
-    from se_jax.models.loading import load_config, load_llama, load_tokenizer, open_checkpoint
+    from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
+    from se_jax.resident import Resident
 
     in_path, out_dir = resolve_paths(config)
     if config.on_bad_input not in ("skip", "error"):
@@ -167,9 +171,10 @@ def run_sample(config: Any) -> Path:
     out = stage_io.ShardedJsonl(out_dir, "generations", len(shards))
     pending = out.pending()
     if pending:
-        mesh = make_mesh(config.mesh)
-        model = load_llama(config.model.path, mesh=mesh, dtype=config.model.dtype,
-                           param_dtype=config.model.param_dtype)
+        if resident is None:
+            resident = Resident.load(config.model, make_mesh(config.mesh),
+                                     adapter=config.model.adapter)
+        model, mesh = resident.model, resident.mesh
         done = len(questions) - sum(len(shards[i]) for i in pending)
         if len(pending) < len(shards):
             logging.info("sample: resuming: %d of %d shards already done in %s",

@@ -1,27 +1,32 @@
-"""The train stage: sft.jsonl -> Orbax checkpoints + exported model in `out_dir`.
+"""The train stage: sft.jsonl -> Orbax checkpoints + PEFT adapter in `out_dir`.
 
     out_dir/config.json        the config it ran with (a rerun with another config is refused)
-    out_dir/checkpoints/<step> Orbax: trainable params + optimizer state (+ teacher)
+    out_dir/checkpoints/<step> Orbax: trainable params + optimizer state (+ teacher), the last K
     out_dir/adapter/           PEFT adapter (LoRA mode): adapter_config.json + safetensors
-    out_dir/merged/            full HF checkpoint with the adapters folded in (+ tokenizer)
-    out_dir/summary.json       steps, losses, where it resumed from
+    out_dir/merged/            only with training.export_merged: full HF checkpoint
+    out_dir/summary.json       steps, losses, where it resumed from; written last
 
 Resumable: a killed run restarted with the same flags continues from the newest checkpoint
-and reaches the same final weights (se_jax/training.py). The exports are written after the
-last step, so their presence means the run finished.
+and reaches the same final weights (se_jax/training.py). A finished run (summary.json says
+so) is never trained or exported again: its record stays as it is.
+
+The base model is loaded here unless the caller passes its resident one
+(se_jax/resident.py), as the experiment's sweep does for every run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from absl import logging
+from flax import nnx
 
 from se_jax import distributed, export, stage_io, training
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.resident import Resident
 from se_jax.sft_data import tokenize_example
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
@@ -48,26 +53,45 @@ def read_sft(path: Path) -> list[dict]:
     return records
 
 
-def run_train(config: Any) -> Path:
-    """Train on the SFT set and export; returns out_dir."""
+def read_summary(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@dataclasses.dataclass
+class Trained:
+    """A train stage's result: where it wrote, its summary, and the trained model when this
+    call trained it (None when the run had finished before: `Resident.restored_run_model`)."""
+    out_dir: Path
+    summary: dict
+    model: nnx.Module | None
+
+
+def run_train(config: Any, resident: Resident | None = None) -> Trained:
+    """Train on the SFT set and export the adapter (see module doc)."""
     tc = config.training
     sft_path, out_dir = _paths(config)
     stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
                           depends_on=DEPENDS_ON["train"])
+    done = read_summary(out_dir)
+    if done is not None and done.get("finished"):
+        logging.info("train: %s finished before (%d steps); nothing to do", out_dir,
+                     done["steps"])
+        return Trained(out_dir, done, None)
     records = read_sft(sft_path)
-    tokenizer = load_tokenizer(config.model.path)
-    mesh = make_mesh(config.mesh)
-    model = load_llama(config.model.path, mesh=mesh, dtype=config.model.dtype,
-                       param_dtype=config.model.param_dtype)
+    if resident is None:
+        resident = Resident.load(config.model, make_mesh(config.mesh),
+                                 adapter=config.model.adapter)
+    tokenizer, mesh = resident.tokenizer, resident.mesh
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer of {config.model.path} has no eos token to end targets")
     # The prompt exactly as the sampler built it (config.prompt).
     kwargs = prompt_lib.prompt_kwargs(config.prompt)
     seqs = [tokenize_example(tokenizer, r, eos_id=eos, prompt_kwargs=kwargs) for r in records]
-    training.prepare_model(model, tc, config.seed)
+    model = resident.run_model(tc, int(config.seed))
     result = training.train(model, seqs, tc, workdir=str(out_dir / "checkpoints"), mesh=mesh,
-                            seed=config.seed, pad_id=tokenizer.pad_token_id or 0)
+                            seed=int(config.seed), pad_id=tokenizer.pad_token_id or 0)
     total = training.steps_per_epoch(len(seqs), tc.batch_size) * tc.epochs
     summary = dict(steps=result.steps, total_steps=total, resumed_from=result.resumed_from,
                    examples=len(seqs), finished=result.steps == total,
@@ -78,9 +102,11 @@ def run_train(config: Any) -> Path:
             export.export_peft_adapter(model, training.lora_spec(tc), str(out_dir / "adapter"),
                                        base_model=str(config.model.path))
         if tc.export_merged:
-            export.export_merged(model, str(out_dir / "merged"), tokenizer=tokenizer)
+            # Folds the adapters into a copy: `model` stays the run's LoRA model.
+            export.export_merged(nnx.clone(model), str(out_dir / "merged"),
+                                 tokenizer=tokenizer)
     if distributed.is_main_process():
         stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
                                    json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logging.info("train: %s", json.dumps(summary, sort_keys=True))
-    return out_dir
+    return Trained(out_dir, summary, model)

@@ -1,0 +1,71 @@
+"""Where every artifact of an experiment lives: the only code that names its directories.
+
+    <workdir>/data/<split>.jsonl                        the drawn splits
+    <workdir>/sample/<split>/generations.jsonl          sample stage
+    <workdir>/entropy/<backend>/<split>/uncertainty.jsonl
+    <workdir>/label/<method>[/tau_<t>]/sft.jsonl        label stage (shared by seeds, arms)
+    <workdir>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
+    <workdir>/evaluate/<judge>/<model tag>/<split>/     outcomes.jsonl, metrics.json
+    <workdir>/report/                                   report.md, results.csv, plots
+
+The stand-alone stages (launch/sample.py, entropy.py, label.py, train.py, evaluate.py)
+default to the same paths (split "train", backend = config.entropy.backend), so a stage
+run by hand reads what the experiment, or the previous stage, wrote.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from se_jax.plan import Run
+
+DONE = "done.json"
+
+
+def judge_key(eval_config: Any) -> str:
+    """A directory name for the configured judge: answers judged by another judge are
+    evaluated again into their own directory, never mixed."""
+    if eval_config.judge == "f1":
+        return f"f1_{float(eval_config.f1_threshold):g}"
+    if eval_config.judge == "llm":
+        model = eval_config.judge_model or "generator"
+        return "llm_" + "".join(c if c.isalnum() else "_" for c in model)[-60:]
+    return str(eval_config.judge)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Directories below `root` (config.workdir); `judge` = judge_key(config.evaluation)."""
+    root: Path
+    report_dir: Path
+    judge: str
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Layout":
+        root = Path(config.workdir)
+        out = Path(config.experiment.out_dir) if config.experiment.out_dir else root / "report"
+        return cls(root, out, judge_key(config.evaluation))
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def sample(self, split: str = "train") -> Path:
+        return self.root / "sample" / split
+
+    def entropy(self, backend: str, split: str = "train") -> Path:
+        return self.root / "entropy" / backend / split
+
+    def label(self, run: Run) -> Path:
+        return self.root / "label" / run.label_tag
+
+    def train(self, run: Run) -> Path:
+        return self.root / "train" / run.tag
+
+    def evaluate(self, tag: str, split: str) -> Path:
+        return self.root / "evaluate" / self.judge / tag / split
+
+
+def is_done(path: Path) -> bool:
+    return (path / DONE).exists()

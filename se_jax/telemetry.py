@@ -1,0 +1,75 @@
+"""Where a job's time goes: wall seconds per phase, XLA compilations per program, model loads.
+
+    clock = Telemetry.install()          # once per process; counts from here on
+    with clock.phase("sample train"):
+        ...
+    clock.compilations()                 # {"jit(step)": (count, seconds), ...}
+    clock.count_load()                   # a model was loaded from storage
+
+Compilations are read from JAX's own monitoring events (the backend-compile duration, fired
+once per XLA compilation and never on a cache hit), so they count what really compiled,
+including programs compiled inside libraries. A persistent-cache hit is not a compilation.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Iterator
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+@dataclasses.dataclass
+class Telemetry:
+    """Counters of one process; `install` registers the one instance with JAX."""
+    phases: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    compiles: dict[str, list] = dataclasses.field(default_factory=dict)  # name -> [n, s]
+    cache_hits: int = 0
+    loads: int = 0
+
+    _instance = None  # class attribute: the installed one
+
+    @classmethod
+    def install(cls) -> "Telemetry":
+        """The process's telemetry, created and registered with JAX on first use."""
+        if cls._instance is None:
+            from jax import monitoring
+            cls._instance = cls()
+            monitoring.register_event_duration_secs_listener(cls._instance._on_duration)
+            monitoring.register_event_listener(cls._instance._on_event)
+        return cls._instance
+
+    def _on_duration(self, event: str, seconds: float, **kwargs) -> None:
+        if event == _BACKEND_COMPILE:
+            entry = self.compiles.setdefault(str(kwargs.get("fun_name", "?")), [0, 0.0])
+            entry[0] += 1
+            entry[1] += float(seconds)
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == _CACHE_HIT:
+            self.cache_hits += 1
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a named phase (phases may repeat; the report lists each occurrence)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append((name, time.perf_counter() - start))
+
+    def count_load(self) -> None:
+        self.loads += 1
+
+    def compile_count(self, name: str) -> int:
+        """Compilations of programs named `name` (e.g. "jit(step)") so far."""
+        return self.compiles.get(name, [0, 0.0])[0]
+
+    def snapshot(self) -> dict:
+        """A JSON-able copy (for report.md and the done markers)."""
+        return {"phases": [[n, round(s, 3)] for n, s in self.phases],
+                "compilations": {k: [v[0], round(v[1], 3)] for k, v in
+                                 sorted(self.compiles.items())},
+                "persistent_cache_hits": self.cache_hits, "model_loads": self.loads}
