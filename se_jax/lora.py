@@ -106,6 +106,10 @@ def add_lora(model: nnx.Module, spec: LoRASpec, *, rngs: nnx.Rngs) -> list[str]:
         raise ValueError(f"LoRA target_modules={spec.target_modules!r} match no nnx.Linear")
     for path, linear in targets:
         setattr(_parent(model, path), path[-1], LoRALinear(linear, spec, rngs=rngs))
+    placement = getattr(model, "mesh_rules", None)
+    if placement is not None:  # the new variables join the model's mesh
+        from se_jax.mesh import shard_model
+        shard_model(model, *placement)
     return [_path_str(p) for p, _ in targets]
 
 

@@ -1,0 +1,161 @@
+"""The sweep engine (se_jax/resident.py): runs share one resident base model, compile the
+training step and the sampler once per shape, leave the base untouched, and give the same
+adapter and answers as the same run trained and evaluated alone."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from configs import tiny
+from se_jax import export, sampling, sft_data
+from se_jax.data import prompts as prompt_lib
+from se_jax.mesh import make_mesh
+from se_jax.resident import Resident
+from se_jax.stages.train import run_train
+from se_jax.telemetry import Telemetry
+
+QUESTIONS = [f"What is the capital of country number {i}?" for i in range(16)]
+TARGETS = ["I don't know the answer.", "Paris", "The capital is a long name, say Rome."]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from tiny_models import make_tiny_llama_dir
+    root = tmp_path_factory.mktemp("engine")
+    model_dir = make_tiny_llama_dir(root / "model", variant="llama")
+    sft = root / "sft.jsonl"
+    sft.write_text("".join(json.dumps(dict(id=str(i), question=q, target=TARGETS[i % 3]))
+                           + "\n" for i, q in enumerate(QUESTIONS)))
+    return model_dir, sft, root
+
+
+def run_config(model_dir, sft, out_dir, seed: int):
+    config = tiny.get_config()
+    config.model.path = str(model_dir)
+    config.seed = seed
+    config.training.sft = str(sft)
+    config.training.out_dir = str(out_dir)
+    config.training.epochs = 2
+    return config
+
+
+def load_base(model_dir, sft, root) -> Resident:
+    return Resident.load(run_config(model_dir, sft, root, 0).model,
+                         make_mesh(tiny.get_config().mesh))
+
+
+def weights(model) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.device_get(jax.tree.leaves(nnx.state(model)))]
+
+
+def batch_shapes(config, resident) -> set[tuple[int, int]]:
+    """Every padded [B, T] batch shape the run's schedule feeds the step."""
+    tc, tok = config.training, resident.tokenizer
+    records = [json.loads(line) for line in open(config.training.sft)]
+    seqs = [sft_data.tokenize_example(tok, r, eos_id=tok.eos_token_id, prompt_kwargs={})
+            for r in records]
+    shapes = set()
+    for epoch in range(tc.epochs):
+        for batch in sft_data.epoch_batches([len(s.ids) for s in seqs], tc.batch_size,
+                                            config.seed, epoch, tc.bucket_batches):
+            arrays = sft_data.make_batch([seqs[i] for i in batch], tc.batch_size,
+                                         pad_multiple=tc.pad_multiple)
+            shapes.add(arrays["tokens"].shape)
+    return shapes
+
+
+def greedy(model, resident, ids=None):
+    prompts = [prompt_lib.format_prompt(resident.tokenizer, q) for q in QUESTIONS[:8]]
+    answers = sampling.greedy_answers(model, resident.tokenizer, prompts,
+                                      ids or [str(i) for i in range(8)], mesh=resident.mesh,
+                                      max_new_tokens=6, batch_size=8)
+    return [a.token_ids for a in answers]
+
+
+def test_runs_share_the_base_and_compile_each_program_once(setup):
+    model_dir, sft, root = setup
+    clock = Telemetry.install()
+    base = load_base(model_dir, sft, root)
+    before = weights(base.model)
+    base_answers = greedy(base.model, base)
+
+    shapes, step_compiles, sampler_compiles, answers = set(), [], [], []
+    for seed in (0, 1, 2):
+        config = run_config(model_dir, sft, root / f"run{seed}", seed)
+        new_shapes = batch_shapes(config, base) - shapes
+        shapes |= new_shapes
+        n0 = clock.compile_count("jit(step)")
+        trained = run_train(config, resident=base)
+        step_compiles.append((clock.compile_count("jit(step)") - n0, len(new_shapes)))
+        s0 = clock.compile_count("jit(_prefill)") + clock.compile_count("jit(_decode)")
+        answers.append(greedy(trained.model, base))
+        sampler_compiles.append(clock.compile_count("jit(_prefill)")
+                                + clock.compile_count("jit(_decode)") - s0)
+        assert trained.summary["finished"] and (root / f"run{seed}" / "adapter").is_dir()
+        assert not (root / f"run{seed}" / "merged").exists()   # adapters only by default
+
+    # Each run compiles only batch shapes no earlier run had; the sampler of the tuned
+    # models compiles for the first one and never again.
+    assert all(n <= new for n, new in step_compiles), step_compiles
+    assert step_compiles[0][0] >= 1
+    assert sampler_compiles[1:] == [0, 0], sampler_compiles
+    # Training never wrote into the resident base: same weights, same answers.
+    assert all(np.array_equal(a, b) for a, b in zip(before, weights(base.model)))
+    assert greedy(base.model, base) == base_answers
+    # Different seeds drew different adapters, so the runs are really distinct models.
+    a0 = load_file(str(root / "run0" / "adapter" / "adapter_model.safetensors"))
+    a1 = load_file(str(root / "run1" / "adapter" / "adapter_model.safetensors"))
+    assert any(not np.allclose(a0[k], a1[k]) for k in a0)
+
+
+def test_engine_run_equals_the_run_alone(setup):
+    """The same run (seed 5) trained on a resident base after another run, and trained alone
+    by the train stage loading its own model: adapters within 1e-6, identical answers;
+    rebuilding it from its checkpoint gives the same answers again."""
+    model_dir, sft, root = setup
+    base = load_base(model_dir, sft, root)
+    run_train(run_config(model_dir, sft, root / "other", 4), resident=base)
+    engine = run_train(run_config(model_dir, sft, root / "engine", 5), resident=base)
+    alone = run_train(run_config(model_dir, sft, root / "alone", 5))
+
+    ours = load_file(str(root / "engine" / "adapter" / "adapter_model.safetensors"))
+    ref = load_file(str(root / "alone" / "adapter" / "adapter_model.safetensors"))
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_allclose(ours[k], ref[k], atol=1e-6, err_msg=k)
+
+    # Evaluated like launch/evaluate.py --adapter does: a fresh base plus the PEFT files.
+    fresh = load_base(model_dir, sft, root)
+    with_adapter = export.load_peft_adapter(nnx.clone(fresh.model), root / "alone" / "adapter")
+    assert greedy(engine.model, base) == greedy(with_adapter, fresh)
+
+    # A finished run is not trained again: its record stays, the model comes from Orbax.
+    record = (root / "engine" / "summary.json").read_text()
+    again = run_train(run_config(model_dir, sft, root / "engine", 5), resident=base)
+    assert again.model is None and (root / "engine" / "summary.json").read_text() == record
+    cfg = run_config(model_dir, sft, root / "engine", 5)
+    restored = base.restored_run_model(cfg.training, 5, root / "engine" / "checkpoints")
+    assert greedy(restored, base) == greedy(engine.model, base)
+
+
+def test_load_peft_adapter_refuses_a_mismatched_adapter(setup, tmp_path):
+    model_dir, sft, root = setup
+    base = load_base(model_dir, sft, root)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+               np.zeros((3, 64), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight":
+               np.zeros((64, 3), np.float32)}, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="q_proj has shapes"):
+        export.load_peft_adapter(nnx.clone(base.model), adapter)
+    save_file({"base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight":
+               np.zeros((2, 64), np.float32)}, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="names no linear"):
+        export.load_peft_adapter(nnx.clone(base.model), adapter)
