@@ -96,10 +96,10 @@ def labels_config() -> ml_collections.ConfigDict:
         # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024, read
         # from `slick_answers`); what an Unknown question becomes: drop | abstain | keep.
         slick_unknown="drop",
-        generations="",   # generations.jsonl ("" = <workdir>/sample/generations.jsonl)
-        uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/uncertainty.jsonl)
+        generations="",   # generations.jsonl ("" = <workdir>/sample/train/generations.jsonl)
+        uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/<backend>/train/...)
         slick_answers="",  # slick: few-shot answers jsonl ("" = approximate from generations)
-        out_dir="",       # "" = <workdir>/label
+        out_dir="",       # "" = <workdir>/label/<method>[/tau_<t>] (se_jax/layout.py)
     ))
 
 
@@ -127,8 +127,8 @@ def training_config() -> ml_collections.ConfigDict:
         log_every_seconds=30.0, log_every_steps=50,
         export_adapter=True,  # PEFT adapter dir (LoRA mode)
         export_merged=False,  # also a merged full HF checkpoint (a full model's size per run)
-        sft="",           # sft.jsonl ("" = <workdir>/label/sft.jsonl)
-        out_dir="",       # "" = <workdir>/train
+        sft="",           # sft.jsonl ("" = the label stage's default, se_jax/layout.py)
+        out_dir="",       # "" = <workdir>/train/<method>[/tau_<t>]/seed_<seed> (se_jax/layout.py)
     ))
 
 
@@ -152,8 +152,8 @@ def entropy_config() -> ml_collections.ConfigDict:
         llm_path="",                  # llm_judge: decoder ("" = config.model.path)
         llm_batch_size=16,            # llm_judge: prompts per forward
         questions_per_shard=128,      # resumable unit of work
-        generations="",   # generations.jsonl or its directory ("" = <workdir>/sample)
-        out_dir="",       # "" = <workdir>/entropy
+        generations="",   # generations.jsonl or its directory ("" = <workdir>/sample/train)
+        out_dir="",       # "" = <workdir>/entropy/<backend>/train
     ))
 
 
@@ -179,7 +179,7 @@ def sampling_config() -> ml_collections.ConfigDict:
         buckets=(64, 128, 256, 512),  # prompt lengths padded to (one program each)
         stop_strings=("\n", "Question:", "Context:"),  # "\n" only after answer text
         input="",        # questions JSONL {"id", "question", "answers"} (launch/sample.py --questions)
-        out_dir="",      # "" = <workdir>/sample
+        out_dir="",      # "" = <workdir>/sample/train
     ))
 
 

@@ -1,7 +1,7 @@
 """The entropy stage: generations.jsonl -> uncertainty.jsonl (semantic ids, equivalence
 matrices, discrete/weighted semantic entropy, naive and exact-string entropy).
 
-    python launch/entropy.py --config=configs/base.py --generations=runs/demo/sample \\
+    python launch/entropy.py --config=configs/base.py --generations=runs/demo/sample/train \\
         --out=runs/demo/entropy --config.entropy.backend=deberta \\
         --config.entropy.nli_path=/models/deberta-v2-xlarge-mnli
 
@@ -15,9 +15,9 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
 _GENERATIONS = flags.DEFINE_string("generations", None, "generations.jsonl or its directory "
-                                   "(default config.entropy.generations, else <workdir>/sample)")
+                                   "(default config.entropy.generations, else <workdir>/sample/train)")
 _OUT = flags.DEFINE_string("out", None, "output directory (default config.entropy.out_dir, "
-                           "else <workdir>/entropy)")
+                           "else <workdir>/entropy/<backend>/train)")
 
 
 def main(argv):

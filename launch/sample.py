@@ -1,7 +1,7 @@
 """The sample stage: questions JSONL -> generations.jsonl (1 low-temperature + M samples
 per question, with token log-probabilities), resumable.
 
-    python launch/sample.py --questions=data/val.jsonl --out=runs/demo/sample
+    python launch/sample.py --questions=data/val.jsonl --out=runs/demo/sample/train
     python launch/sample.py --config=configs/base.py --questions=q.jsonl --out=out \\
         --config.model.path=/ckpt/Llama-3.1-8B-Instruct --config.sampling.num_samples=10 \\
         --config.mesh.data=-1 --config.mesh.tensor=4
@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run conf
 _QUESTIONS = flags.DEFINE_string("questions", None, "questions JSONL of {id, question, "
                                  "answers} (default config.sampling.input)")
 _OUT = flags.DEFINE_string("out", None, "output directory (default config.sampling.out_dir, "
-                           "else <workdir>/sample)")
+                           "else <workdir>/sample/train)")
 
 
 def main(argv):

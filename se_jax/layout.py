@@ -67,5 +67,29 @@ class Layout:
         return self.root / "evaluate" / self.judge / tag / split
 
 
+def standalone_run(config: Any) -> Run:
+    """The run a stand-alone label/train stage works on, named as the experiment names it:
+    labels.method "se" with backend b is method "se_<b>"; tau where the method has one."""
+    from se_jax.plan import uses_tau
+    lc = config.labels
+    method = (f"se_{lc.backend or config.entropy.backend}" if lc.method == "se"
+              else str(lc.method))
+    return Run(method, float(lc.tau) if uses_tau(method) else None, int(config.seed))
+
+
+def standalone_paths(config: Any) -> dict[str, Path]:
+    """Default inputs and outputs of the stand-alone stages: the experiment's paths of the
+    train split (see module doc); each is overridden by its config field when set."""
+    layout = Layout.from_config(config)
+    run = standalone_run(config)
+    backend = config.labels.backend or config.entropy.backend
+    return {"sample": layout.sample(),
+            "generations": layout.sample() / "generations.jsonl",
+            "entropy": layout.entropy(str(config.entropy.backend)),
+            "uncertainty": layout.entropy(str(backend)) / "uncertainty.jsonl",
+            "label": layout.label(run), "sft": layout.label(run) / "sft.jsonl",
+            "train": layout.train(run)}
+
+
 def is_done(path: Path) -> bool:
     return (path / DONE).exists()

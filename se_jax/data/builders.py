@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import re
 from pathlib import Path
 
@@ -172,12 +173,13 @@ def _source_files(builder_name: str, source: Path, folders: tuple[str, ...]) -> 
 
 @contextlib.contextmanager
 def _quiet():
-    """TFDS logs a warning per builder construction ("Using custom data configuration");
-    one line per dataset build is enough."""
+    """TFDS logs a warning per builder construction ("Using custom data configuration") and
+    prints two lines per build; our one log line per dataset build is enough."""
     level = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.set_verbosity(level)
 
@@ -197,7 +199,9 @@ def local_builder(builder_name: str, source: str | Path, data_dir: str | Path,
                                source=str(source), folders=folders)
     with _quiet():
         builder = cls(config=config, data_dir=str(data_dir), file_format="array_record")
-    if not builder.is_prepared():
+    with _quiet():
+        prepared = builder.is_prepared()
+    if not prepared:
         tfds.disable_progress_bar()
         logging.info("building %s from %s into %s", builder_name, source, builder.data_dir)
         try:

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from se_jax import clustering, entailment, stage_io, uncertainty
+from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 
@@ -146,13 +147,13 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
 
 def resolve_paths(config: Any) -> tuple[Path, Path]:
     """(generations.jsonl, output directory) from config.entropy and config.workdir."""
-    ec, work = config.entropy, Path(config.workdir)
-    gen = Path(ec.generations or work / "sample")
+    ec, default = config.entropy, standalone_paths(config)
+    gen = Path(ec.generations or default["sample"])
     if gen.is_dir():
         gen = gen / "generations.jsonl"
     if not gen.is_file():
         raise FileNotFoundError(f"entropy stage: generations file {gen} does not exist")
-    return gen, Path(ec.out_dir or work / "entropy")
+    return gen, Path(ec.out_dir or default["entropy"])
 
 
 def _load_backend(config: Any):

@@ -17,6 +17,7 @@ from typing import Any
 from absl import logging
 
 from se_jax import judges, labels, stage_io
+from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
@@ -24,10 +25,10 @@ SFT_FILE = "sft.jsonl"
 
 
 def _paths(config: Any) -> tuple[Path, Path, Path]:
-    lc, work = config.labels, Path(config.workdir)
-    gen = Path(lc.generations or work / "sample" / "generations.jsonl")
-    unc = Path(lc.uncertainty or work / "entropy" / "uncertainty.jsonl")
-    out = Path(lc.out_dir or work / "label")
+    lc, default = config.labels, standalone_paths(config)
+    gen = Path(lc.generations or default["generations"])
+    unc = Path(lc.uncertainty or default["uncertainty"])
+    out = Path(lc.out_dir or default["label"])
     return gen, unc, out
 
 

@@ -29,6 +29,7 @@ from absl import logging
 
 from se_jax import distributed, sampling, stage_io
 from se_jax.data import prompts as prompt_lib
+from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 
@@ -130,7 +131,7 @@ def resolve_paths(config: Any) -> tuple[Path, Path]:
     if not sc.input:
         raise ValueError("sample stage: set config.sampling.input (launch/sample.py "
                          "--questions) to a questions JSONL file")
-    return Path(sc.input), Path(sc.out_dir or Path(config.workdir) / "sample")
+    return Path(sc.input), Path(sc.out_dir or standalone_paths(config)["sample"])
 
 
 def run_sample(config: Any, resident: Any = None) -> Path:

@@ -28,14 +28,15 @@ from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
 from se_jax.resident import Resident
 from se_jax.sft_data import tokenize_example
+from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 SUMMARY_FILE = "summary.json"
 
 
 def _paths(config: Any) -> tuple[Path, Path]:
-    tc, work = config.training, Path(config.workdir)
-    return Path(tc.sft or work / "label" / "sft.jsonl"), Path(tc.out_dir or work / "train")
+    tc, default = config.training, standalone_paths(config)
+    return Path(tc.sft or default["sft"]), Path(tc.out_dir or default["train"])
 
 
 def read_sft(path: Path) -> list[dict]:
