@@ -77,7 +77,8 @@ def main(argv):
         print(job.train_and_evaluate(run, prep.sft(job, run), [SWEEP_SPLIT]))
     elif stage == "evaluate":
         if run is None:
-            print(job.evaluate(ORIGINAL, lambda: job.resident().model, [_SPLIT.value]))
+            print(job.evaluate(ORIGINAL, lambda: job.resident().original_model(
+                job.config.training), [_SPLIT.value]))
         else:
             prep = ex.prepare(job, sweep, evaluate_original=False)
             print(job.train_and_evaluate(run, prep.sft(job, run), [_SPLIT.value]))

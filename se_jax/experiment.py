@@ -265,8 +265,9 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
         generations.update({s: job.sample(s) for s in job.test_splits})
     original = {}
     if evaluate_original:
-        original = job.evaluate(ORIGINAL, lambda: job.resident().model,
-                                [SWEEP_SPLIT, *job.test_splits])
+        original = job.evaluate(
+            ORIGINAL, lambda: job.resident().original_model(job.config.training),
+            [SWEEP_SPLIT, *job.test_splits])
     return Prepared(generations, uncertainty, original)
 
 

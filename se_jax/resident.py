@@ -53,6 +53,16 @@ class Resident:
         training.prepare_model(model, training_config, seed)
         return model
 
+    def original_model(self, training_config: Any) -> nnx.Module:
+        """The original model for evaluation, built like a run's model so it shares the runs'
+        compiled sampler: in LoRA mode the base plus zero-initialised adapters (B = 0, so
+        every output is exactly the base's: y = x W + 0), else the base itself."""
+        if training_config.mode != "lora":
+            return self.model
+        model = self.run_model(training_config, seed=0)
+        model.eval()
+        return model
+
     def restored_run_model(self, training_config: Any, seed: int, checkpoints: Path
                            ) -> nnx.Module:
         """The model of a finished run, rebuilt from its last checkpoint (no training)."""

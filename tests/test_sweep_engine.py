@@ -107,6 +107,10 @@ def test_runs_share_the_base_and_compile_each_program_once(setup):
     # Training never wrote into the resident base: same weights, same answers.
     assert all(np.array_equal(a, b) for a, b in zip(before, weights(base.model)))
     assert greedy(base.model, base) == base_answers
+    # The original model as the experiment evaluates it (zero adapters, the runs' graph)
+    # answers exactly as the base does.
+    assert greedy(base.original_model(run_config(model_dir, sft, root, 0).training),
+                  base) == base_answers
     # Different seeds drew different adapters, so the runs are really distinct models.
     a0 = load_file(str(root / "run0" / "adapter" / "adapter_model.safetensors"))
     a1 = load_file(str(root / "run1" / "adapter" / "adapter_model.safetensors"))

@@ -147,7 +147,7 @@ def run_sample(config: Any, resident: Any = None) -> Path:
     if config.on_bad_input not in ("skip", "error"):
         raise ValueError(f"config.on_bad_input={config.on_bad_input!r}; expected skip | error")
     sc = config.sampling
-    tokenizer = load_tokenizer(config.model.path)
+    tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
     model_config = load_config(open_checkpoint(config.model.path))
     max_prompt = sampling.max_prompt_length(model_config, int(sc.max_new_tokens),
                                             int(config.model.max_seq_len))
