@@ -21,6 +21,10 @@ def get_config():
     d.out_of_distribution = ("entity_questions_ood",)
     d.train_size, d.val_size, d.test_size, d.ood_size = 8, 4, 4, 4
 
+    # A random model never stops early: few short samples keep every decode loop small.
+    config.sampling.num_samples = 4
+    config.sampling.max_new_tokens = 8
+
     config.evaluation.judge = "f1"
     config.evaluation.max_new_tokens = 4
     config.evaluation.batch_size = 4

@@ -3,11 +3,6 @@ a rerun does no work, and one more tau does only the missing work."""
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +13,6 @@ from se_jax import experiment as ex
 from se_jax import report
 from se_jax.layout import Layout
 from se_jax.plan import Run
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_tiny_data(root: Path) -> Path:
@@ -62,20 +55,20 @@ METHODS = ("se_lexical", "rtuning", "rtuning_u")   # idk comes later
 
 @pytest.fixture(scope="module")
 def first_run(tiny_setup):
-    """The experiment run once in this process: (config, result, seconds, results.csv bytes)."""
+    """The experiment run once in this process: (config, result, seconds)."""
     model_dir, data_dir, root = tiny_setup
     config = tiny_config(model_dir, data_dir, root / "run")
     config.experiment.methods = METHODS
     start = time.perf_counter()
     result = ex.run(config)
     seconds = time.perf_counter() - start
-    return config, result, seconds, Path(result.paths["results"]).read_bytes()
+    return config, result, seconds
 
 
 def test_experiment_end_to_end(tiny_setup, first_run):
     model_dir, data_dir, root = tiny_setup
     workdir = root / "run"
-    config, result, first, _ = first_run
+    config, result, first = first_run
     out = Path(result.paths["report"]).parent
     methods = ("original", "se_lexical", "rtuning", "rtuning_u", "se_lexical+attention_only")
     # report.md: the AED table with every method and split, the judge, the analyses.
@@ -136,32 +129,3 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert {r["method"] for r in more.results} == set(methods) | {"idk"}
 
-
-def test_kill_9_mid_sweep_then_rerun_gives_identical_results(tiny_setup, first_run, tmp_path):
-    """launch/experiment.py killed with SIGKILL after a random number of finished training
-    runs (plus a random delay), then rerun: results.csv byte-identical to an uninterrupted
-    run, and the rerun reports the work it found done."""
-    model_dir, data_dir, _ = tiny_setup
-    workdir = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "launch" / "experiment.py"), "--config=configs/tiny.py",
-           f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
-           f"--config.workdir={workdir}", f"--config.experiment.methods={METHODS!r}"]
-    env = dict(os.environ, SE_JAX_COMPILE_CACHE=str(tmp_path / "xla"))
-    rng = random.Random()
-    kill_after = rng.randint(1, 3)          # of the 4 training runs (3 + the arm)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if len(list((workdir / "train").rglob("done.json"))) >= kill_after:
-            time.sleep(rng.uniform(0.0, 2.0))
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    log = proc.communicate()[0]
-    assert proc.returncode == -signal.SIGKILL, f"not killed mid-sweep:\n{log[-3000:]}"
-    assert not (workdir / "report" / "results.csv").exists()
-
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert (workdir / "report" / "results.csv").read_bytes() == first_run[3]
