@@ -11,14 +11,15 @@ of a relation's facts, so "United States of America" cannot make country questio
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
+import re
 from pathlib import Path
 
 import numpy as np
 from absl import app, flags
 
 from se_jax.data import sources
+from se_jax.data.facts import template_regex
 
 _SOURCE = flags.DEFINE_string("source_dir", "../shared/data", "folder holding entity_questions/")
 _OUT = flags.DEFINE_string("out", "se_jax/data/demo_facts/facts.jsonl", "output JSONL")
@@ -34,12 +35,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "draw seed")
 MAX_ANSWER_WORDS = 4
 MAX_ANSWER_CHARS = 30
 MAX_SUBJECT_CHARS = 45
-
-
-def template_regex(template: str) -> re.Pattern:
-    """'What is the capital of [X]?' -> a regex whose group 1 is the subject."""
-    head, tail = template.split("[X]")
-    return re.compile("^" + re.escape(head) + "(.+?)" + re.escape(tail) + "$")
 
 
 def usable(subject: str, answer: str) -> bool:
