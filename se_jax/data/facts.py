@@ -23,7 +23,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -124,6 +124,17 @@ class FactsConfig:
             raise ValueError(f"FactsConfig: relations {missing} have no templates for "
                              f"style={self.style!r}, phrasings={self.phrasings}; known: "
                              f"{sorted(needs)}")
+
+    @classmethod
+    def from_config(cls, section: Any, style: str) -> "FactsConfig":
+        """From a `config.facts` section (configs/knowledge.py) and `config.prompt.style`."""
+        return cls(n_known=int(section.n_known), n_unknown=int(section.n_unknown),
+                   relations=tuple(section.relations),
+                   ood_relations=tuple(section.ood_relations),
+                   n_ood_known=int(section.n_ood_known),
+                   n_ood_unknown=int(section.n_ood_unknown),
+                   fractions=tuple(float(f) for f in section.fractions),
+                   seed=int(section.seed), phrasings=int(section.phrasings), style=style)
 
 
 # ---- the pool -------------------------------------------------------------------------
