@@ -32,6 +32,7 @@ def data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         # `<name>` or `<name>:<split>`: nq_open, entity_questions, entity_questions_ood,
         # trivia_qa, natural_questions_open, squad, or jsonl:<file of {"question","answers"}>.
+        source="catalog",   # catalog (the datasets below) | facts (config.facts)
         in_distribution="nq_open",
         out_of_distribution=("entity_questions_ood",),
         train_size=2000, val_size=500,  # the paper's 2,500 per dataset
@@ -41,6 +42,41 @@ def data_config() -> ml_collections.ConfigDict:
         source_dir="",  # local raw data; "" = $SE_JAX_SHARED_DATA or ../shared/data
         tfds_dir="",    # prepared TFDS datasets; "" = <workdir>/tfds
         download=False,  # catalog datasets: download and prepare when missing (internet)
+    ))
+
+
+def facts_config() -> ml_collections.ConfigDict:
+    """The knowledge-controlled fact pool and its draw (se_jax/data/facts.py), used when
+    data.source = "facts": which facts the base model is taught (K) and which not (U).
+    With these defaults the splits are train 30 K + 30 U, val 15 + 15, test 15 + 15 and
+    OOD 20 + 20; 80 facts are taught (60 in-distribution, 20 OOD)."""
+    return ml_collections.ConfigDict(dict(
+        pool="",  # "" = the shipped pool (se_jax/data/demo_facts); or a pool JSONL / an
+                  # EntityQuestions folder (e.g. ../shared/data/entity_questions)
+        relations=("P36", "P17", "P19", "P26", "P40", "P495", "P131"),  # SliCK in-dist.
+        ood_relations=("P50", "P176", "P407"),                         # SliCK OOD
+        n_known=60, n_unknown=60,          # in-distribution taught / untaught, all splits
+        n_ood_known=20, n_ood_unknown=20,  # OOD split: taught / untaught
+        fractions=(0.5, 0.25, 0.25),       # train / val / test share of K and of U
+        seed=0,                            # the draw (--config.facts.seed=1: another draw)
+        phrasings=3,   # teach records per taught fact and answer style: question
+                       # paraphrases, and for Long-QA different answer sentences
+    ))
+
+
+def teach_config() -> ml_collections.ConfigDict:
+    """The teach step (data.source = "facts"): fine-tune the base on the K facts before the
+    experiment; its adapter is folded into the experiment's base model. `training` holds
+    the `config.training` fields the teach run changes."""
+    return ml_collections.ConfigDict(dict(
+        enabled=False,
+        training=dict(
+            mode="lora",
+            lora=dict(rank=32, alpha=64.0, dropout=0.0,
+                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                      "up_proj", "down_proj")),
+            learning_rate=3e-3, batch_size=16, epochs=3, warmup_ratio=0.03,
+            pad_multiple=16),
     ))
 
 
@@ -75,6 +111,9 @@ def experiment_config() -> ml_collections.ConfigDict:
         # (full fine-tuning of attention weights only) run with the SE method's picked tau.
         arms=(),
         slick_breakdown=False,  # accuracy and abstention rate per SliCK category
+        # Answer settings run by one command, each a prompt style (prompts.py): e.g.
+        # ("short", "sentence") = the paper's Short-QA and Long-QA; () = prompt.style only.
+        settings=(),
         out_dir="",             # report.md, results.csv, plots; "" = <workdir>/report
     ))
 
@@ -200,4 +239,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.experiment = experiment_config()
     config.labels = labels_config()
     config.training = training_config()
+    config.facts = facts_config()
+    config.teach = teach_config()
     return config

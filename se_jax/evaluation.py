@@ -38,7 +38,9 @@ def judge_outcomes(questions: Sequence[Mapping[str, Any]], predictions: Sequence
                    judge: Any, *, abstention_variants: Sequence[str] = text.DEFAULT_ABSTENTION_VARIANTS,
                    abstention_phrase: str = text.ABSTENTION_PHRASE) -> list[dict]:
     """One outcome record per question: {"id", "question", "answers", "prediction",
-    "abstained", "correct", "judge"}. Abstentions are not judged (correct=False).
+    "abstained", "correct", "judge"}, plus "taught" where the question says whether the
+    model was taught the fact (knowledge-controlled data). Abstentions are not judged
+    (correct=False).
 
     `judge` is a se_jax.judges.Judge; answered questions are judged as one batch.
     """
@@ -54,7 +56,8 @@ def judge_outcomes(questions: Sequence[Mapping[str, Any]], predictions: Sequence
     for i, v in zip(answered, verdicts):
         correct[i] = bool(v)
     return [{"id": q["id"], "question": q["question"], "answers": list(q["answers"]),
-             "prediction": p, "abstained": a, "correct": c, "judge": judge.name}
+             "prediction": p, "abstained": a, "correct": c, "judge": judge.name,
+             **({"taught": bool(q["taught"])} if "taught" in q else {})}
             for q, p, a, c in zip(questions, predictions, abstained, correct)]
 
 

@@ -46,10 +46,46 @@ def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
 def prepare_splits(config: Any, layout: Layout) -> dict[str, Path]:
     """The split files; drawn (and TFDS datasets built) by process 0 only, then shared."""
     from se_jax.data import splits as split_lib
+
+    def draw() -> dict[str, Path]:
+        if config.data.source == "facts":
+            return split_lib.prepare_fact_splits(config.facts, layout.data)
+        return split_lib.prepare_splits(config.data, layout.shared, layout.data)
     if is_main_process():
-        split_lib.prepare_splits(config.data, layout.root, layout.data)
+        draw()
     barrier("experiment-splits")
-    return split_lib.prepare_splits(config.data, layout.root, layout.data)
+    return draw()
+
+
+@dataclasses.dataclass
+class SharedBase:
+    """The generator of one command, loaded (and, with teach.enabled, taught) on first use
+    and shared by every answer setting and run: the only load of the base model."""
+    config: Any
+    layout: Layout
+    clock: Telemetry
+    _resident: Any = None
+
+    def __call__(self):
+        if self._resident is None:
+            import jax
+            from se_jax.mesh import make_mesh
+            from se_jax.resident import Resident
+            # Inference and training are data-parallel over this process's devices.
+            mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
+            with self.clock.phase("load base model"):
+                resident = Resident.load(self.config.model, mesh,
+                                         adapter=self.config.model.adapter)
+            if self.config.teach.enabled:
+                from se_jax.stages import teach
+                splits = {k: stage_io.read_jsonl(v)
+                          for k, v in prepare_splits(self.config, self.layout).items()}
+                with self.clock.phase("teach"):
+                    resident = teach.run_teach(self.config, resident, splits,
+                                               self.layout.teach)
+                mark_done(self.layout.teach)
+            self._resident = resident
+        return self._resident
 
 
 def _copy(config: Any) -> Any:
@@ -64,7 +100,7 @@ class Job:
     layout: Layout
     questions: dict[str, Path]
     clock: Telemetry
-    _resident: Any = None
+    resident: SharedBase
     _judge: Any = None
     # Fine-tuned LoRA models of this invocation by run tag: adapters only (the weights are
     # the resident base's), kept so the picked runs are evaluated on test without reloading.
@@ -73,18 +109,6 @@ class Job:
     @property
     def test_splits(self) -> list[str]:
         return [s for s in self.questions if s not in ("train", SWEEP_SPLIT)]
-
-    def resident(self):
-        if self._resident is None:
-            import jax
-            from se_jax.mesh import make_mesh
-            from se_jax.resident import Resident
-            # Inference and training are data-parallel over this process's devices.
-            mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
-            with self.clock.phase("load base model"):
-                self._resident = Resident.load(self.config.model, mesh,
-                                               adapter=self.config.model.adapter)
-        return self._resident
 
     def judge(self):
         """The configured judge (built once); the LLM judge runs `evaluation.judge_model`,
@@ -271,20 +295,71 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
     return Prepared(generations, uncertainty, original)
 
 
-def start(config: Any) -> tuple[Job, Sweep]:
-    """Validate the config, draw the splits (checks datasets before any model loads)."""
+def start(config: Any, setting: str = "", base: SharedBase | None = None
+          ) -> tuple[Job, Sweep]:
+    """Validate the config, draw the splits (checks datasets before any model loads).
+    `setting`: the answer setting's directory name when the command runs several; `base`:
+    the command's shared generator (made here when None)."""
     sweep = Sweep.from_config(config)
     clock = Telemetry.install()
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(config, setting)
     with clock.phase("splits"):
         questions = prepare_splits(config, layout)
-    return Job(config, layout, questions, clock), sweep
+    base = base or SharedBase(config, layout, clock)
+    return Job(config, layout, questions, clock, base), sweep
 
 
-def run(config: Any) -> ExperimentResult | None:
-    """The whole experiment (see module doc). Returns None on processes other than 0."""
+SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
+
+
+def run(config: Any) -> ExperimentResult | dict[str, ExperimentResult] | None:
+    """The whole experiment (see module doc); with several answer settings
+    (config.experiment.settings), one experiment per setting on one shared (taught) base
+    model, then Table 1 over all of them. Returns None on processes other than 0."""
+    settings = tuple(config.experiment.settings)
+    if not settings:
+        return run_setting(config)
+    clock = Telemetry.install()
+    base = SharedBase(config, Layout.from_config(config), clock)
+    results = {}
+    for style in settings:
+        sub = config.copy_and_resolve_references()
+        sub.prompt.style = style
+        sub.experiment.settings = ()
+        results[SETTING_NAMES.get(style, style)] = run_setting(sub, setting=style, base=base)
+    if not is_main_process():
+        return None
+    write_settings_report(Layout.from_config(config).report_dir, results)
+    return results
+
+
+def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]) -> Path:
+    """<workdir>/report/report.md: Table 1 over the answer settings (rows: setting x
+    in-distribution / OOD; columns: methods, Original, all-abstain, oracle), then each
+    setting's own report."""
+    from se_jax import knowledge_report
+    lines = ["# Abstention fine-tuning with semantic entropy: all answer settings
+",
+             "## AED per setting and split (Table 1)
+",
+             knowledge_report.table1({k: r.results for k, r in results.items()}) + "
+",
+             "Judge: " + ", ".join(sorted({r.judge for r in results.values()})) + ".
+",
+             "Each setting's report (uncertainty, abstention on taught and untaught facts, "
+             "examples, sweep, phase table):
+"]
+    lines += [f"- {name}: `{r.paths['report']}`" for name, r in results.items()]
+    path = Path(out_dir) / "report.md"
+    stage_io.atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_setting(config: Any, setting: str = "", base: SharedBase | None = None
+                ) -> ExperimentResult | None:
+    """One experiment (one answer setting): see the module doc."""
     t0 = time.perf_counter()
-    job, sweep = start(config)
+    job, sweep = start(config, setting, base)
     prep = prepare(job, sweep)
     original = prep.original
     logging.info("experiment: samples, entropies and the original model done after %.0fs",
@@ -348,17 +423,43 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             label_sets.append(dict(method=r.method, tau="" if r.tau is None else r.tau,
                                    answer=summary.get("answer", ""),
                                    abstain=summary.get("abstain", "")))
+    first_seed = sweep.seeds[0]
+    outcomes = {s: job.layout.evaluate(ORIGINAL, s) / f"{evaluate_stage.OUTCOMES}.jsonl"
+                for s in [SWEEP_SPLIT, *job.test_splits]}
+    results = results + report_stage.reference_rows(
+        {s: stage_io.read_jsonl(outcomes[s]) for s in job.test_splits}, first_seed, judge.name)
+    backends = backends_needed(sweep.methods, config.entropy.backend)
+    lead = []
+    if config.data.source == "facts":
+        se = sweep.first_se
+        tuned = {r.name: {s: job.layout.evaluate(r.tag, s) / f"{evaluate_stage.OUTCOMES}.jsonl"
+                          for s in [SWEEP_SPLIT, *job.test_splits]}
+                 for r in final_runs if r.seed == first_seed}
+        lead = report_stage.knowledge_sections(
+            job.questions, outcomes, uncertainty[SWEEP_SPLIT][se_backend(se) if se
+                                                              else backends[0]],
+            generations[SWEEP_SPLIT], tuned, example=(se, picked[se]) if se else None,
+            entropy_field=config.labels.entropy,
+            num_samples=int(config.evaluation.bootstrap_samples),
+            confidence=float(config.evaluation.confidence))
     d = config.data
-    header = (f"Model: `{config.model.path}`; data: {d.in_distribution} (train {d.train_size}, "
-              f"val {d.val_size}, test {d.test_size}), OOD {list(d.out_of_distribution)} "
-              f"({d.ood_size} each); M={config.sampling.num_samples} samples; taus "
-              f"{list(sweep.taus)}; seeds {list(sweep.seeds)}; picked tau: "
+    data = (f"{d.in_distribution} (train {d.train_size}, val {d.val_size}, test "
+            f"{d.test_size}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
+            if d.source != "facts" else
+            f"knowledge-controlled EntityQuestions facts (relations "
+            f"{list(config.facts.relations)}, OOD {list(config.facts.ood_relations)}; draw "
+            f"seed {config.facts.seed}; {'taught' if config.teach.enabled else 'NOT taught'} "
+            f"before the experiment)")
+    header = (f"Model: `{config.model.path}`; data: {data}; prompt style "
+              f"{config.prompt.style!r}; M={config.sampling.num_samples} samples; "
+              f"equivalence backend(s): {backends}; taus {list(sweep.taus)}; seeds "
+              f"{list(sweep.seeds)}; picked tau: "
               + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
               + f". Wall time of this invocation: {wall_s:.0f}s.")
     paths = report.write_report(job.layout.report_dir, results=results, sweep=rows,
                                 splits=job.test_splits, judge=judge.name, uncertainty=unc,
                                 histograms=hist, taus=list(sweep.taus),
                                 breakdown=breakdown, label_sets=label_sets, header=header,
-                                telemetry=job.clock.snapshot())
+                                telemetry=job.clock.snapshot(), lead=lead)
     return ExperimentResult(table=report.aed_table(results, job.test_splits), judge=judge.name,
                             paths=paths, results=results, sweep=rows, picked=picked)

@@ -30,11 +30,7 @@ SCORES: dict[str, str] = {
     "exact_entropy": "exact-string entropy",
 }
 ALL_ABSTAIN, ORACLE, ORIGINAL = "all_abstain", "oracle", "original"
-_LABELS = {ALL_ABSTAIN: "All abstain", ORACLE: "Oracle (abstains on base errors)"}
-
-
-def label(method: str) -> str:
-    return _LABELS.get(method, report.method_label(method))
+label = report.method_label
 
 
 def _outcome(o: Mapping[str, Any] | None) -> dict | None:
@@ -138,7 +134,7 @@ def aed_interval(correct: Sequence[bool], abstained: Sequence[bool], *, num_samp
 def reference_outcomes(records: Sequence[Mapping]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"all_abstain", "oracle", "original": (correct bool[n], abstained bool[n])}; the
     oracle answers exactly where the base model is right and abstains elsewhere."""
-    error, _ = _arrays(records)
+    error = np.asarray([not r["base"]["correct"] for r in records], bool)
     n = len(records)
     base_abstained = np.asarray([r["base"]["abstained"] for r in records], bool)
     return {ALL_ABSTAIN: (np.zeros(n, bool), np.ones(n, bool)),

@@ -1,12 +1,17 @@
 """Where every artifact of an experiment lives: the only code that names its directories.
 
-    <workdir>/data/<split>.jsonl                        the drawn splits
-    <workdir>/sample/<split>/generations.jsonl          sample stage
-    <workdir>/entropy/<backend>/<split>/uncertainty.jsonl
-    <workdir>/label/<method>[/tau_<t>]/sft.jsonl        label stage (shared by seeds, arms)
-    <workdir>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
-    <workdir>/evaluate/<judge>/<model tag>/<split>/     outcomes.jsonl, metrics.json
-    <workdir>/report/                                   report.md, results.csv, plots
+    <workdir>/data/<split>.jsonl                   the drawn splits
+    <workdir>/teach/                               teach step (knowledge-controlled data)
+    <root>/sample/<split>/generations.jsonl        sample stage
+    <root>/entropy/<backend>/<split>/uncertainty.jsonl
+    <root>/label/<method>[/tau_<t>]/sft.jsonl      label stage (shared by seeds, arms)
+    <root>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
+    <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json
+    <root>/report/                                 report.md, results.csv, plots
+    <workdir>/report/                              with several answer settings: Table 1
+
+<root> is the workdir, or <workdir>/<setting> for each answer setting of a command that runs
+several (config.experiment.settings, e.g. Short-QA and Long-QA).
 
 The stand-alone stages (launch/sample.py, entropy.py, label.py, train.py, evaluate.py)
 default to the same paths (split "train", backend = config.entropy.backend), so a stage
@@ -36,20 +41,30 @@ def judge_key(eval_config: Any) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Directories below `root` (config.workdir); `judge` = judge_key(config.evaluation)."""
+    """Directories below `root`; `judge` = judge_key(config.evaluation). `shared` holds
+    what every answer setting of one command shares (the drawn data and the teach step):
+    config.workdir, and `root` is <workdir>/<setting> when the command runs several
+    settings (config.experiment.settings), else the workdir itself."""
     root: Path
     report_dir: Path
     judge: str
+    shared: Path
 
     @classmethod
-    def from_config(cls, config: Any) -> "Layout":
-        root = Path(config.workdir)
-        out = Path(config.experiment.out_dir) if config.experiment.out_dir else root / "report"
-        return cls(root, out, judge_key(config.evaluation))
+    def from_config(cls, config: Any, setting: str = "") -> "Layout":
+        shared = Path(config.workdir)
+        root = shared / setting if setting else shared
+        out = (Path(config.experiment.out_dir) if config.experiment.out_dir and not setting
+               else root / "report")
+        return cls(root, out, judge_key(config.evaluation), shared)
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.shared / "data"
+
+    @property
+    def teach(self) -> Path:
+        return self.shared / "teach"
 
     def sample(self, split: str = "train") -> Path:
         return self.root / "sample" / split

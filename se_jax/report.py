@@ -27,6 +27,8 @@ _METHOD_STYLE = {
     "rtuning": ("#d62728", "R-Tuning"),
     "rtuning_u": ("#ff7f0e", "R-Tuning-U"),
     "idk": ("#9467bd", "Idk"),
+    "all_abstain": ("#bbbbbb", "All abstain"),
+    "oracle": ("#000000", "Oracle (abstains on base errors)"),
 }
 _SE_COLOURS = ("#1f77b4", "#2ca02c", "#17becf", "#8c564b")
 
@@ -335,8 +337,8 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
                  histograms: Mapping[str, tuple[Sequence[float], Sequence[bool]]] | None = None,
                  taus: Sequence[float] = (), breakdown: Sequence[Mapping[str, Any]] = (),
                  label_sets: Sequence[Mapping[str, Any]] = (),
-                 header: str = "", telemetry: Mapping[str, Any] | None = None
-                 ) -> dict[str, Path]:
+                 header: str = "", telemetry: Mapping[str, Any] | None = None,
+                 lead: Sequence[str] = ()) -> dict[str, Path]:
     """Write results.csv, sweep.csv, the PNG plots and report.md into `out_dir`.
 
     Args:
@@ -348,6 +350,7 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
       histograms: {score name: (scores, correct)} for the entropy histogram plot.
       label_sets: {method, tau, answer, abstain} per SFT set (what each model was taught).
       telemetry: se_jax.telemetry.Telemetry.snapshot() of this invocation (phase table).
+      lead: markdown sections placed before the AED table (what the report leads with).
     Returns {"report", "results", "sweep", plot name...: path}.
     """
     out = Path(out_dir)
@@ -369,6 +372,7 @@ def write_report(out_dir: str | os.PathLike, *, results: Sequence[Mapping[str, A
              f"Correctness judge: **{judge}**. AED = sqrt((I^2 + (|D|-C)^2) / (2|D|^2)); "
              f"lower is better; bold = best per column. tau picked per method by mean "
              f"validation AED; mean ± std over seeds.\n",
+             *lead,
              "## AED per method (Table 1 style)\n", aed_table(results, splits) + "\n",
              f"![AED per method]({PLOTS['aed']})\n",
              "## Adaptation: correct vs incorrect answers on validation, per tau\n",

@@ -30,9 +30,14 @@ def tokenize_example(tokenizer: Any, example: Mapping[str, Any], *, eos_id: int,
                      prompt_kwargs: Mapping[str, Any] | None = None) -> TokenizedExample:
     """sft.jsonl record {"id", "question", "target", ...} -> token ids (see module doc).
 
-    `prompt_kwargs`: `prompts.prompt_kwargs(config.prompt)`, exactly what the sampler used.
+    `prompt_kwargs`: `prompts.prompt_kwargs(config.prompt)`, exactly what the sampler used;
+    a record's own "prompt_style" (the teach set of several answer settings) overrides the
+    style.
     """
-    prompt = prompts.format_prompt(tokenizer, example["question"], **(prompt_kwargs or {}))
+    kwargs = dict(prompt_kwargs or {})
+    if example.get("prompt_style"):
+        kwargs["style"] = example["prompt_style"]
+    prompt = prompts.format_prompt(tokenizer, example["question"], **kwargs)
     prompt_ids = prompts.encode_prompt(tokenizer, prompt)
     target_ids = list(tokenizer(example["target"], add_special_tokens=False)["input_ids"])
     ids = np.asarray(prompt_ids + target_ids + [eos_id], np.int32)

@@ -169,13 +169,13 @@ def test_full_dataset_loads_by_path():
             assert full_train[i]["subject"] == r["subject"]
 
 
-def test_config_sketch_builds_a_draw_that_fits_the_shipped_pool(pool):
-    from configs import base, knowledge
-    section = knowledge.facts_config()
+def test_default_facts_section_builds_a_draw_that_fits_the_shipped_pool(pool):
+    from configs import base
+    config = base.get_config()
     for style in ("short", "sentence"):
-        cfg = facts.FactsConfig.from_config(section, style)
+        cfg = facts.FactsConfig.from_config(config.facts, style)
         s = facts.make_splits(pool, cfg)
         assert len(s["test"]) == 30 and len(s[facts.OOD_SPLIT]) == 40
         assert len(facts.teach_set(s, cfg)) == 3 * 80
-    # The teach section has the train stage's keys (it runs as config.training).
-    assert set(knowledge.teach_config()) == set(base.training_config())
+    # The teach section only names config.training fields (it overrides them).
+    assert set(config.teach.training) <= set(config.training)

@@ -127,7 +127,7 @@ class FactsConfig:
 
     @classmethod
     def from_config(cls, section: Any, style: str) -> "FactsConfig":
-        """From a `config.facts` section (configs/knowledge.py) and `config.prompt.style`."""
+        """From a `config.facts` section (configs/base.py) and `config.prompt.style`."""
         return cls(n_known=int(section.n_known), n_unknown=int(section.n_unknown),
                    relations=tuple(section.relations),
                    ood_relations=tuple(section.ood_relations),
@@ -226,7 +226,7 @@ def _by_entity(records: Iterable[dict], n_known: int, n_unknown: int, rng: np.ra
                      f"{n_unknown} untaught: lower the counts or use a larger pool")
 
 
-def _cut(records: list[dict], fractions: Sequence[float]) -> list[list[dict]]:
+def cut(records: list[dict], fractions: Sequence[float]) -> list[list[dict]]:
     """Split into len(fractions) consecutive parts of (rounded) proportional sizes."""
     total = float(sum(fractions))
     bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(records)).astype(int)
@@ -247,8 +247,8 @@ def make_splits(pool: Sequence[Mapping], cfg: FactsConfig) -> dict[str, list[dic
     known, unknown = _by_entity(ind, cfg.n_known, cfg.n_unknown, rng, "in-distribution "
                                 + ",".join(cfg.relations))
     out: dict[str, list[dict]] = {}
-    for name, k, u in zip(IN_DISTRIBUTION_SPLITS, _cut(known, cfg.fractions),
-                          _cut(unknown, cfg.fractions)):
+    for name, k, u in zip(IN_DISTRIBUTION_SPLITS, cut(known, cfg.fractions),
+                          cut(unknown, cfg.fractions)):
         mixed = _tag(k, True) + _tag(u, False)
         out[name] = [mixed[i] for i in rng.permutation(len(mixed))]
     if cfg.n_ood_known + cfg.n_ood_unknown:

@@ -109,3 +109,33 @@ def prepare_splits(data_config: Any, workdir: str | Path, out_dir: str | Path
     for name, records in draw_splits(p, locations(data_config, workdir)).items():
         stage_io.write_jsonl(paths[name], records)
     return paths
+
+
+def prepare_fact_splits(facts_config: Any, out_dir: str | Path) -> dict[str, Path]:
+    """The knowledge-controlled splits (data.source = "facts", se_jax/data/facts.py): drawn
+    once from the fact pool and written like `prepare_splits`; every record carries
+    "taught". The draw does not depend on the answer style."""
+    from se_jax.data import facts
+    out_dir = Path(out_dir)
+    cfg = facts.FactsConfig.from_config(facts_config, "short")
+    names = [*IN_DISTRIBUTION_SPLITS] + ([facts.OOD_SPLIT] if cfg.n_ood_known
+                                         + cfg.n_ood_unknown else [])
+    paths = {name: out_dir / f"{name}.jsonl" for name in names}
+    stage_io.write_config(out_dir, {"source": "facts",
+                                    "facts": stage_io.config_to_dict(facts_config)})
+    if not all(path.exists() for path in paths.values()):
+        drawn = facts.make_splits(facts.load_pool(facts_config.pool or None), cfg)
+        for name, records in drawn.items():
+            stage_io.write_jsonl(paths[name], records)
+    return paths
+
+
+def fact_split_sizes(facts_config: Any) -> dict[str, int]:
+    """{"train", "val", "test", "ood"} sizes of the fact draw (for plans; reads nothing)."""
+    from se_jax.data import facts
+    cfg = facts.FactsConfig.from_config(facts_config, "short")
+    known, unknown = (facts.cut(list(range(n)), cfg.fractions)
+                      for n in (cfg.n_known, cfg.n_unknown))
+    sizes = [len(k) + len(u) for k, u in zip(known, unknown)]
+    return dict(zip(IN_DISTRIBUTION_SPLITS, sizes),
+                ood=cfg.n_ood_known + cfg.n_ood_unknown)

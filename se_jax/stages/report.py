@@ -96,3 +96,60 @@ def slick_breakdown(outcomes: Mapping[tuple[str, str], Sequence[Mapping[str, Any
             rows.append(dict(method=method, split=split, category=cat, n=m.n,
                              accuracy=m.accuracy, abstain_rate=m.abstained / m.n))
     return rows
+
+
+def reference_rows(original_outcomes: Mapping[str, Sequence[Mapping[str, Any]]], seed: int,
+                   judge: str) -> list[dict]:
+    """Result rows of the two reference policies on each test split, from the original
+    model's outcomes: abstain on everything, and the oracle that abstains exactly where the
+    original model is not right."""
+    from se_jax import knowledge_report
+    rows = []
+    for split, outcomes in original_outcomes.items():
+        records = [{"base": {"correct": bool(o["correct"]), "abstained": bool(o["abstained"])}}
+                   for o in outcomes]
+        rows += knowledge_report.reference_rows(records, split, seed=seed, judge=judge)
+    return rows
+
+
+def knowledge_sections(questions: Mapping[str, Path], original: Mapping[str, Path],
+                       uncertainty: Path, generations: Path,
+                       tuned: Mapping[str, Mapping[str, Path]], *,
+                       example: tuple[str, float] | None, entropy_field: str,
+                       num_samples: int, confidence: float) -> list[str]:
+    """Markdown sections a knowledge-controlled report leads with (se_jax/knowledge_report.py).
+
+    questions[split]: split files (records carry "taught"); original[split]: the original
+    model's outcomes.jsonl; uncertainty / generations: the validation split's;
+    tuned[method][split]: outcomes.jsonl of each method's picked run (first seed);
+    example: (SE method, its picked tau) for the examples table on validation, where the
+    label shown is what that method's rule gives the question (entropy > tau: abstain).
+    """
+    from se_jax import knowledge_report as kr
+    read = stage_io.read_jsonl
+    unc = read(uncertainty)
+    val = kr.join_records(read(questions["val"]), read(original["val"]), unc, read(generations))
+    summary = kr.uncertainty_summary(val, num_samples=num_samples, confidence=confidence)
+    parts = ["## Does the base model's uncertainty predict its errors? (validation)\n",
+             "The base model was taught half of the facts (K) before the experiment; the "
+             "other half (U) it never saw. AUROC (errors): the score ranks the base model's "
+             "wrong or abstained answers above its right ones; AUROC (untaught): it ranks "
+             "untaught facts above taught ones.\n",
+             kr.uncertainty_markdown(summary, confidence) + "\n"]
+    for split in [s for s in questions if s not in ("train", "val")]:
+        tuned_split = {m: read(paths[split]) for m, paths in tuned.items() if split in paths}
+        records = kr.join_records(read(questions[split]), read(original[split]),
+                                  tuned=tuned_split)
+        methods = [kr.ORIGINAL, *tuned_split, kr.ALL_ABSTAIN, kr.ORACLE]
+        parts += [f"## Abstention on taught and untaught facts ({split})\n",
+                  kr.knowledge_markdown(kr.knowledge_rates(records, methods)) + "\n"]
+    if example is not None and "val" in tuned.get(example[0], {}):
+        method, tau = example
+        rule = [{"id": u["id"], "label": "abstain" if u[entropy_field] > tau else "answer"}
+                for u in unc]
+        records = kr.join_records(read(questions["val"]), read(original["val"]), unc,
+                                  read(generations), labels={method: rule},
+                                  tuned={method: read(tuned[method]["val"])})
+        parts += [f"## Examples (validation; {kr.label(method)} at tau {tau:g})\n",
+                  kr.examples_markdown(records, method, score=entropy_field) + "\n"]
+    return parts
