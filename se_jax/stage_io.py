@@ -187,17 +187,30 @@ def dumps_record(record: Mapping[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, None) per line of a UTF-8 text file, or (number, None, reason)
+    for a line that is not valid UTF-8, so readers skip or report it like any bad line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield lineno, None, (f"{path}:{lineno}: not valid UTF-8 (byte "
+                                     f"0x{raw[e.start]:02x} at column {e.start + 1})")
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All records of a JSONL file; ValueError naming file and line on a bad line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line, problem in text_lines(path):
+        if problem:
+            raise ValueError(problem)
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     return records
 
 
