@@ -112,6 +112,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def records_sha256(records: Iterable[Mapping[str, Any]]) -> str:
+    """Hex sha256 of records as canonical JSONL (inputs held in memory, not in a file)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update((dumps_record(r) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
 def input_fingerprints(inputs: Mapping[str, str | os.PathLike]) -> dict[str, dict]:
     """{name: {"path", "sha256"}} of a stage's input files, as recorded in config.json."""
     return {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in inputs.items()}
