@@ -25,14 +25,15 @@ _SPLIT = flags.DEFINE_string("split", "test", "split of the experiment's data")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed, stage_io, validation
-    from se_jax import experiment as ex
+    from se_jax import stage_io, validation
     if _TAG.value is not None:  # it names a directory: checked before anything is written
         stage_io.safe_component(_TAG.value, "--tag")
     stage_io.safe_component(_SPLIT.value, "--split")
-    distributed.initialize()
     config = _CONFIG.value
-    validation.validate_stage(config, "experiment")
+    validation.validate_stage(config, "experiment")  # before JAX starts
+    from se_jax import distributed
+    from se_jax import experiment as ex
+    distributed.initialize()
     ex.validate_config(config)
     layout = ex.Layout.from_config(config)
     questions = ex.prepare_splits(config, layout)

@@ -47,16 +47,17 @@ def _run_of_flags(ex):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed, stage_io, validation
-    from se_jax import experiment as ex
+    from se_jax import stage_io, validation
 
     # Flags that name directories are checked before anything is written.
     for flag in (_METHOD, _ARM, _SPLIT, _BACKEND):
         if flag.value:
             stage_io.safe_component(flag.value, f"--{flag.name}")
     config = _CONFIG.value
+    validation.validate_stage(config, "experiment")  # before JAX starts
+    from se_jax import distributed
+    from se_jax import experiment as ex
     distributed.initialize()
-    validation.validate_stage(config, "experiment")
     ex.validate_config(config)
     layout = ex.Layout.from_config(config)
     questions = ex.prepare_splits(config, layout)

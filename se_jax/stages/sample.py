@@ -142,6 +142,8 @@ def run_sample(config: Any) -> Path:
 
     validation.validate_stage(config, "sample")
     in_path, out_dir = resolve_paths(config)
+    if not in_path.is_file():  # before the tokenizer loads
+        raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
     sc = config.sampling
     tokenizer = load_tokenizer(config.model.path)
     model_config = load_config(open_checkpoint(config.model.path))
