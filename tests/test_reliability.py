@@ -471,6 +471,20 @@ def test_split_planning_writes_nothing(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_experiment_dry_run_writes_nothing(tmp_path):
+    from test_experiment_e2e import write_tiny_data
+    data = write_tiny_data(tmp_path / "data")
+    box = _sandbox(tmp_path / "box")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    done = subprocess.run([PY, str(REPO / "launch" / "experiment.py"), f"--config={TINY}",
+                           f"--config.workdir={box['work']}", f"--config.data.source_dir={data}",
+                           "--dry_run"], cwd=box["work"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "in-distribution: nq_open:dev (train 8" in done.stdout
+    assert list(box["work"].iterdir()) == [] and _outside(box["root"], box["work"]) == []
+
+
 def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_model, monkeypatch):
     from se_jax.models import loading
     from se_jax.stages import sample
