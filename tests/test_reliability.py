@@ -173,7 +173,8 @@ def _run_cli(case, tmp: Path, model_dir: str) -> dict:
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=box["work"], env=env, capture_output=True, text=True,
                           timeout=300)
-    return {"seconds": time.perf_counter() - start, "rc": done.returncode, "stderr": done.stderr, "stdout": done.stdout,
+    return {"seconds": time.perf_counter() - start, "rc": done.returncode,
+            "stderr": done.stderr, "stdout": done.stdout,
             "outside": _outside(box["root"], box["work"]),
             "written": sorted(str(p.relative_to(box["work"])) for p in box["work"].rglob("*")
                               if p != q)}
