@@ -501,3 +501,57 @@ def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_mode
         sample.run_sample(config)
     assert cli.describe(PermissionError(errno.EACCES, "Permission denied", "/x")) == \
         "/x: Permission denied"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _safetensors(path: Path, header, data: bytes = bytes(16)) -> Path:
+    import struct
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+    return path
+
+
+BAD_SAFETENSORS = {
+    "no_data_offsets": ({"w": {"dtype": "F32", "shape": [4]}}, "no 'data_offsets'"),
+    "offsets_too_short": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}},
+                          "8 bytes do not hold F32[4]"),
+    "negative_shape": ({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}},
+                       "shape [-4]"),
+    "offsets_reversed": ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}},
+                         "data_offsets [16, 0]"),
+    "unknown_dtype": ({"w": {"dtype": "F12", "shape": [4], "data_offsets": [0, 16]}},
+                      "unsupported dtype 'F12'"),
+    "past_end_of_file": ({"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}},
+                         "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAFETENSORS))
+def test_malformed_safetensors_named_before_any_read(case, tmp_path):
+    """Through the NLI loader (entropy.nli_path) and the decoder's reader alike."""
+    from se_jax.models import deberta_loading
+    from se_jax.models.safetensors_io import SafetensorsError
+    header, fragment = BAD_SAFETENSORS[case]
+    _safetensors(tmp_path / "model.safetensors", header)
+    with pytest.raises(SafetensorsError) as e:
+        deberta_loading.read_state_dict(tmp_path)
+    assert "model.safetensors" in str(e.value) and fragment in str(e.value)
+    assert "'w'" in str(e.value) or case == "past_end_of_file"
+
+
+def test_scalar_tensors_round_trip_through_safetensors(tmp_path):
+    import numpy as np
+    from se_jax.models import safetensors_io
+    safetensors_io.save_file({"s": np.array(3.5, np.float32)}, str(tmp_path / "x.safetensors"))
+    got = safetensors_io.SafetensorsFile(str(tmp_path / "x.safetensors")).get("s")
+    assert got.shape == () and float(got) == 3.5   # was [1] on write, zeros on read
+
+
+def test_truncated_gguf_named(tmp_path, embedded_gguf):
+    from se_jax.models.gguf_checkpoint import GGUFCheckpoint
+    cut = tmp_path / "cut.gguf"
+    with open(embedded_gguf, "rb") as f:
+        cut.write_bytes(f.read(1 << 20))
+    with pytest.raises(ValueError, match=f"{cut}: not a readable GGUF"):
+        GGUFCheckpoint(str(cut))
