@@ -238,4 +238,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

@@ -23,9 +23,11 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default config.entrop
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import validation
+    config = _CONFIG.value
+    validation.validate_stage(config, "entropy")  # before JAX starts: fails in a second
     from se_jax import distributed
     from se_jax.stages.entropy import run_entropy
-    config = _CONFIG.value
     distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
     if _GENERATIONS.value:
         config.entropy.generations = _GENERATIONS.value
@@ -35,4 +37,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

@@ -27,6 +27,11 @@ _SPLIT = flags.DEFINE_string("split", "test", "split of the experiment's data")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import stage_io, validation
+    if _TAG.value is not None:  # it names a directory: checked before anything is written
+        stage_io.safe_component(_TAG.value, "--tag")
+    stage_io.safe_component(_SPLIT.value, "--split")
+    validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
     from se_jax import distributed, export, runtime
     from se_jax import experiment as ex
     runtime.setup()
@@ -53,4 +58,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

@@ -8,15 +8,19 @@ from __future__ import annotations
 from absl import app
 from ml_collections import config_flags
 
-from se_jax.stages.label import run_label
-
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
 
 
 def main(argv):
-    del argv
-    print(run_label(_CONFIG.value))
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import validation
+    config = _CONFIG.value
+    validation.validate_stage(config, "label")  # before any heavy import: fails in a second
+    from se_jax.stages.label import run_label
+    print(run_label(config))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

@@ -69,4 +69,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

@@ -48,6 +48,13 @@ def _run_of_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import stage_io, validation
+
+    # Flags that name directories are checked before anything is written.
+    for flag in (_METHOD, _ARM, _SPLIT, _BACKEND):
+        if flag.value:
+            stage_io.safe_component(flag.value, f"--{flag.name}")
+    validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
     from se_jax import distributed, runtime
     from se_jax import experiment as ex
     from se_jax.plan import ORIGINAL, SWEEP_SPLIT
@@ -86,4 +93,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

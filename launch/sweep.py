@@ -97,4 +97,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    from se_jax import cli
+    cli.run(main)

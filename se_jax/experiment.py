@@ -338,17 +338,12 @@ def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]
     in-distribution / OOD; columns: methods, Original, all-abstain, oracle), then each
     setting's own report."""
     from se_jax import knowledge_report
-    lines = ["# Abstention fine-tuning with semantic entropy: all answer settings
-",
-             "## AED per setting and split (Table 1)
-",
-             knowledge_report.table1({k: r.results for k, r in results.items()}) + "
-",
-             "Judge: " + ", ".join(sorted({r.judge for r in results.values()})) + ".
-",
+    lines = ["# Abstention fine-tuning with semantic entropy: all answer settings\n",
+             "## AED per setting and split (Table 1)\n",
+             knowledge_report.table1({k: r.results for k, r in results.items()}) + "\n",
+             "Judge: " + ", ".join(sorted({r.judge for r in results.values()})) + ".\n",
              "Each setting's report (uncertainty, abstention on taught and untaught facts, "
-             "examples, sweep, phase table):
-"]
+             "examples, sweep, phase table):\n"]
     lines += [f"- {name}: `{r.paths['report']}`" for name, r in results.items()]
     path = Path(out_dir) / "report.md"
     stage_io.atomic_write_text(path, "\n".join(lines) + "\n")

@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 from se_jax import lora
 from se_jax.models.hf_names import param_specs
 from se_jax.models.loading import save_hf_checkpoint
-from se_jax.stage_io import atomic_write_text
+from se_jax.stage_io import atomic_path, atomic_write_text
 
 
 def _hf_module_names(model) -> dict[tuple, str]:
@@ -80,9 +80,9 @@ def export_peft_adapter(model, spec: lora.LoRASpec, out_dir: str, *,
                       for n in tensors if n.endswith(".lora_A.weight")})
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
-        tmp = os.path.join(out_dir, ".adapter_model.safetensors.tmp")
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(out_dir, "adapter_model.safetensors"))
+        # atomic, and no .tmp left behind when the disk fills up
+        with atomic_path(os.path.join(out_dir, "adapter_model.safetensors")) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         atomic_write_text(os.path.join(out_dir, "adapter_config.json"),
                           json.dumps(adapter_config(spec, base_model, modules), indent=2)
                           + "\n")

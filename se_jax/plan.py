@@ -12,6 +12,8 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+from se_jax.validation import ConfigError  # the one config error type; re-exported
+
 SE_PREFIX = "se_"
 BASELINES = ("rtuning", "rtuning_u", "idk")
 ARMS = ("self_distill", "attention_only")
@@ -20,8 +22,6 @@ ORIGINAL = "original"
 SWEEP_SPLIT = "val"
 
 
-class ConfigError(ValueError):
-    """The config names something that does not exist; raised before any compute."""
 
 
 def se_backend(method: str) -> str | None:
@@ -109,7 +109,10 @@ def sweep_runs(methods: Sequence[str], taus: Sequence[float], seeds: Sequence[in
 
 
 def validate(config: Any) -> None:
-    """Raise ConfigError naming the bad field of `config.experiment` (and the judge)."""
+    """Raise ConfigError naming the bad field: every section's values
+    (se_jax/validation.py), then the experiment's names (methods, arms, judge)."""
+    from se_jax import validation
+    validation.validate_stage(config, "experiment")
     ex = config.experiment
     methods = list(ex.methods)
     if not methods:

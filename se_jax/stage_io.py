@@ -13,9 +13,12 @@ than silently mixing results.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -23,21 +26,168 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from absl import logging
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old or the whole new file."""
+class InputChangedError(ValueError):
+    """A stage's input file differs from the one its output directory was computed from."""
+
+
+class WriterLockError(RuntimeError):
+    """Another live process is writing into the same output directory."""
+
+
+class UnsafePathError(ValueError):
+    """A name that becomes part of a path would leave its directory."""
+
+
+def _create_tmp(path: Path) -> Path:
+    """A new empty sibling temp file of `path`, mode 0666 & ~umask (like a plain open())."""
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` atomically.
+
+    For writers that take a file name (safetensors' save_file, ...). Whatever happens (a
+    full disk, an exception, Ctrl-C) no temp file is left behind; a kill -9 may leave one,
+    which readers ignore (hidden, `.tmp`). The file honours the umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _create_tmp(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old or the whole new file."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+# ----------------------------------------------------------------------------- safe names
+
+def safe_component(name: str, what: str) -> str:
+    """`name` if it is usable as one path component, else UnsafePathError naming `what`.
+
+    Refused: empty, ".", "..", path separators, NUL, a leading "~" or "-" (which shells and
+    tools misread). `what` is the flag or field it came from (e.g. "--tag").
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError(f"{what}={name!r}: must be a non-empty name")
+    bad = ("/" in name or "\\" in name or "\0" in name or name in (".", "..")
+           or name[0] in "~-")
+    if bad:
+        raise UnsafePathError(f"{what}={name!r}: not allowed as a directory name (no path "
+                              f"separators, '..', or a leading '~' / '-')")
+    return name
+
+
+def safe_join(root: str | os.PathLike, *parts: str, what: str = "path") -> Path:
+    """root / parts, each part a safe component (safe_component), so the result stays
+    inside `root`."""
+    return Path(root).joinpath(*(safe_component(p, what) for p in parts))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in `chunk`-byte pieces (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def records_sha256(records: Iterable[Mapping[str, Any]]) -> str:
+    """Hex sha256 of records as canonical JSONL (inputs held in memory, not in a file)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update((dumps_record(r) + "\n").encode("utf-8"))
+    return h.hexdigest()
+
+
+def input_fingerprints(inputs: Mapping[str, str | os.PathLike]) -> dict[str, dict]:
+    """{name: {"path", "sha256"}} of a stage's input files, as recorded in config.json."""
+    return {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in inputs.items()}
+
+
+def _check_inputs(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse a rerun whose input files changed (old directories without a record pass)."""
+    for name, now in new.items():
+        was = old.get(name)
+        if isinstance(was, Mapping) and was.get("sha256") not in (None, now["sha256"]):
+            raise InputChangedError(
+                f"input {now['path']} ({name}) changed since {path.parent} was computed from "
+                f"{was.get('path')} (sha256 {str(was['sha256'])[:12]}... -> "
+                f"{now['sha256'][:12]}...); its outputs would mix old and new input: write "
+                f"to a new output directory (or delete {path.parent})")
+
+
+# ----------------------------------------------------------------------------- writer lock
+
+@contextlib.contextmanager
+def writer_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold `<out_dir>/.writer.lock` while writing: a second live writer is refused.
+
+    The lock names the holder's host and pid. A lock left by a dead process on this host
+    (kill -9) is taken over, so resuming after a crash needs nothing; a lock of another host
+    cannot be checked and is refused with how to clear it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / ".writer.lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    while True:
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            holder = lock.read_text(encoding="utf-8", errors="replace").strip() if \
+                lock.exists() else ""
+            host, _, pid = holder.rpartition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                logging.warning("%s: taking over the lock of dead process %s", lock, pid)
+                lock.unlink(missing_ok=True)
+                continue
+            if not holder:  # being written right now, or emptied: let its writer finish
+                time.sleep(0.05)
+                if lock.exists() and not lock.read_text().strip():
+                    lock.unlink(missing_ok=True)
+                continue
+            raise WriterLockError(
+                f"{out_dir} is being written by another process ({holder}, lock {lock}); "
+                f"wait for it to finish, or delete {lock} if that process is gone") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        break
+    try:
+        yield lock
+    finally:
+        if lock.exists() and lock.read_text().strip() == me:
+            lock.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dumps_record(record: Mapping[str, Any]) -> str:
@@ -45,22 +195,38 @@ def dumps_record(record: Mapping[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, None) per line of a UTF-8 text file, or (number, None, reason)
+    for a line that is not valid UTF-8, so readers skip or report it like any bad line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8"), None
+            except UnicodeDecodeError as e:
+                yield lineno, None, (f"{path}:{lineno}: not valid UTF-8 (byte "
+                                     f"0x{raw[e.start]:02x} at column {e.start + 1})")
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All records of a JSONL file; ValueError naming file and line on a bad line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line, problem in text_lines(path):
+        if problem:
+            raise ValueError(problem)
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     return records
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in records))
+
+
+INPUTS_KEY = "inputs"  # config.json: {name: {"path", "sha256", ...}} of the stage's inputs
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,20 +248,28 @@ def config_to_dict(config: Any) -> dict:
 
 
 def write_config(out_dir: str | os.PathLike, config: Any,
-                 ignore: Sequence[str] = (), depends_on: Sequence[str] | None = None) -> None:
+                 ignore: Sequence[str] = (), depends_on: Sequence[str] | None = None,
+                 inputs: Mapping[str, str | os.PathLike] | None = None) -> None:
     """Write `config.json` beside a stage's outputs; refuse a different existing config.
 
     `depends_on` lists the dotted keys (or prefixes, e.g. "sampling") that the outputs
     depend on; only those are compared (None: every key). `ignore` lists keys (or prefixes)
     within them that may differ between runs into the same directory without changing the
     results (e.g. logging frequency, an output path).
+
+    `inputs` ({name: file}): the stage's input files; their sha256 is recorded under
+    "inputs" and a rerun whose input changed is refused (InputChangedError naming the file).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     new = config_to_dict(config)
+    if inputs:
+        new[INPUTS_KEY] = input_fingerprints(inputs)
     path = out_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
+        _check_inputs(path, old.get(INPUTS_KEY) or {}, new.get(INPUTS_KEY) or {})
+        ignore = (*ignore, INPUTS_KEY)  # compared above, by content not path
         a, b = _flatten(old), _flatten(new)
         def under(key: str, prefixes: Sequence[str]) -> bool:
             return any(key == p or key.startswith(p + ".") for p in prefixes)

@@ -125,7 +125,7 @@ def test_engine_run_equals_the_run_alone(setup):
     base = load_base(model_dir, sft, root)
     run_train(run_config(model_dir, sft, root / "other", 4), resident=base)
     engine = run_train(run_config(model_dir, sft, root / "engine", 5), resident=base)
-    alone = run_train(run_config(model_dir, sft, root / "alone", 5))
+    run_train(run_config(model_dir, sft, root / "alone", 5))
 
     ours = load_file(str(root / "engine" / "adapter" / "adapter_model.safetensors"))
     ref = load_file(str(root / "alone" / "adapter" / "adapter_model.safetensors"))

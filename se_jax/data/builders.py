@@ -68,6 +68,51 @@ def _split_name(stem: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", "_".join(words).lower()) or "full"
 
 
+def nq_open_files(folder: Path) -> dict[str, Path]:
+    """{split: file} of NQ-open's JSONL files in `folder` (names from the files)."""
+    files = {_split_name(f.name[:-len(".jsonl")]): f
+             for f in sorted(folder.glob("NQ-open*.jsonl"))}
+    if not files:
+        raise FileNotFoundError(f"{folder}: no NQ-open*.jsonl files")
+    return files
+
+
+def entity_question_splits(root: Path, folders: tuple[str, ...] = ()
+                           ) -> dict[str, tuple[str, tuple[str, ...] | None]]:
+    """{split: (source folder, relations or None = all)} of EntityQuestions under `root`.
+
+    For each source folder s present: "s", and "s_in_distribution" /
+    "s_out_of_distribution" when any of SliCK's relations of that set is present (a
+    partial copy may lack one altogether: no such split then).
+    """
+    wanted = folders or ("train", "dev", "test")
+    found = [s for s in wanted if (root / s).is_dir()]
+    if not found:
+        raise FileNotFoundError(f"{root}: no train/, dev/ or test/ EntityQuestions folder")
+    out: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+    for s in found:
+        present = set(sources.entity_question_files(root, s))
+        out[s] = (s, None)
+        if present & set(sources.SLICK_IN_DISTRIBUTION):
+            out[f"{s}_in_distribution"] = (s, sources.SLICK_IN_DISTRIBUTION)
+        if present & set(sources.SLICK_OUT_OF_DISTRIBUTION):
+            out[f"{s}_out_of_distribution"] = (s, sources.SLICK_OUT_OF_DISTRIBUTION)
+    return out
+
+
+def planned_splits(builder_name: str, source: str | Path,
+                   folders: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The splits a local builder would have, read off the source files: builds nothing,
+    writes nothing (for dry runs and plans). FileNotFoundError when the source is missing."""
+    source = Path(source)
+    _source_files(builder_name, source, tuple(sorted(folders)))
+    if builder_name == "nq_open_jsonl":
+        return tuple(nq_open_files(source))
+    if builder_name == "entity_questions":
+        return tuple(entity_question_splits(source, tuple(sorted(folders))))
+    return ("full",)
+
+
 class NqOpenJsonl(_LocalBuilder, skip_registration=True):
     """NQ-open (Lee et al. 2019) from its JSONL files: `NQ-open.<split>.jsonl` in a folder.
 
@@ -77,12 +122,7 @@ class NqOpenJsonl(_LocalBuilder, skip_registration=True):
     name = "nq_open_jsonl"
 
     def _files(self) -> dict[str, Path]:
-        folder = Path(self.builder_config.source)
-        files = {_split_name(f.name[:-len(".jsonl")]): f
-                 for f in sorted(folder.glob("NQ-open*.jsonl"))}
-        if not files:
-            raise FileNotFoundError(f"{folder}: no NQ-open*.jsonl files")
-        return files
+        return nq_open_files(Path(self.builder_config.source))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, "NQ-open questions with gold answer aliases, closed-book.")
@@ -104,31 +144,14 @@ class EntityQuestions(_LocalBuilder, skip_registration=True):
     """
     name = "entity_questions"
 
-    def _source_splits(self) -> list[str]:
-        root = Path(self.builder_config.source)
-        wanted = self.builder_config.folders or ("train", "dev", "test")
-        found = [s for s in wanted if (root / s).is_dir()]
-        if not found:
-            raise FileNotFoundError(f"{root}: no train/, dev/ or test/ EntityQuestions folder")
-        return found
-
     def _info(self) -> tfds.core.DatasetInfo:
         return _info(self, "EntityQuestions, one Wikidata relation per question template.")
 
     def _split_generators(self, dl_manager):
         root = self.builder_config.source
-        out = {}
-        for s in self._source_splits():
-            present = set(sources.entity_question_files(root, s))
-            out[s] = self._generate_examples(root, s, None)
-            # A partial copy may lack a relation set altogether: no such split then.
-            if present & set(sources.SLICK_IN_DISTRIBUTION):
-                out[f"{s}_in_distribution"] = self._generate_examples(
-                    root, s, sources.SLICK_IN_DISTRIBUTION)
-            if present & set(sources.SLICK_OUT_OF_DISTRIBUTION):
-                out[f"{s}_out_of_distribution"] = self._generate_examples(
-                    root, s, sources.SLICK_OUT_OF_DISTRIBUTION)
-        return out
+        return {name: self._generate_examples(root, folder, relations)
+                for name, (folder, relations) in entity_question_splits(
+                    Path(root), self.builder_config.folders).items()}
 
     def _generate_examples(self, root: str, split: str, relations):
         yield from sources.read_entity_questions(root, split, relations)

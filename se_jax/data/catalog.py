@@ -157,9 +157,24 @@ def available_splits(ref: DatasetRef, where: DataLocations) -> tuple[str, ...]:
     return tuple(_local_builder(ref, where).info.splits.keys())
 
 
-def check(ref: DatasetRef, where: DataLocations) -> None:
-    """Raise DatasetError unless `ref`'s split exists (prepares local builders, cheap)."""
-    splits = available_splits(ref, where)
+def planned_splits(ref: DatasetRef, where: DataLocations) -> tuple[str, ...]:
+    """`ref`'s splits from its source files alone: no TFDS build, nothing written."""
+    if ref.spec.source is None:
+        return ref.spec.catalog_splits
+    source = Path(ref.path) if ref.path is not None else where.source_dir / ref.spec.source
+    folder = ref.split.split("_", 1)[0]
+    folders = ((folder,) if ref.spec.builder == "entity_questions"
+               and folder in ("train", "dev", "test") else ())
+    try:
+        return builders.planned_splits(ref.spec.builder, source, folders)
+    except (FileNotFoundError, ValueError) as e:
+        raise DatasetError(f"dataset {ref.label}: {e}") from None
+
+
+def check(ref: DatasetRef, where: DataLocations, build: bool = True) -> None:
+    """Raise DatasetError unless `ref`'s split exists. `build`: prepare local builders
+    (cheap, but writes under tfds_dir); False: read the split names off the source files."""
+    splits = available_splits(ref, where) if build else planned_splits(ref, where)
     if ref.split not in splits:
         raise DatasetError(f"dataset {ref.name!r} has no split {ref.split!r}; "
                            f"splits: {sorted(splits)}")

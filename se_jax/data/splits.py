@@ -48,12 +48,15 @@ def locations(data_config: Any, workdir: str | Path) -> catalog.DataLocations:
 
 
 def plan(data_config: Any, workdir: str | Path) -> SplitPlan:
-    """Parse and check every dataset name and split; raise DatasetError before any compute."""
+    """Parse and check every dataset name and split; raise DatasetError before any compute.
+
+    Reads only the source files' names: builds no TFDS data and writes nothing (dry runs).
+    """
     where = locations(data_config, workdir)
     ind = catalog.parse_name(data_config.in_distribution)
     ood = tuple(catalog.parse_name(n) for n in data_config.out_of_distribution)
     for ref in (ind, *ood):
-        catalog.check(ref, where)
+        catalog.check(ref, where, build=False)
     names = [ood_split_name(r) for r in ood]
     if len(set(names)) != len(names):
         raise catalog.DatasetError(f"out_of_distribution lists a dataset twice: {names}")

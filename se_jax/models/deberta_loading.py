@@ -36,18 +36,23 @@ class NliModel:
         return self.config.id2label
 
 
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file, validated first (errors name file and tensor)."""
+    from se_jax.models.safetensors_io import SafetensorsFile
+    f = SafetensorsFile(str(path))
+    return {name: np.array(f.get(name)) for name in f.names}
+
+
 def read_state_dict(model_dir: str | Path) -> dict[str, np.ndarray]:
     """PyTorch-named weights of a HF directory as numpy arrays."""
     d = Path(model_dir)
     if (d / "model.safetensors").is_file():
-        from safetensors.numpy import load_file
-        return dict(load_file(d / "model.safetensors"))
+        return _read_safetensors(d / "model.safetensors")
     if (d / "model.safetensors.index.json").is_file():
-        from safetensors.numpy import load_file
         index = json.loads((d / "model.safetensors.index.json").read_text())
         out: dict[str, np.ndarray] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            out.update(load_file(d / shard))
+            out.update(_read_safetensors(d / shard))
         return out
     if (d / "pytorch_model.bin").is_file():
         return load_torch_zip(d / "pytorch_model.bin")

@@ -111,8 +111,10 @@ def hf_config_dict(config: LlamaConfig) -> dict[str, Any]:
 def write_hf_checkpoint(path: str, config_dict: Mapping[str, Any],
                         tensors: Mapping[str, np.ndarray]) -> str:
     """Write config.json and model.safetensors to `path` (created); returns `path`."""
+    from se_jax.stage_io import atomic_path, atomic_write_text
     os.makedirs(path, exist_ok=True)
-    save_file(tensors, os.path.join(path, SINGLE), metadata={"format": "pt"})
-    with open(os.path.join(path, CONFIG), "w") as f:
-        json.dump(dict(config_dict), f, indent=2)
+    # Atomic: a full disk leaves the old file (or none) and no partial or .tmp file.
+    with atomic_path(os.path.join(path, SINGLE)) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(os.path.join(path, CONFIG), json.dumps(dict(config_dict), indent=2))
     return path

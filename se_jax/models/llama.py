@@ -351,6 +351,19 @@ class Llama(nnx.Module):
         spec = rules.spec(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh)
         return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
 
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """int32[B, T] -> [B, T, E]. On a mesh the table is first gathered whole along
+        `embed` (FSDP gathers every weight so), so the lookup's output follows the batch-split
+        tokens; from a table split on `embed`, XLA would split the output on E and then have
+        to replicate it to reach the batch-split layout (a full rematerialisation)."""
+        if self.mesh_rules is None:
+            return self.embed_tokens(tokens)
+        mesh, rules = self.mesh_rules
+        table = self.embed_tokens.embedding[...].astype(self.config.dtype)
+        spec = rules.spec(("vocab", None), table.shape, mesh)
+        table = jax.lax.with_sharding_constraint(table, jax.sharding.NamedSharding(mesh, spec))
+        return jnp.take(table, tokens, axis=0)
+
     def hidden(self, tokens: jax.Array, positions: jax.Array,
                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache)."""
@@ -362,7 +375,7 @@ class Llama(nnx.Module):
             cache = dataclasses.replace(cache, pos=k_pos)
         mask = attention_mask(positions, k_pos)
         cos, sin = rope_tables(self.config, positions)
-        x = self._constrain(self.embed_tokens(tokens))
+        x = self._constrain(self._embed(tokens))
         for i, layer in enumerate(self.layers):
             x, cache = layer(x, cos, sin, mask, cache, i)
             x = self._constrain(x)

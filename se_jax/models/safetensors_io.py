@@ -29,6 +29,34 @@ class SafetensorsError(ValueError):
     """A .safetensors file is malformed, truncated or lacks a tensor."""
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_entry(path: str, name: str, h) -> None:
+    """One header entry: known dtype, a shape of ints >= 0, offsets [begin <= end] holding
+    exactly the shape's bytes. Checked for every tensor before any is read."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(h, dict):
+        raise SafetensorsError(f"{where}: header entry is not an object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in h:
+            raise SafetensorsError(f"{where}: header entry has no {key!r}")
+    if h["dtype"] not in DTYPES:
+        raise SafetensorsError(f"{where} has unsupported dtype {h['dtype']!r}")
+    shape, offsets = h["shape"], h["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise SafetensorsError(f"{where}: shape {shape!r} is not a list of integers >= 0")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise SafetensorsError(f"{where}: data_offsets {offsets!r} are not [begin, end] with "
+                               f"0 <= begin <= end")
+    nbytes = math.prod(shape) * np.dtype(DTYPES[h["dtype"]]).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise SafetensorsError(f"{where}: {offsets[1] - offsets[0]} bytes do not hold "
+                               f"{h['dtype']}{shape}")
+
+
 class SafetensorsFile:
     """Lazy view of one .safetensors file: `names`, `shape(name)`, `get(name) -> np.memmap`."""
 
@@ -49,7 +77,11 @@ class SafetensorsFile:
                 header = json.loads(f.read(n))
             except json.JSONDecodeError as e:
                 raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{path}: corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
+        for name, h in header.items():
+            _check_entry(path, name, h)
         self._data_start = 8 + n
         self._header = header
         end = max((h["data_offsets"][1] for h in header.values()), default=0)
@@ -74,24 +106,21 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a read-only memory map (no bytes are read until used)."""
-        h = self._entry(name)
-        if h["dtype"] not in DTYPES:
-            raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {h['dtype']}")
+        h = self._entry(name)  # checked in __init__ (_check_entry)
         dtype, shape = np.dtype(DTYPES[h["dtype"]]), tuple(h["shape"])
-        start, end = h["data_offsets"]
-        if end - start != math.prod(shape) * dtype.itemsize:
-            raise SafetensorsError(f"{self.path}: tensor {name!r}: {end - start} bytes do not "
-                                   f"hold {h['dtype']}{list(shape)}")
-        if not shape or math.prod(shape) == 0:
+        start, _ = h["data_offsets"]
+        if math.prod(shape) == 0:
             return np.zeros(shape, dtype)
+        # (a scalar is mapped as one element: np.memmap has no 0-d shape)
         return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start,
-                         shape=shape)
+                         shape=shape or (1,)).reshape(shape)
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None):
     """Write `tensors` (numpy, incl. ml_dtypes bfloat16) as .safetensors, atomically."""
     header, offset = {}, 0
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # (ascontiguousarray makes a 0-d array 1-d: keep scalars' shape)
+    arrays = {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()}
     for name, a in arrays.items():
         header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
@@ -100,10 +129,9 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
         header["__metadata__"] = dict(metadata)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    from se_jax.stage_io import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # no .tmp left on a full disk
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for a in arrays.values():
             f.write(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
-    os.replace(tmp, path)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from se_jax import clustering, entailment, stage_io, uncertainty
+from se_jax import clustering, entailment, stage_io, uncertainty, validation
 from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
@@ -51,8 +51,9 @@ def parse_record(record: Any, where: str) -> Item:
     if not isinstance(question, str):
         raise GenerationsError(f"{label}: field 'question' missing or not a string")
     samples = record.get("samples")
-    if not isinstance(samples, list) or not samples:
-        raise GenerationsError(f"{label}: field 'samples' missing, not a list, or empty")
+    if not isinstance(samples, list) or len(samples) < 2:
+        raise GenerationsError(f"{label}: field 'samples' missing, not a list, or with fewer "
+                               f"than 2 answers (semantic entropy compares M >= 2)")
     texts, lps = [], []
     for k, s in enumerate(samples):
         if not isinstance(s, dict) or not isinstance(s.get("text"), str):
@@ -70,15 +71,15 @@ def parse_record(record: Any, where: str) -> Item:
 def read_generations(path: Path, on_bad_input: str) -> tuple[list[Item], list[dict]]:
     """Valid items in file order, and skipped records ({"line", "id", "reason"})."""
     items, skipped = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
+    for line_no, line, not_text in stage_io.text_lines(path):
+        if not (not_text or line.strip()):
+            continue
+        where, rid, problem = f"{path}:{line_no}", None, not_text
+        if not problem:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                problem, rid = f"{where}: not valid JSON ({e.msg})", None
+                problem = f"{where}: not valid JSON ({e.msg})"
             else:
                 rid = record.get("id") if isinstance(record, dict) else None
                 try:
@@ -86,10 +87,10 @@ def read_generations(path: Path, on_bad_input: str) -> tuple[list[Item], list[di
                     continue
                 except GenerationsError as e:
                     problem = str(e)
-            if on_bad_input == "error":
-                raise GenerationsError(problem)
-            logging.warning("entropy: skipping %s", problem)
-            skipped.append({"line": line_no, "id": rid, "reason": problem})
+        if on_bad_input == "error":
+            raise GenerationsError(problem)
+        logging.warning("entropy: skipping %s", problem)
+        skipped.append({"line": line_no, "id": rid, "reason": problem})
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -169,12 +170,26 @@ def _load_backend(config: Any):
                                    decoder_tokenizer=load_tokenizer(path), decoder_path=path)
 
 
+def _with_true_m(config: Any, items: Sequence[Item]) -> Any:
+    """`config` with sampling.num_samples set to the M the generations hold (-1 if mixed)."""
+    ms = {len(it.texts) for it in items}
+    recorded = config.copy_and_resolve_references()
+    recorded.sampling.num_samples = ms.pop() if len(ms) == 1 else -1
+    if recorded.sampling.num_samples != config.sampling.num_samples:
+        logging.warning("entropy: the generations hold M=%s samples per question "
+                        "(config.sampling.num_samples=%s); config.json records M",
+                        sorted({len(it.texts) for it in items}), config.sampling.num_samples)
+    return recorded
+
+
 def run_entropy(config: Any) -> Path:
     """Run (or resume) the stage; returns the path of uncertainty.jsonl."""
+    validation.validate_stage(config, "entropy")
     gen_path, out_dir = resolve_paths(config)
-    stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
-                          depends_on=DEPENDS_ON["entropy"])
     items, skipped = read_generations(gen_path, config.on_bad_input)
+    # Record what the input really holds (its sha256, refused if it changes; its M).
+    stage_io.write_config(out_dir, _with_true_m(config, items), ignore=NEUTRAL_KEYS,
+                          depends_on=DEPENDS_ON["entropy"], inputs={"generations": gen_path})
     stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
     per_shard = int(config.entropy.questions_per_shard)
     shards = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import jax
 from absl import logging
 
-from se_jax import evaluation, stage_io
+from se_jax import evaluation, stage_io, validation
 from se_jax.distributed import barrier
 from se_jax.data import prompts as prompt_lib
 from se_jax.stages import NEUTRAL_KEYS
@@ -52,17 +52,21 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         stored in config.json so a directory never mixes two models.
       mesh: this process's mesh (the model's); batches are sharded over its batch axes.
     """
+    validation.validate_stage(config, "evaluate")
     out_dir = Path(out_dir)
-    done = read_metrics(out_dir)
-    if done is not None:
-        return done
     ev = config.evaluation
     stage_config = {"model": model_tag, "judge": judge.name,
                     "evaluation": stage_io.config_to_dict(ev),
                     "prompt": stage_io.config_to_dict(config.prompt),
-                    "num_questions": len(questions)}
+                    "num_questions": len(questions),
+                    # the questions' content: a rerun on other questions is refused
+                    stage_io.INPUTS_KEY: {"questions": {
+                        "path": "(split records)", "sha256": stage_io.records_sha256(questions)}}}
     if jax.process_index() == 0:
         stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
+    done = read_metrics(out_dir)
+    if done is not None:
+        return done
     barrier(f"evaluate-config-{out_dir}")
     shard_size = max(int(ev.batch_size), 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)

@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import logging
 
-from se_jax import judges, labels, stage_io
+from se_jax import judges, labels, stage_io, validation
 from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
@@ -102,9 +102,17 @@ def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
 
 def run_label(config: Any) -> Path:
     """Write `sft.jsonl`, `summary.json` and `config.json` to the out dir; returns sft path."""
-    _, _, out_dir = _paths(config)
-    stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
-                          depends_on=DEPENDS_ON["label"])
+    validation.validate_stage(config, "label")
+    gen_path, unc_path, out_dir = _paths(config)
+    lc = config.labels
+    inputs = {"generations": gen_path}
+    if lc.method in ("se", "rtuning_u"):
+        inputs["uncertainty"] = unc_path
+    if lc.method == "slick" and lc.slick_answers:
+        inputs = {"slick_answers": Path(lc.slick_answers)}
+    # Missing files are reported by make_examples; the present ones are fingerprinted.
+    stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS, depends_on=DEPENDS_ON["label"],
+                          inputs={k: p for k, p in inputs.items() if p.is_file()})
     examples, info = make_examples(config)
     # An empty target (the model's most-likely answer was empty) teaches nothing: skip it.
     skipped = [{"line": i + 1, "id": e.id, "reason": "empty target (empty most-likely answer)"}

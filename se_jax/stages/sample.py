@@ -20,6 +20,7 @@ depends only on (seed, question id, sample index).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 
 from absl import logging
 
-from se_jax import distributed, sampling, stage_io
+from se_jax import distributed, sampling, stage_io, validation
 from se_jax.data import prompts as prompt_lib
 from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
@@ -64,45 +65,47 @@ def read_questions(path: str | Path, tokenizer: Any, *, prompt_kwargs: dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"sample stage: questions file {path} does not exist")
     questions, bad, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where, rid = f"{path}:{line_no}", None
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                bad.append({"line": line_no, "id": None,
-                            "reason": f"{where}: not valid JSON ({e.msg})"})
-                continue
-            problem = None
-            if not isinstance(record, dict):
-                problem = "not a JSON object"
-            else:
-                rid = record.get("id")
-                text = record.get("question")
-                answers = _answers(record)
-                if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
-                    problem = "field 'id' missing or not a string/integer"
-                elif str(rid) in seen:
-                    problem = f"id {rid!r} occurs more than once"
-                elif not isinstance(text, str) or not text.strip():
-                    problem = "field 'question' missing or empty"
-                elif answers is None:
-                    problem = "field 'answers' is not a string or a list of strings"
-            if problem is None:
-                prompt = prompt_lib.format_prompt(tokenizer, text, **prompt_kwargs)
-                ids = prompt_lib.encode_prompt(tokenizer, prompt)
-                if len(ids) > max_prompt_tokens:
-                    problem = (f"prompt has {len(ids)} tokens; the model's context allows "
-                               f"{max_prompt_tokens} with sampling.max_new_tokens")
-            if problem is not None:
-                bad.append({"line": line_no, "id": rid,
-                            "reason": f"{where}: id={rid!r}: {problem}"})
-                continue
-            seen.add(str(rid))
-            questions.append(Question(line_no, str(rid), text.strip(), answers, prompt,
-                                      tuple(ids)))
+    for line_no, line, not_text in stage_io.text_lines(path):
+        if not_text:
+            bad.append({"line": line_no, "id": None, "reason": not_text})
+            continue
+        if not line.strip():
+            continue
+        where, rid = f"{path}:{line_no}", None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append({"line": line_no, "id": None,
+                        "reason": f"{where}: not valid JSON ({e.msg})"})
+            continue
+        problem = None
+        if not isinstance(record, dict):
+            problem = "not a JSON object"
+        else:
+            rid = record.get("id")
+            text = record.get("question")
+            answers = _answers(record)
+            if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
+                problem = "field 'id' missing or not a string/integer"
+            elif str(rid) in seen:
+                problem = f"id {rid!r} occurs more than once"
+            elif not isinstance(text, str) or not text.strip():
+                problem = "field 'question' missing or empty"
+            elif answers is None:
+                problem = "field 'answers' is not a string or a list of strings"
+        if problem is None:
+            prompt = prompt_lib.format_prompt(tokenizer, text, **prompt_kwargs)
+            ids = prompt_lib.encode_prompt(tokenizer, prompt)
+            if len(ids) > max_prompt_tokens:
+                problem = (f"prompt has {len(ids)} tokens; the model's context allows "
+                           f"{max_prompt_tokens} with sampling.max_new_tokens")
+        if problem is not None:
+            bad.append({"line": line_no, "id": rid,
+                        "reason": f"{where}: id={rid!r}: {problem}"})
+            continue
+        seen.add(str(rid))
+        questions.append(Question(line_no, str(rid), text.strip(), answers, prompt,
+                                  tuple(ids)))
     return questions, bad
 
 
@@ -139,13 +142,12 @@ def run_sample(config: Any, resident: Any = None) -> Path:
 
     `resident`: the caller's loaded generator (se_jax.resident.Resident); loaded here from
     config.model when None and there is work to do."""
-    from se_jax.mesh import make_mesh
     from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
-    from se_jax.resident import Resident
 
+    validation.validate_stage(config, "sample")
     in_path, out_dir = resolve_paths(config)
-    if config.on_bad_input not in ("skip", "error"):
-        raise ValueError(f"config.on_bad_input={config.on_bad_input!r}; expected skip | error")
+    if not in_path.is_file():  # before the tokenizer loads
+        raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
     sc = config.sampling
     tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
     model_config = load_config(open_checkpoint(config.model.path))
@@ -163,9 +165,21 @@ def run_sample(config: Any, resident: Any = None) -> Path:
         logging.warning("sample: skipping %s", b["reason"])
 
     writer = distributed.is_main_process()
+    # One writer per directory (a second would write orphan shards of its own).
+    with stage_io.writer_lock(out_dir) if writer else contextlib.nullcontext():
+        return _write(config, tokenizer, questions, bad, out_dir, writer, in_path, resident)
+
+
+def _write(config: Any, tokenizer: Any, questions: list[Question], bad: list[dict],
+           out_dir: Path, writer: bool, in_path: Path, resident: Any) -> Path:
+    """Compute the missing shards and merge them (process 0 writes)."""
+    from se_jax.mesh import make_mesh
+    from se_jax.resident import Resident
+    sc = config.sampling
     if writer:
+        # The questions' sha256 is recorded: a rerun after the file changed is refused.
         stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
-                              depends_on=DEPENDS_ON["sample"])
+                              depends_on=DEPENDS_ON["sample"], inputs={"questions": in_path})
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
     per_shard = int(sc.batch_size)
     shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]

@@ -23,7 +23,7 @@ from typing import Any
 from absl import logging
 from flax import nnx
 
-from se_jax import distributed, export, stage_io, training
+from se_jax import distributed, export, stage_io, training, validation
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
 from se_jax.resident import Resident
@@ -70,6 +70,7 @@ class Trained:
 
 def run_train(config: Any, resident: Resident | None = None) -> Trained:
     """Train on the SFT set and export the adapter (see module doc)."""
+    validation.validate_stage(config, "train")
     tc = config.training
     sft_path, out_dir = _paths(config)
     stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
