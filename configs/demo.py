@@ -1,13 +1,22 @@
-"""The README's main job: the whole experiment on the embedded SmolLM2-135M-Instruct, sized
-to finish on a 2-core CPU in under 15 minutes.
+"""The README's main job: abstention fine-tuning with semantic entropy on the embedded
+SmolLM2-135M-Instruct, with what the model knows under control (knowledge-controlled
+EntityQuestions facts shipped in the package: no ../shared needed).
 
     python launch/experiment.py --config=configs/demo.py
 
-NQ-open questions (train / validation / in-distribution test) and SliCK's
-out-of-distribution EntityQuestions relations from ../shared/data, M=10 samples, a short
-tau sweep for SE (lexical equivalence: no NLI checkpoint is available offline) and
-R-Tuning-U against R-Tuning and Idk, one seed, a small LoRA. Scale any of it up from the
-command line, e.g. --config.data.train_size=2000 --config.experiment.seeds='(0,1,2)'.
+1. teach: the base model is first taught half of a drawn set of real facts (K, three
+   phrasings each, short and sentence answers); the other half (U) it never sees. The
+   result, an adapter folded into the base, is "the model" of the experiment.
+2. Short-QA and Long-QA (prompt styles "short" and "sentence"), each the paper's whole
+   experiment on that model: M samples, semantic entropy with the lexical equivalence (no
+   NLI checkpoint offline; the report says so), SE labels at a tau sweep against R-Tuning,
+   R-Tuning-U and Idk, LoRA fine-tuning per run, tau picked on validation, test and OOD.
+3. The report leads with how well each uncertainty score predicts the base model's errors
+   and which facts are untaught, the all-abstain and oracle AEDs beside every method,
+   abstention on taught vs untaught test facts, examples, then Table 1 over both settings.
+
+The splits mix taught and untaught facts; test and OOD facts are taught in step 1 but never
+appear in the abstention fine-tuning. Another draw: --config.facts.seed=1.
 """
 from __future__ import annotations
 
@@ -17,32 +26,29 @@ from configs import base
 def get_config():
     config = base.get_config()
     config.workdir = "runs/demo"
-
-    d = config.data
-    d.in_distribution = "nq_open"
-    d.out_of_distribution = ("entity_questions_ood",)
-    d.train_size, d.val_size, d.test_size, d.ood_size = 96, 32, 32, 32
+    config.data.source = "facts"
+    config.teach.enabled = True
+    config.experiment.settings = ("short", "sentence")
 
     config.sampling.num_samples = 10
-    config.sampling.max_new_tokens = 24      # short answers; the stop strings end most sooner
-    config.entropy.backend = "lexical"       # no NLI checkpoint offline (deberta would fall back)
-
-    # SmolLM2-135M answers in sentences even when asked to be brief; SQuAD F1 would count
-    # "The capital of France is Paris." wrong against "Paris". The alias judge (a gold alias
-    # inside the normalised answer) is the fairer one here; paper configs use F1 or the LLM.
+    config.sampling.max_new_tokens = 32      # a sentence answer fits; the stop strings end most
+    config.entropy.backend = "lexical"       # no NLI checkpoint offline
+    # A gold alias inside the normalised answer (sentence answers hold the short one).
     config.evaluation.judge = "alias"
-    config.evaluation.max_new_tokens = 24
+    config.evaluation.max_new_tokens = 32
     config.evaluation.batch_size = 16
 
     ex = config.experiment
-    ex.methods = ("se_lexical", "rtuning", "rtuning_u")
-    # With M=10 lexical clusters of a 135M model's answers, most questions sit at or near
-    # ln(10) = 2.30 nats; 2.2 lets the 9-cluster questions keep their answer.
-    ex.taus = (1.0, 2.2)
+    ex.methods = ("se_lexical", "rtuning", "rtuning_u", "idk")
+    ex.taus = (0.5, 1.0)
     ex.seeds = (0,)
 
     t = config.training
     t.lora.rank, t.lora.alpha = 8, 16.0
-    t.learning_rate, t.batch_size, t.epochs = 1e-3, 16, 3   # 18 steps per run
+    t.lora.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj")
+    t.lora.dropout = 0.0                     # dropout doubles the CPU step time
+    t.learning_rate, t.batch_size, t.epochs = 1e-3, 16, 4
+    t.pad_multiple = 16
     t.save_every, t.keep = 1000, 1
     return config

@@ -1,4 +1,5 @@
-"""A sweep: the demo experiment for each in-distribution dataset (launch/sweep.py).
+"""A sweep: the real-data experiment on the embedded model (configs/nq_open_smollm.py) for
+each in-distribution dataset (launch/sweep.py).
 
 `get_config()` is the shared base; `get_sweep()` lists the experiments, each a dict of
 dotted overrides (its own workdir). launch/sweep.py runs, per experiment: the shared
@@ -9,11 +10,11 @@ preparation once, then one job per (method, tau, seed) in parallel, then the rep
 """
 from __future__ import annotations
 
-from configs import demo
+from configs import nq_open_smollm
 
 
 def get_config():
-    config = demo.get_config()
+    config = nq_open_smollm.get_config()
     config.workdir = "runs/sweep"
     return config
 

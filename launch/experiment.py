@@ -13,7 +13,6 @@ starts N local processes (gloo) for testing.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import app, flags, logging
@@ -30,25 +29,28 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax import distributed, experiment, runtime
-    from se_jax.data.catalog import DatasetError
     runtime.setup(library_logs=_LIBRARY_LOGS.value)
     distributed.initialize()
     start = time.perf_counter()
-    try:
-        if _DRY_RUN.value:
-            print(experiment.describe_plan(_CONFIG.value))
-            return
-        result = experiment.run(_CONFIG.value)
-    except (experiment.ConfigError, DatasetError) as e:
-        sys.exit(f"error: {e}")
+    if _DRY_RUN.value:
+        print(experiment.describe_plan(_CONFIG.value))
+        return
+    result = experiment.run(_CONFIG.value)
     if result is None:   # not process 0: the report is written once
         return
-    print(result.table)
-    print(f"\njudge: {result.judge}; wall time {time.perf_counter() - start:.0f}s")
-    print(f"report: {result.paths['report']}")
-    print(f"results: {result.paths['results']}")
-    print("plots: " + ", ".join(str(p) for k, p in result.paths.items()
-                                 if str(p).endswith(".png")))
+    results = result if isinstance(result, dict) else {"": result}
+    for name, r in results.items():
+        print(f"\n{name}" if name else "")
+        print(r.table)
+        print(f"report: {r.paths['report']}; results: {r.paths['results']}")
+        print("plots: " + ", ".join(str(p) for p in r.paths.values()
+                                     if str(p).endswith(".png")))
+    judges = sorted({r.judge for r in results.values()})
+    print(f"\njudge: {', '.join(judges)}; wall time {time.perf_counter() - start:.0f}s")
+    if isinstance(result, dict):
+        from se_jax.layout import Layout
+        print(f"Table 1 over the settings: "
+              f"{Layout.from_config(_CONFIG.value).report_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -43,12 +43,14 @@ def _model_numbers(config: Any) -> tuple[int, int] | None:
     return adapter, sum(math.prod(s.hf_shape) for s in specs)
 
 
-def estimate(config: Any, sweep: Sweep, sizes: Mapping[str, int], num_ood: int) -> Cost:
-    """Upper bounds for one invocation on an empty workdir."""
+def estimate(config: Any, sweep: Sweep, sizes: Mapping[str, int], num_ood: int,
+             settings: int = 1) -> Cost:
+    """Upper bounds for one invocation on an empty workdir (`settings` answer settings,
+    each a whole experiment on the same base model)."""
     tc, sc = config.training, config.sampling
-    runs = len(sweep.runs) + len(sweep.arms) * len(sweep.seeds)
+    runs = (len(sweep.runs) + len(sweep.arms) * len(sweep.seeds)) * settings
     loads = 1 + bool(config.evaluation.judge == "llm" and config.evaluation.judge_model)
-    sampled = sizes["train"] + sizes["val"]
+    sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
     shapes = max(1, math.ceil(int(config.model.max_seq_len) / max(int(tc.pad_multiple), 1)))
     programs = {"sampler (M+1 rows: prefill + decode)": 2,
@@ -67,7 +69,8 @@ def estimate(config: Any, sweep: Sweep, sizes: Mapping[str, int], num_ood: int) 
         if tc.export_merged:
             disk["merged checkpoints"] = runs * total * _F32
     evaluated = (sizes["val"] * (runs + 1) + (sizes["test"] + sizes["ood"] * num_ood)
-                 * (len(sweep.methods) * len(sweep.seeds) + runs - len(sweep.runs) + 1))
+                 * (len(sweep.methods) * len(sweep.seeds) + runs // settings
+                    - len(sweep.runs) + 1)) * settings
     disk["evaluations"] = evaluated * 300   # one outcome line per question
     return Cost(runs, loads, programs, disk)
 

@@ -248,21 +248,29 @@ def describe_plan(config: Any) -> str:
     from se_jax import cost
     from se_jax.data import splits as split_lib
     sweep = Sweep.from_config(config)
-    plan = split_lib.plan(config.data, config.workdir)
+    if config.data.source == "facts":
+        sizes, num_ood = split_lib.fact_split_sizes(config.facts), 1
+        data = [f"data: knowledge-controlled facts, {sizes} (half taught, half not)",
+                f"teach step: {'on' if config.teach.enabled else 'off'}; answer settings: "
+                f"{list(config.experiment.settings) or [config.prompt.style]}"]
+    else:
+        plan = split_lib.plan(config.data, config.workdir)
+        sizes, num_ood = plan.sizes, len(plan.out_of_distribution)
+        data = [f"in-distribution: {plan.in_distribution.label} (train {sizes['train']}, "
+                f"val {sizes['val']}, test {sizes['test']})",
+                f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
+                f"({sizes['ood']} each)"]
     backends = backends_needed(sweep.methods, config.entropy.backend)
+    settings = max(len(config.experiment.settings), 1)
     return "\n".join([
-        f"workdir: {config.workdir}",
-        f"in-distribution: {plan.in_distribution.label} (train {plan.sizes['train']}, "
-        f"val {plan.sizes['val']}, test {plan.sizes['test']})",
-        f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
-        f"({plan.sizes['ood']} each)",
+        f"workdir: {config.workdir}", *data,
         f"entropy backends: {backends}",
         f"fine-tuning runs in the sweep: {len(sweep.runs)} "
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
         f"seeds {list(sweep.seeds)})",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
-        cost.describe(cost.estimate(config, sweep, plan.sizes,
-                                    num_ood=len(plan.out_of_distribution)))])
+        cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
+                                    settings=settings))])
 
 
 @dataclasses.dataclass

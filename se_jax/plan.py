@@ -22,8 +22,6 @@ ORIGINAL = "original"
 SWEEP_SPLIT = "val"
 
 
-
-
 def se_backend(method: str) -> str | None:
     return method[len(SE_PREFIX):] if method.startswith(SE_PREFIX) else None
 

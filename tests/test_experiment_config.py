@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import base, demo, paper_llama3_8b, tiny
+from configs import base, demo, nq_open_smollm, paper_llama3_8b, tiny
 from se_jax import plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_validate_config_names_the_bad_field(field, value, message):
 
 
 def test_validate_config_judge_and_shipped_configs():
-    for module in (base, demo, tiny, paper_llama3_8b):
+    for module in (base, demo, nq_open_smollm, tiny, paper_llama3_8b):
         plan.validate(module.get_config())
     config = tiny.get_config()
     config.evaluation.judge = "exact"

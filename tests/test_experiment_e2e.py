@@ -129,3 +129,44 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert {r["method"] for r in more.results} == set(methods) | {"idk"}
 
+
+
+def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
+    """data.source=facts with the teach step and both answer settings, on the tiny model:
+    the plumbing (a random model learns no facts, so no direction is asserted here; the
+    SmolLM2 test in tests/test_demo_knowledge.py does that)."""
+    model_dir, _, _ = tiny_setup
+    workdir = tmp_path_factory.mktemp("facts")
+    config = tiny.get_config()
+    config.model.path = str(model_dir)
+    config.workdir = str(workdir)
+    config.data.source = "facts"
+    f = config.facts
+    f.n_known, f.n_unknown, f.n_ood_known, f.n_ood_unknown, f.phrasings = 8, 8, 4, 4, 1
+    config.teach.enabled = True
+    config.teach.training.update(dict(epochs=1, batch_size=8))
+    config.experiment.settings = ("short", "sentence")
+    config.experiment.methods = ("se_lexical", "rtuning")
+    config.experiment.arms = ()
+    config.experiment.slick_breakdown = False
+    results = ex.run(config)
+
+    assert set(results) == {"Short-QA", "Long-QA"}
+    teach = workdir / "teach"
+    assert (teach / "done.json").exists() and (teach / "train" / "adapter").is_dir()
+    styles = {json.loads(line).get("prompt_style") for line in open(teach / "teach.jsonl")}
+    assert styles == {"short", "sentence"}
+    table = (workdir / "report" / "report.md").read_text()
+    assert "| Short-QA | in-distribution |" in table and "| Long-QA | ood_demo_facts |" in table
+    for setting in ("short", "sentence"):
+        text = (workdir / setting / "report" / "report.md").read_text()
+        for section in ("predict its errors", "Abstention on taught and untaught facts (test)",
+                        "All abstain", "Oracle", "## Examples (validation"):
+            assert section in text, (setting, section)
+        # Ground truth of what the model was taught is a column of every outcome.
+        outcomes = (workdir / setting / "evaluate" / "f1_0.5" / "original" / "test"
+                    / "outcomes.jsonl")
+        rows = [json.loads(line) for line in open(outcomes)]
+        assert {r["taught"] for r in rows} == {True, False}
+    # One load of the base model for the teach step and both settings.
+    assert "Model loads: 1." in text
