@@ -301,8 +301,8 @@ def _label_config(tmp: Path, **labels):
 
 def test_label_stage_refuses_changed_generations(tmp_path):
     from se_jax.stages import label
-    (tmp_path / "sample").mkdir()
-    gen = _write_lines(tmp_path / "sample" / "generations.jsonl",
+    (tmp_path / "sample" / "train").mkdir(parents=True)   # the stand-alone default input
+    gen = _write_lines(tmp_path / "sample" / "train" / "generations.jsonl",
                        [_gen_record(i, ["Paris", "Paris"]) for i in range(2)])
     config = _label_config(tmp_path, method="rtuning")
     sft = stage_io.read_jsonl(label.run_label(config))
