@@ -105,7 +105,7 @@ def uncertainty_summary(records: Sequence[Mapping], *, num_samples: int = 1000,
 def uncertainty_markdown(summary: Mapping[str, Mapping[str, Any]], confidence: float = 0.90
                          ) -> str:
     pct = f"{confidence:.0%}"
-    lines = [f"| score | AUROC (errors) | AURAC | PRR | AUROC (untaught) |",
+    lines = ["| score | AUROC (errors) | AURAC | PRR | AUROC (untaught) |",
              "|---|---|---|---|---|",
              *(f"| {SCORES[k]} | {m['auroc']} | {m['aurac']} | {m['prr']} | {m['untaught']} |"
                for k, m in summary.items())]
@@ -264,14 +264,7 @@ def table1(results: Mapping[str, Sequence[Mapping[str, Any]]],
         for split in ordered:
             present = [aed[(m, split)][0] for m in methods if (m, split) in aed]
             best = min(present, default=float("nan"))
-            cells = []
-            for m in methods:
-                if (m, split) not in aed:
-                    cells.append("")
-                    continue
-                mean, std, k = aed[(m, split)]
-                cell = f"{mean:.3f}" + (f" ± {std:.3f}" if k > 1 else "")
-                cells.append(f"**{cell}**" if mean == best else cell)
+            cells = [report.aed_cell(aed, (m, split), best) for m in methods]
             name = "in-distribution" if split == "test" else split
             lines.append("| " + " | ".join([setting, name, *cells]) + " |")
     return "\n".join(lines) + "\n\nAED (lower is better); the best of each row in bold."

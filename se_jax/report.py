@@ -101,6 +101,17 @@ def _ordered(items: Sequence[str], first: Sequence[str] = ("original",)) -> list
     return [m for m in first if m in seen] + [m for m in seen if m not in first]
 
 
+def aed_cell(aed: Mapping[tuple[str, str], tuple[float, float, int]], key: tuple[str, str],
+             best: float) -> str:
+    """A table cell of `summarise` output: "mean ± std" (std when over several seeds), bold
+    when it is the best of its column or row; "" when the method has no such result."""
+    if key not in aed:
+        return ""
+    mean, std, k = aed[key]
+    cell = f"{mean:.3f}" + (f" ± {std:.3f}" if k > 1 else "")
+    return f"**{cell}**" if mean == best else cell
+
+
 def aed_table(rows: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str:
     """Markdown: one row per method, mean AED (± std over seeds) per split, the picked tau,
     and accuracy / engagement of the in-distribution test split. Lower AED is better."""
@@ -119,13 +130,7 @@ def aed_table(rows: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str:
             for s in splits}
     for m in methods:
         cells = [method_label(m), "/".join(sorted(taus[m])) or "-"]
-        for s in splits:
-            if (m, s) not in aed:
-                cells.append("")
-                continue
-            mean, std, k = aed[(m, s)]
-            cell = f"{mean:.3f}" + (f" ± {std:.3f}" if k > 1 else "")
-            cells.append(f"**{cell}**" if mean == best[s] else cell)
+        cells += [aed_cell(aed, (m, s), best[s]) for s in splits]
         for table in (acc, eng):
             mean, std, k = table.get((m, test), (float("nan"), 0.0, 0))
             cells.append("n/a (no answers)" if math.isnan(mean) else
