@@ -66,17 +66,16 @@ def facts_config() -> ml_collections.ConfigDict:
 
 def teach_config() -> ml_collections.ConfigDict:
     """The teach step (data.source = "facts"): fine-tune the base on the K facts before the
-    experiment; its adapter is folded into the experiment's base model. `training` holds
-    the `config.training` fields the teach run changes."""
+    experiment; the result (merged weights in <workdir>/teach/train/merged) is the
+    experiment's base model. `training` holds the `config.training` fields the teach run
+    changes. Measured on SmolLM2-135M (100 facts, 3 exposures each): full fine-tuning at lr
+    3e-4, batch 8, no warmup, cosine to half the peak taught 18/19 probed facts (untaught
+    0/21); LoRA r=32 on all projections (lr 3e-3) reached 10/40 and full at lr 1e-4 12/40."""
     return ml_collections.ConfigDict(dict(
         enabled=False,
         training=dict(
-            mode="lora",
-            lora=dict(rank=32, alpha=64.0, dropout=0.0,
-                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                      "up_proj", "down_proj")),
-            learning_rate=3e-3, batch_size=16, epochs=3, warmup_ratio=0.03,
-            pad_multiple=16),
+            mode="full", learning_rate=3e-4, batch_size=8, epochs=1,  # x facts.phrasings
+            warmup_ratio=0.0, end_lr_ratio=0.5, pad_multiple=16),
     ))
 
 

@@ -73,11 +73,16 @@ class SharedBase:
             from se_jax.resident import Resident
             # Inference and training are data-parallel over this process's devices.
             mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
+            from se_jax.stages import teach
+            model_config = self.config.model
+            taught = self.config.teach.enabled and is_done(self.layout.teach)
+            if taught:   # the taught model is the base: load it instead of the original
+                model_config = model_config.copy_and_resolve_references()
+                model_config.path = str(teach.taught_model_dir(self.layout.teach))
+                model_config.adapter = ""
             with self.clock.phase("load base model"):
-                resident = Resident.load(self.config.model, mesh,
-                                         adapter=self.config.model.adapter)
-            if self.config.teach.enabled:
-                from se_jax.stages import teach
+                resident = Resident.load(model_config, mesh, adapter=model_config.adapter)
+            if self.config.teach.enabled and not taught:
                 splits = {k: stage_io.read_jsonl(v)
                           for k, v in prepare_splits(self.config, self.layout).items()}
                 with self.clock.phase("teach"):

@@ -144,7 +144,7 @@ def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
     f = config.facts
     f.n_known, f.n_unknown, f.n_ood_known, f.n_ood_unknown, f.phrasings = 8, 8, 4, 4, 1
     config.teach.enabled = True
-    config.teach.training.update(dict(epochs=1, batch_size=8))
+    config.teach.training.update(dict(epochs=1, batch_size=8))   # full fine-tuning
     config.experiment.settings = ("short", "sentence")
     config.experiment.methods = ("se_lexical", "rtuning")
     config.experiment.arms = ()
@@ -153,7 +153,8 @@ def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
 
     assert set(results) == {"Short-QA", "Long-QA"}
     teach = workdir / "teach"
-    assert (teach / "done.json").exists() and (teach / "train" / "adapter").is_dir()
+    assert (teach / "done.json").exists() and (teach / "train" / "merged").is_dir()
+    assert not (teach / "train" / "checkpoints").exists()   # merged/ is the saved result
     styles = {json.loads(line).get("prompt_style") for line in open(teach / "teach.jsonl")}
     assert styles == {"short", "sentence"}
     table = (workdir / "report" / "report.md").read_text()
@@ -170,3 +171,6 @@ def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
         assert {r["taught"] for r in rows} == {True, False}
     # One load of the base model for the teach step and both settings.
     assert "Model loads: 1." in text
+    # A rerun finds the teach step done and loads the taught model as the base.
+    again = ex.run(config)
+    assert again["Short-QA"].table == results["Short-QA"].table

@@ -1,18 +1,19 @@
 """The teach step of a knowledge-controlled experiment: fine-tune the base model on the
-taught facts (K) once, before anything is sampled, and fold the adapter into the resident
-base, which every later stage then uses as "the model".
+taught facts (K) once, before anything is sampled; the taught model is the experiment's
+base model from then on.
 
-    <workdir>/teach/teach.jsonl     every phrasing of every taught fact, in every answer
-                                    setting's style (records carry their "prompt_style")
-    <workdir>/teach/train/          the train stage's directory: adapter/, checkpoints/,
-                                    summary.json (the saved result: an adapter, not weights)
+    <workdir>/teach/teach.jsonl      every phrasing of every taught fact, in every answer
+                                     setting's style (records carry their "prompt_style")
+    <workdir>/teach/train/           the train stage's directory: summary.json and
+                                     merged/ (the taught model, HF safetensors + tokenizer);
+                                     its Orbax checkpoints are removed once merged/ is written
 
-Resumable like any stage: a finished teach run is not trained again; its adapter is read
-back from the last checkpoint and folded in.
+Resumable: until summary.json says finished, a rerun resumes the teach run from its last
+checkpoint; afterwards the experiment loads merged/ as its base (`taught_model_dir`).
 """
 from __future__ import annotations
 
-import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,30 +42,39 @@ def teach_records(config: Any, splits: Mapping[str, Sequence[Mapping]]) -> list[
 
 
 def teach_run_config(config: Any, out_dir: Path) -> Any:
-    """config.training with the teach section's fields, reading teach.jsonl."""
+    """config.training with the teach section's fields, reading teach.jsonl, exporting the
+    merged model."""
     cfg = config.copy_and_resolve_references()
     cfg.training.update(config.teach.training)
     cfg.training.sft = str(out_dir / "teach.jsonl")
     cfg.training.out_dir = str(out_dir / "train")
-    cfg.training.export_merged = False
+    cfg.training.export_adapter = False
+    cfg.training.export_merged = True
     return cfg
+
+
+def taught_model_dir(out_dir: Path) -> Path:
+    return out_dir / "train" / "merged"
 
 
 def run_teach(config: Any, base: Resident, splits: Mapping[str, Sequence[Mapping]],
               out_dir: Path) -> Resident:
-    """The taught base: `base` with the teach adapter folded into its weights (`base`
-    itself is not modified)."""
+    """The taught base (`base` itself is not modified)."""
     cfg = teach_run_config(config, out_dir)
     records = teach_records(config, splits)
     if is_main_process() and not (out_dir / "teach.jsonl").exists():
         stage_io.write_jsonl(out_dir / "teach.jsonl", records)
     barrier(f"teach-set-{out_dir}")
-    logging.info("teach: %d records (%d taught facts x %d phrasings x styles %s)",
+    logging.info("teach: %d records (%d taught facts, %d phrasings, styles %s), mode %s",
                  len(records), len({r["fact_id"] for r in records}),
-                 int(config.facts.phrasings), list(answer_styles(config)))
+                 int(config.facts.phrasings), list(answer_styles(config)), cfg.training.mode)
     trained = train.run_train(cfg, resident=base)
-    model = trained.model or base.restored_run_model(cfg.training, int(cfg.seed),
-                                                     Path(cfg.training.out_dir) / "checkpoints")
-    lora.merge_lora(model)   # the run's own copy of the targeted kernels; base untouched
+    if trained.model is None:   # finished by an earlier process: its export is the result
+        cfg.model.path, cfg.model.adapter = str(taught_model_dir(out_dir)), ""
+        return Resident.load(cfg.model, base.mesh)
+    model = trained.model
+    lora.merge_lora(model)   # LoRA mode: the run's own copy of the kernels; base untouched
     model.eval()
-    return dataclasses.replace(base, model=model)
+    if is_main_process():   # merged/ holds the result; the optimizer state is not needed
+        shutil.rmtree(Path(cfg.training.out_dir) / "checkpoints", ignore_errors=True)
+    return Resident(base.path, model, base.tokenizer, base.mesh)
