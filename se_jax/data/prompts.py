@@ -164,7 +164,7 @@ class JudgePrompt:
 def load_judge_prompt(name: str, num_shots: int | None = None,
                       path: str | Path | None = None) -> JudgePrompt:
     """Template `name` of the judge-prompt file, with its first `num_shots` examples
-    (None = all). ValueError naming the file and the field when something is off."""
+    (None or -1 = all). ValueError naming the file and the field when something is off."""
     import importlib.util
     path = Path(path or JUDGE_PROMPTS_FILE)
     spec = importlib.util.spec_from_file_location("_judge_prompts", path)
@@ -181,7 +181,7 @@ def load_judge_prompt(name: str, num_shots: int | None = None,
     if missing:
         raise ValueError(f"{path}: TEMPLATES[{name!r}] lacks {sorted(missing)}")
     shots = tuple(dict(s) for s in t["shots"])
-    n = len(shots) if num_shots is None else int(num_shots)
+    n = len(shots) if num_shots is None or int(num_shots) < 0 else int(num_shots)
     if not 0 <= n <= len(shots):
         raise ValueError(f"{path}: TEMPLATES[{name!r}] has {len(shots)} shots; "
                          f"{n} asked (judge_shots)")
