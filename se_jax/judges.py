@@ -108,13 +108,12 @@ def make_prompt_scorer(model: Any, tokenizer: Any, prompt_name: str, num_shots: 
     of the given kind, its shared prefix prefilled. Both LLM judges build theirs here."""
     from se_jax import scoring
     from se_jax.data import prompts as prompt_lib
-    from se_jax.mesh import ShardingRules
     prompt = prompt_lib.load_judge_prompt(prompt_name, num_shots)
     if prompt.kind != kind:
         raise ValueError(f"judge prompt {prompt_name!r} is a {prompt.kind!r} prompt; a "
                          f"{kind!r} one is needed here")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    base = scoring.NextTokenScorer(model, mesh=mesh, rules=rules or ShardingRules(),
+    base = scoring.NextTokenScorer(model, mesh=mesh, rules=rules,
                                    batch_size=batch_size, pad_id=pad)
     return scoring.PromptScorer(base, tokenizer, prompt)
 
@@ -124,8 +123,8 @@ def make_judge(eval_config: Any, model: Any = None, tokenizer: Any = None,
     """The judge `config.evaluation.judge` names; the LLM judge needs a loaded model.
 
     The LLM judge's prompt is `evaluation.judge_prompt` (default the reference's zero-shot
-    yes/no question) with `evaluation.judge_shots` examples; pass the `mesh` the model was
-    loaded on to shard the items over its batch axes."""
+    yes/no question) with `evaluation.judge_shots` examples. Items are sharded over the
+    batch axes of `mesh`, by default the mesh the model was loaded on."""
     name = eval_config.judge
     if name != "llm":
         return string_judge(name, float(eval_config.f1_threshold))

@@ -138,19 +138,22 @@ class NextTokenScorer:
 
     Args:
       model: a loaded `Llama` (sharded as loaded when `mesh` is given).
-      mesh, rules: batch dims split over `rules.batch`; None = the default device.
+      mesh, rules: batch dims split over `rules.batch`; None = the mesh the model was
+        loaded on (`load_llama(..., mesh=)` records it), else the default device.
       batch_size: suffixes per forward (rounded up to the batch shards).
       bucket: suffix lengths are padded to multiples of this (one compile per length).
       pad_id: token written in padding slots (masked out).
     """
 
     def __init__(self, model: Any, *, mesh: Mesh | None = None,
-                 rules: ShardingRules = ShardingRules(), batch_size: int = 16,
+                 rules: ShardingRules | None = None, batch_size: int = 16,
                  bucket: int = 16, pad_id: int = 0):
+        if mesh is None and getattr(model, "mesh_rules", None) is not None:
+            mesh, rules = model.mesh_rules
         self.graphdef, self.state = nnx.split(model)
         self.max_len = int(model.config.max_position_embeddings)
-        self.mesh, self.rules = mesh, rules
-        self.shards = mesh_lib.batch_shards(mesh, rules)
+        self.mesh, self.rules = mesh, rules or ShardingRules()
+        self.shards = mesh_lib.batch_shards(mesh, self.rules)
         self.batch_size = -(-batch_size // self.shards) * self.shards
         self.bucket, self.pad_id = int(bucket), int(pad_id)
 

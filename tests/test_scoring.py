@@ -83,6 +83,9 @@ def test_sharded_equals_single_device(tiny_dir, tiny, axes):
     want, got = one(ITEMS), eight(ITEMS)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert (got.argmax(1) == want.argmax(1)).all()
+    # Without a mesh argument the scorer shards over the mesh the model was loaded on.
+    assert scoring.NextTokenScorer(sharded_model).mesh is mesh
+    assert eight.scorer.batch_size == 8 and eight.scorer.shards == mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def test_rejects_labels_that_share_a_first_token(tiny):
