@@ -37,6 +37,8 @@ _QUICK = flags.DEFINE_bool("quick", False, "32 pairs instead of --num_pairs")
 _PAIRS = flags.DEFINE_integer("num_pairs", 256, "pairs scored by every side")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "pairs per forward (every side)")
 _SHOTS = flags.DEFINE_integer("shots", 5, "few-shot examples in the prompt")
+_BUCKET = flags.DEFINE_integer("bucket", None, "our padded lengths are multiples of this "
+                               "(default 16; --quick: 32, fewer shapes to compile)")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +116,8 @@ def main(argv):
     model, tokenizer = load_llama("embedded"), load_tokenizer("embedded")
     prompt = prompt_lib.load_judge_prompt("entailment_fewshot", _SHOTS.value)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    base = scoring.NextTokenScorer(model, batch_size=_BATCH.value, pad_id=pad)
+    bucket = _BUCKET.value or (32 if _QUICK.value else 16)
+    base = scoring.NextTokenScorer(model, batch_size=_BATCH.value, bucket=bucket, pad_id=pad)
     (shared, prefill_s) = timed(lambda: scoring.PromptScorer(base, tokenizer, prompt))
     unshared = scoring.PromptScorer(base, tokenizer, prompt, shared=False)
     full = shared.full_ids(items)
@@ -123,7 +126,7 @@ def main(argv):
     print(f"judge: SmolLM2-135M-Instruct (embedded), float32; devices {jax.devices()}; "
           f"prompt {prompt.name} with {len(prompt.shots)} shots: {np.mean(lengths):.0f} tokens "
           f"per pair on average (shared prefix {p}, suffix {np.mean(lengths) - p:.0f}); "
-          f"{n} pairs, batch {base.batch_size}")
+          f"{n} pairs, batch {base.batch_size}, our lengths padded to multiples of {bucket}")
 
     _, shared_cold = timed(lambda: shared(items))          # compiles
     got_shared, shared_s = timed(lambda: shared(items))

@@ -6,9 +6,12 @@ CONTRADICTION / NEUTRAL / ENTAILMENT, many pairs per call:
 - `deberta` (the paper's): a DeBERTa NLI classifier on "{question} {a}" -> "{question} {b}",
   argmax over the classes named in the checkpoint's id2label; one jitted forward per padded,
   length-bucketed batch, pairs sharded over the mesh's batch axes.
-- `llm_judge`: a loaded decoder asked "Does Possible Answer 1 semantically entail Possible
-  Answer 2? Respond with entailment, contradiction, or neutral", scored in one forward pass
-  by the next-token log-probabilities of the three labels' first tokens.
+- `llm_judge` (SE (Llama)): a loaded decoder (any size, sharded like the generator) asked
+  whether answer a semantically entails answer b, with a prompt from
+  configs/judge_prompts.py (default: 5 question-dependent examples; the reference's
+  zero-shot wording is `entailment_reference`); the label is the argmax of the three label
+  words' next-token log-probabilities (se_jax.scoring: the instruction and examples are
+  prefilled once, pairs are batched against that cache).
 - `lexical`: SQuAD token F1 of the answers after removing the question's words; ENTAILMENT
   when >= threshold, else NEUTRAL (F1 is symmetric, so "both ways" holds by construction).
   The offline fallback when no NLI checkpoint is configured.
@@ -22,6 +25,10 @@ in one backend call, and scatters back to M x M. The pair (a, a) is labelled onl
 string that occurs more than once (a random or odd model need not entail a string from
 itself, and the reference compares duplicates, so they inherit that verdict); a string that
 occurs once is equivalent to itself.
+
+`equivalence_in_rounds` labels only the pairs the greedy clustering reads (round r: the
+pairs (r, j > r) of every question whose answer r opens a cluster), one backend call per
+round over all questions: the same semantic ids with at most the reference loop's pairs.
 """
 from __future__ import annotations
 
