@@ -67,7 +67,7 @@ def torch_twin(model):
     from se_jax.models.loading import to_hf_state_dict
     hf = AutoModelForCausalLM.from_config(HFLlamaConfig(**hf_config_dict(model.config)),
                                           dtype=torch.float32)
-    state = {k: torch.from_numpy(np.asarray(v, np.float32))
+    state = {k: torch.from_numpy(np.array(v, np.float32))
              for k, v in to_hf_state_dict(model).items()}
     _, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
