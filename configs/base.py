@@ -87,6 +87,10 @@ def evaluation_config() -> ml_collections.ConfigDict:
         # LLM judge: "" = the generator itself (config.model.path), else a model path.
         judge_model="",
         judge_batch_size=16,
+        # LLM judge prompt: a "correctness" template of configs/judge_prompts.py and how
+        # many of its examples to show (-1 = all; the reference prompt has none).
+        judge_prompt="correctness_reference",
+        judge_shots=-1,
         # Normalised answers that count as abstaining (prefix match), besides the phrase.
         abstention_variants=("i dont know", "i do not know", "i dont have enough information",
                              "i am not sure", "im not sure", "i cannot answer",
@@ -187,8 +191,16 @@ def entropy_config() -> ml_collections.ConfigDict:
         batch_size=64,                # deberta: pairs per jitted forward (x batch shards)
         # deberta: padded pair lengths (= se_jax.entailment.DEFAULT_BUCKETS)
         buckets=tuple(range(16, 129, 8)) + (160, 192, 256, 384, 512),
-        llm_path="",                  # llm_judge: decoder ("" = config.model.path)
-        llm_batch_size=16,            # llm_judge: prompts per forward
+        # llm_judge (SE (Llama)): any loadable decoder ("" = the generator, model.path),
+        # sharded over config.mesh like the generator; the prompt is a template of
+        # configs/judge_prompts.py with its first judge_shots examples (-1 = all).
+        judge_model="",
+        judge_prompt="entailment_fewshot",
+        judge_shots=5,
+        llm_batch_size=16,            # llm_judge: pairs per forward (x batch shards)
+        # rounds: label only the pairs the clustering rule reads, all questions of a shard
+        # per round (unread pairs are null in `equivalence`); full: the whole M x M matrix.
+        pairs="rounds",
         questions_per_shard=128,      # resumable unit of work
         generations="",   # generations.jsonl or its directory ("" = <workdir>/sample/train)
         out_dir="",       # "" = <workdir>/entropy/<backend>/train

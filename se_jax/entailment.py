@@ -6,9 +6,12 @@ CONTRADICTION / NEUTRAL / ENTAILMENT, many pairs per call:
 - `deberta` (the paper's): a DeBERTa NLI classifier on "{question} {a}" -> "{question} {b}",
   argmax over the classes named in the checkpoint's id2label; one jitted forward per padded,
   length-bucketed batch, pairs sharded over the mesh's batch axes.
-- `llm_judge`: a loaded decoder asked "Does Possible Answer 1 semantically entail Possible
-  Answer 2? Respond with entailment, contradiction, or neutral", scored in one forward pass
-  by the next-token log-probabilities of the three labels' first tokens.
+- `llm_judge` (SE (Llama)): a loaded decoder (any size, sharded like the generator) asked
+  whether answer a semantically entails answer b, with a prompt from
+  configs/judge_prompts.py (default: 5 question-dependent examples; the reference's
+  zero-shot wording is `entailment_reference`); the label is the argmax of the three label
+  words' next-token log-probabilities (se_jax.scoring: the instruction and examples are
+  prefilled once, pairs are batched against that cache).
 - `lexical`: SQuAD token F1 of the answers after removing the question's words; ENTAILMENT
   when >= threshold, else NEUTRAL (F1 is symmetric, so "both ways" holds by construction).
   The offline fallback when no NLI checkpoint is configured.
@@ -22,6 +25,10 @@ in one backend call, and scatters back to M x M. The pair (a, a) is labelled onl
 string that occurs more than once (a random or odd model need not entail a string from
 itself, and the reference compares duplicates, so they inherit that verdict); a string that
 occurs once is equivalent to itself.
+
+`equivalence_in_rounds` labels only the pairs the greedy clustering reads (round r: the
+pairs (r, j > r) of every question whose answer r opens a cluster), one backend call per
+round over all questions: the same semantic ids with at most the reference loop's pairs.
 """
 from __future__ import annotations
 
@@ -35,7 +42,9 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from se_jax import clustering, scoring
 from se_jax import mesh as mesh_lib
+from se_jax.scoring import bucket_for  # noqa: F401  (the deberta buckets use it too)
 from se_jax.text import answer_tokens, token_f1
 
 CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
@@ -88,8 +97,8 @@ def _canonical_index(id2label: Sequence[str], source: str) -> np.ndarray:
     """int8[num_labels]: model class index -> LABELS index, from the checkpoint's names."""
     names = [str(n).lower() for n in id2label]
     if sorted(names) != sorted(LABELS):
-        raise ValueError(f"{source}: id2label {list(id2label)} is not the three NLI classes "
-                         f"{LABELS}; fix config.json's id2label")
+        raise ValueError(f"{source}: labels {list(id2label)} are not the three NLI classes "
+                         f"{LABELS}; fix config.json's id2label (or the prompt's labels)")
     return np.array([LABELS.index(n) for n in names], np.int8)
 
 
@@ -107,15 +116,6 @@ def pad_pairs(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | Non
             type_ids[i, :len(seq)] = types[i]
     mask[len(ids):, 0] = 1
     return tokens, mask, type_ids
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= length; beyond the largest, the next multiple of it."""
-    for b in sorted(buckets):
-        if length <= b:
-            return b
-    top = max(buckets)
-    return -(-length // top) * top
 
 
 class DebertaBackend:
@@ -161,27 +161,12 @@ class DebertaBackend:
 
     def batches(self, ids: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, int]]:
         """(pair indices, padded length) per batch: sorted by length, one bucket per batch."""
-        order = np.argsort([len(s) for s in ids], kind="stable")
-        out: list[tuple[np.ndarray, int]] = []
-        start = 0
-        while start < len(order):
-            length = bucket_for(len(ids[order[start]]), self.buckets)
-            stop = start
-            while (stop < len(order) and stop - start < self.batch_size
-                   and len(ids[order[stop]]) <= length):
-                stop += 1
-            chunk = order[start:stop]
-            out.append((chunk, bucket_for(len(ids[chunk[-1]]), self.buckets)))
-            start = stop
-        return out
+        return scoring.length_batches([len(s) for s in ids], self.batch_size,
+                                      lambda n: bucket_for(n, self.buckets))
 
     def rows(self, n: int) -> int:
-        """Padded rows for a batch of n pairs: the batch size, or for a bucket's last, short
-        batch the next power-of-two multiple of the shards (few shapes, little waste)."""
-        rows = self.shards
-        while rows < n:
-            rows *= 2
-        return min(rows, self.batch_size)
+        """Padded rows for a batch of n pairs (`scoring.padded_rows`)."""
+        return scoring.padded_rows(n, self.shards, self.batch_size)
 
     def implications(self, questions, premises, hypotheses) -> np.ndarray:
         if not len(premises):
@@ -205,54 +190,62 @@ def _axes(axes) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- llm judge
 
-LLM_ENTAILMENT_TEMPLATE = (
-    'We are evaluating answers to the question "{question}"\n'
-    "Here are two possible answers:\n"
-    "Possible Answer 1: {a}\nPossible Answer 2: {b}\n"
-    "Does Possible Answer 1 semantically entail Possible Answer 2? "
-    "Respond with entailment, contradiction, or neutral.")
-
-
 @dataclasses.dataclass
 class LlmJudgeBackend:
-    """Scores the reference's EntailmentLLM prompt by next-token log-probabilities.
+    """SE (Llama): a decoder judges "does answer a semantically entail answer b?" by the
+    next-token log-probabilities of the three label words after a judge prompt.
 
-    `scorer(prompts, candidates) -> float[B, K]` (se_jax.judges.decoder_next_token_scorer
-    over a loaded Llama) gives the log-probability of each candidate's first token after
-    each chat-formatted prompt; the label is the argmax over the three label words.
+    `scores(items) -> float[N, 3]` (se_jax.scoring.PromptScorer over an "entailment" prompt
+    of configs/judge_prompts.py: its instruction and examples prefilled once, pairs batched
+    and sharded) gives one score per label in the prompt's label order; `to_canonical`
+    maps that order to LABELS. The label is the argmax.
     """
-    scorer: Any
+    scores: Any
+    to_canonical: np.ndarray
     checkpoint: str | None = None
-    batch_size: int = 16
+    prompt_name: str = "?"
+    num_shots: int = 0
     name: str = "llm_judge"
 
+    @property
+    def record_fields(self) -> dict[str, Any]:
+        """Written into every output record: which prompt, how many examples."""
+        return dict(judge_prompt=self.prompt_name, judge_shots=self.num_shots)
+
     def implications(self, questions, premises, hypotheses) -> np.ndarray:
-        prompts = [LLM_ENTAILMENT_TEMPLATE.format(question=q, a=a, b=b)
-                   for q, a, b in zip(questions, premises, hypotheses)]
-        if not prompts:
+        items = [dict(question=q, a=a, b=b) for q, a, b in zip(questions, premises, hypotheses)]
+        if not items:
             return np.zeros(0, np.int8)
-        logprobs = np.asarray(self.scorer(prompts, list(LABELS)))      # [P, 3]
-        return np.argmax(logprobs, axis=-1).astype(np.int8)
+        logprobs = np.asarray(self.scores(items))                         # [P, 3]
+        return self.to_canonical[np.argmax(logprobs, axis=-1)]
 
 
-def make_llm_judge(model: Any, tokenizer: Any, checkpoint: str, batch_size: int = 16,
-                   buckets: Sequence[int] = (128, 256, 512)) -> LlmJudgeBackend:
-    from se_jax.judges import decoder_next_token_scorer
-    firsts = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in LABELS]
-    if len(set(firsts)) != len(LABELS):
-        raise ValueError(f"{checkpoint}: the labels {LABELS} share a first token {firsts}; "
-                         f"they cannot be told apart by next-token log-probabilities")
-    scorer = decoder_next_token_scorer(model, tokenizer, buckets=buckets, batch_size=batch_size)
-    return LlmJudgeBackend(scorer, checkpoint=checkpoint, batch_size=batch_size)
+def make_llm_judge(model: Any, tokenizer: Any, checkpoint: str, *,
+                   prompt: str = "entailment_fewshot", num_shots: int | None = 5,
+                   batch_size: int = 16, mesh: Mesh | None = None,
+                   rules: mesh_lib.ShardingRules | None = None) -> LlmJudgeBackend:
+    """The llm_judge backend over a loaded decoder (sharded as loaded on `mesh`)."""
+    from se_jax.judges import make_prompt_scorer
+    scorer = make_prompt_scorer(model, tokenizer, prompt, num_shots, "entailment",
+                                batch_size=batch_size, mesh=mesh, rules=rules)
+    to_canonical = _canonical_index(scorer.prompt.label_names, f"judge prompt {prompt!r}")
+    return LlmJudgeBackend(scorer, to_canonical, checkpoint=checkpoint, prompt_name=prompt,
+                           num_shots=len(scorer.prompt.shots))
 
 
 # ----------------------------------------------------------------------------- the kernel
 
 @dataclasses.dataclass
 class EquivalenceBatch:
-    """equivalence[q]: bool[M_q, M_q]; pairs_labelled: ordered pairs sent to the backend."""
+    """equivalence[q]: bool[M_q, M_q]; known[q]: bool[M_q, M_q], False where the pair was
+    never labelled (its equivalence entry is then False, and null in the output);
+    pairs_labelled: ordered pairs sent to the backend."""
     equivalence: list[np.ndarray]
+    known: list[np.ndarray]
     pairs_labelled: int
+
+
+PAIRS = ("rounds", "full")
 
 
 def unique_strings(answers: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -274,6 +267,48 @@ def labelled_pairs(uniques: Sequence[tuple[list[str], np.ndarray]]
     return where
 
 
+class _PairTables:
+    """Directional labels of each question's distinct strings, filled as they are needed.
+
+    tables[k][a, b]: LABELS index of distinct string a -> b, -1 while unknown. A string that
+    occurs once is equivalent to itself without asking (see `equivalence_matrices`)."""
+
+    def __init__(self, backend: Backend, questions: Sequence[str],
+                 answers: Sequence[Sequence[str]], strict: bool):
+        self.backend, self.questions, self.strict = backend, questions, strict
+        self.uniques = [unique_strings(a) for a in answers]
+        self.tables = []
+        for u, inverse in self.uniques:
+            t = np.full((len(u), len(u)), -1, np.int8)
+            single = np.bincount(inverse, minlength=len(u)) == 1
+            t[single, single] = ENTAILMENT
+            self.tables.append(t)
+        self.pairs_labelled = 0
+
+    def label(self, where: Sequence[tuple[int, int, int]]) -> None:
+        """Label the (question, string a, string b) pairs not known yet, in one call."""
+        todo = list(dict.fromkeys(w for w in where if self.tables[w[0]][w[1], w[2]] < 0))
+        if not todo:
+            return
+        u = self.uniques
+        labels = self.backend.implications([self.questions[k] for k, _, _ in todo],
+                                           [u[k][0][i] for k, i, _ in todo],
+                                           [u[k][0][j] for k, _, j in todo])
+        for (k, i, j), label in zip(todo, labels):
+            self.tables[k][i, j] = label
+        self.pairs_labelled += len(todo)
+
+    def matrices(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per question, over its M answers: (equivalence bool[M, M], known bool[M, M])."""
+        eqs, knowns = [], []
+        for t, (_, inverse) in zip(self.tables, self.uniques):
+            known = (t >= 0) & (t.T >= 0)
+            eq = combine_directions(t, t.T, self.strict) & known
+            eqs.append(eq[np.ix_(inverse, inverse)])
+            knowns.append(known[np.ix_(inverse, inverse)])
+        return eqs, knowns
+
+
 def equivalence_matrices(backend: Backend, questions: Sequence[str],
                          answers: Sequence[Sequence[str]], *, strict: bool) -> EquivalenceBatch:
     """M x M equivalence matrices for a batch of questions, from one backend call over the
@@ -283,17 +318,64 @@ def equivalence_matrices(backend: Backend, questions: Sequence[str],
     string that occurs more than once: the reference compares such duplicates, and the
     model's verdict on them decides, exactly as there. Singletons skip it (M of M^2 pairs).
     """
-    uniques = [unique_strings(a) for a in answers]
-    tables = [np.full((len(u), len(u)), ENTAILMENT, np.int8) for u, _ in uniques]
-    where = labelled_pairs(uniques)
-    labels = backend.implications([questions[k] for k, _, _ in where],
-                                  [uniques[k][0][i] for k, i, _ in where],
-                                  [uniques[k][0][j] for k, _, j in where])
-    for (k, i, j), label in zip(where, labels):
-        tables[k][i, j] = label                               # tables[k][a, b]: a -> b
-    out = [combine_directions(t, t.T, strict)[np.ix_(inverse, inverse)]
-           for t, (_, inverse) in zip(tables, uniques)]
-    return EquivalenceBatch(out, len(where))
+    tables = _PairTables(backend, questions, answers, strict)
+    tables.label(labelled_pairs(tables.uniques))
+    eqs, knowns = tables.matrices()
+    return EquivalenceBatch(eqs, knowns, tables.pairs_labelled)
+
+
+def _padded_batch(matrices: Sequence[np.ndarray], m: int) -> np.ndarray:
+    out = np.zeros((len(matrices), m, m), bool)
+    for q, e in enumerate(matrices):
+        out[q, :len(e), :len(e)] = e
+    return out
+
+
+def equivalence_in_rounds(backend: Backend, questions: Sequence[str],
+                          answers: Sequence[Sequence[str]], *, strict: bool,
+                          rule: str = "reference") -> EquivalenceBatch:
+    """Only the pairs the greedy clustering rule reads, all questions together.
+
+    Round r: every question whose answer r opens a cluster (given the pairs known so far)
+    needs its pairs (r, j > r) (rule "unassigned": only the j still without an id); those
+    not known yet are labelled, both directions, in one backend call. The rule itself is
+    `clustering.semantic_ids` on the known pairs (unknown = not equivalent): after rounds
+    0..r-1 its visits of answers 0..r-1 read only known pairs, so in its result answer r
+    opened iff its id exceeds every earlier answer's, and answer j > r was unassigned at
+    that visit iff its id exceeds them too (ids only grow with the visit that gave them).
+    Semantic ids on the returned matrix equal those on the full matrix; the pairs labelled
+    are at most the reference loop's 2 per comparison (fewer with repeated strings).
+    """
+    tables = _PairTables(backend, questions, answers, strict)
+    sizes = [len(a) for a in answers]
+    m = max(sizes, default=0)
+    valid = np.arange(m)[None, :] < np.asarray(sizes)[:, None]             # [Q, M]
+    for r in range(m):
+        ids = np.asarray(clustering.semantic_ids(
+            _padded_batch(tables.matrices()[0], m), valid, rule=rule))
+        before = ids[:, :r].max(axis=1, initial=-1)                          # [Q]
+        opens = valid[:, r] & (ids[:, r] > before)
+        reads = opens[:, None] & valid & (np.arange(m) > r)[None, :]
+        if rule == "unassigned":
+            reads &= ids > before[:, None]
+        where = []
+        for k, j in zip(*np.nonzero(reads)):
+            a, b = tables.uniques[k][1][r], tables.uniques[k][1][j]
+            where += [(int(k), int(a), int(b)), (int(k), int(b), int(a))]
+        tables.label(where)
+    eqs, knowns = tables.matrices()
+    return EquivalenceBatch(eqs, knowns, tables.pairs_labelled)
+
+
+def equivalences(backend: Backend, questions: Sequence[str], answers: Sequence[Sequence[str]],
+                 *, strict: bool, pairs: str = "full", rule: str = "reference"
+                 ) -> EquivalenceBatch:
+    """`equivalence_in_rounds` (pairs="rounds") or `equivalence_matrices` ("full")."""
+    if pairs not in PAIRS:
+        raise ValueError(f"entropy.pairs={pairs!r}; choose from {PAIRS}")
+    if pairs == "rounds":
+        return equivalence_in_rounds(backend, questions, answers, strict=strict, rule=rule)
+    return equivalence_matrices(backend, questions, answers, strict=strict)
 
 
 def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
@@ -323,4 +405,6 @@ def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
     if decoder is None or decoder_tokenizer is None:
         raise ValueError("entropy.backend=llm_judge needs a loaded decoder and its tokenizer")
     return make_llm_judge(decoder, decoder_tokenizer, decoder_path or "?",
-                          batch_size=int(entropy_config.llm_batch_size)), None
+                          prompt=entropy_config.judge_prompt,
+                          num_shots=entropy_config.judge_shots,
+                          batch_size=int(entropy_config.llm_batch_size), mesh=mesh), None

@@ -7,8 +7,9 @@ questions) -> list[bool]`, and has a `name` that is printed with every number it
 - `alias`: a gold alias occurs in the prediction after SQuAD normalisation.
 - `f1`:    best SQuAD token F1 against any alias >= threshold (0.5, the reference's default).
 - `llm`:   "does the proposed answer mean the same as the expected answer? yes/no", scored
-           by the next-token log-probabilities of " yes" and " no" from a loaded decoder,
-           all questions of a batch in one forward pass.
+           by the next-token log-probabilities of yes and no from a loaded decoder through
+           se_jax.scoring (the prompt from configs/judge_prompts.py, its instruction and
+           examples prefilled once, items batched and sharded).
 """
 from __future__ import annotations
 
@@ -59,37 +60,27 @@ class F1Judge(_PerItemJudge):
         return text.max_token_f1(prediction, golds) >= self.threshold
 
 
-LLM_JUDGE_TEMPLATE = (
-    "We are assessing the quality of answers to the following question: {question}\n"
-    "The expected answer is: {gold}.\n"
-    "The proposed answer is: {prediction}\n"
-    "Within the context of the question, does the proposed answer mean the same as the "
-    "expected answer? Respond only with yes or no.")
-
-
-def llm_judge_prompt(prediction: str, golds: Sequence[str], question: str) -> str:
-    """The judge's question (the reference's wording); several aliases joined by 'or'."""
+def llm_judge_fields(prediction: str, golds: Sequence[str], question: str) -> dict[str, str]:
+    """The correctness prompt's fields; several gold aliases are joined by 'or'."""
     gold = " or ".join(g for g in golds if g) or "(none)"
-    return LLM_JUDGE_TEMPLATE.format(question=question, gold=gold, prediction=prediction)
+    return dict(question=question, gold=gold, prediction=prediction)
 
 
-# next_token_logprobs(prompts [B], candidates [K]) -> float array [B, K]: log-probability of
-# each candidate continuation's first token right after each (chat-formatted) prompt.
-NextTokenScorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+# label_scores(items [N] of prompt fields) -> float array [N, 2]: log p("yes"), log p("no")
+# (se_jax.scoring.PromptScorer over a "correctness" judge prompt, or any other).
+LabelScorer = Callable[[Sequence[dict]], np.ndarray]
 
 
 @dataclasses.dataclass
 class LlmJudge:
     """Yes/no judge scored by a decoder's next-token log-probabilities.
 
-    `scorer` runs the model (`decoder_next_token_scorer` below, or any other); this
-    class only builds prompts, batches them, and compares log p(yes) with log p(no).
+    `scores` runs the model (`se_jax.scoring.PromptScorer`); this class only builds the
+    prompt fields, batches them, and compares log p(yes) with log p(no).
     """
-    scorer: NextTokenScorer
+    scores: LabelScorer
     model_name: str = "generator"
-    batch_size: int = 16
-    yes: tuple[str, ...] = ("yes", "Yes")
-    no: tuple[str, ...] = ("no", "No")
+    batch_size: int = 256           # items per scorer call (the scorer batches forwards)
 
     @property
     def name(self) -> str:
@@ -102,76 +93,51 @@ class LlmJudge:
         if not len(predictions) == len(goldss) == len(questions):
             raise ValueError(f"batch lengths differ: {len(predictions)} predictions, "
                              f"{len(goldss)} gold lists, {len(questions)} questions")
-        prompts = [llm_judge_prompt(p, g, q) for p, g, q in zip(predictions, goldss, questions)]
-        candidates = [*self.yes, *self.no]
+        items = [llm_judge_fields(p, g, q) for p, g, q in zip(predictions, goldss, questions)]
         verdicts: list[bool] = []
-        for start in range(0, len(prompts), self.batch_size):
-            lp = np.asarray(self.scorer(prompts[start:start + self.batch_size], candidates))
-            yes = np.logaddexp.reduce(lp[:, :len(self.yes)], axis=1)
-            no = np.logaddexp.reduce(lp[:, len(self.yes):], axis=1)
-            verdicts.extend(bool(v) for v in yes > no)
+        for start in range(0, len(items), self.batch_size):
+            lp = np.asarray(self.scores(items[start:start + self.batch_size]))  # [n, 2]
+            verdicts.extend(bool(v) for v in lp[:, 0] > lp[:, 1])
         return verdicts
 
 
-def decoder_next_token_scorer(model: Any, tokenizer: Any, *,
-                              buckets: Sequence[int] = (128, 256, 512, 1024),
-                              batch_size: int = 16) -> NextTokenScorer:
-    """A NextTokenScorer over a loaded `Llama`: prompts in the chat template (plain text
-    plus "\nAnswer:" for base models), left-padded to a length bucket and a fixed batch,
-    one jitted forward; log-softmax of the last position at the candidates' first tokens.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
+def make_prompt_scorer(model: Any, tokenizer: Any, prompt_name: str, num_shots: int | None,
+                       kind: str, *, batch_size: int = 16, mesh: Any = None,
+                       rules: Any = None) -> Any:
+    """A `scoring.PromptScorer` for judge prompt `prompt_name` (configs/judge_prompts.py)
+    of the given kind, its shared prefix prefilled. Both LLM judges build theirs here."""
+    from se_jax import scoring
     from se_jax.data import prompts as prompt_lib
-    from se_jax.sampling import bucket_length, left_pad
-
-    graphdef, state = nnx.split(model)
-    chat = prompt_lib.has_chat_template(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    @jax.jit
-    def last_logprobs(state, tokens, positions):
-        m = nnx.merge(graphdef, state)
-        h, _ = m.hidden(tokens, positions)
-        return jax.nn.log_softmax(m.logits(h[:, -1:])[:, 0], axis=-1)   # [B, V]
-
-    def encode(prompt: str) -> list[int]:
-        if chat:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                   tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = prompt + "\nAnswer:"
-        return prompt_lib.encode_prompt(tokenizer, prompt)
-
-    def scorer(prompts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        cand = [tokenizer(c if chat else " " + c, add_special_tokens=False)["input_ids"][0]
-                for c in candidates]
-        out = []
-        for start in range(0, len(prompts), batch_size):
-            ids = [encode(p) for p in prompts[start:start + batch_size]]
-            length = bucket_length(max(map(len, ids)), buckets,
-                                   cap=int(model.config.max_position_embeddings))
-            tokens, positions = left_pad(ids, length, batch_size, pad_id)
-            lp = np.asarray(last_logprobs(state, jnp.asarray(tokens), jnp.asarray(positions)))
-            out.append(lp[:len(ids)][:, cand])
-        return np.concatenate(out, 0)
-
-    return scorer
+    prompt = prompt_lib.load_judge_prompt(prompt_name, num_shots)
+    if prompt.kind != kind:
+        raise ValueError(f"judge prompt {prompt_name!r} is a {prompt.kind!r} prompt; a "
+                         f"{kind!r} one is needed here")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    base = scoring.NextTokenScorer(model, mesh=mesh, rules=rules,
+                                   batch_size=batch_size, pad_id=pad)
+    return scoring.PromptScorer(base, tokenizer, prompt)
 
 
 def make_judge(eval_config: Any, model: Any = None, tokenizer: Any = None,
-               model_name: str = "generator") -> Judge:
-    """The judge `config.evaluation.judge` names; the LLM judge needs a loaded model."""
+               model_name: str = "generator", mesh: Any = None) -> Judge:
+    """The judge `config.evaluation.judge` names; the LLM judge needs a loaded model.
+
+    The LLM judge's prompt is `evaluation.judge_prompt` (default the reference's zero-shot
+    yes/no question) with `evaluation.judge_shots` examples. Items are sharded over the
+    batch axes of `mesh`, by default the mesh the model was loaded on."""
     name = eval_config.judge
     if name != "llm":
         return string_judge(name, float(eval_config.f1_threshold))
     if model is None or tokenizer is None:
         raise ValueError("the llm judge needs a loaded model and tokenizer")
-    batch = int(eval_config.judge_batch_size)
-    return LlmJudge(decoder_next_token_scorer(model, tokenizer, batch_size=batch),
-                    model_name=model_name, batch_size=batch)
+    scorer = make_prompt_scorer(
+        model, tokenizer, eval_config.get("judge_prompt", "correctness_reference"),
+        eval_config.get("judge_shots", None), "correctness",
+        batch_size=int(eval_config.judge_batch_size), mesh=mesh)
+    if scorer.prompt.label_names != ("yes", "no"):
+        raise ValueError(f"judge prompt {scorer.prompt.name!r}: labels must be yes, no (in "
+                         f"that order), got {scorer.prompt.label_names}")
+    return LlmJudge(scorer, model_name=model_name)
 
 
 def string_judge(name: str, f1_threshold: float = 0.5) -> Judge:

@@ -120,39 +120,47 @@ def test_deberta_backend_rejects_unknown_label_names(tiny_v3):
         E.DebertaBackend(bad, make_mesh({"data": 1}, jax.devices()[:1]))
 
 
-def test_llm_judge_backend_prompts_and_argmax():
+def test_llm_judge_backend_maps_prompt_label_order_to_labels():
     seen = {}
 
-    def scorer(prompts, candidates):
-        seen["prompts"], seen["candidates"] = list(prompts), list(candidates)
-        # contradiction, neutral, entailment scores: pick by position in the batch
-        return np.array([[0.0, -1.0, -2.0], [-3.0, -1.0, -2.0], [-3.0, -2.0, -0.5]])
+    def scores(items):
+        seen["items"] = list(items)
+        # prompt label order here: entailment, neutral, contradiction
+        return np.array([[-2.0, -1.0, 0.0], [-3.0, -1.0, -2.0], [-0.5, -2.0, -3.0]])
 
-    backend = E.LlmJudgeBackend(scorer, checkpoint="tiny")
+    to_canonical = E._canonical_index(("entailment", "neutral", "contradiction"), "test")
+    backend = E.LlmJudgeBackend(scores, to_canonical, checkpoint="tiny",
+                                prompt_name="entailment_fewshot", num_shots=5)
     got = backend.implications(["Capital of France?"] * 3, ["Paris", "Lyon", "Paris"],
                                ["Lyon", "Paris", "paris"])
     assert got.tolist() == [E.CONTRADICTION, E.NEUTRAL, E.ENTAILMENT]
-    assert seen["candidates"] == list(E.LABELS)
-    p = seen["prompts"][1]
-    assert '"Capital of France?"' in p and "Possible Answer 1: Lyon" in p
-    assert "Possible Answer 2: Paris" in p and p.endswith(
-        "Respond with entailment, contradiction, or neutral.")
+    assert seen["items"][1] == dict(question="Capital of France?", a="Lyon", b="Paris")
+    assert backend.record_fields == dict(judge_prompt="entailment_fewshot", judge_shots=5)
 
 
 def test_llm_judge_backend_with_a_loaded_decoder(tmp_path):
+    """Batched, shared-prefix labels == each pair's full prompt scored alone."""
     from tiny_models import make_tiny_llama_dir
-    from se_jax import judges
+    from se_jax import scoring
+    from se_jax.data import prompts as prompt_lib
     from se_jax.models.loading import load_llama, load_tokenizer
     path = make_tiny_llama_dir(tmp_path, variant="llama")
     model, tokenizer = load_llama(path), load_tokenizer(path)
-    backend = E.make_llm_judge(model, tokenizer, str(path), batch_size=4)
+    backend = E.make_llm_judge(model, tokenizer, str(path), prompt="entailment_fewshot",
+                               num_shots=1, batch_size=4)
     qs, a, b = ["q?"] * 5, ["x", "y", "z", "x y", "zz"], ["y", "x", "x", "z", "x"]
     got = backend.implications(qs, a, b)
-    # Same labels as scoring each prompt alone (batching and padding change nothing).
-    alone = judges.decoder_next_token_scorer(model, tokenizer, batch_size=1)
-    want = [int(np.argmax(alone([E.LLM_ENTAILMENT_TEMPLATE.format(question=q, a=x, b=y)],
-                                list(E.LABELS))[0])) for q, x, y in zip(qs, a, b)]
+    assert backend.num_shots == 1
+    prompt = prompt_lib.load_judge_prompt("entailment_fewshot", 1)
+    alone = scoring.PromptScorer(scoring.NextTokenScorer(model, batch_size=1), tokenizer,
+                                 prompt, shared=False)
+    want = [E.LABELS.index(prompt.label_names[int(np.argmax(alone([dict(question=q, a=x, b=y)])
+                                                            [0]))])
+            for q, x, y in zip(qs, a, b)]
     assert got.tolist() == want
+    with pytest.raises(ValueError, match="'correctness' prompt"):
+        E.make_llm_judge(model, tokenizer, str(path), prompt="correctness_reference",
+                         num_shots=None)
 
 
 def test_deberta_without_checkpoint_falls_back_loudly(caplog):
@@ -168,3 +176,70 @@ def test_deberta_without_checkpoint_falls_back_loudly(caplog):
 def test_config_buckets_are_the_backend_default():
     from configs.base import entropy_config
     assert tuple(entropy_config().buckets) == E.DEFAULT_BUCKETS
+
+
+# ----------------------------------------------------------------------------- rounds
+
+def reference_loop_calls(m_answers: list[str], equivalent, rule: str) -> tuple[list[int], int]:
+    """The reference's greedy loop (jlko get_semantic_ids; "unassigned": a cluster compares
+    only unassigned answers): ids and the ordered pairs it sends (2 per comparison)."""
+    ids, next_id, calls = [-1] * len(m_answers), 0, 0
+    for i in range(len(m_answers)):
+        if ids[i] == -1:
+            ids[i] = next_id
+            for j in range(i + 1, len(m_answers)):
+                if rule == "unassigned" and ids[j] != -1:
+                    continue
+                calls += 2
+                if equivalent(i, j):
+                    ids[j] = next_id
+            next_id += 1
+    return ids, calls
+
+
+@pytest.mark.parametrize("rule", ["reference", "unassigned"])
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_rounds_give_the_full_matrix_ids_with_fewer_pairs(rule, strict, seed):
+    """Random classifier outputs (non-transitive) and random answer repetition, 40 questions
+    of varying M: rounds == full-matrix ids, pairs <= the reference loop's, every read pair
+    known, unread pairs marked."""
+    from se_jax import clustering
+    rng = np.random.default_rng(seed)
+    pool = [f"answer {k}" for k in range(rng.integers(2, 12))]
+    questions = [f"question {i}?" for i in range(40)]
+    answers = [[pool[k] for k in rng.integers(0, len(pool), size=rng.integers(1, 11))]
+               for _ in questions]
+    full = E.equivalence_matrices(HashBackend(), questions, answers, strict=strict)
+    backend = HashBackend()
+    rounds = E.equivalence_in_rounds(backend, questions, answers, strict=strict, rule=rule)
+    assert len(backend.calls) <= max(map(len, answers))       # at most one call per round
+    m = max(map(len, answers))
+    valid = np.arange(m)[None] < np.array([len(a) for a in answers])[:, None]
+    ids_full = np.asarray(clustering.semantic_ids(E._padded_batch(full.equivalence, m),
+                                                  valid, rule=rule))
+    ids_rounds = np.asarray(clustering.semantic_ids(E._padded_batch(rounds.equivalence, m),
+                                                    valid, rule=rule))
+    np.testing.assert_array_equal(ids_rounds, ids_full)
+    ref_calls = 0
+    for q, (ans, eq_full, eq_r, known) in enumerate(zip(answers, full.equivalence,
+                                                        rounds.equivalence, rounds.known)):
+        ids, calls = reference_loop_calls(ans, lambda i, j: eq_full[i, j], rule)
+        ref_calls += calls
+        assert ids == ids_full[q, :len(ans)].tolist()
+        np.testing.assert_array_equal(eq_r[known], eq_full[known])   # known pairs are right
+        assert not eq_r[~known].any()
+    assert rounds.pairs_labelled <= ref_calls
+    assert rounds.pairs_labelled <= full.pairs_labelled
+
+
+def test_rounds_stop_reading_once_everything_is_placed():
+    """All answers equivalent: only answer 0 opens; one round, M - 1 comparisons at most."""
+    class AllEntail(HashBackend):
+        def label(self, q, a, b):
+            return E.ENTAILMENT
+    backend = AllEntail()
+    answers = [[f"a{k}" for k in range(10)]] * 3
+    out = E.equivalence_in_rounds(backend, ["q1", "q2", "q3"], answers, strict=True)
+    assert backend.calls == [3 * 18] and out.pairs_labelled == 54
+    assert out.known[0][0].all() and not out.known[0][1, 2:].any()

@@ -37,23 +37,20 @@ def test_string_judge_names():
 def test_llm_judge_compares_yes_and_no_logprobs_in_batches():
     calls = []
 
-    def scorer(prompts, candidates):
-        calls.append(len(prompts))
-        assert candidates == ["yes", "Yes", "no", "No"]
-        # "yes" wins exactly where the proposed answer line says Paris.
-        out = np.full((len(prompts), 4), -5.0)
-        for i, p in enumerate(prompts):
-            out[i, 0 if "proposed answer is: Paris" in p else 2] = -0.1
-        return out
+    def scores(items):
+        calls.append(len(items))
+        # "yes" wins exactly where the proposed answer is Paris.
+        return np.array([[-0.1, -5.0] if it["prediction"] == "Paris" else [-5.0, -0.1]
+                         for it in items])
 
-    j = judges.LlmJudge(scorer, model_name="tiny", batch_size=2)
+    j = judges.LlmJudge(scores, model_name="tiny", batch_size=2)
     got = j.batch(["Paris", "Lyon", "Paris", "Nice", "Paris"], [["Paris"]] * 5, ["capital?"] * 5)
     assert got == [True, False, True, False, True]
     assert calls == [2, 2, 1]
     assert j.name == "llm(tiny)"
-    prompt = judges.llm_judge_prompt("Lyon", ["Paris", "City of Light"], "capital of France?")
-    assert "capital of France?" in prompt and "Paris or City of Light" in prompt
-    assert "Lyon" in prompt and "yes or no" in prompt
+    fields = judges.llm_judge_fields("Lyon", ["Paris", "City of Light"], "capital of France?")
+    assert fields == dict(question="capital of France?", gold="Paris or City of Light",
+                          prediction="Lyon")
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +61,38 @@ def tiny_llama(tmp_path_factory):
     return load_llama(path), load_tokenizer(path)
 
 
-def test_decoder_scorer_matches_unpadded_forward(tiny_llama):
-    """Batched, left-padded scoring == one unpadded forward per prompt at its last token."""
+@pytest.mark.parametrize("prompt,shots", [("correctness_reference", -1),
+                                          ("correctness_fewshot", 2)])
+def test_llm_judge_from_config_matches_a_plain_forward(tiny_llama, prompt, shots):
+    """make_judge's verdicts == log p(yes) > log p(no) from one unpadded forward of each
+    whole chat prompt (the reference's wording for correctness_reference)."""
     import jax.numpy as jnp
+    import ml_collections
+    from se_jax import scoring
     from se_jax.data import prompts as prompt_lib
     model, tokenizer = tiny_llama
-    scorer = judges.decoder_next_token_scorer(model, tokenizer, batch_size=4)
-    texts = [judges.llm_judge_prompt("Paris", ["Paris"], "capital of France?"),
-             judges.llm_judge_prompt("a much longer proposed answer " * 3, ["x"], "q?"),
-             judges.llm_judge_prompt("Lyon", ["Paris"], "capital?")]
-    got = scorer(texts, ["yes", "no"])
-    assert got.shape == (3, 2)
-    yes_no = [tokenizer("yes", add_special_tokens=False)["input_ids"][0],
-              tokenizer("no", add_special_tokens=False)["input_ids"][0]]
-    for i, t in enumerate(texts):
-        chat = tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = jnp.asarray([prompt_lib.encode_prompt(tokenizer, chat)])
-        logits, _ = model(ids, jnp.arange(ids.shape[1])[None])
-        ref = np.asarray(logits[0, -1]) - np.logaddexp.reduce(np.asarray(logits[0, -1]))
-        np.testing.assert_allclose(got[i], ref[yes_no], atol=1e-4)
-    # The judge built from the config uses this scorer and names the model.
-    import ml_collections
-    cfg = ml_collections.ConfigDict(dict(judge="llm", f1_threshold=0.5, judge_batch_size=2))
+    cfg = ml_collections.ConfigDict(dict(judge="llm", f1_threshold=0.5, judge_batch_size=2,
+                                         judge_prompt=prompt, judge_shots=shots))
     j = judges.make_judge(cfg, model, tokenizer, model_name="tiny")
-    verdicts = j.batch(["Paris", "Lyon", "x"], [["Paris"]] * 3, ["q?"] * 3)
-    assert len(verdicts) == 3 and j.name == "llm(tiny)"
+    preds, golds = ["Paris", "Lyon", "a much longer proposed answer " * 3], [["Paris"]] * 3
+    qs = ["capital of France?", "capital?", "q?"]
+    verdicts = j.batch(preds, golds, qs)
+    assert j.name == "llm(tiny)" and len(verdicts) == 3
+    jp = prompt_lib.load_judge_prompt(prompt, shots)
+    ids, owner = scoring.label_token_ids(tokenizer, jp, chat=True)
+    for p, g, q, v in zip(preds, golds, qs, verdicts):
+        head, tails = prompt_lib.render_judge_prompt(
+            tokenizer, jp, [judges.llm_judge_fields(p, g, q)])
+        text = head + tails[0]
+        if prompt == "correctness_reference":
+            assert f"The proposed answer is: {p}" in text and "yes or no" in text
+        full = prompt_lib.encode_prompt(tokenizer, text)
+        logits, _ = model(jnp.asarray([full]), jnp.arange(len(full))[None])
+        lp = np.asarray(logits[0, -1], np.float64)[ids]
+        yes = np.logaddexp.reduce(lp[np.asarray(owner) == 0])
+        no = np.logaddexp.reduce(lp[np.asarray(owner) == 1])
+        assert v == bool(yes > no)
+    with pytest.raises(ValueError, match="'entailment' prompt"):
+        judges.make_judge(ml_collections.ConfigDict(dict(
+            judge="llm", f1_threshold=0.5, judge_batch_size=2,
+            judge_prompt="entailment_fewshot", judge_shots=1)), model, tokenizer)

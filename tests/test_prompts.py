@@ -85,3 +85,55 @@ def test_prompt_kwargs_from_config():
     cfg.chat = "sometimes"
     with pytest.raises(ValueError, match="config.prompt.chat='sometimes'"):
         prompts.prompt_kwargs(cfg)
+
+
+# ----------------------------------------------------------------------------- judge prompts
+
+def test_every_judge_template_loads_and_its_examples_cover_the_labels():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("jp", prompts.JUDGE_PROMPTS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in module.TEMPLATES:
+        p = prompts.load_judge_prompt(name)
+        assert p.kind in ("entailment", "correctness")
+        if p.shots:
+            assert {s["label"] for s in p.shots} == set(p.label_names)   # every label shown
+    few = prompts.load_judge_prompt("entailment_fewshot", 5)
+    assert len(few.shots) == 5 and few.label_names == ("contradiction", "neutral", "entailment")
+    assert len({s["question"] for s in few.shots}) == 5                # question-dependent
+    everything = prompts.load_judge_prompt("entailment_fewshot", -1).shots    # -1 = all
+    assert everything[:5] == few.shots and len(everything) > 5
+
+
+def test_judge_prompt_errors_name_file_and_field(tmp_path):
+    with pytest.raises(ValueError, match="no template 'nope'"):
+        prompts.load_judge_prompt("nope")
+    with pytest.raises(ValueError, match=r"has 0 shots; 2 asked \(judge_shots\)"):
+        prompts.load_judge_prompt("entailment_reference", 2)
+    bad = tmp_path / "p.py"
+    bad.write_text("TEMPLATES = {'x': dict(kind='entailment', instruction='', example='{a}',"
+                   " query='{a}', cue='L:', labels={'yes': ('yes',)},"
+                   " shots=(dict(a='1', label='maybe'),))}\n")
+    with pytest.raises(ValueError, match=r"p.py: TEMPLATES\['x'\].shots\[0\].label='maybe'"):
+        prompts.load_judge_prompt("x", path=bad)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_judge_prompt_splits_into_shared_prefix_and_item(tokenizer, chat):
+    """prefix + suffix is the whole prompt, the prefix is the same for every item, and its
+    tokens (but the last) are the whole prompt's first tokens (what the scorer shares)."""
+    p = prompts.load_judge_prompt("entailment_fewshot", 5)
+    items = [dict(question="Who wrote Hamlet?", a="Shakespeare", b="William Shakespeare"),
+             dict(question="2+2?", a="4", b="five")]
+    head, tails = prompts.render_judge_prompt(tokenizer, p, items, chat=chat)
+    assert head == prompts.render_judge_prompt(tokenizer, p, [], chat=chat)[0]
+    assert "Label: neutral" in head and "Who wrote Hamlet?" not in head
+    assert "Answer 1: Shakespeare\nAnswer 2: William Shakespeare" in tails[0]
+    assert tails[0].endswith("<|im_start|>assistant\n" if chat else "\nLabel:")
+    shared = prompts.encode_prompt(tokenizer, head)[:-1]
+    for t in tails:
+        assert prompts.encode_prompt(tokenizer, head + t)[:len(shared)] == shared
+    ref = prompts.render_judge_prompt(tokenizer, prompts.load_judge_prompt(
+        "entailment_reference"), items, chat=chat)
+    assert 'We are evaluating answers to the question "Who wrote Hamlet?"' in ref[1][0]

@@ -106,17 +106,20 @@ def _padded(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype) -> np.n
 
 
 def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, strict: bool,
-                        fallback: str | None = None,
-                        cluster_rule: str = "reference") -> tuple[list[dict], int]:
+                        fallback: str | None = None, cluster_rule: str = "reference",
+                        pairs: str = "full") -> tuple[list[dict], int]:
     """The output records of a batch of questions, and the number of pairs labelled.
 
-    One backend call for all pairs of the batch; clustering and estimators jitted over the
-    batch, answers padded to the largest M (padding masked out).
+    pairs="full": one backend call for all pairs of the batch; "rounds": only the pairs the
+    clustering rule reads, one backend call per round (unread pairs are null in
+    `equivalence`). Clustering and estimators jitted over the batch, answers padded to the
+    largest M (padding masked out).
     """
     if not items:
         return [], 0
-    eq = entailment.equivalence_matrices(backend, [it.question for it in items],
-                                         [it.texts for it in items], strict=strict)
+    eq = entailment.equivalences(backend, [it.question for it in items],
+                                 [it.texts for it in items], strict=strict, pairs=pairs,
+                                 rule=cluster_rule)
     m = max(len(it.texts) for it in items)
     valid = _padded([[True] * len(it.texts) for it in items], m, False, bool)
     matrix = np.zeros((len(items), m, m), bool)
@@ -137,13 +140,20 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
         n = len(it.texts)
         record = dict(id=it.id, backend=backend.name, checkpoint=backend.checkpoint,
                       semantic_ids=ids[i, :n].tolist(),
-                      equivalence=eq.equivalence[i].tolist(),
+                      equivalence=_equivalence_json(eq.equivalence[i], eq.known[i]),
                       num_clusters=int(ids[i, :n].max()) + 1,
                       **{k: float(v[i]) for k, v in columns.items()})
+        record.update(getattr(backend, "record_fields", {}))
         if fallback:
             record["fallback"] = fallback
         records.append(record)
     return records, eq.pairs_labelled
+
+
+def _equivalence_json(equivalent: np.ndarray, known: np.ndarray) -> list[list[bool | None]]:
+    """Rows of the M x M matrix; None marks a pair that was never labelled (rounds)."""
+    return [[bool(e) if k else None for e, k in zip(er, kr)]
+            for er, kr in zip(equivalent, known)]
 
 
 def resolve_paths(config: Any) -> tuple[Path, Path]:
@@ -163,7 +173,7 @@ def _load_backend(config: Any):
     if config.entropy.backend != "llm_judge":
         return entailment.make_backend(config.entropy, mesh)
     from se_jax.models.loading import load_llama, load_tokenizer
-    path = config.entropy.llm_path or config.model.path
+    path = config.entropy.judge_model or config.model.path
     model = load_llama(path, mesh=mesh, dtype=config.model.dtype,
                        param_dtype=config.model.param_dtype)
     return entailment.make_backend(config.entropy, mesh, decoder=model,
@@ -204,6 +214,7 @@ def run_entropy(config: Any) -> Path:
             records, pairs = uncertainty_records(backend, shards[i],
                                                  strict=bool(config.entropy.strict),
                                                  cluster_rule=config.entropy.cluster_rule,
+                                                 pairs=config.entropy.get("pairs", "full"),
                                                  fallback=fallback)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
