@@ -32,9 +32,8 @@ def main(argv):
         stage_io.safe_component(_TAG.value, "--tag")
     stage_io.safe_component(_SPLIT.value, "--split")
     validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
-    from se_jax import distributed, export, runtime
+    from se_jax import distributed, export
     from se_jax import experiment as ex
-    runtime.setup()
     distributed.initialize()
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.path = _MODEL.value

@@ -21,15 +21,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "validate the config and the datasets, "
                              "print the plan and its cost, and stop before loading any model")
-_LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False, "keep the INFO lines of Orbax, "
-                                  "TFDS and other libraries on the console")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed, experiment, runtime
-    runtime.setup(library_logs=_LIBRARY_LOGS.value)
+    from se_jax import distributed, experiment
     distributed.initialize()
     start = time.perf_counter()
     if _DRY_RUN.value:

@@ -55,11 +55,10 @@ def main(argv):
         if flag.value:
             stage_io.safe_component(flag.value, f"--{flag.name}")
     validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
-    from se_jax import distributed, runtime
+    from se_jax import distributed
     from se_jax import experiment as ex
     from se_jax.plan import ORIGINAL, SWEEP_SPLIT
 
-    runtime.setup()
     distributed.initialize()
     stage = _STAGE.value
     run = _run_of_flags() if stage in ("label", "train", "run") or (

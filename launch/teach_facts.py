@@ -17,7 +17,6 @@ exact-string entropy and lexical SE predict the greedy answer's errors (AUROC, 9
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -1,5 +1,8 @@
 """The launchers' entry: `cli.run(main)` instead of `absl.app.run(main)`.
 
+It applies se_jax/runtime.py first (persistent compilation cache, a quiet console unless
+`--library_logs`).
+
 Known user errors (a bad flag or config field, a bad input file, a missing path, a
 malformed checkpoint, a busy output directory) print one line, `error: <message>`, and
 exit with status 2; `--verbose` shows the traceback instead. Anything else is a bug and
@@ -91,8 +94,13 @@ def run(main: Callable[[list[str]], Any]) -> None:
     """absl.app.run(main) with one-line errors for USER_ERRORS (exit 2) unless --verbose."""
     if "verbose" not in flags.FLAGS:
         flags.DEFINE_bool("verbose", False, "show the traceback of an error")
+    if "library_logs" not in flags.FLAGS:
+        flags.DEFINE_bool("library_logs", False, "keep the INFO lines of Orbax, TFDS and "
+                          "other libraries on the console")
 
     def guarded(argv: list[str]) -> Any:
+        from se_jax import runtime   # compilation cache, quiet console: before any JAX work
+        runtime.setup(library_logs=flags.FLAGS.library_logs)
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -122,6 +122,8 @@ def validate_entropy(c: Any) -> None:
     check_sizes("entropy.buckets", c.buckets)
     check_int("entropy.llm_batch_size", c.llm_batch_size, minimum=1)
     check_int("entropy.questions_per_shard", c.questions_per_shard, minimum=1)
+    check_choice("entropy.pairs", c.pairs, ("rounds", "full"))
+    check_int("entropy.judge_shots", c.judge_shots, minimum=-1, why="-1 = all examples")
 
 
 def validate_labels(c: Any) -> None:
@@ -179,6 +181,7 @@ def validate_evaluation(c: Any) -> None:
     check_choice("evaluation.judge", c.judge, ("alias", "f1", "llm"))
     check_float("evaluation.f1_threshold", c.f1_threshold, minimum=0.0, maximum=1.0)
     check_int("evaluation.judge_batch_size", c.judge_batch_size, minimum=1)
+    check_int("evaluation.judge_shots", c.judge_shots, minimum=-1, why="-1 = all examples")
     check_int("evaluation.max_new_tokens", c.max_new_tokens, minimum=1)
     check_int("evaluation.batch_size", c.batch_size, minimum=1)
     check_int("evaluation.bootstrap_samples", c.bootstrap_samples, minimum=1)
