@@ -106,6 +106,7 @@ class Job:
     questions: dict[str, Path]
     clock: Telemetry
     resident: SharedBase
+    since: dict   # the clock's snapshot when the command started (its report counts from it)
     _judge: Any = None
     # Fine-tuned LoRA models of this invocation by run tag: adapters only (the weights are
     # the resident base's), kept so the picked runs are evaluated on test without reloading.
@@ -308,18 +309,20 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
     return Prepared(generations, uncertainty, original)
 
 
-def start(config: Any, setting: str = "", base: SharedBase | None = None
-          ) -> tuple[Job, Sweep]:
+def start(config: Any, setting: str = "", base: SharedBase | None = None,
+          since: dict | None = None) -> tuple[Job, Sweep]:
     """Validate the config, draw the splits (checks datasets before any model loads).
     `setting`: the answer setting's directory name when the command runs several; `base`:
-    the command's shared generator (made here when None)."""
+    the command's shared generator (made here when None); `since`: the telemetry snapshot
+    of the command's start (now when None)."""
     sweep = Sweep.from_config(config)
     clock = Telemetry.install()
+    since = since or clock.snapshot()
     layout = Layout.from_config(config, setting)
     with clock.phase("splits"):
         questions = prepare_splits(config, layout)
     base = base or SharedBase(config, layout, clock)
-    return Job(config, layout, questions, clock, base), sweep
+    return Job(config, layout, questions, clock, base, since), sweep
 
 
 SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
@@ -333,13 +336,15 @@ def run(config: Any) -> ExperimentResult | dict[str, ExperimentResult] | None:
     if not settings:
         return run_setting(config)
     clock = Telemetry.install()
+    since = clock.snapshot()
     base = SharedBase(config, Layout.from_config(config), clock)
     results = {}
     for style in settings:
         sub = config.copy_and_resolve_references()
         sub.prompt.style = style
         sub.experiment.settings = ()
-        results[SETTING_NAMES.get(style, style)] = run_setting(sub, setting=style, base=base)
+        results[SETTING_NAMES.get(style, style)] = run_setting(sub, setting=style, base=base,
+                                                               since=since)
     if not is_main_process():
         return None
     write_settings_report(Layout.from_config(config).report_dir, results)
@@ -363,11 +368,11 @@ def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]
     return path
 
 
-def run_setting(config: Any, setting: str = "", base: SharedBase | None = None
-                ) -> ExperimentResult | None:
+def run_setting(config: Any, setting: str = "", base: SharedBase | None = None,
+                since: dict | None = None) -> ExperimentResult | None:
     """One experiment (one answer setting): see the module doc."""
     t0 = time.perf_counter()
-    job, sweep = start(config, setting, base)
+    job, sweep = start(config, setting, base, since)
     prep = prepare(job, sweep)
     original = prep.original
     logging.info("experiment: samples, entropies and the original model done after %.0fs",
@@ -468,6 +473,6 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
                                 splits=job.test_splits, judge=judge.name, uncertainty=unc,
                                 histograms=hist, taus=list(sweep.taus),
                                 breakdown=breakdown, label_sets=label_sets, header=header,
-                                telemetry=job.clock.snapshot(), lead=lead)
+                                telemetry=job.clock.snapshot(since=job.since), lead=lead)
     return ExperimentResult(table=report.aed_table(results, job.test_splits), judge=judge.name,
                             paths=paths, results=results, sweep=rows, picked=picked)

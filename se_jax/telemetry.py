@@ -67,9 +67,16 @@ class Telemetry:
         """Compilations of programs named `name` (e.g. "jit(step)") so far."""
         return self.compiles.get(name, [0, 0.0])[0]
 
-    def snapshot(self) -> dict:
-        """A JSON-able copy (for report.md and the done markers)."""
-        return {"phases": [[n, round(s, 3)] for n, s in self.phases],
-                "compilations": {k: [v[0], round(v[1], 3)] for k, v in
-                                 sorted(self.compiles.items())},
-                "persistent_cache_hits": self.cache_hits, "model_loads": self.loads}
+    def snapshot(self, since: dict | None = None) -> dict:
+        """A JSON-able copy (for report.md); with `since` (an earlier snapshot), only what
+        happened after it: one invocation's counts in a process that ran others before."""
+        since = since or {"phases": [], "compilations": {}, "persistent_cache_hits": 0,
+                          "model_loads": 0}
+        before = since["compilations"]
+        compiles = {k: [v[0] - before.get(k, [0, 0.0])[0],
+                        round(v[1] - before.get(k, [0, 0.0])[1], 3)]
+                    for k, v in sorted(self.compiles.items())}
+        return {"phases": [[n, round(s, 3)] for n, s in self.phases[len(since["phases"]):]],
+                "compilations": {k: v for k, v in compiles.items() if v[0] > 0},
+                "persistent_cache_hits": self.cache_hits - since["persistent_cache_hits"],
+                "model_loads": self.loads - since["model_loads"]}

@@ -70,7 +70,8 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     workdir = root / "run"
     config, result, first = first_run
     out = Path(result.paths["report"]).parent
-    methods = ("original", "se_lexical", "rtuning", "rtuning_u", "se_lexical+attention_only")
+    methods = ("original", "se_lexical", "rtuning", "rtuning_u", "se_lexical+attention_only",
+               "all_abstain", "oracle")   # the last two: reference policies from the original
     # report.md: the AED table with every method and split, the judge, the analyses.
     text = (out / "report.md").read_text()
     for label in ("Original model", "SE (lexical)", "R-Tuning", "R-Tuning-U",
