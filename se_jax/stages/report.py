@@ -127,8 +127,9 @@ def knowledge_sections(questions: Mapping[str, Path], original: Mapping[str, Pat
     """
     from se_jax import knowledge_report as kr
     read = stage_io.read_jsonl
-    unc = read(uncertainty)
-    val = kr.join_records(read(questions["val"]), read(original["val"]), unc, read(generations))
+    unc, gens = read(uncertainty), read(generations)
+    val_questions, val_original = read(questions["val"]), read(original["val"])
+    val = kr.join_records(val_questions, val_original, unc, gens)
     summary = kr.uncertainty_summary(val, num_samples=num_samples, confidence=confidence)
     parts = ["## Does the base model's uncertainty predict its errors? (validation)\n",
              "The base model was taught half of the facts (K) before the experiment; the "
@@ -145,10 +146,11 @@ def knowledge_sections(questions: Mapping[str, Path], original: Mapping[str, Pat
                   kr.knowledge_markdown(kr.knowledge_rates(records, methods)) + "\n"]
     if example is not None and "val" in tuned.get(example[0], {}):
         method, tau = example
-        rule = [{"id": u["id"], "label": "abstain" if u[entropy_field] > tau else "answer"}
-                for u in unc]
-        records = kr.join_records(read(questions["val"]), read(original["val"]), unc,
-                                  read(generations), labels={method: rule},
+        # The label stage's own rule, applied to the validation questions.
+        rule = [{"id": e.id, "label": e.label} for e in labels.se_labels(
+            labels.join_by_id(gens, unc), tau=tau, entropy_field=entropy_field)]
+        records = kr.join_records(val_questions, val_original, unc, gens,
+                                  labels={method: rule},
                                   tuned={method: read(tuned[method]["val"])})
         parts += [f"## Examples (validation; {kr.label(method)} at tau {tau:g})\n",
                   kr.examples_markdown(records, method, score=entropy_field) + "\n"]

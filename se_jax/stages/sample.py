@@ -150,7 +150,8 @@ def run_sample(config: Any, resident: Any = None) -> Path:
         raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
     sc = config.sampling
     tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
-    model_config = load_config(open_checkpoint(config.model.path))
+    model_config = (resident.model.config if resident
+                    else load_config(open_checkpoint(config.model.path)))
     max_prompt = sampling.max_prompt_length(model_config, int(sc.max_new_tokens),
                                             int(config.model.max_seq_len))
     questions, bad = read_questions(in_path, tokenizer,
