@@ -178,7 +178,8 @@ def validate_training(c: Any) -> None:
 
 
 def validate_evaluation(c: Any) -> None:
-    check_choice("evaluation.judge", c.judge, ("alias", "f1", "llm"))
+    from se_jax.judges import JUDGE_NAMES
+    check_choice("evaluation.judge", c.judge, JUDGE_NAMES)
     check_float("evaluation.f1_threshold", c.f1_threshold, minimum=0.0, maximum=1.0)
     check_int("evaluation.judge_batch_size", c.judge_batch_size, minimum=1)
     check_int("evaluation.judge_shots", c.judge_shots, minimum=-1, why="-1 = all examples")
