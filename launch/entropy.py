@@ -23,16 +23,10 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default config.entrop
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import validation
-    config = _CONFIG.value
-    validation.validate_stage(config, "entropy")  # before JAX starts: fails in a second
-    from se_jax import distributed
+    from se_jax import cli
+    config = cli.stage_config(_CONFIG.value, "entropy", {
+        "entropy.generations": _GENERATIONS.value, "entropy.out_dir": _OUT.value})
     from se_jax.stages.entropy import run_entropy
-    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
-    if _GENERATIONS.value:
-        config.entropy.generations = _GENERATIONS.value
-    if _OUT.value:
-        config.entropy.out_dir = _OUT.value
     print(run_entropy(config))
 
 

@@ -14,9 +14,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run conf
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import validation
-    config = _CONFIG.value
-    validation.validate_stage(config, "label")  # before any heavy import: fails in a second
+    from se_jax import cli
+    config = cli.stage_config(_CONFIG.value, "label")
     from se_jax.stages.label import run_label
     print(run_label(config))
 

@@ -25,16 +25,10 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default config.sampli
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import validation
-    config = _CONFIG.value
-    validation.validate_stage(config, "sample")  # before JAX starts: fails in a second
-    from se_jax import distributed
+    from se_jax import cli
+    config = cli.stage_config(_CONFIG.value, "sample", {"sampling.input": _QUESTIONS.value,
+                                                        "sampling.out_dir": _OUT.value})
     from se_jax.stages.sample import run_sample
-    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
-    if _QUESTIONS.value:
-        config.sampling.input = _QUESTIONS.value
-    if _OUT.value:
-        config.sampling.out_dir = _OUT.value
     print(run_sample(config))
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 from absl import app
 from ml_collections import config_flags
 
-from se_jax.stages.train import run_train
-
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run config")
 
 
 def main(argv):
-    del argv
-    from se_jax import distributed
-    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
-    print(run_train(_CONFIG.value).out_dir)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from se_jax import cli
+    config = cli.stage_config(_CONFIG.value, "train")
+    from se_jax.stages.train import run_train
+    print(run_train(config).out_dir)
 
 
 if __name__ == "__main__":

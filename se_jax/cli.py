@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import re
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from absl import app, flags
 
@@ -114,3 +114,18 @@ def run(main: Callable[[list[str]], Any]) -> None:
             sys.exit(130)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def stage_config(config: Any, stage: str, overrides: Mapping[str, str | None] | None = None) -> Any:
+    """The config a stand-alone stage launcher runs: validated for `stage` before JAX starts
+    (a bad field fails in a second), the multi-process start done (a no-op on one host), and
+    the launcher's path flags applied (`"section.field" -> value`; None = flag not given)."""
+    from se_jax import validation
+    validation.validate_stage(config, stage)
+    from se_jax import distributed
+    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            section, field = key.split(".")
+            config[section][field] = value
+    return config
