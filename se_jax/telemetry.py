@@ -28,6 +28,8 @@ class Telemetry:
     compiles: dict[str, list] = dataclasses.field(default_factory=dict)  # name -> [n, s]
     cache_hits: int = 0
     loads: int = 0
+    # Seconds of the phases nested in each open phase (innermost last).
+    _nested: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     _instance = None  # class attribute: the installed one
 
@@ -53,12 +55,22 @@ class Telemetry:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time a named phase (phases may repeat; the report lists each occurrence)."""
+        """Time a named phase (phases may repeat; the report lists each occurrence).
+
+        A phase entered inside another (the base model loaded, or the teach step run, on
+        the first sample) is charged to itself only: the outer one records its own seconds
+        less its nested phases', so every second counts once and the phases add up to the
+        wall time they cover."""
         start = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.phases.append((name, time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            nested = self._nested.pop()
+            if self._nested:
+                self._nested[-1] += seconds
+            self.phases.append((name, seconds - nested))
 
     def count_load(self) -> None:
         self.loads += 1
