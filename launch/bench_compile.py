@@ -17,7 +17,8 @@ subprocess, one after the other, with JAX's persistent compilation cache off, an
 Per program: XLA backend compile seconds (JAX's own compile-duration event, as
 se_jax/telemetry.py counts them) and the first call's extra wall time over a warm call
 (tracing + lowering + compiling). Runtime: the median warm call (sampler: the whole batch,
-also as generated tokens/s; train step: seconds per step). Last lines: one JSON per side
+also as generated tokens/s; train step: seconds per step), and `stack_weights_s`, the
+warm seconds of the weight copy the scan adds per call. Last lines: one JSON per side
 and the ratios scan/loop.
 """
 from __future__ import annotations
@@ -105,6 +106,18 @@ def _bench_step(model, repeats: int) -> dict:
     return dict(step_first_s=first, step_warm_s=warm)
 
 
+def _bench_stack(model, repeats: int) -> dict:
+    """Warm seconds of the copy the scan adds per call: stacking the 30 layers' weights."""
+    import jax
+    from flax import nnx
+    from se_jax.models import layer_scan
+
+    graphdef, state = nnx.split(model)
+    stack = jax.jit(lambda s: layer_scan.stack_states(list(nnx.merge(graphdef, s).layers)))
+    first, warm = _first_and_warm(lambda: jax.block_until_ready(stack(state)), repeats)
+    return dict(stack_weights_s=warm)
+
+
 def run_side(scan: bool, repeats: int) -> dict:
     import dataclasses
     from se_jax.models.loading import load_llama, load_tokenizer
@@ -114,6 +127,7 @@ def run_side(scan: bool, repeats: int) -> dict:
     model = load_llama("embedded")
     model.config = dataclasses.replace(model.config, scan_layers=scan)
     out = dict(side="scan" if scan else "loop", layers=model.config.num_hidden_layers)
+    out.update(_bench_stack(model, repeats))
     out.update(_bench_sampler(model, load_tokenizer("embedded"), repeats))
     out.update(_bench_step(model, repeats))
     compiles = clock.compiles  # name -> [count, seconds]

@@ -40,6 +40,13 @@ def _stack(states: Sequence[nnx.State]) -> nnx.State:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
+def stack_states(layers: Sequence[nnx.Module]) -> tuple[nnx.State, nnx.State]:
+    """(params, rest) of `layers`, each leaf stacked to [L, ...]: the scan's operand (a copy
+    of the layer weights)."""
+    return (_stack([nnx.state(layer, nnx.Param) for layer in layers]),
+            _stack([nnx.split(layer, nnx.Param, ...)[2] for layer in layers]))
+
+
 def scan_layers(layers: Sequence[nnx.Module], graphdef: Any,
                 body: Callable[[nnx.Module, jax.Array, Any], Any], carry: Any) -> Any:
     """carry <- body(layers[i], i, carry) for i = 0..L-1, as one scan; i is a traced int32.
@@ -47,8 +54,7 @@ def scan_layers(layers: Sequence[nnx.Module], graphdef: Any,
     `graphdef` comes from `stack_graphdef(layers)`. `body` must treat the layer as
     read-only apart from RNG draws (those are written back to `layers`).
     """
-    params = _stack([nnx.state(layer, nnx.Param) for layer in layers])
-    rest = _stack([nnx.split(layer, nnx.Param, ...)[2] for layer in layers])
+    params, rest = stack_states(layers)
     write_back = _draws_randomness(layers[0])
 
     def step(carry, xs):
