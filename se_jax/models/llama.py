@@ -79,7 +79,7 @@ class LlamaConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    scan_layers: bool = True
+    scan_layers: bool = False  # off until quiet measurements show a win (WORKSPACE-notes)
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):  # accept jnp.bfloat16 etc., store the name
