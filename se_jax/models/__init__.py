@@ -1,6 +1,7 @@
 """Flax NNX models: the Llama-family decoder and the DeBERTa NLI encoder, and their loaders.
 
     llama.py            LlamaConfig, Llama (HF attribute names), KVCache, the attention mask rule
+    layer_scan.py       the layers as one lax.scan over their stacked states (one compiled body)
     loading.py          load_llama / load_tokenizer (embedded, HF dir, .gguf, hub id) onto a mesh;
                         to_hf_state_dict / save_hf_checkpoint (export)
     hf_names.py         the one HF-name <-> parameter-path map (+ GGUF names), used both ways

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from se_jax.models import layer_scan
+
 # Architectures (config.json "architectures") this decoder implements.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -54,6 +56,8 @@ class LlamaConfig:
     `attention_bias` adds biases to q/k/v (Qwen2 always has them); `o_proj_bias` to the
     output projection (HF Llama's `attention_bias=True` sets both). `dtype` is the compute
     dtype, `param_dtype` the storage dtype of the weights (names such as "bfloat16").
+    `scan_layers` (not an HF field) runs the decoder layers as one `lax.scan`, so XLA
+    compiles one layer body instead of L (see `layer_scan.py`); False loops in Python.
     """
     vocab_size: int
     hidden_size: int
@@ -75,6 +79,7 @@ class LlamaConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
+    scan_layers: bool = False  # off until quiet measurements show a win (WORKSPACE-notes)
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):  # accept jnp.bfloat16 etc., store the name
@@ -262,8 +267,10 @@ class Attention(nnx.Module):
         self.o_proj = _linear(c, q_dim, c.hidden_size, ("heads", "embed"), c.o_proj_bias, rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 cache: KVCache | None, layer: int) -> tuple[jax.Array, KVCache | None]:
-        """x: [B, T, E]; mask: bool[B, T, S] (S = T without a cache) -> ([B, T, E], cache)."""
+                 cache: KVCache | None, layer: int | jax.Array
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """x: [B, T, E]; mask: bool[B, T, S] (S = T without a cache) -> ([B, T, E], cache).
+        `layer` (the cache's layer index) may be traced, as inside the layer scan."""
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
@@ -315,7 +322,7 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+    def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int | jax.Array):
         h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
@@ -376,9 +383,18 @@ class Llama(nnx.Module):
         mask = attention_mask(positions, k_pos)
         cos, sin = rope_tables(self.config, positions)
         x = self._constrain(self._embed(tokens))
-        for i, layer in enumerate(self.layers):
-            x, cache = layer(x, cos, sin, mask, cache, i)
-            x = self._constrain(x)
+
+        def body(layer: DecoderLayer, i, carry):
+            x, cache = layer(carry[0], cos, sin, mask, carry[1], i)
+            return self._constrain(x), cache
+
+        layers = list(self.layers)
+        graphdef = layer_scan.stack_graphdef(layers) if self.config.scan_layers else None
+        if graphdef is not None:
+            x, cache = layer_scan.scan_layers(layers, graphdef, body, (x, cache))
+        else:  # layers differ (e.g. LoRA on some only) or scanning is off
+            for i, layer in enumerate(layers):
+                x, cache = body(layer, i, (x, cache))
         if cache is not None:
             cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
         return self.norm(x), cache

@@ -1,0 +1,174 @@
+"""Benchmark: compile seconds per program and runtime, decoder layers looped vs scanned.
+
+    python launch/bench_compile.py            # both sides, 3 timed repeats each
+    python launch/bench_compile.py --quick    # 1 timed repeat each
+
+SmolLM2-135M-Instruct (the embedded GGUF, float32, 30 layers) with `scan_layers=False` (the
+Python loop over layers: XLA compiles 30 copies of the layer) and `scan_layers=True` (one
+`lax.scan`, one compiled layer body; se_jax/models/layer_scan.py). Each side runs in its own
+subprocess, one after the other, with JAX's persistent compilation cache off, and measures:
+
+- the sampler (`sampling.decode_batch`, the sample stage's call): --questions prompts x
+  --samples answers, every answer forced to --new_tokens tokens (no EOS, no stop strings);
+  programs `jit(_prefill)` and `jit(_decode)`;
+- the LoRA train step (the setup of launch/bench_training.py: r=8, alpha=16 on q/v, batch
+  8 x 64 tokens, `init_train_state(...).apply_step`); program `jit(step)`.
+
+Per program: XLA backend compile seconds (JAX's own compile-duration event, as
+se_jax/telemetry.py counts them) and the first call's extra wall time over a warm call
+(tracing + lowering + compiling). Runtime: the median warm call (sampler: the whole batch,
+also as generated tokens/s; train step: seconds per step), and `stack_weights_s`, the
+warm seconds of the weight copy the scan adds per call. Last lines: one JSON per side
+and the ratios scan/loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_QUICK = flags.DEFINE_bool("quick", False, "1 timed repeat per side")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed warm calls per program (median)")
+_QUESTIONS = flags.DEFINE_integer("questions", 8, "sampler: prompts per batch")
+_SAMPLES = flags.DEFINE_integer("samples", 10, "sampler: answers per prompt")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "sampler: tokens per answer")
+_SIDE = flags.DEFINE_enum("side", None, ["loop", "scan"], "internal: run one side only")
+
+BATCH, SEQ, RANK, ALPHA, LR = 8, 64, 8, 16.0, 3e-5
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _first_and_warm(fn, repeats: int) -> tuple[float, float]:
+    """(first call's wall seconds, median of `repeats` warm calls)."""
+    first = _timed(fn)
+    return first, statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _bench_sampler(model, tokenizer, repeats: int) -> dict:
+    import numpy as np
+    from se_jax import sampling, stopping
+    from se_jax.data import prompts
+
+    questions = [f"What is the capital of country number {i}?" for i in range(_QUESTIONS.value)]
+    ids = [str(i) for i in range(len(questions))]
+    prompt_ids = [prompts.encode_prompt(tokenizer, prompts.format_prompt(tokenizer, q))
+                  for q in questions]
+    vocab = model.config.vocab_size
+    never = np.zeros((vocab,), bool)
+    stop = stopping.StopTables(eos=never, has_text=np.ones((vocab,), bool),
+                               stop_if_started=never, stop_always=never)
+
+    def call():
+        raw = sampling.decode_batch(model, prompt_ids, ids, temperatures=(1.0,) * _SAMPLES.value,
+                                    batch_size=len(prompt_ids), max_new_tokens=_NEW_TOKENS.value,
+                                    stop=stop)
+        assert raw.steps == _NEW_TOKENS.value, raw.steps
+
+    first, warm = _first_and_warm(call, repeats)
+    tokens = len(questions) * _SAMPLES.value * _NEW_TOKENS.value
+    return dict(sampler_first_s=first, sampler_warm_s=warm, sampler_tokens_per_s=tokens / warm)
+
+
+def _bench_step(model, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    from configs.base import training_config
+    from se_jax import sft_data, training
+    from se_jax.mesh import make_mesh
+
+    cfg = training_config()
+    cfg.lora.update(dict(rank=RANK, alpha=ALPHA, dropout=0.0))
+    cfg.update(dict(learning_rate=LR, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0,
+                    warmup_ratio=0.0))
+    training.prepare_model(model, cfg, seed=0)
+    state = training.init_train_state(model, cfg, mesh=make_mesh({"data": -1}), num_updates=1000)
+    tokens = np.random.default_rng(0).integers(3, model.config.vocab_size, (BATCH, SEQ))
+    seqs = [sft_data.TokenizedExample(str(i), t.astype(np.int32), 0) for i, t in enumerate(tokens)]
+    arrays = sft_data.make_batch(seqs, BATCH, pad_multiple=SEQ, target_only=False)
+    batch = jax.device_put(arrays, state.batch_sharding)
+    keys = iter(range(10 ** 9))
+
+    def call():
+        metrics = state.apply_step(batch, jax.random.key(next(keys)), distill=False)
+        jax.block_until_ready(metrics["loss"])
+
+    first, warm = _first_and_warm(call, repeats)
+    return dict(step_first_s=first, step_warm_s=warm)
+
+
+def _bench_stack(model, repeats: int) -> dict:
+    """Warm seconds of the copy the scan adds per call: stacking the 30 layers' weights."""
+    import jax
+    from flax import nnx
+    from se_jax.models import layer_scan
+
+    graphdef, state = nnx.split(model)
+    stack = jax.jit(lambda s: layer_scan.stack_states(list(nnx.merge(graphdef, s).layers)))
+    first, warm = _first_and_warm(lambda: jax.block_until_ready(stack(state)), repeats)
+    return dict(stack_weights_s=warm)
+
+
+def run_side(scan: bool, repeats: int) -> dict:
+    import dataclasses
+    from se_jax.models.loading import load_llama, load_tokenizer
+    from se_jax.telemetry import Telemetry
+
+    clock = Telemetry.install()
+    model = load_llama("embedded")
+    model.config = dataclasses.replace(model.config, scan_layers=scan)
+    out = dict(side="scan" if scan else "loop", layers=model.config.num_hidden_layers)
+    out.update(_bench_stack(model, repeats))
+    out.update(_bench_sampler(model, load_tokenizer("embedded"), repeats))
+    out.update(_bench_step(model, repeats))
+    compiles = clock.compiles  # name -> [count, seconds]
+    for name in ("jit(_prefill)", "jit(_decode)", "jit(step)"):
+        count, seconds = compiles.get(name, (0, 0.0))
+        out[f"compile_s {name}"] = round(seconds, 2)
+        out[f"compiles {name}"] = count
+    # first call = trace + lower + compile + one run; the warm call is the run alone
+    out["sampler_first_extra_s"] = out["sampler_first_s"] - out["sampler_warm_s"]
+    out["step_first_extra_s"] = out["step_first_s"] - out["step_warm_s"]
+    return out
+
+
+def _child(side: str, repeats: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--repeats={repeats}",
+           f"--questions={_QUESTIONS.value}", f"--samples={_SAMPLES.value}",
+           f"--new_tokens={_NEW_TOKENS.value}"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{side} side failed (rc={out.returncode}):\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv):
+    del argv
+    repeats = 1 if _QUICK.value else _REPEATS.value
+    if _SIDE.value:
+        print("RESULT " + json.dumps(run_side(_SIDE.value == "scan", repeats)), flush=True)
+        return
+    sides = {side: _child(side, repeats) for side in ("loop", "scan")}
+    for res in sides.values():
+        print(json.dumps(res))
+    loop, scan = sides["loop"], sides["scan"]
+    for key in loop:
+        if isinstance(loop[key], float) and loop[key]:
+            print(f"{key}: loop {loop[key]:.3f}  scan {scan[key]:.3f}  "
+                  f"scan/loop {scan[key] / loop[key]:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
