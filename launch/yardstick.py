@@ -49,6 +49,18 @@ def flops_per_token(matmul_params: float, kind: str) -> float:
     return FLOPS_PER_PARAM[kind] * matmul_params
 
 
+def llama_matmul_params(config) -> int:
+    """Weights a token passes through in a Llama-family decoder (`LlamaConfig` fields):
+    the projections of every layer and the output head (a tied embedding counts once, as
+    the head; the embedding lookup itself costs no FLOPs)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = config.num_key_value_heads * head_dim
+    per_layer = 2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size
+    return layers * per_layer + h * config.vocab_size
+
+
 def kv_bytes_per_row(layers: int, kv_heads: int, head_dim: int, context: int,
                      itemsize: int) -> float:
     """Bytes of keys and values one decode step reads for one row holding `context` tokens."""

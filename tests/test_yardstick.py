@@ -69,3 +69,15 @@ def test_load_watch_counts_only_others():
     watch.stop()
     assert watch.others_cores >= 0.0
     assert "cores" in watch.verdict()
+
+
+def test_llama_matmul_params_smollm2_135m():
+    from types import SimpleNamespace
+    smol = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, head_dim=64, intermediate_size=1536,
+                           vocab_size=49152)
+    n = yardstick.llama_matmul_params(smol)
+    assert 134e6 < n < 135e6   # SmolLM2-135M: 134.5M with the tied embedding counted once
+    fewer = yardstick.llama_matmul_params(SimpleNamespace(**{**vars(smol),
+                                                             "num_hidden_layers": 8}))
+    assert n - fewer == 22 * (n - 576 * 49152) // 30
