@@ -25,8 +25,14 @@ in runs/bench_entailment/.
 (a) is also run with entropy.pairs=rounds (only the pairs the greedy clustering reads, one
     batched call per round), printed beside the full-matrix figure.
 
-Last line: speedup_vs_reference_loop=<a> raw_pairs_ratio_vs_torch_batched=<b>
-           rounds_speedup_vs_reference_loop=<a with rounds>
+Yardstick (launch/yardstick.py, measured in this run): in (b) each side's useful FLOP rate,
+2 x the model's matmul parameters (all but the embedding tables: ~86M for this shape) per
+computed token slot (both sides compute the same padded batches), as a fraction of this
+machine's float32 matmul peak.
+
+Line: speedup_vs_reference_loop=<a> raw_pairs_ratio_vs_torch_batched=<b>
+      rounds_speedup_vs_reference_loop=<a with rounds>
+then the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yardstick  # noqa: E402
 
 _QUICK = flags.DEFINE_bool("quick", False, "small reference sample (finishes in < 2 min)")
 _QUESTIONS = flags.DEFINE_integer("num_questions", 50, "questions in the workload")
@@ -130,6 +137,9 @@ def main(argv):
     from se_jax.models.deberta_loading import load_nli
     from se_jax.stages.entropy import uncertainty_records
 
+    watch = yardstick.LoadWatch.start()
+    stick = yardstick.Yardstick.measure()
+    print(stick.describe())
     quick = _QUICK.value
     repeats = 1 if quick else _REPEATS.value
     workload = load_workload(_QUESTIONS.value, _SAMPLES.value, _TEMPERATURE.value)
@@ -240,6 +250,14 @@ def main(argv):
               f"(lengths {sorted({a[0].shape[1] for a in arrays})}, {rows} rows incl. "
               f"padding rows): ours {len(sub_ids) / ours_t:.1f} pairs/s, transformers "
               f"PyTorch batched {len(sub_ids) / torch_t:.1f} pairs/s -> {ratio:.2f}x")
+        # the embedding tables are lookups (no FLOPs); every other weight is a matmul's
+        matmul_params = sum(p.numel() for name, p in torch_model.named_parameters()
+                            if "embeddings" not in name)
+        flops = yardstick.flops_per_token(matmul_params, "forward") * sum(
+            a[0].size for a in arrays)
+        print(f"    yardstick: {matmul_params / 1e6:.1f}M matmul parameters, 2 FLOPs each "
+              f"per token slot: ours {yardstick.share_of_peak(flops, ours_t, stick.peak)}, "
+              f"torch {yardstick.share_of_peak(flops, torch_t, stick.peak)}")
         # where our time goes in (a): the forward passes, on padded token slots
         batches = backend.batches(ids)
         padded = sum(length * backend.rows(len(chunk)) for chunk, length in batches)
@@ -253,6 +271,7 @@ def main(argv):
                               pairs_rounds=rounds_pairs, reference_calls=reference.calls)))
     print(f"speedup_vs_reference_loop={speedup:.2f} raw_pairs_ratio_vs_torch_batched={ratio:.2f}"
           f" rounds_speedup_vs_reference_loop={rounds_speedup:.2f}")
+    print(watch.stop().verdict())
 
 
 if __name__ == "__main__":

@@ -21,8 +21,14 @@ compared between the sides (argmax over the three labels).
     python launch/bench_judge.py --quick     # 32 pairs (~10 min on 2 loaded CPU cores)
     python launch/bench_judge.py             # 256 pairs
 
-Last line: judge_speedup_vs_torch=<shared pairs/s / torch pairs/s>
-           prefix_speedup=<shared pairs/s / unshared pairs/s>
+Yardstick (launch/yardstick.py, measured in this run): each side's useful FLOP rate, 2 x the
+matmul parameters (134.5M) per prompt token it must process (shared: the suffixes, the
+prefix once; unshared and torch: every full prompt; padding not counted), as a fraction of
+this machine's float32 matmul peak.
+
+Line: judge_speedup_vs_torch=<shared pairs/s / torch pairs/s>
+      prefix_speedup=<shared pairs/s / unshared pairs/s>
+then the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+
+import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "32 pairs instead of --num_pairs")
 _PAIRS = flags.DEFINE_integer("num_pairs", 256, "pairs scored by every side")
@@ -111,6 +119,9 @@ def main(argv):
     from se_jax.data import prompts as prompt_lib
     from se_jax.models.loading import load_llama, load_tokenizer
 
+    watch = yardstick.LoadWatch.start()
+    stick = yardstick.Yardstick.measure()
+    print(stick.describe())
     n = 32 if _QUICK.value else _PAIRS.value
     items = workload(n)
     model, tokenizer = load_llama("embedded"), load_tokenizer("embedded")
@@ -152,11 +163,20 @@ def main(argv):
           f"{np.mean(labels['shared'] == labels['torch']):.0%} (max |diff| "
           f"{np.abs(got_shared - got_torch).max():.2e}); label counts "
           f"{dict(zip(prompt.label_names, np.bincount(labels['shared'], minlength=3).tolist()))}")
+    per_token = yardstick.flops_per_token(yardstick.llama_matmul_params(model.config),
+                                          "forward")
+    full_flops = per_token * sum(lengths)
+    shared_flops = per_token * (sum(lengths) - (n - 1) * p)
+    print("yardstick: " + ", ".join(
+        f"{side} {yardstick.share_of_peak(flops, n / rates[side], stick.peak)}"
+        for side, flops in (("shared", shared_flops), ("unshared", full_flops),
+                            ("torch", full_flops))))
     speedup, prefix_speedup = rates["shared"] / rates["torch"], rates["shared"] / rates["unshared"]
     print(json.dumps(dict(pairs=n, quick=_QUICK.value, pairs_per_s={k: round(v, 3)
                                                                       for k, v in rates.items()},
                           prompt_tokens=round(float(np.mean(lengths)), 1), prefix_tokens=p)))
     print(f"judge_speedup_vs_torch={speedup:.2f} prefix_speedup={prefix_speedup:.2f}")
+    print(watch.stop().verdict())
 
 
 if __name__ == "__main__":

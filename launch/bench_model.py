@@ -9,8 +9,13 @@ measured in one run, alternating ours/torch per repetition so both see the same 
 cache (tokens/s = B*T/s). Decode: one token per row against a cache holding T tokens
 (tokens/s = B/s), ours a compiled step with the cache donated, torch with its DynamicCache.
 Medians over --iters. XLA's cost analysis of our compiled steps gives FLOPs and bytes per call,
-hence achieved GFLOP/s and GB/s: where the time goes. The last line is
-`prefill_ratio=<ours/torch> decode_ratio=<ours/torch>` (> 1: ours faster).
+hence achieved GFLOP/s and GB/s: where the time goes. The yardstick (launch/yardstick.py),
+measured in the same run, puts each side against this machine's limits: prefill's useful
+FLOPs (2 x the matmul parameters per token: SmolLM2-135M has 134.5M with the tied head, the
+--quick 8-layer cut 56.6M) as a fraction of the float32 matmul peak; decode also against the
+memory-bandwidth roofline (every weight plus each row's keys and values read once per step).
+The line `prefill_ratio=<ours/torch> decode_ratio=<ours/torch>` (> 1: ours faster) is
+followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import statistics
 import time
 
 from absl import app, flags
+
+import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "small run: 8 layers, batch 4, 64 tokens, 3 iters")
 _MODEL = flags.DEFINE_string("model", "embedded", "checkpoint (embedded, HF dir, .gguf)")
@@ -142,6 +149,9 @@ def main(argv):
     import numpy as np
     from se_jax.models.loading import load_llama
 
+    watch = yardstick.LoadWatch.start()
+    stick = yardstick.Yardstick.measure()
+    print(stick.describe())
     quick = _QUICK.value
     layers = _LAYERS.value or (8 if quick else 0)
     b, t = (4, 64) if quick else (_BATCH.value, _SEQ.value)
@@ -177,7 +187,28 @@ def main(argv):
               f"ratio {ratios[name]:.2f}   ours: {flops / 1e9:.2f} GFLOP, {nbytes / 1e6:.0f} MB "
               f"per call = {flops / ours[key] / 1e9:.1f} GFLOP/s, "
               f"{nbytes / ours[key] / 1e9:.1f} GB/s")
+    cfg = model.config
+    n_params = yardstick.llama_matmul_params(cfg)
+    itemsize = 2 if _DTYPE.value == "bfloat16" else 4
+    kv_row = yardstick.kv_bytes_per_row(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                                        cfg.head_dim, t + iters, itemsize)
+    roofline = yardstick.decode_roofline(stick.bandwidth_gbs, n_params * itemsize, kv_row, b)
+    print(f"yardstick: {n_params / 1e6:.1f}M matmul parameters, 2 FLOPs each per token; "
+          f"peak {stick.peak:.1f} GFLOP/s; decode roofline {roofline:.0f} tok/s at batch {b} "
+          f"({n_params * itemsize / 1e6:.0f} MB weights + {kv_row / 1e6:.1f} MB KV per row "
+          f"per step at {stick.bandwidth_gbs:.1f} GB/s)")
+    for name, n_tokens, key, _ in rows:
+        flops = yardstick.flops_per_token(n_params, "forward") * n_tokens
+        sides = {"ours": ours[key], "torch": theirs[key]}
+        line = "   ".join(f"{side} {yardstick.share_of_peak(flops, sec, stick.peak)}"
+                           for side, sec in sides.items())
+        if name == "decode":
+            line += "   bandwidth roofline: " + ", ".join(
+                f"{side} {yardstick.share(n_tokens / sec, roofline):.0%}"
+                for side, sec in sides.items())
+        print(f"{name:8s} {line}")
     print(f"prefill_ratio={ratios['prefill']:.3f} decode_ratio={ratios['decode']:.3f}")
+    print(watch.stop().verdict())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,17 @@ sampling math costs ~16 ms for 80 rows x 49k vocab (was ~95 ms with a 49k cumsum
 XLA's variadic-reduce argmax; see se_jax/sampling_math.py).
 Under heavy CPU contention (other jobs on the same cores) transformers' OpenMP threads
 degrade far more than XLA's, which inflates the ratio: compare on an otherwise idle machine.
+
+Yardstick (launch/yardstick.py, measured in this run): each side's useful FLOP rate (2 x the
+matmul parameters per generated token and per real prompt token, one prefill per question)
+as a fraction of this machine's float32 matmul peak, and its tokens/s as a fraction of the
+decode memory-bandwidth roofline (weights + every row's keys and values at the mean
+context, read once per step). Where our time goes, measured on one extra run of ours with
+the jitted prefill and decode programs synchronised and timed (`time_breakdown`): prefill,
+decode steps (the model forwards), sampling maths (the jitted per-step sampling over the
+49k vocabulary for all rows, timed alone on the same shapes, times the steps), and host work
+(the rest: padding, keys, transfers, dispatch). The line sampling_speedup_vs_torch=<ours/torch>
+is followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -42,6 +53,8 @@ import sys
 import time
 
 from absl import app, flags
+
+import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "one timed repeat per side; no scaling run")
 _QUESTIONS = flags.DEFINE_integer("questions", 8, "questions per batch")
@@ -152,6 +165,51 @@ def _our_run(model, tokenizer, ids, m: int, new: int, mesh=None, natural: bool =
                                  mesh=mesh)
 
 
+def time_breakdown(model, tokenizer, ids, m: int, new: int) -> dict[str, float]:
+    """Seconds of one run of ours split into prefill, decode forwards, sampling maths and
+    host work, measured: the module's jitted `_prefill` and `_decode` are wrapped to wait for
+    their results and time themselves for this run; the sampling maths is the jitted
+    per-step sampling (keys, 49k-vocabulary softmax, inverse CDF, T=1 log-prob) on the same
+    [rows, vocab] shapes, timed alone, times the decode's steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from se_jax import sampling, sampling_math
+
+    seconds = {"prefill": 0.0, "decode": 0.0}
+    originals = {"prefill": sampling._prefill, "decode": sampling._decode}
+
+    def timed_program(name):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            out = jax.block_until_ready(originals[name](*args, **kwargs))
+            seconds[name] += time.perf_counter() - start
+            return out
+        return run
+
+    sampling._prefill, sampling._decode = timed_program("prefill"), timed_program("decode")
+    try:
+        start = time.perf_counter()
+        raw = _our_run(model, tokenizer, ids, m, new)
+        total = time.perf_counter() - start
+    finally:
+        sampling._prefill, sampling._decode = originals["prefill"], originals["decode"]
+
+    rows, vocab = len(ids) * m, model.config.vocab_size
+    logits = jax.random.normal(jax.random.key(0), (rows, vocab), jnp.float32) * 4
+    keys = sampling_math.row_keys(0, jnp.arange(rows, dtype=jnp.uint32),
+                                  jnp.zeros((rows,), jnp.int32))
+    temperature = jnp.ones((rows,), jnp.float32)
+    maths = jax.jit(lambda lg, k, step: sampling_math.sample_step(
+        lg, sampling_math.step_keys(k, step), temperature))
+    per_step = yardstick.median_seconds(
+        lambda: jax.block_until_ready(maths(logits, keys, np.int32(1))), 5)
+    sampling_s = per_step * raw.steps
+    return dict(total=total, prefill=seconds["prefill"],
+                decode_forward=seconds["decode"] - sampling_s, sampling_maths=sampling_s,
+                host=total - seconds["prefill"] - seconds["decode"], steps=raw.steps)
+
+
 def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
     import jax
     model, tokenizer = _load_ours(dtype)
@@ -168,6 +226,16 @@ def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
         nat = []
         t = _timed(lambda: nat.append(_our_run(model, tokenizer, ids, m, new, natural=True)), 1)
         out["natural"] = dict(tokens=int(nat[-1].lengths.sum()), seconds=t)
+    out["breakdown"] = time_breakdown(model, tokenizer, ids, m, new)
+    cfg = model.config
+    itemsize = 2 if dtype == "bfloat16" else 4
+    context = sum(map(len, ids)) / len(ids) + new / 2
+    out.update(prompt_tokens=sum(map(len, ids)),
+               matmul_params=yardstick.llama_matmul_params(cfg),
+               weight_bytes=yardstick.llama_matmul_params(cfg) * itemsize,
+               kv_bytes_row=yardstick.kv_bytes_per_row(cfg.num_hidden_layers,
+                                                       cfg.num_key_value_heads, cfg.head_dim,
+                                                       round(context), itemsize))
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
@@ -219,6 +287,9 @@ def main(argv):
               f"--repeats={repeats}", f"--dtype={_DTYPE.value}"]
     if _QUICK.value:
         common.append("--quick")
+    watch = yardstick.LoadWatch.start()
+    stick = yardstick.Yardstick.measure()
+    print(stick.describe(), flush=True)
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     base_env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                     TOKENIZERS_PARALLELISM="false")
@@ -238,6 +309,23 @@ def main(argv):
               f"{_rate(ours_r['natural']):.1f} tokens/s ({ours_r['natural']['tokens']} tokens), "
               f"transformers {_rate(torch_r['natural']):.1f} tokens/s "
               f"({torch_r['natural']['tokens']} tokens, EOS only)")
+    generated = n * m * new
+    flops = yardstick.flops_per_token(ours_r["matmul_params"], "forward") * (
+        generated + ours_r["prompt_tokens"])
+    roofline = yardstick.decode_roofline(stick.bandwidth_gbs, ours_r["weight_bytes"],
+                                         ours_r["kv_bytes_row"], n * m)
+    print(f"yardstick: {ours_r['matmul_params'] / 1e6:.1f}M matmul parameters, 2 FLOPs each "
+          f"per token ({generated} generated + {ours_r['prompt_tokens']} prompt tokens); "
+          f"decode roofline at {n * m} rows {roofline:.0f} tokens/s")
+    for label, r in (("transformers", torch_r), ("se_jax", ours_r)):
+        secs = statistics.median(r["fixed"]["seconds"])
+        print(f"  {label:12s} {yardstick.share_of_peak(flops, secs, stick.peak)}, "
+              f"{yardstick.share(generated / secs, roofline):.0%} of the bandwidth roofline")
+    parts = ours_r["breakdown"]
+    print("se_jax time breakdown (one extra run, programs synchronised: "
+          f"{parts['total']:.2f}s, {parts['steps']} steps): " + ", ".join(
+              f"{k.replace('_', ' ')} {parts[k] / parts['total']:.0%} ({parts[k]:.2f}s)"
+              for k in ("prefill", "decode_forward", "sampling_maths", "host")))
     if _SCALING.value and not _QUICK.value:
         env = dict(base_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
         s = _spawn("scaling", common, env)
@@ -246,6 +334,7 @@ def main(argv):
               f"1 device {r1:.1f} tokens/s, 8 devices {r8:.1f} tokens/s "
               f"(x{r8 / r1:.2f}; CPU devices share the same cores: overhead, not speed-up)")
     print(f"sampling_speedup_vs_torch={o_rate / t_rate:.2f}")
+    print(watch.stop().verdict())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ peak resident memory (ru_maxrss; also after model loading). Ours runs
     python launch/bench_training.py --quick    # 1 warm-up + 3 timed steps (< 2 minutes)
     python launch/bench_training.py --dtype=bfloat16   # our compute in bfloat16 (torch f32)
 
-Last line: training_speedup_vs_torch=<our tokens/s / torch tokens/s>.
+Yardstick (launch/yardstick.py, measured in this run before the sides): each side's useful
+FLOP rate, 4 x the matmul parameters per token (forward, and backward through the frozen
+weights; SmolLM2-135M: 134.5M with the tied head), as a fraction of this machine's float32
+matmul peak.
+
+The line training_speedup_vs_torch=<our tokens/s / torch tokens/s> is followed by the load
+verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ import sys
 import time
 
 from absl import app, flags
+
+import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "fewer steps (finishes in under two minutes)")
 _SIDE = flags.DEFINE_enum("side", None, ["jax", "torch"], "internal: run one side only")
@@ -89,6 +97,7 @@ def run_jax(warmup: int, steps: int) -> dict:
 
     times = _time_steps(step, warmup, steps)
     return dict(side="jax", step_s=statistics.median(times), times=times,
+                matmul_params=yardstick.llama_matmul_params(model.config),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), devices=len(jax.devices()))
 
 
@@ -144,6 +153,9 @@ def main(argv):
         result = (run_jax if _SIDE.value == "jax" else run_torch)(warmup, steps)
         print("RESULT " + json.dumps(result))
         return
+    watch = yardstick.LoadWatch.start()
+    stick = yardstick.Yardstick.measure()
+    print(stick.describe())
     tokens = _BATCH.value * _SEQ.value
     results = {side: _child(side, warmup, steps) for side in ("torch", "jax")}
     print(f"LoRA r={RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M f32 "
@@ -154,8 +166,17 @@ def main(argv):
         print(f"  {label:18s} step {r['step_s']:.3f}s  {tokens / r['step_s']:7.1f} tokens/s  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB (after load {r['loaded_rss_mib']:.0f} MiB)"
               f"  steps: {', '.join(f'{t:.2f}' for t in r['times'])}")
+    n_params = results["jax"]["matmul_params"]
+    flops = yardstick.flops_per_token(n_params, "lora_train") * tokens
+    print(f"yardstick: {n_params / 1e6:.1f}M matmul parameters x 4 FLOPs per token = "
+          f"{flops / 1e9:.1f} GFLOP per step; at the peak {stick.peak:.1f} GFLOP/s the "
+          f"ceiling is {stick.peak * 1e9 * tokens / flops:.0f} tokens/s")
+    print("  " + "   ".join(
+        f"{side} {yardstick.share_of_peak(flops, results[side]['step_s'], stick.peak)}"
+        for side in ("torch", "jax")))
     speedup = results["torch"]["step_s"] / results["jax"]["step_s"]
     print(f"training_speedup_vs_torch={speedup:.3f}")
+    print(watch.stop().verdict())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,254 @@
+"""The yardstick every `launch/bench_*.py` carries: this machine's limits, measured in the
+same run as the benchmark, so that a figure reads as a fraction of what the CPU can do
+rather than only as a ratio to a peer that may itself be slow.
+
+    stick = Yardstick.measure()            # ~3 s: matmul peaks, bandwidth, CPU model
+    watch = LoadWatch.start()              # load average and CPU counters before the run
+    ... the benchmark ...
+    print(stick.describe())
+    print(f"ours {share_of_peak(flops_per_s, stick.peak)}")
+    print(watch.stop().verdict())          # the script's last line
+
+Measured: the median GFLOP/s of a jitted float32 2048^3 matmul (JAX/XLA) and of torch's;
+the peak is the faster of the two (what this machine's cores reach on the kernel that
+dominates every benchmark). Memory bandwidth: the faster of a jitted matrix-vector product
+over a 256 MiB float32 matrix (what a decode step does with the weights) and torch's sum
+over the same bytes, in GB/s.
+
+Load: the 1-minute load average before and after, and the CPU time *other* processes used
+during the run (/proc/stat busy time minus this process's and its children's rusage), in
+cores. The after-run load average includes the benchmark's own threads (a 2-core benchmark
+drives it to ~2), so the rule reads the load before the run and the others' share during it.
+The pure parts (FLOPs per token, roofline, the load rule) are tested in tests/test_yardstick.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import statistics
+import time
+from typing import Callable
+
+# Useful FLOPs per token per matmul parameter: a forward pass multiplies each weight once
+# (2 FLOPs: multiply and add); LoRA training adds the backward pass through the frozen
+# weights (the activation gradient only, no weight gradient: another 2), the adapters'
+# own terms being ~0.1% of it.
+FLOPS_PER_PARAM = {"forward": 2.0, "lora_train": 4.0}
+LOAD_LIMIT_PER_CORE = 0.5
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+def flops_per_token(matmul_params: float, kind: str) -> float:
+    """Useful FLOPs per token for a model whose tokens each pass through `matmul_params`
+    weights (attention's score/value products, ~4*T*hidden*layers, are left out: < 5% at
+    the benchmarks' lengths)."""
+    if kind not in FLOPS_PER_PARAM:
+        raise ValueError(f"kind={kind!r} is not one of {sorted(FLOPS_PER_PARAM)}")
+    return FLOPS_PER_PARAM[kind] * matmul_params
+
+
+def llama_matmul_params(config) -> int:
+    """Weights a token passes through in a Llama-family decoder (`LlamaConfig` fields):
+    the projections of every layer and the output head (a tied embedding counts once, as
+    the head; the embedding lookup itself costs no FLOPs)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = config.num_key_value_heads * head_dim
+    per_layer = 2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size
+    return layers * per_layer + h * config.vocab_size
+
+
+def kv_bytes_per_row(layers: int, kv_heads: int, head_dim: int, context: int,
+                     itemsize: int) -> float:
+    """Bytes of keys and values one decode step reads for one row holding `context` tokens."""
+    return 2.0 * layers * kv_heads * head_dim * context * itemsize
+
+
+def decode_roofline(bandwidth_gbs: float, weight_bytes: float, kv_bytes_row: float,
+                    rows: int) -> float:
+    """The memory-bandwidth ceiling of decode in tokens/s: a step reads every weight once
+    (shared by the `rows` rows) and each row's keys and values, and yields `rows` tokens."""
+    return rows * bandwidth_gbs * 1e9 / (weight_bytes + rows * kv_bytes_row)
+
+
+def share(achieved: float, limit: float) -> float:
+    """achieved / limit (0 when the limit is unknown)."""
+    return achieved / limit if limit > 0 else 0.0
+
+
+def share_of_peak(flops: float, seconds: float, peak_gflops: float) -> str:
+    """'123.4 GFLOP/s = 56% of peak' for `flops` done in `seconds`."""
+    rate = flops / seconds / 1e9
+    return f"{rate:.1f} GFLOP/s = {share(rate, peak_gflops):.0%} of peak"
+
+
+def load_verdict(load_before: float, load_after: float, others_cores: float,
+                 cores: int) -> str:
+    """The last line of every benchmark: 'load ok' or, loudly, 'figures unreliable'.
+
+    Unreliable when the 1-minute load average before the run, or the CPU other processes
+    used during it (in cores), exceeded LOAD_LIMIT_PER_CORE per core. The after-run load
+    average is shown but not judged: it includes the benchmark's own threads.
+    """
+    worst = max(load_before, others_cores)
+    facts = (f"load average {load_before:.2f} before, {load_after:.2f} after (incl. this "
+             f"benchmark); other processes used {others_cores:.2f} cores during the run; "
+             f"{cores} cores")
+    if worst > LOAD_LIMIT_PER_CORE * cores:
+        return (f"!!! FIGURES UNRELIABLE: load {worst:.2f} on {cores} cores "
+                f"(> {LOAD_LIMIT_PER_CORE} per core) !!! {facts}")
+    return f"load ok: {facts}"
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def cpu_model() -> str:
+    """/proc/cpuinfo's first 'model name' (the platform's name elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """/proc/cpuinfo's 'flags' of the first CPU (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `fn()` over `repeats` calls, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    return 2.0 * n ** 3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
+
+
+def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+    """The faster of JAX's matrix-vector product and torch's sum over `mib` MiB, GB/s."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    cols = 4096
+    rows = mib * 2 ** 20 // 4 // cols
+    w = jnp.asarray(np.ones((rows, cols), np.float32))
+    v = jnp.ones((cols,), jnp.float32)
+    mv = jax.jit(jnp.matmul)
+    nbytes = rows * cols * 4
+    best = nbytes / median_seconds(lambda: mv(w, v).block_until_ready(), repeats)
+    del w
+    try:
+        import torch
+        t = torch.ones(rows * cols)
+        best = max(best, nbytes / median_seconds(lambda: t.sum(), repeats))
+    except ImportError:
+        pass
+    return best / 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Yardstick:
+    """This machine's limits, measured now."""
+    cpu: str
+    cores: int
+    jax_gflops: float       # jitted float32 2048^3 matmul, median
+    torch_gflops: float     # torch float32 2048^3 matmul, median (0: torch absent)
+    bandwidth_gbs: float    # streaming read, GB/s
+
+    @property
+    def peak(self) -> float:
+        """The machine's float32 matmul peak, GFLOP/s: the faster library's."""
+        return max(self.jax_gflops, self.torch_gflops)
+
+    @classmethod
+    def measure(cls) -> "Yardstick":
+        try:
+            torch_gf = torch_matmul_gflops()
+        except ImportError:
+            torch_gf = 0.0
+        return cls(cpu_model(), os.cpu_count() or 1, jax_matmul_gflops(), torch_gf,
+                   bandwidth_gbs())
+
+    def describe(self) -> str:
+        wide = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
+        flags_seen = ", ".join(wide) or "no avx512f/avx512_bf16/amx"
+        return (f"machine: {self.cpu}, {self.cores} cores ({flags_seen}); float32 2048^3 "
+                f"matmul: jax "
+                f"{self.jax_gflops:.1f}, torch {self.torch_gflops:.1f} GFLOP/s -> peak "
+                f"{self.peak:.1f}; memory bandwidth {self.bandwidth_gbs:.1f} GB/s")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes spent busy since boot (/proc/stat; 0 where absent)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclasses.dataclass
+class LoadWatch:
+    """Load before and after a run, and the cores other processes used during it."""
+    wall: float
+    busy: float
+    own: float
+    load_before: float
+    load_after: float = 0.0
+    others_cores: float = 0.0
+
+    @classmethod
+    def start(cls) -> "LoadWatch":
+        return cls(time.monotonic(), _busy_seconds(), _own_seconds(), os.getloadavg()[0])
+
+    def stop(self) -> "LoadWatch":
+        wall = max(time.monotonic() - self.wall, 1e-9)
+        others = (_busy_seconds() - self.busy) - (_own_seconds() - self.own)
+        self.load_after = os.getloadavg()[0]
+        self.others_cores = max(others, 0.0) / wall
+        return self
+
+    def verdict(self) -> str:
+        return load_verdict(self.load_before, self.load_after, self.others_cores,
+                            os.cpu_count() or 1)
