@@ -134,8 +134,9 @@ def test_experiment_end_to_end(tiny_setup, first_run):
 
 def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
     """data.source=facts with the teach step and both answer settings, on the tiny model:
-    the plumbing (a random model learns no facts, so no direction is asserted here; the
-    SmolLM2 test in tests/test_demo_knowledge.py does that)."""
+    the plumbing only (one teach epoch teaches nothing, so no direction is asserted here;
+    tests/test_demo_knowledge.py teaches the tiny model its facts and asserts the
+    direction: taught facts answered, untaught ones abstained on, after SE tuning)."""
     model_dir, _, _ = tiny_setup
     workdir = tmp_path_factory.mktemp("facts")
     config = tiny.get_config()
