@@ -24,13 +24,12 @@ and the ratios scan/loop.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 from absl import app, flags
+
+import yardstick  # launch/: the benchmarks' shared module
 
 _QUICK = flags.DEFINE_bool("quick", False, "1 timed repeat per side")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed warm calls per program (median)")
@@ -142,23 +141,16 @@ def run_side(scan: bool, repeats: int) -> dict:
 
 
 def _child(side: str, repeats: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--repeats={repeats}",
-           f"--questions={_QUESTIONS.value}", f"--samples={_SAMPLES.value}",
-           f"--new_tokens={_NEW_TOKENS.value}"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"{side} side failed (rc={out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return yardstick.run_side(__file__, [
+        f"--side={side}", f"--repeats={repeats}", f"--questions={_QUESTIONS.value}",
+        f"--samples={_SAMPLES.value}", f"--new_tokens={_NEW_TOKENS.value}"])
 
 
 def main(argv):
     del argv
     repeats = 1 if _QUICK.value else _REPEATS.value
     if _SIDE.value:
-        print("RESULT " + json.dumps(run_side(_SIDE.value == "scan", repeats)), flush=True)
+        yardstick.print_result(run_side(_SIDE.value == "scan", repeats))
         return
     sides = {side: _child(side, repeats) for side in ("loop", "scan")}
     for res in sides.values():

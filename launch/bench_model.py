@@ -23,7 +23,7 @@ import dataclasses
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 
 import yardstick
 

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 import yardstick
 

@@ -23,15 +23,12 @@ verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 import yardstick
 
@@ -133,16 +130,9 @@ def run_torch(warmup: int, steps: int) -> dict:
 
 
 def _child(side: str, warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--warmup={warmup}",
-           f"--steps={steps}", f"--batch={_BATCH.value}", f"--seq={_SEQ.value}",
-           f"--lora_dropout={_DROPOUT.value}", f"--dtype={_DTYPE.value}"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"{side} side failed (rc={out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return yardstick.run_side(__file__, [
+        f"--side={side}", f"--warmup={warmup}", f"--steps={steps}", f"--batch={_BATCH.value}",
+        f"--seq={_SEQ.value}", f"--lora_dropout={_DROPOUT.value}", f"--dtype={_DTYPE.value}"])
 
 
 def main(argv):
@@ -151,7 +141,7 @@ def main(argv):
     steps = 3 if _QUICK.value else _STEPS.value
     if _SIDE.value:
         result = (run_jax if _SIDE.value == "jax" else run_torch)(warmup, steps)
-        print("RESULT " + json.dumps(result))
+        yardstick.print_result(result)
         return
     watch = yardstick.LoadWatch.start()
     stick = yardstick.Yardstick.measure()

@@ -24,9 +24,12 @@ The pure parts (FLOPs per token, roofline, the load rule) are tested in tests/te
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -252,3 +255,27 @@ class LoadWatch:
     def verdict(self) -> str:
         return load_verdict(self.load_before, self.load_after, self.others_cores,
                             os.cpu_count() or 1)
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def print_result(result: dict) -> None:
+    """A side's result line, read back by `run_side` in the parent."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_side(script: str, flags: list[str]) -> dict:
+    """Run one side of a benchmark (`script` with `flags`, e.g. ["--side=jax", ...]) in its
+    own process, so the sides share no threads, caches or allocator state; its last
+    `print_result` line is the result. The repository root goes on PYTHONPATH so the child
+    imports this checkout's se_jax."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(script)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, os.path.abspath(script), *flags],
+                         capture_output=True, text=True, env=env, cwd=root)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{script} {' '.join(flags)} failed (rc={out.returncode}):\n"
+                           f"{out.stderr[-4000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])

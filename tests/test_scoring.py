@@ -2,7 +2,6 @@
 forward, padding/bucketing invariance, and sharded == single device (8 simulated devices)."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
