@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 
 from absl import app, flags
 
@@ -41,16 +40,10 @@ _SIDE = flags.DEFINE_enum("side", None, ["loop", "scan"], "internal: run one sid
 BATCH, SEQ, RANK, ALPHA, LR = 8, 64, 8, 16.0, 3e-5
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _first_and_warm(fn, repeats: int) -> tuple[float, float]:
     """(first call's wall seconds, median of `repeats` warm calls)."""
-    first = _timed(fn)
-    return first, statistics.median(_timed(fn) for _ in range(repeats))
+    first = yardstick.wall_seconds(fn)
+    return first, statistics.median(yardstick.timings(fn, repeats))
 
 
 def _bench_sampler(model, tokenizer, repeats: int) -> dict:

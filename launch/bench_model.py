@@ -46,12 +46,6 @@ def interleaved_medians(fns: dict, iters: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def truncate_layers(model, n: int):
     """Keep the first n layers (a matched smaller config with the same weights)."""
     from flax import nnx
@@ -85,7 +79,7 @@ def bench_ours(model, tokens, iters: int) -> dict:
     def run_prefill() -> float:
         cache = new_cache()
         jax.block_until_ready(cache)
-        return timed(lambda: jax.block_until_ready(prefill(state, tok, pos, cache)))
+        return yardstick.wall_seconds(lambda: jax.block_until_ready(prefill(state, tok, pos, cache)))
 
     _, cache = prefill(state, tok, pos, new_cache())
     box = [cache]
@@ -94,7 +88,7 @@ def bench_ours(model, tokens, iters: int) -> dict:
         def step():
             logits, box[0] = decode(state, one_tok, one_pos, box[0])
             jax.block_until_ready(logits)
-        return timed(step)
+        return yardstick.wall_seconds(step)
 
     run_prefill(), run_decode()  # warm-up
     return dict(compile_s=compile_s, prefill=run_prefill, decode=run_decode,
@@ -123,12 +117,12 @@ def bench_torch(model, tokens, iters: int) -> dict:
 
     @torch.inference_mode()
     def run_prefill() -> float:
-        return timed(lambda: hf(ids, use_cache=True))
+        return yardstick.wall_seconds(lambda: hf(ids, use_cache=True))
 
     @torch.inference_mode()
     def run_decode() -> float:
         # DynamicCache grows in place: the context ends up T + iters long, as ours does.
-        return timed(lambda: hf(nxt, past_key_values=cache, use_cache=True))
+        return yardstick.wall_seconds(lambda: hf(nxt, past_key_values=cache, use_cache=True))
 
     # Torch's OpenMP threads spin-wait: on a loaded machine 1 thread can beat all cores many
     # times over. Give torch whichever thread count is faster here (ours uses XLA's default).

@@ -93,15 +93,6 @@ def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
             for q in _questions(n)]
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 # ----------------------------------------------------------------------------- sides
 
 def child_torch(n: int, m: int, new: int, repeats: int) -> dict:
@@ -130,12 +121,12 @@ def child_torch(n: int, m: int, new: int, repeats: int) -> dict:
     run(2)  # warm-up
     out = {}
     seqs = []
-    times = _timed(lambda: seqs.append(run(new)), repeats)
+    times = yardstick.timings(lambda: seqs.append(run(new)), repeats)
     assert seqs[-1].shape == (n * m, width + new), seqs[-1].shape
     out["fixed"] = dict(tokens=n * m * new, seconds=times)
     if repeats > 1:  # natural stopping: count real tokens up to and including EOS
         seq = []
-        t = _timed(lambda: seq.append(run(new, forced=False)), 1)
+        t = yardstick.timings(lambda: seq.append(run(new, forced=False)), 1)
         gen = seq[-1][:, width:]
         eos = model.generation_config.eos_token_id
         is_eos = torch.isin(gen, torch.tensor([eos] if isinstance(eos, int) else eos))
@@ -218,13 +209,13 @@ def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
     _our_run(model, tokenizer, ids, m, new)      # warm-up: compiles prefill + decode
     compile_s = time.perf_counter() - start
     raws = []
-    times = _timed(lambda: raws.append(_our_run(model, tokenizer, ids, m, new)), repeats)
+    times = yardstick.timings(lambda: raws.append(_our_run(model, tokenizer, ids, m, new)), repeats)
     assert (raws[-1].lengths == new).all()
     out = dict(fixed=dict(tokens=n * m * new, seconds=times), compile_seconds=compile_s,
                devices=len(jax.devices()), dtype=dtype)
     if repeats > 1:
         nat = []
-        t = _timed(lambda: nat.append(_our_run(model, tokenizer, ids, m, new, natural=True)), 1)
+        t = yardstick.timings(lambda: nat.append(_our_run(model, tokenizer, ids, m, new, natural=True)), 1)
         out["natural"] = dict(tokens=int(nat[-1].lengths.sum()), seconds=t)
     out["breakdown"] = time_breakdown(model, tokenizer, ids, m, new)
     cfg = model.config
@@ -250,7 +241,7 @@ def child_scaling(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
         model, tokenizer = _load_ours(dtype, mesh)
         ids = _prompt_ids(tokenizer, n)
         _our_run(model, tokenizer, ids, m, new, mesh)
-        times = _timed(lambda: _our_run(model, tokenizer, ids, m, new, mesh), repeats)
+        times = yardstick.timings(lambda: _our_run(model, tokenizer, ids, m, new, mesh), repeats)
         out[str(count)] = dict(tokens=n * m * new, seconds=times)
     return out
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import resource
 import statistics
-import time
 
 from absl import flags
 
@@ -55,17 +54,6 @@ def _tokens(vocab: int):
         np.int32)
 
 
-def _time_steps(step, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def run_jax(warmup: int, steps: int) -> dict:
     import jax
     from configs.base import training_config
@@ -92,7 +80,7 @@ def run_jax(warmup: int, steps: int) -> dict:
         metrics = state.apply_step(batch, jax.random.key(next(counter)), distill=False)
         jax.block_until_ready(metrics["loss"])
 
-    times = _time_steps(step, warmup, steps)
+    times = yardstick.timings(step, steps, warmup)
     return dict(side="jax", step_s=statistics.median(times), times=times,
                 matmul_params=yardstick.llama_matmul_params(model.config),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), devices=len(jax.devices()))
@@ -124,7 +112,7 @@ def run_torch(warmup: int, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = _time_steps(step, warmup, steps)
+    times = yardstick.timings(step, steps, warmup)
     return dict(side="torch", step_s=statistics.median(times), times=times,
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), threads=torch.get_num_threads())
 

@@ -133,15 +133,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def wall_seconds(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call of `fn()` (the caller synchronises device work inside it)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn()`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return [wall_seconds(fn) for _ in range(repeats)]
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall seconds of `fn()` over `repeats` calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(fn, repeats, warmup=1))
 
 
 def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -81,3 +81,11 @@ def test_llama_matmul_params_smollm2_135m():
     fewer = yardstick.llama_matmul_params(SimpleNamespace(**{**vars(smol),
                                                              "num_hidden_layers": 8}))
     assert n - fewer == 22 * (n - 576 * 49152) // 30
+
+
+def test_timings_warm_up_then_time_each_call():
+    calls = []
+    times = yardstick.timings(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(times) == 3 and all(t >= 0.0 for t in times)
+    assert yardstick.median_seconds(lambda: calls.append(1), 4) >= 0.0
+    assert len(calls) == 10   # one untimed call, then four timed
