@@ -18,6 +18,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 ENV_MODE = "SE_JAX_DISTRIBUTED"          # "auto": the cluster environment says everything
 ENV_COORDINATOR = "SE_JAX_COORDINATOR"   # host:port of process 0
@@ -62,3 +63,11 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (all-gathered from the other processes on a pod)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))

@@ -62,6 +62,7 @@ from jax.sharding import Mesh, NamedSharding
 from se_jax import mesh as mesh_lib
 from se_jax import sampling_math, stopping
 from se_jax.data import prompts as prompt_lib
+from se_jax.distributed import to_host
 from se_jax.mesh import ShardingRules
 from se_jax.models.llama import KVCache
 
@@ -152,16 +153,9 @@ def _constrain_batch(x: jax.Array, mesh: Mesh | None, rules: ShardingRules) -> j
     return jax.lax.with_sharding_constraint(x, _batch_spec(x, mesh, rules))
 
 
-def _put(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Array:
+def put_batch(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Array:
+    """A host batch [B, ...] on the devices, split along B over the mesh's batch axes."""
     return jnp.asarray(x) if mesh is None else jax.device_put(x, _batch_spec(x, mesh, rules))
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host (gathered from the other processes on a pod)."""
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
 
 
 def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
@@ -317,7 +311,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
     row_done = np.repeat(np.arange(b) >= n, r)
 
     graphdef, state = nnx.split(model)
-    put = functools.partial(_put, mesh=mesh, rules=rules)
+    put = functools.partial(put_batch, mesh=mesh, rules=rules)
     cache, logits = _prefill(graphdef, state, put(tokens), put(positions),
                              rows_per_prompt=r, extra_slots=max_new_tokens - 1, mesh=mesh,
                              rules=rules)
@@ -327,7 +321,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
                   put(row_index), put(row_temp), put(np.repeat(prompt_len, r)),
                   put(row_done), stop_arrays,
                   max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p))
-    toks, lps, lens, steps = (_to_host(x) for x in out[:4])  # the cache is dropped on device
+    toks, lps, lens, steps = (to_host(x) for x in out[:4])  # the cache is dropped on device
     return RawRows(toks[:n * r], lps[:n * r], lens[:n * r], int(steps))
 
 

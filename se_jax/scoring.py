@@ -37,7 +37,8 @@ from se_jax import mesh as mesh_lib
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import ShardingRules
 from se_jax.models.llama import KVCache
-from se_jax.sampling import _put, _to_host
+from se_jax.distributed import to_host
+from se_jax.sampling import put_batch
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -185,7 +186,7 @@ class NextTokenScorer:
                              f"context ({self.max_len})")
         labels = jnp.asarray(np.asarray(label_ids, np.int32))
         cache = prefix.cache if prefix is not None else None
-        put = functools.partial(_put, mesh=self.mesh, rules=self.rules)
+        put = functools.partial(put_batch, mesh=self.mesh, rules=self.rules)
         pending = []                     # dispatch every batch, then fetch (async)
         for chunk, length in self.batches(lengths):
             rows = padded_rows(len(chunk), self.shards, self.batch_size)
@@ -202,7 +203,7 @@ class NextTokenScorer:
             pending.append((chunk, out))
         result = np.empty((len(suffixes), len(label_ids)), np.float32)
         for chunk, out in pending:
-            result[chunk] = _to_host(out)[:len(chunk)]
+            result[chunk] = to_host(out)[:len(chunk)]
         return result
 
 

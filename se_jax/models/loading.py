@@ -23,9 +23,9 @@ import time
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from se_jax.distributed import to_host
 from se_jax.embedded import resolve_model_path
 from se_jax.mesh import ShardingRules, variable_sharding
 from se_jax.models.gguf_checkpoint import GGUFCheckpoint
@@ -141,13 +141,6 @@ def load_tokenizer(path_or_id: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The full array on this host (all-gathered across processes when needed)."""
-    if not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
-
-
 def to_hf_state_dict(model: Llama) -> dict[str, np.ndarray]:
     """HF tensor names -> numpy arrays in torch layout (`[out, in]` weights), param dtype.
 
@@ -156,7 +149,7 @@ def to_hf_state_dict(model: Llama) -> dict[str, np.ndarray]:
     variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     out = {}
     for spec in param_specs(model.config):
-        a = _to_host(variables[spec.path].get_value())
+        a = to_host(variables[spec.path].get_value())
         out[spec.hf_name] = np.ascontiguousarray(a.T if spec.transpose else a)
     return out
 
