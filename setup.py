@@ -30,6 +30,6 @@ setup(
     extras_require={
         # PyTorch comparisons (parity tests, benchmarks). Install torch==2.13.0 first on
         # CPU-only machines so that pip does not pull a CUDA build.
-        "test": ["pytest>=8", "torch==2.13.*", "peft>=0.21", "accelerate>=1.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.*", "peft>=0.21", "accelerate>=1.0"],
     },
 )

@@ -23,8 +23,9 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-    """Device mesh: axis sizes; -1 means all remaining devices."""
-    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    """Device mesh: axis sizes; -1 means all remaining devices. num_devices > 0 keeps only
+    the first N devices (one process; e.g. a small job on 1 of 8 simulated CPU devices)."""
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))
 
 
 def data_config() -> ml_collections.ConfigDict:

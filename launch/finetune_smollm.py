@@ -5,8 +5,8 @@ Runs the real stages on the first N NQ-open dev questions of ../shared/data:
 sample (1 answer at T=0.1 + M at T=1) -> entropy (lexical equivalence backend; no NLI
 checkpoint can be downloaded here) -> label (SE: semantic entropy > tau -> "I don't know the
 answer.", else the model's own T=0.1 answer; the probability-weighted SE, see make_config)
--> train (LoRA, default r=8 on q_proj/v_proj) -> greedy answers of the merged model on the same
-training questions. Prints, before and after training, the fraction of abstain-labelled
+-> train (LoRA, default r=8 on q_proj/v_proj) -> greedy answers of the trained model on the same
+training questions (one model load: every stage shares it). Prints, before and after training, the fraction of abstain-labelled
 questions on which the model abstains and the fraction of answer-labelled questions on which
 it gives its own (target) answer. "Before" reads the base model's T=0.1 answers from the
 sample stage (the targets themselves), so no second base-model decode is needed.
@@ -109,7 +109,7 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
                          learning_rate: float = 2e-3, batch_size: int = 16,
                          lora_rank: int = 8, lora_targets: tuple[str, ...] = ("q_proj", "v_proj"),
                          train_name: str = "train", mesh: dict | None = None,
-                         shared_data: str = "") -> dict:
+                         pad_multiple: int = 32, shared_data: str = "") -> dict:
     """Run sample -> entropy -> label -> train on the embedded model and measure how the
     greedy answers on the training questions follow the labels, before and after.
 
@@ -117,7 +117,7 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     there, so several training settings can share one set of labels."""
     from se_jax import labels, stage_io
     from se_jax.mesh import make_mesh
-    from se_jax.models.loading import load_llama, load_tokenizer
+    from se_jax.resident import Resident
     from se_jax.stages.entropy import run_entropy
     from se_jax.stages.label import run_label
     from se_jax.stages.sample import run_sample
@@ -127,7 +127,9 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     questions = write_questions(shared_data_dir(shared_data), num_questions,
                                 workdir / "questions.jsonl")
     config = make_config(workdir, questions, num_samples=num_samples, mesh=mesh)
-    gen_path = run_sample(config)
+    # One load: the sampler, the trainer and the evaluation share the resident base.
+    resident = Resident.load(config.model, make_mesh(config.mesh))
+    gen_path = run_sample(config, resident)
     unc_path = run_entropy(config)
     entropies = [u[config.labels.entropy] for u in stage_io.read_jsonl(unc_path)]
     # Label/train with the chosen tau and training options on a copy (see make_config).
@@ -135,19 +137,20 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     config.labels.tau = float(labels.balanced_tau(entropies) if tau is None else tau)
     config.training.update(dict(epochs=epochs, learning_rate=learning_rate,
                                 batch_size=batch_size, warmup_ratio=0.1, save_every=5, keep=2,
-                                log_every_steps=5, out_dir=str(workdir / train_name),
-                                export_merged=True))
+                                log_every_steps=5, pad_multiple=pad_multiple,
+                                out_dir=str(workdir / train_name)))
     config.training.lora.update(dict(rank=lora_rank, alpha=2.0 * lora_rank,
                                      target_modules=list(lora_targets)))
     sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
-    train_dir = run_train(config).out_dir
+    trained = run_train(config, resident)
+    train_dir = trained.out_dir
+    model = trained.model or resident.restored_run_model(
+        config.training, int(config.seed), train_dir / "checkpoints")
 
     qs = stage_io.read_jsonl(questions)
-    mesh_ = make_mesh(config.mesh)
-    tokenizer = load_tokenizer(config.model.path)
     before = {g["id"]: g["most_likely"]["text"] for g in stage_io.read_jsonl(gen_path)}
-    after = greedy(load_llama(str(train_dir / "merged"), mesh=mesh_), tokenizer, qs, config,
-                   mesh_)
+    # The trained LoRA model as it is in memory, as the sweep engine evaluates its runs.
+    after = greedy(model, resident.tokenizer, qs, config, resident.mesh)
     summary = json.loads((train_dir / "summary.json").read_text())
     result = dict(num_questions=len(qs), tau=config.labels.tau,
                   train_first_loss=summary["first_loss"], train_last_loss=summary["last_loss"],

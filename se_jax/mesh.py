@@ -34,8 +34,19 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
     """A Mesh over `devices` (default: all, every process) with axes (data, fsdp, tensor).
 
     `mesh_config` gives each axis size; at most one may be -1 (= the remaining devices).
+    Its optional `num_devices` (0 = all) keeps only the first N of those devices: one
+    process on part of its host, e.g. a small job on one of the tests' 8 simulated CPUs.
     """
     devices = list(jax.devices() if devices is None else devices)
+    count = int(mesh_config.get("num_devices", 0))
+    if count:
+        if count > len(devices):
+            raise ValueError(f"mesh.num_devices={count}: only {len(devices)} devices")
+        if jax.process_count() > 1:   # the first N would all sit on process 0
+            raise ValueError("mesh.num_devices is a single-process option; with several "
+                             "processes set the axis sizes instead")
+        devices = devices[:count]
+    mesh_config = {k: v for k, v in mesh_config.items() if k != "num_devices"}
     unknown = set(mesh_config) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"mesh config has unknown axes {sorted(unknown)}; axes are {MESH_AXES}")

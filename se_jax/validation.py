@@ -81,7 +81,9 @@ def validate_model(c: Any) -> None:
 
 
 def validate_mesh(c: Any) -> None:
-    sizes = {axis: c[axis] for axis in c}
+    check_int("mesh.num_devices", c.get("num_devices", 0), minimum=0,
+              why="0 uses every device")
+    sizes = {axis: c[axis] for axis in c if axis != "num_devices"}
     for axis, size in sizes.items():
         check_int(f"mesh.{axis}", size, minimum=-1)
         if size == 0:

@@ -34,3 +34,22 @@ def embedded_gguf() -> str:
         return embedded_gguf_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (minutes each on a 2-core CPU)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes on a 2-core CPU; runs with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The suite stays well under 20 minutes on 2 cores: slow tests run with --runslow."""
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow (minutes on a 2-core CPU): pass --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

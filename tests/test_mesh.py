@@ -41,6 +41,12 @@ def test_make_mesh_sizes_and_errors():
         make_mesh({"model": 8})
     with pytest.raises(ValueError, match="not divisible"):
         make_mesh({"data": -1, "tensor": 3})
+    # num_devices: the first N devices only (0 = all).
+    two = make_mesh({"data": -1, "tensor": 1, "num_devices": 2})
+    assert dict(two.shape)["data"] == 2 and list(two.devices.flat) == jax.devices()[:2]
+    assert make_mesh({"data": -1, "num_devices": 0}).size == len(jax.devices())
+    with pytest.raises(ValueError, match="only 8 devices"):
+        make_mesh({"data": -1, "num_devices": 9})
 
 
 def test_rules_replicate_dimensions_the_mesh_does_not_divide():

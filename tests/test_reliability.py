@@ -59,6 +59,7 @@ BAD_VALUES = [
     ("entropy.backend", "nli", "one of"), ("entropy.lexical_threshold", math.nan, "finite"),
     ("entropy.buckets", (0,), "buckets[0]"),
     ("mesh.data", 0, "-1 for the remaining"), ("mesh.tensor", -2, ">= -1"),
+    ("mesh.num_devices", -1, ">= 0"),
     ("data.train_size", 0, ">= 1"), ("data.val_size", -1, ">= 0"),
     ("prompt.style", "long", "one of"), ("prompt.chat", "yes", "one of"),
     ("model.max_seq_len", 0, ">= 2"), ("model.dtype", "float16", "one of"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from se_jax import scoring
 from se_jax.data import prompts as prompt_lib
@@ -30,10 +31,21 @@ def tiny(tiny_dir):
     return load_llama(tiny_dir), load_tokenizer(tiny_dir)
 
 
+PLAIN_LENGTH = 512   # every test prompt fits
+
+
+@nnx.jit
+def _logits(model, ids):
+    return model(ids, jnp.arange(ids.shape[1])[None])[0]
+
+
 def plain_forward(model, ids, label_ids):
-    """Reference: one unpadded forward of the whole prompt, log-softmax at its end."""
-    logits, _ = model(jnp.asarray([ids]), jnp.arange(len(ids))[None])
-    last = np.asarray(logits[0, -1], np.float64)
+    """Reference: one forward of the whole prompt, log-softmax at its end. Right padding to
+    one length (one compilation) leaves the earlier positions as they are: attention is
+    causal."""
+    padded = np.zeros((1, PLAIN_LENGTH), np.int32)
+    padded[0, :len(ids)] = ids
+    last = np.asarray(_logits(model, jnp.asarray(padded))[0, len(ids) - 1], np.float64)
     return (last - np.logaddexp.reduce(last))[label_ids]
 
 
