@@ -18,6 +18,7 @@ For a session-wide model, wrap the call in a `scope="session"` fixture with
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -54,6 +55,7 @@ def smollm2_tokenizer_dir() -> str:
     gguf = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
     out = tempfile.mkdtemp(prefix="smollm2_tokenizer_")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)   # one per process, not left in /tmp
     tok.save_pretrained(out)
     return out
 
