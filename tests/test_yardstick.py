@@ -45,10 +45,11 @@ def test_share_of_peak():
 
 @pytest.mark.parametrize("before, others, cores, loud", [
     (0.2, 0.1, 2, False),     # quiet
-    (1.2, 0.1, 2, True),      # busy before the run
+    (1.4, 0.02, 2, False),    # a lingering load average: nothing else ran during the run
     (0.2, 1.5, 2, True),      # others took 1.5 cores during it
     (0.9, 0.9, 2, False),     # 0.45 per core: under the limit
-    (1.5, 0.0, 4, False),     # same load, more cores
+    (1.5, 2.5, 4, True),      # others took 2.5 of 4 cores
+    (0.0, 1.9, 4, False),     # 0.475 per core
 ])
 def test_load_verdict(before, others, cores, loud):
     line = yardstick.load_verdict(before, 3.0, others, cores)
