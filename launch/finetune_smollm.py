@@ -144,8 +144,7 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
     trained = run_train(config, resident)
     train_dir = trained.out_dir
-    model = trained.model or resident.restored_run_model(
-        config.training, int(config.seed), train_dir / "checkpoints")
+    model = trained.run_model(config, resident)
 
     qs = stage_io.read_jsonl(questions)
     before = {g["id"]: g["most_likely"]["text"] for g in stage_io.read_jsonl(gen_path)}

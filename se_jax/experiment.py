@@ -210,8 +210,7 @@ class Job:
         out = self.layout.train(run)
         if not is_done(out):
             mark_done(out, trained.summary)
-        model = trained.model or base.restored_run_model(cfg.training, int(run.seed),
-                                                         out / "checkpoints")
+        model = trained.run_model(cfg, base)
         if cfg.training.mode == "lora":
             self._trained[run.tag] = model
         return model

@@ -76,5 +76,5 @@ def run_teach(config: Any, base: Resident, splits: Mapping[str, Sequence[Mapping
     lora.merge_lora(model)   # LoRA mode: the run's own copy of the kernels; base untouched
     model.eval()
     if is_main_process():   # merged/ holds the result; the optimizer state is not needed
-        shutil.rmtree(Path(cfg.training.out_dir) / "checkpoints", ignore_errors=True)
+        shutil.rmtree(trained.out_dir / train.CHECKPOINTS, ignore_errors=True)
     return Resident(base.path, model, base.tokenizer, base.mesh)

@@ -32,6 +32,7 @@ from se_jax.layout import standalone_paths
 from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 SUMMARY_FILE = "summary.json"
+CHECKPOINTS = "checkpoints"   # the Orbax state under out_dir
 
 
 def _paths(config: Any) -> tuple[Path, Path]:
@@ -67,6 +68,14 @@ class Trained:
     summary: dict
     model: nnx.Module | None
 
+    def run_model(self, config: Any, resident: Resident) -> nnx.Module:
+        """The run's model: the one trained by this call, or, when the run had finished
+        before, rebuilt on `resident` from its last checkpoint."""
+        if self.model is not None:
+            return self.model
+        return resident.restored_run_model(config.training, int(config.seed),
+                                           self.out_dir / CHECKPOINTS)
+
 
 def run_train(config: Any, resident: Resident | None = None) -> Trained:
     """Train on the SFT set and export the adapter (see module doc)."""
@@ -92,7 +101,7 @@ def run_train(config: Any, resident: Resident | None = None) -> Trained:
     kwargs = prompt_lib.prompt_kwargs(config.prompt)
     seqs = [tokenize_example(tokenizer, r, eos_id=eos, prompt_kwargs=kwargs) for r in records]
     model = resident.run_model(tc, int(config.seed))
-    result = training.train(model, seqs, tc, workdir=str(out_dir / "checkpoints"), mesh=mesh,
+    result = training.train(model, seqs, tc, workdir=str(out_dir / CHECKPOINTS), mesh=mesh,
                             seed=int(config.seed), pad_id=tokenizer.pad_token_id or 0)
     total = training.steps_per_epoch(len(seqs), tc.batch_size) * tc.epochs
     summary = dict(steps=result.steps, total_steps=total, resumed_from=result.resumed_from,
