@@ -11,8 +11,8 @@ subprocess, one after the other, with JAX's persistent compilation cache off, an
 - the sampler (`sampling.decode_batch`, the sample stage's call): --questions prompts x
   --samples answers, every answer forced to --new_tokens tokens (no EOS, no stop strings);
   programs `jit(_prefill)` and `jit(_decode)`;
-- the LoRA train step (the setup of launch/bench_training.py: r=8, alpha=16 on q/v, batch
-  8 x 64 tokens, `init_train_state(...).apply_step`); program `jit(step)`.
+- the LoRA train step (launch/bench_lora.py, the step bench_training.py times: r=8,
+  alpha=16 on q/v, batch 8 x 64 tokens); program `jit(step)`.
 
 Per program: XLA backend compile seconds (JAX's own compile-duration event, as
 se_jax/telemetry.py counts them) and the first call's extra wall time over a warm call
@@ -28,7 +28,8 @@ import statistics
 
 from absl import app, flags
 
-import yardstick  # launch/: the benchmarks' shared module
+import bench_lora
+import yardstick  # launch/: the benchmarks' shared modules
 
 _QUICK = flags.DEFINE_bool("quick", False, "1 timed repeat per side")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed warm calls per program (median)")
@@ -37,7 +38,7 @@ _SAMPLES = flags.DEFINE_integer("samples", 10, "sampler: answers per prompt")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 32, "sampler: tokens per answer")
 _SIDE = flags.DEFINE_enum("side", None, ["loop", "scan"], "internal: run one side only")
 
-BATCH, SEQ, RANK, ALPHA, LR = 8, 64, 8, 16.0, 3e-5
+BATCH, SEQ = 8, 64
 
 
 def _first_and_warm(fn, repeats: int) -> tuple[float, float]:
@@ -72,29 +73,7 @@ def _bench_sampler(model, tokenizer, repeats: int) -> dict:
 
 
 def _bench_step(model, repeats: int) -> dict:
-    import jax
-    import numpy as np
-    from configs.base import training_config
-    from se_jax import sft_data, training
-    from se_jax.mesh import make_mesh
-
-    cfg = training_config()
-    cfg.lora.update(dict(rank=RANK, alpha=ALPHA, dropout=0.0))
-    cfg.update(dict(learning_rate=LR, batch_size=BATCH, max_grad_norm=1.0, weight_decay=0.0,
-                    warmup_ratio=0.0))
-    training.prepare_model(model, cfg, seed=0)
-    state = training.init_train_state(model, cfg, mesh=make_mesh({"data": -1}), num_updates=1000)
-    tokens = np.random.default_rng(0).integers(3, model.config.vocab_size, (BATCH, SEQ))
-    seqs = [sft_data.TokenizedExample(str(i), t.astype(np.int32), 0) for i, t in enumerate(tokens)]
-    arrays = sft_data.make_batch(seqs, BATCH, pad_multiple=SEQ, target_only=False)
-    batch = jax.device_put(arrays, state.batch_sharding)
-    keys = iter(range(10 ** 9))
-
-    def call():
-        metrics = state.apply_step(batch, jax.random.key(next(keys)), distill=False)
-        jax.block_until_ready(metrics["loss"])
-
-    first, warm = _first_and_warm(call, repeats)
+    first, warm = _first_and_warm(bench_lora.lora_train_step(model, BATCH, SEQ), repeats)
     return dict(step_first_s=first, step_warm_s=warm)
 
 

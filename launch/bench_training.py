@@ -29,6 +29,7 @@ import statistics
 
 from absl import flags
 
+import bench_lora
 import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "fewer steps (finishes in under two minutes)")
@@ -41,45 +42,18 @@ _DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout on both sides")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "our compute dtype (weights stay float32; torch runs float32)")
 
-RANK, ALPHA, LR = 8, 16.0, 3e-5
-
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _tokens(vocab: int):
-    import numpy as np
-    return np.random.default_rng(0).integers(3, vocab, (_BATCH.value, _SEQ.value)).astype(
-        np.int32)
-
-
 def run_jax(warmup: int, steps: int) -> dict:
     import jax
-    from configs.base import training_config
-    from se_jax import sft_data, training
-    from se_jax.mesh import make_mesh
     from se_jax.models.loading import load_llama
 
     model = load_llama("embedded", dtype=_DTYPE.value)
     loaded = _rss_mib()
-    cfg = training_config()
-    cfg.lora.update(dict(rank=RANK, alpha=ALPHA, dropout=_DROPOUT.value))
-    cfg.update(dict(learning_rate=LR, batch_size=_BATCH.value, max_grad_norm=1.0,
-                    weight_decay=0.0, warmup_ratio=0.0))
-    training.prepare_model(model, cfg, seed=0)
-    mesh = make_mesh({"data": -1})
-    state = training.init_train_state(model, cfg, mesh=mesh, num_updates=1000)
-    tokens = _tokens(model.config.vocab_size)
-    seqs = [sft_data.TokenizedExample(str(i), t, 0) for i, t in enumerate(tokens)]
-    arrays = sft_data.make_batch(seqs, _BATCH.value, pad_multiple=_SEQ.value, target_only=False)
-    batch = jax.device_put(arrays, state.batch_sharding)
-    counter = iter(range(10 ** 9))
-
-    def step():
-        metrics = state.apply_step(batch, jax.random.key(next(counter)), distill=False)
-        jax.block_until_ready(metrics["loss"])
-
+    step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value)
     times = yardstick.timings(step, steps, warmup)
     return dict(side="jax", step_s=statistics.median(times), times=times,
                 matmul_params=yardstick.llama_matmul_params(model.config),
@@ -97,13 +71,14 @@ def run_torch(warmup: int, steps: int) -> dict:
                                                  gguf_file=os.path.basename(gguf),
                                                  dtype=torch.float32)
     loaded = _rss_mib()
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA,
+    model = get_peft_model(model, LoraConfig(r=bench_lora.RANK, lora_alpha=bench_lora.ALPHA,
                                              lora_dropout=_DROPOUT.value,
                                              target_modules=["q_proj", "v_proj"]))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
-    ids = torch.from_numpy(_tokens(model.config.vocab_size)).long()
+    opt = torch.optim.AdamW(trainable, lr=bench_lora.LR, weight_decay=0.0)
+    ids = torch.from_numpy(
+        bench_lora.random_tokens(model.config.vocab_size, _BATCH.value, _SEQ.value)).long()
 
     def step():
         loss = model(input_ids=ids, labels=ids).loss
@@ -136,7 +111,7 @@ def main(argv):
     print(stick.describe())
     tokens = _BATCH.value * _SEQ.value
     results = {side: _child(side, warmup, steps) for side in ("torch", "jax")}
-    print(f"LoRA r={RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M f32 "
+    print(f"LoRA r={bench_lora.RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M f32 "
           f"weights, our compute {_DTYPE.value}, torch float32, batch {_BATCH.value} x {_SEQ.value} "
           f"tokens, AdamW; {warmup} warm-up + {steps} timed steps (median)")
     for side, label in (("torch", "transformers+peft"), ("jax", "se_jax (jit)")):
