@@ -98,12 +98,11 @@ def load_verdict(load_before: float, load_after: float, others_cores: float,
     LOAD_LIMIT_PER_CORE per core. The load averages are shown but not judged: the one after
     includes the benchmark's own threads, the one before lags a minute behind the machine.
     """
-    worst = others_cores
     facts = (f"load average {load_before:.2f} before, {load_after:.2f} after (incl. this "
              f"benchmark); other processes used {others_cores:.2f} cores during the run; "
              f"{cores} cores")
-    if worst > LOAD_LIMIT_PER_CORE * cores:
-        return (f"!!! FIGURES UNRELIABLE: load {worst:.2f} on {cores} cores "
+    if others_cores > LOAD_LIMIT_PER_CORE * cores:
+        return (f"!!! FIGURES UNRELIABLE: others' load {others_cores:.2f} on {cores} cores "
                 f"(> {LOAD_LIMIT_PER_CORE} per core) !!! {facts}")
     return f"load ok: {facts}"
 
