@@ -9,12 +9,16 @@ result from the files the stages wrote, so a regression in any stage shows up:
   answered correctly far more often than untaught ones, and untaught ones are abstained on
   more often than taught ones.
 
+A last test runs the demo's own shape (teach, Short-QA and Long-QA, Table 1 over both) on
+the same tiny model for the plumbing: files, report sections, one model load, resume.
+
 The tiny model knows nothing until the teach step makes it learn the taught facts by heart,
 so "what the model knows" is exactly the taught set. Cost: 130 s wall, 195 CPU-seconds on
 one of the tests' 8 simulated devices (192 s, 322 CPU-s on all 8; 2-core CPU, 2026-12-02).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +95,16 @@ def summary(config) -> dict:
 
 
 @pytest.fixture(scope="module")
-def knowledge_run(tmp_path_factory):
-    """The reduced demo, run once: (config, direction figures)."""
+def tiny_model_dir(tmp_path_factory) -> str:
     from tiny_models import make_tiny_llama_dir
+    return make_tiny_llama_dir(tmp_path_factory.mktemp("model"), variant="llama")
+
+
+@pytest.fixture(scope="module")
+def knowledge_run(tmp_path_factory, tiny_model_dir):
+    """The reduced demo, run once: (config, direction figures)."""
     root = tmp_path_factory.mktemp("demo_knowledge")
-    model_dir = make_tiny_llama_dir(root / "model", variant="llama")
-    config = knowledge_config(model_dir, root / "run")
+    config = knowledge_config(tiny_model_dir, root / "run")
     ex.run(config)
     return config, summary(config)
 
@@ -125,3 +133,49 @@ def test_se_tuning_answers_taught_and_abstains_on_untaught(knowledge_run):
     assert s["se_lexical_abstain_untaught"] - s["se_lexical_abstain_taught"] > 0.1, s
     # Tuning changed the behaviour: the original model abstained on nothing.
     assert s["se_lexical_abstain_untaught"] > s["original_abstain_untaught"], s
+
+
+def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_model_dir):
+    """data.source=facts with the teach step and both answer settings, on the tiny model:
+    the plumbing only (one teach epoch teaches nothing, so no direction is asserted here;
+    the tests above teach the tiny model its facts and assert the direction: taught
+    facts answered, untaught ones abstained on, after SE tuning)."""
+    workdir = tmp_path_factory.mktemp("facts")
+    config = tiny.get_config()
+    config.model.path = tiny_model_dir
+    config.workdir = str(workdir)
+    config.mesh.num_devices = 1
+    config.data.source = "facts"
+    f = config.facts
+    f.n_known, f.n_unknown, f.n_ood_known, f.n_ood_unknown, f.phrasings = 8, 8, 4, 4, 1
+    config.teach.enabled = True
+    config.teach.training.update(dict(epochs=1, batch_size=8))   # full fine-tuning
+    config.experiment.settings = ("short", "sentence")
+    config.experiment.methods = ("se_lexical", "rtuning")
+    config.experiment.arms = ()
+    config.experiment.slick_breakdown = False
+    results = ex.run(config)
+
+    assert set(results) == {"Short-QA", "Long-QA"}
+    teach = workdir / "teach"
+    assert (teach / "done.json").exists() and (teach / "train" / "merged").is_dir()
+    assert not (teach / "train" / "checkpoints").exists()   # merged/ is the saved result
+    styles = {json.loads(line).get("prompt_style") for line in open(teach / "teach.jsonl")}
+    assert styles == {"short", "sentence"}
+    table = (workdir / "report" / "report.md").read_text()
+    assert "| Short-QA | in-distribution |" in table and "| Long-QA | ood_demo_facts |" in table
+    for setting in ("short", "sentence"):
+        text = (workdir / setting / "report" / "report.md").read_text()
+        for section in ("predict its errors", "Abstention on taught and untaught facts (test)",
+                        "All abstain", "Oracle", "## Examples (validation"):
+            assert section in text, (setting, section)
+        # Ground truth of what the model was taught is a column of every outcome.
+        outcomes = (workdir / setting / "evaluate" / "f1_0.5" / "original" / "test"
+                    / "outcomes.jsonl")
+        rows = [json.loads(line) for line in open(outcomes)]
+        assert {r["taught"] for r in rows} == {True, False}
+    # One load of the base model for the teach step and both settings.
+    assert "Model loads: 1." in text
+    # A rerun finds the teach step done and loads the taught model as the base.
+    again = ex.run(config)
+    assert again["Short-QA"].table == results["Short-QA"].table

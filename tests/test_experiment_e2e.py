@@ -47,6 +47,7 @@ def tiny_config(model_dir: str, data_dir: Path, workdir: Path):
     config.model.path = str(model_dir)
     config.data.source_dir = str(data_dir)
     config.workdir = str(workdir)
+    config.mesh.num_devices = 1
     return config
 
 
@@ -129,50 +130,3 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     assert new == {Path("label/idk"), Path("train/idk/seed_0")}
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert {r["method"] for r in more.results} == set(methods) | {"idk"}
-
-
-
-def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_setup):
-    """data.source=facts with the teach step and both answer settings, on the tiny model:
-    the plumbing only (one teach epoch teaches nothing, so no direction is asserted here;
-    tests/test_demo_knowledge.py teaches the tiny model its facts and asserts the
-    direction: taught facts answered, untaught ones abstained on, after SE tuning)."""
-    model_dir, _, _ = tiny_setup
-    workdir = tmp_path_factory.mktemp("facts")
-    config = tiny.get_config()
-    config.model.path = str(model_dir)
-    config.workdir = str(workdir)
-    config.data.source = "facts"
-    f = config.facts
-    f.n_known, f.n_unknown, f.n_ood_known, f.n_ood_unknown, f.phrasings = 8, 8, 4, 4, 1
-    config.teach.enabled = True
-    config.teach.training.update(dict(epochs=1, batch_size=8))   # full fine-tuning
-    config.experiment.settings = ("short", "sentence")
-    config.experiment.methods = ("se_lexical", "rtuning")
-    config.experiment.arms = ()
-    config.experiment.slick_breakdown = False
-    results = ex.run(config)
-
-    assert set(results) == {"Short-QA", "Long-QA"}
-    teach = workdir / "teach"
-    assert (teach / "done.json").exists() and (teach / "train" / "merged").is_dir()
-    assert not (teach / "train" / "checkpoints").exists()   # merged/ is the saved result
-    styles = {json.loads(line).get("prompt_style") for line in open(teach / "teach.jsonl")}
-    assert styles == {"short", "sentence"}
-    table = (workdir / "report" / "report.md").read_text()
-    assert "| Short-QA | in-distribution |" in table and "| Long-QA | ood_demo_facts |" in table
-    for setting in ("short", "sentence"):
-        text = (workdir / setting / "report" / "report.md").read_text()
-        for section in ("predict its errors", "Abstention on taught and untaught facts (test)",
-                        "All abstain", "Oracle", "## Examples (validation"):
-            assert section in text, (setting, section)
-        # Ground truth of what the model was taught is a column of every outcome.
-        outcomes = (workdir / setting / "evaluate" / "f1_0.5" / "original" / "test"
-                    / "outcomes.jsonl")
-        rows = [json.loads(line) for line in open(outcomes)]
-        assert {r["taught"] for r in rows} == {True, False}
-    # One load of the base model for the teach step and both settings.
-    assert "Model loads: 1." in text
-    # A rerun finds the teach step done and loads the taught model as the base.
-    again = ex.run(config)
-    assert again["Short-QA"].table == results["Short-QA"].table

@@ -104,3 +104,31 @@ def test_greedy_tokens_match_transformers(prompts, torch_model, ours):
 def test_answers_paris(tokenizer, ours):
     _, generated = ours
     assert "Paris" in tokenizer.decode(generated[0])
+
+
+def test_tokenizer_converted_once_per_machine(tmp_path, monkeypatch, embedded_gguf):
+    """The GGUF tokenizer is converted once, kept under $SE_JAX_CACHE, and later loads read
+    the converted copy, which encodes and templates exactly as the direct conversion."""
+    from transformers import AutoTokenizer
+    from se_jax.models.loading import gguf_tokenizer_dir
+    direct = AutoTokenizer.from_pretrained(os.path.dirname(embedded_gguf),
+                                           gguf_file=os.path.basename(embedded_gguf))
+    monkeypatch.setenv("SE_JAX_CACHE", str(tmp_path))
+    first = gguf_tokenizer_dir(embedded_gguf)
+    assert first.startswith(str(tmp_path / "tokenizers")) and os.path.isdir(first)
+    assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == [os.path.basename(first)]
+
+    def no_conversion(*args, **kwargs):
+        if "gguf_file" in kwargs:
+            raise AssertionError("converted the GGUF again")
+        return from_pretrained(*args, **kwargs)
+    from_pretrained = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_conversion)
+    assert gguf_tokenizer_dir(embedded_gguf) == first
+    cached = load_tokenizer(embedded_gguf)
+    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    for text in QUESTIONS:
+        assert cached(text)["input_ids"] == direct(text)["input_ids"]
+    assert cached.apply_chat_template(messages, tokenize=False) == \
+        direct.apply_chat_template(messages, tokenize=False)
+    assert cached.eos_token == direct.eos_token == "<|im_end|>"

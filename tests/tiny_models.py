@@ -9,7 +9,8 @@ Usage from any test:
 
 The directory holds `config.json`, `model.safetensors` (or shards + `model.safetensors.index.json`
 with `shard_size="100KB"`) and the SmolLM2 tokenizer (ChatML chat template, eos `<|im_end|>` = 2),
-converted once per process from the embedded GGUF; the vocabulary size matches it (49152).
+converted once per machine from the embedded GGUF (`se_jax.models.loading.gguf_tokenizer_dir`);
+the vocabulary size matches it (49152).
 Variants: "llama" (LlamaForCausalLM), "qwen2" (Qwen2ForCausalLM, q/k/v bias), "llama3"
 (Llama-3 `rope_scaling`), "tied" (LlamaForCausalLM with tied input/output embeddings).
 Weights are random (seeded), drawn wider than the HF default so logits are not all near 0.
@@ -18,11 +19,8 @@ For a session-wide model, wrap the call in a `scope="session"` fixture with
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import os
 import shutil
-import tempfile
 
 VARIANTS = ("llama", "qwen2", "llama3", "tied")
 TOKENIZER_VOCAB = 49152  # SmolLM2 tokenizer
@@ -47,17 +45,11 @@ def tiny_hf_config(variant: str = "llama"):
     return LlamaConfig(**_BASE, rope_theta=10000.0, tie_word_embeddings=(variant == "tied"))
 
 
-@functools.lru_cache(maxsize=None)
 def smollm2_tokenizer_dir() -> str:
-    """A directory holding the SmolLM2 tokenizer, converted once per process from the GGUF."""
-    from transformers import AutoTokenizer
+    """A directory holding the SmolLM2 tokenizer (converted from the GGUF once per machine)."""
     from se_jax.embedded import embedded_gguf_path
-    gguf = embedded_gguf_path()
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
-    out = tempfile.mkdtemp(prefix="smollm2_tokenizer_")
-    atexit.register(shutil.rmtree, out, ignore_errors=True)   # one per process, not left in /tmp
-    tok.save_pretrained(out)
-    return out
+    from se_jax.models.loading import gguf_tokenizer_dir
+    return gguf_tokenizer_dir(embedded_gguf_path())
 
 
 def make_tiny_llama_dir(path, variant: str = "llama", *, seed: int = 0,

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import jax
@@ -132,13 +134,40 @@ def load_tokenizer(path_or_id: str):
     from transformers import AutoTokenizer
     path = resolve_model_path(str(path_or_id))
     if path.endswith(".gguf"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such GGUF file")
-        return AutoTokenizer.from_pretrained(os.path.dirname(path) or ".",
-                                             gguf_file=os.path.basename(path))
+        return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(path))
     if not os.path.isdir(path) and not _HUB_ID.match(path):
         raise FileNotFoundError(f"{path}: no such tokenizer directory or .gguf file")
     return AutoTokenizer.from_pretrained(path)
+
+
+def gguf_tokenizer_dir(path: str) -> str:
+    """A directory holding the tokenizer of GGUF file `path`, converted once per machine.
+
+    transformers' GGUF conversion takes ~5 s (the embedded SmolLM2) in every process; the
+    converted tokenizer is kept under $SE_JAX_CACHE (default ~/.cache/se_jax)/tokenizers,
+    keyed by the file's name, size and mtime, written to a temporary directory and renamed
+    into place, so concurrent processes never read a half-written one.
+    """
+    from transformers import AutoTokenizer
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    stat = os.stat(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    root = os.path.join(os.environ.get("SE_JAX_CACHE")
+                        or os.path.join(os.path.expanduser("~"), ".cache", "se_jax"), "tokenizers")
+    out = os.path.join(root, f"{stem}-{stat.st_size}-{stat.st_mtime_ns}")
+    if os.path.isfile(os.path.join(out, "tokenizer_config.json")):
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(path) or ".",
+                                              gguf_file=os.path.basename(path))
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{stem}-", dir=root)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.rename(tmp, out)
+    except OSError:   # another process renamed its copy first: use that one
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def to_hf_state_dict(model: Llama) -> dict[str, np.ndarray]:
