@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yardstick  # noqa: E402

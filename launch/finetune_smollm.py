@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 _N = flags.DEFINE_integer("num_questions", 300, "NQ-open dev questions to label and train on")
 _M = flags.DEFINE_integer("num_samples", 6, "sampled answers per question (T=1)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "config file")

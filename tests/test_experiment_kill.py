@@ -26,7 +26,7 @@ def test_kill_9_mid_sweep_then_rerun_gives_identical_results(tiny_setup, tmp_pat
         return [sys.executable, str(REPO / "launch" / "experiment.py"),
                 "--config=configs/tiny.py", f"--config.model.path={model_dir}",
                 f"--config.data.source_dir={data_dir}", f"--config.workdir={workdir}",
-                f"--config.experiment.methods={METHODS!r}"]
+                f"--config.experiment.methods={METHODS!r}", "--config.mesh.num_devices=1"]
 
     env = dict(os.environ, SE_JAX_COMPILE_CACHE=str(tmp_path / "xla"))
     workdir = tmp_path / "killed"

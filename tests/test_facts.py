@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from se_jax.data import facts, sources
+from se_jax.data import facts
 from se_jax.stages.train import read_sft
 
 IND = ("P36", "P17", "P19", "P26", "P40", "P495", "P131")
