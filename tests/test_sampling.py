@@ -299,6 +299,13 @@ def test_stop_tables_follow_the_rule(tokenizer):
         assert t.stop_always[dot_nl]
 
 
+def test_eos_ids_are_eos_end_of_turn_and_extra(tokenizer):
+    """SmolLM2: eos and <|im_end|> are id 2, <|endoftext|> is id 0; `extra` ids are added."""
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 0
+    assert stopping.eos_ids(tokenizer) == (0, 2)
+    assert stopping.eos_ids(tokenizer, extra=(5, 2)) == (0, 2, 5)
+
+
 def test_bucketing_and_padding():
     assert sampling.bucket_length(10, (16, 32), cap=100) == 16
     assert sampling.bucket_length(20, (16, 32), cap=100) == 32
