@@ -5,7 +5,8 @@ a quiet console, and the telemetry counters.
 
 - Compilation cache: compiled XLA programs are kept on disk and reused by later processes
   (a rerun, the next run of a sweep, another config with the same shapes). Directory:
-  $SE_JAX_COMPILE_CACHE, else ~/.cache/se_jax/xla; SE_JAX_COMPILE_CACHE=off disables it.
+  $SE_JAX_COMPILE_CACHE, else `cache_root()`/xla ($SE_JAX_CACHE, else ~/.cache/se_jax);
+  SE_JAX_COMPILE_CACHE=off disables it.
 - Console: INFO lines from Orbax, TFDS and absl's own chatter are dropped (dozens per
   checkpoint hid the progress lines); our stages' progress, rate/ETA and result lines stay.
   `library_logs=True` (launchers' --library_logs) keeps everything.
@@ -23,12 +24,17 @@ CACHE_ENV = "SE_JAX_COMPILE_CACHE"
 _NOISY = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/absl/", "/jax/_src/")
 
 
+def cache_root() -> Path:
+    """se_jax's per-machine cache: $SE_JAX_CACHE, else ~/.cache/se_jax."""
+    return Path(os.environ.get("SE_JAX_CACHE") or Path.home() / ".cache" / "se_jax")
+
+
 def compile_cache_dir() -> Path | None:
     """Where compiled programs are kept, or None when disabled."""
     value = os.environ.get(CACHE_ENV, "")
     if value.lower() in ("off", "0", "none", "false"):
         return None
-    return Path(value) if value else Path.home() / ".cache" / "se_jax" / "xla"
+    return Path(value) if value else cache_root() / "xla"
 
 
 class _QuietLibraries(py_logging.Filter):

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from se_jax import runtime
 from se_jax.distributed import to_host
 from se_jax.embedded import resolve_model_path
 from se_jax.mesh import ShardingRules, variable_sharding
@@ -153,8 +154,7 @@ def gguf_tokenizer_dir(path: str) -> str:
         raise FileNotFoundError(f"{path}: no such GGUF file")
     stat = os.stat(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    root = os.path.join(os.environ.get("SE_JAX_CACHE")
-                        or os.path.join(os.path.expanduser("~"), ".cache", "se_jax"), "tokenizers")
+    root = str(runtime.cache_root() / "tokenizers")
     out = os.path.join(root, f"{stem}-{stat.st_size}-{stat.st_mtime_ns}")
     if os.path.isfile(os.path.join(out, "tokenizer_config.json")):
         return out
