@@ -186,7 +186,7 @@ def entropy_config() -> ml_collections.ConfigDict:
         # reference: jlko/semantic_uncertainty's greedy loop (a later cluster may take over an
         # answer); unassigned: a cluster claims only answers with no id yet.
         cluster_rule="reference",
-        lexical_threshold=0.5,        # lexical: token F1 (question words removed) >= this
+        lexical_threshold=0.5,        # lexical: content-word F1 (text.content_tokens) >= this
         nli_path="",                  # HF DeBERTa NLI directory, e.g. deberta-v2-xlarge-mnli
         nli_dtype="float32",          # float32 | bfloat16
         batch_size=64,                # deberta: pairs per jitted forward (x batch shards)

@@ -12,8 +12,9 @@ CONTRADICTION / NEUTRAL / ENTAILMENT, many pairs per call:
   zero-shot wording is `entailment_reference`); the label is the argmax of the three label
   words' next-token log-probabilities (se_jax.scoring: the instruction and examples are
   prefilled once, pairs are batched against that cache).
-- `lexical`: SQuAD token F1 of the answers after removing the question's words; ENTAILMENT
-  when >= threshold, else NEUTRAL (F1 is symmetric, so "both ways" holds by construction).
+- `lexical`: SQuAD token F1 of the answers' content words (text.content_tokens: without
+  the question's words and function words); ENTAILMENT when >= threshold, else NEUTRAL
+  (F1 is symmetric, so "both ways" holds by construction).
   The offline fallback when no NLI checkpoint is configured.
 
 Equivalence of a and b combines both directions as jlko/semantic_uncertainty does:
@@ -45,7 +46,7 @@ from jax.sharding import Mesh
 from se_jax import clustering, scoring
 from se_jax import mesh as mesh_lib
 from se_jax.scoring import bucket_for  # noqa: F401  (the deberta buckets use it too)
-from se_jax.text import answer_tokens, token_f1
+from se_jax.text import content_tokens, tokens_f1
 
 CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
 LABELS = ("contradiction", "neutral", "entailment")  # index = the constants above
@@ -86,7 +87,7 @@ class LexicalBackend:
     def implications(self, questions, premises, hypotheses) -> np.ndarray:
         out = np.empty(len(premises), np.int8)
         for i, (q, a, b) in enumerate(zip(questions, premises, hypotheses)):
-            f1 = token_f1(a, b, drop=answer_tokens(q))
+            f1 = tokens_f1(content_tokens(a, q), content_tokens(b, q))
             out[i] = ENTAILMENT if f1 >= self.threshold else NEUTRAL
         return out
 

@@ -38,16 +38,44 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
+# Closed-class English words (articles, auxiliaries, pronouns, prepositions, conjunctions,
+# wh-words). They carry no answer of their own: "X was born in Paris" and "X was born in
+# Lyon" share "was born in", not a fact.
+FUNCTION_WORDS: frozenset[str] = frozenset("""
+    a an the and or but nor so of in on at to for from by with as into onto upon about
+    over under between within without than is are was were be been being am has have had
+    do does did will would shall should can could may might must he she it they them their
+    theirs its his her hers him we us you your yours i me my mine our ours this that these
+    those there here where when who whom whose which what why how""".split())
+
+
 def answer_tokens(text: str, drop: Iterable[str] = ()) -> list[str]:
     """Normalised whitespace tokens of `text`, without the tokens in `drop`."""
     dropped = set(drop)
     return [t for t in normalize_answer(text).split() if t not in dropped]
 
 
+def content_tokens(answer: str, question: str) -> list[str]:
+    """The tokens of an answer that say something the question does not: normalised, without
+    the question's words and FUNCTION_WORDS. When that leaves nothing ("Where is it?" ->
+    "in it"), fewer words are dropped, so that an answer is never empty only for having
+    been phrased in the question's words."""
+    asked = set(answer_tokens(question))
+    for drop in (asked | FUNCTION_WORDS, asked, ()):
+        tokens = answer_tokens(answer, drop)
+        if tokens:
+            return tokens
+    return []
+
+
 def token_f1(prediction: str, reference: str, drop: Iterable[str] = ()) -> float:
     """SQuAD token-level F1 between two answers (0.0 when either is empty)."""
     drop = tuple(drop)
-    pred, ref = answer_tokens(prediction, drop), answer_tokens(reference, drop)
+    return tokens_f1(answer_tokens(prediction, drop), answer_tokens(reference, drop))
+
+
+def tokens_f1(pred: Sequence[str], ref: Sequence[str]) -> float:
+    """SQuAD F1 of two token lists (0.0 when either is empty)."""
     common = collections.Counter(pred) & collections.Counter(ref)
     overlap = sum(common.values())
     if overlap == 0:

@@ -42,6 +42,18 @@ def test_lexical_backend_drops_question_words():
         [q], [long], ["Paris"]).tolist() == [E.NEUTRAL]
 
 
+def test_lexical_backend_sentence_answers_compare_their_facts():
+    """Sentence answers in one template share its function words, not a fact: "was born in
+    Lyon" must not match "was born in Paris" (question-word removal alone gives {in, lyon}
+    vs {in, paris}, F1 = 1/2), and two phrasings of one fact must match."""
+    backend = E.LexicalBackend(threshold=0.5)
+    q = "Where was Ada Lovelace born?"
+    paris = "Ada Lovelace was born in Paris."
+    labels = backend.implications([q] * 3, [paris] * 3, [
+        "Ada Lovelace was born in Lyon.", "Paris is where Ada Lovelace was born.", "Paris"])
+    assert labels.tolist() == [E.NEUTRAL, E.ENTAILMENT, E.ENTAILMENT]
+
+
 class HashBackend:
     """A deterministic, direction-sensitive fake backend that records what it was asked."""
     name, checkpoint = "hash", None

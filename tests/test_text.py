@@ -15,6 +15,17 @@ def test_token_f1_hand_computed():
     assert text.token_f1("capital is Paris", "Paris", drop=["capital", "is"]) == 1.0
 
 
+def test_content_tokens_drop_question_and_function_words():
+    q = "Where was Ada Lovelace born?"
+    assert text.content_tokens("Ada Lovelace was born in London.", q) == ["london"]
+    assert text.content_tokens("The birthplace of Ada Lovelace is London", q) == [
+        "birthplace", "london"]
+    # Nothing would be left: drop fewer words rather than leave the answer empty.
+    assert text.content_tokens("In it.", "Where is it?") == ["in"]
+    assert text.content_tokens("Where?", "Where is it?") == ["where"]
+    assert text.content_tokens("", q) == []
+
+
 def test_alias_match_whole_words_only():
     assert text.alias_match("It is Paris, France.", ["paris"])
     assert not text.alias_match("Parisian", ["Paris"])
