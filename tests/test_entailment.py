@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from deberta_fixtures import random_nli, tiny_nli_dirs  # noqa: F401  (fixture)
 from se_jax import entailment as E
 from se_jax.mesh import make_mesh
+from se_jax.text import normalize_answer
 from se_jax.models.deberta_loading import load_nli
 
 
@@ -255,3 +256,31 @@ def test_rounds_stop_reading_once_everything_is_placed():
     out = E.equivalence_in_rounds(backend, ["q1", "q2", "q3"], answers, strict=True)
     assert backend.calls == [3 * 18] and out.pairs_labelled == 54
     assert out.known[0][0].all() and not out.known[0][1, 2:].any()
+
+
+def test_lexical_backend_on_every_long_qa_template_pair():
+    """Every pair of sentence forms (and the bare answer) of the shipped facts: two forms of
+    one fact match, forms with another answer of the relation do not (a few multi-word
+    answers sharing a word may)."""
+    import collections
+    from se_jax.data import facts as F
+    backend = E.LexicalBackend(threshold=0.5)
+    by_relation = collections.defaultdict(list)
+    for record in F.load_pool():
+        by_relation[record["relation"]].append(record)
+    same, other, questions = [], [], []
+    for records in by_relation.values():
+        forms = (*F.SENTENCE_TEMPLATES[records[0]["relation"]], "{a}")
+        for rec, nxt in zip(records[:20], records[1:21]):
+            a, b, s = rec["answers"][0], nxt["answers"][0], rec["subject"]
+            if normalize_answer(a) == normalize_answer(b):
+                continue
+            for t1, t2 in itertools.product(forms, repeat=2):
+                questions.append(rec["question"])
+                same.append((t1.format(s=s, a=a), t2.format(s=s, a=a)))
+                other.append((t1.format(s=s, a=a), t2.format(s=s, a=b)))
+    assert len(same) > 1000
+    matched_same = backend.implications(questions, *zip(*same)) == E.ENTAILMENT
+    matched_other = backend.implications(questions, *zip(*other)) == E.ENTAILMENT
+    assert matched_same.mean() >= 0.97, matched_same.mean()
+    assert matched_other.mean() <= 0.05, matched_other.mean()
