@@ -15,11 +15,12 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Launchers started by tests keep compiled programs in a cache of this test run, not in the
-# user's ~/.cache/se_jax/xla (a warm cache there would hide compile time and leak programs).
-if "SE_JAX_COMPILE_CACHE" not in os.environ:   # pytest-xdist workers inherit it
-    os.environ["SE_JAX_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="se_jax_test_xla_")
-    atexit.register(shutil.rmtree, os.environ["SE_JAX_COMPILE_CACHE"], ignore_errors=True)
+# Tests and the launchers they start keep se_jax's per-machine cache (compiled programs,
+# converted tokenizers: runtime.cache_root) in a directory of this test run, not in the
+# user's ~/.cache/se_jax: a warm cache there would hide costs and leak test artefacts.
+if "SE_JAX_CACHE" not in os.environ:   # pytest-xdist workers inherit it
+    os.environ["SE_JAX_CACHE"] = tempfile.mkdtemp(prefix="se_jax_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["SE_JAX_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
