@@ -1,6 +1,7 @@
 """Equivalence backends and the dedup + batched-pairs kernel."""
 from __future__ import annotations
 
+import collections
 import itertools
 import zlib
 
@@ -12,9 +13,10 @@ from transformers import AutoModelForSequenceClassification
 
 from deberta_fixtures import random_nli, tiny_nli_dirs  # noqa: F401  (fixture)
 from se_jax import entailment as E
+from se_jax.data import facts as F
 from se_jax.mesh import make_mesh
-from se_jax.text import normalize_answer
 from se_jax.models.deberta_loading import load_nli
+from se_jax.text import normalize_answer
 
 
 def reference_equivalent(i1: int, i2: int, strict: bool) -> bool:
@@ -262,8 +264,6 @@ def test_lexical_backend_on_every_long_qa_template_pair():
     """Every pair of sentence forms (and the bare answer) of the shipped facts: two forms of
     one fact match, forms with another answer of the relation do not (a few multi-word
     answers sharing a word may)."""
-    import collections
-    from se_jax.data import facts as F
     backend = E.LexicalBackend(threshold=0.5)
     by_relation = collections.defaultdict(list)
     for record in F.load_pool():
