@@ -153,8 +153,8 @@ def batch_shards(mesh: Mesh | None, rules: ShardingRules) -> int:
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: ShardingRules) -> Any:
-    """NamedShardings for a KVCache (concrete or abstract): k/v [L,B,S,Hkv,Dh], pos [B,S]."""
-    kv = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+    """NamedShardings for a KVCache (concrete or abstract): k/v [L,B,Hkv,S,Dh], pos [B,S]."""
+    kv = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
     return dataclasses.replace(
         cache,
         k=logical_sharding(mesh, rules, kv, cache.k.shape),

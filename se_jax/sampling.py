@@ -187,15 +187,7 @@ def _prefill(graphdef, state, tokens, positions, *, rows_per_prompt: int, extra_
     cache = KVCache.init(model.config, b, p)
     h, cache = model.hidden(tokens, positions, cache)
     logits = model.logits(h[:, -1:])[:, 0]                              # [B, V]
-
-    def expand(x, axis, fill):
-        x = jnp.repeat(x, rows_per_prompt, axis=axis)
-        pad = [(0, 0)] * x.ndim
-        pad[axis + 1] = (0, extra_slots)                                # slot axis follows
-        return jnp.pad(x, pad, constant_values=fill)
-
-    cache = KVCache(k=expand(cache.k, 1, 0), v=expand(cache.v, 1, 0),
-                    pos=expand(cache.pos, 0, -1), length=cache.length)
+    cache = cache.expand(rows_per_prompt, extra_slots)
     if mesh is not None:
         cache = jax.lax.with_sharding_constraint(
             cache, mesh_lib.cache_shardings(cache, mesh, rules))

@@ -96,7 +96,7 @@ def _score(graphdef, state, prefix: KVCache | None, tokens, positions, last, lab
            mesh: Mesh | None, rules: ShardingRules):
     """Label log-probabilities at each row's last real token.
 
-    prefix: KVCache [L, 1, P, ...] or None; tokens, positions: int32[B, T] (right-padded,
+    prefix: KVCache of 1 row and P slots, or None; tokens, positions: int32[B, T] (right-padded,
     positions P.. and -1 on padding); last: int32[B] index of the last real token;
     label_ids: int32[K]. Returns float32[B, K].
     """
@@ -104,14 +104,7 @@ def _score(graphdef, state, prefix: KVCache | None, tokens, positions, last, lab
     b, t = tokens.shape
     cache = None
     if prefix is not None:
-        def rows(x, batch_axis, fill):      # [.., 1, P, ..] -> [.., B, P + T, ..]
-            shape = list(x.shape)
-            shape[batch_axis] = b
-            pad = [(0, 0)] * x.ndim
-            pad[batch_axis + 1] = (0, t)
-            return jnp.pad(jnp.broadcast_to(x, shape), pad, constant_values=fill)
-        cache = KVCache(k=rows(prefix.k, 1, 0), v=rows(prefix.v, 1, 0),
-                        pos=rows(prefix.pos, 0, -1), length=prefix.length)
+        cache = prefix.expand(b, t)                 # 1 row, P slots -> B rows, P + T slots
         if mesh is not None:
             cache = jax.lax.with_sharding_constraint(
                 cache, mesh_lib.cache_shardings(cache, mesh, rules))

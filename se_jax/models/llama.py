@@ -159,7 +159,9 @@ _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
 class KVCache:
     """Keys/values of every layer for S slots. The caller owns it and donates it to jit.
 
-    k, v: [L, B, S, Hkv, Dh]; pos: int32[B, S] (position held by each slot, -1 = empty);
+    k, v: [L, B, Hkv, S, Dh] (head-major: a decode step reads each head's keys as one
+    contiguous [S, Dh] block, with no transpose of the cache); pos: int32[B, S] (position
+    held by each slot, -1 = empty);
     length: int32[] (slots filled). A call with T tokens writes slots [length, length + T);
     the caller keeps length + T <= S (XLA clamps out-of-range writes silently).
     """
@@ -171,7 +173,7 @@ class KVCache:
     @classmethod
     def init(cls, config: LlamaConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
-        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads,
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len,
                  config.head_dim)
         dtype = jnp.dtype(dtype or config.dtype)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
@@ -181,6 +183,17 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.pos.shape[1]
+
+    def expand(self, repeats: int, extra_slots: int) -> "KVCache":
+        """Each row repeated `repeats` times (copies adjacent), `extra_slots` empty slots
+        appended: a prompt's prefilled cache made into one row per answer to decode."""
+        def widen(x, batch_axis: int, slot_axis: int, fill):
+            x = jnp.repeat(x, repeats, axis=batch_axis)
+            pad = [(0, 0)] * x.ndim
+            pad[slot_axis] = (0, extra_slots)
+            return jnp.pad(x, pad, constant_values=fill)
+        return KVCache(k=widen(self.k, 1, 3, 0), v=widen(self.v, 1, 3, 0),
+                       pos=widen(self.pos, 0, 1, -1), length=self.length)
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
@@ -215,8 +228,15 @@ def rope_tables(config: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, j
     """cos, sin: float32[B, T, Dh] for `positions` int32[B, T] (padding -1 is clamped to 0)."""
     inv_freq = jnp.asarray(rope_frequencies(config))
     angles = jnp.maximum(positions, 0).astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    half = inv_freq.shape[0]
+    # Both halves of the head take the same angles. Widening [.., Dh/2] -> [.., Dh] with a
+    # matmul (by [I I]) rather than a concatenate keeps the tables materialised: XLA fuses an
+    # elementwise cos/sin into every consumer, so it would evaluate them again per head and
+    # layer's rotation (measured: 0.25 s of a 3.6 s SmolLM2 LoRA train step on 2 CPU cores).
+    widen = jnp.concatenate([jnp.eye(half, dtype=jnp.float32)] * 2, axis=1)
+    tables = jnp.stack([jnp.cos(angles), jnp.sin(angles)])
+    cos, sin = jnp.einsum("cbtf,fd->cbtd", tables, widen, precision=jax.lax.Precision.HIGHEST)
+    return cos, sin
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -275,8 +295,9 @@ class Attention(nnx.Module):
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, Hkv, T, Dh]
         if cache is not None:
-            start = (layer, 0, cache.length, 0, 0)
+            start = (layer, 0, 0, cache.length, 0)
             cache = dataclasses.replace(
                 cache,
                 k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
@@ -287,17 +308,23 @@ class Attention(nnx.Module):
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q: [B, T, H, Dh], k/v: [B, S, Hkv, Dh], mask: bool[B, T, S] -> [B, T, H, Dh].
+    """q: [B, T, H, Dh], k/v: [B, Hkv, S, Dh], mask: bool[B, T, S] -> [B, T, H, Dh].
 
-    Scores and softmax in float32; query heads are grouped over their shared kv head.
+    Scores and softmax in float32. The G = H / Hkv query heads that share a kv head are
+    stacked along the query axis, so both products are plain batched matmuls over
+    (B, Hkv) with contiguous [G*T, Dh] and [S, Dh] operands (on CPU 1.3-1.6x faster than
+    contracting the 5-d grouped layout directly, forward and backward).
     """
     b, t, h, d = q.shape
-    hkv = k.shape[2]
-    q = q.reshape(b, t, hkv, h // hkv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    hkv, s = k.shape[1], k.shape[2]
+    g = h // hkv
+    q = q.reshape(b, t, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * t, d)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, hkv, g, t, s)
     scores = jnp.where(mask[:, None, None], scores / math.sqrt(d), _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, hkv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, hkv, g, t, d)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 class MLP(nnx.Module):
