@@ -210,7 +210,8 @@ class Job:
         out = self.layout.train(run)
         if not is_done(out):
             mark_done(out, trained.summary)
-        model = trained.run_model(cfg, base)
+        # An arm trained without adapters is evaluated with zero ones: one sampler program.
+        model = base.in_sweep_graph(trained.run_model(cfg, base), self.config.training)
         if cfg.training.mode == "lora":
             self._trained[run.tag] = model
         return model

@@ -8,6 +8,7 @@ draws them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import math
 import os
@@ -141,14 +142,23 @@ def aed_table(rows: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- plots
 
-def _pyplot():
+_STYLE = {"figure.dpi": 120, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3,
+          "axes.spines.top": False, "axes.spines.right": False}
+
+
+@contextlib.contextmanager
+def _figure(path: str | os.PathLike, **subplots):
+    """`(fig, axes)` of a new figure in the report's style, saved to `path` on exit.
+
+    A bare `Figure` (no pyplot): no global figure registry or rcParams to leak into the
+    caller's process, and pyplot's import (~0.6 s) is skipped."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plt.rcParams.update({"figure.dpi": 120, "font.size": 10, "axes.grid": True,
-                         "grid.alpha": 0.3, "axes.spines.top": False,
-                         "axes.spines.right": False})
-    return plt
+    from matplotlib.figure import Figure
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=subplots.pop("figsize"))
+        yield fig, fig.subplots(**subplots)
+        fig.tight_layout()
+        fig.savefig(path)
 
 
 def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Sequence[
@@ -156,8 +166,14 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
         judge: str = "") -> Path:
     """#correct vs #incorrect on `split`: one point per tau (labelled), one curve per method
     (mean over seeds); the original model as a star; dotted lines of equal AED."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    with _figure(path, figsize=(7.5, 5.5)) as (_, ax):
+        _draw_adaptation(ax, sweep_rows, reference_rows, split, judge)
+    return Path(path)
+
+
+def _draw_adaptation(ax: Any, sweep_rows: Sequence[Mapping[str, Any]],
+                     reference_rows: Sequence[Mapping[str, Any]], split: str,
+                     judge: str) -> None:
     rows = [r for r in sweep_rows if r["split"] == split]
     methods = _ordered([r["method"] for r in rows])
     n = max([int(r["n"]) for r in [*rows, *reference_rows] if r["split"] == split] or [1])
@@ -211,42 +227,35 @@ def plot_adaptation(sweep_rows: Sequence[Mapping[str, Any]], reference_rows: Seq
     ax.set_title(f"Adaptation on {split}: one point per tau (labelled)"
                  + (f"\njudge: {judge}; dotted: equal AED" if judge else ""), fontsize=10)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
 
 
 def plot_aed(rows: Sequence[Mapping[str, Any]], splits: Sequence[str],
              path: str | os.PathLike, *, judge: str = "") -> Path:
     """Grouped bars: mean AED per method for each split, error bars = std over seeds."""
-    plt = _pyplot()
     aed = summarise(rows, "aed")
     methods = _ordered([r["method"] for r in rows])
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(7.5, 2.0 * len(splits) + 0.5 * len(methods)), 4.5))
-    x = np.arange(len(splits))
-    for k, m in enumerate(methods):
-        means = [aed.get((m, s), (np.nan, 0, 0))[0] for s in splits]
-        stds = [aed.get((m, s), (np.nan, 0, 0))[1] for s in splits]
-        pos = x - 0.4 + width * (k + 0.5)
-        bars = ax.bar(pos, means, width, yerr=stds, capsize=3, label=method_label(m),
-                      color=method_colour(m, methods), alpha=0.9)
-        for b, v in zip(bars, means):
-            if not math.isnan(v):
-                ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center",
-                        va="bottom", fontsize=7)
-    ax.set_xticks(x, splits)
-    ax.set_ylabel("AED (lower is better)")
-    top = max([v[0] + v[1] for v in aed.values() if not math.isnan(v[0])] or [0.75])
-    ax.set_ylim(0, min(1.0, top + 0.1))
-    ax.set_title("AED per method and split (lower is better)\n"
-                 "error bars: std over seeds" + (f"; judge: {judge}" if judge else ""),
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _figure(path, figsize=(max(7.5, 2.0 * len(splits) + 0.5 * len(methods)), 4.5)
+                 ) as (fig, ax):
+        x = np.arange(len(splits))
+        for k, m in enumerate(methods):
+            means = [aed.get((m, s), (np.nan, 0, 0))[0] for s in splits]
+            stds = [aed.get((m, s), (np.nan, 0, 0))[1] for s in splits]
+            pos = x - 0.4 + width * (k + 0.5)
+            bars = ax.bar(pos, means, width, yerr=stds, capsize=3, label=method_label(m),
+                          color=method_colour(m, methods), alpha=0.9)
+            for b, v in zip(bars, means):
+                if not math.isnan(v):
+                    ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(x, splits)
+        ax.set_ylabel("AED (lower is better)")
+        top = max([v[0] + v[1] for v in aed.values() if not math.isnan(v[0])] or [0.75])
+        ax.set_ylim(0, min(1.0, top) + 0.1)   # room for the value labels above 1.0 bars
+        ax.set_title("AED per method and split (lower is better)\n"
+                     "error bars: std over seeds" + (f"; judge: {judge}" if judge else ""),
+                     fontsize=10)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return Path(path)
 
 
@@ -255,33 +264,29 @@ def plot_entropy_histograms(panels: Mapping[str, tuple[Sequence[float], Sequence
                             judge: str = "", notes: Mapping[str, str] | None = None) -> Path:
     """One panel per score (e.g. discrete SE of each backend): histograms of the score for
     questions whose most-likely answer was correct vs incorrect (density, shared bins)."""
-    plt = _pyplot()
     names = list(panels)
-    fig, axes = plt.subplots(1, len(names), figsize=(max(7.5, 5.0 * len(names)), 4.4),
-                             squeeze=False)
-    for ax, name in zip(axes[0], names):
-        scores, correct = (np.asarray(v) for v in panels[name])
-        correct = correct.astype(bool)
-        hi = max(float(scores.max()) if scores.size else 1.0, 1e-6)
-        bins = np.linspace(0, hi * 1.0001, 13)
-        for mask, colour, what in ((correct, "#2ca02c", "correct"),
-                                   (~correct, "#d62728", "incorrect")):
-            if mask.any():   # density of an empty class is undefined
-                ax.hist(scores[mask], bins=bins, alpha=0.6, color=colour,
-                        label=f"{what} (n={int(mask.sum())})", density=True)
-        for t in taus:
-            if t <= hi:
-                ax.axvline(t, color="#888888", lw=0.6, ls="--")
-        ax.set_xlabel(name + " (nats)")
-        ax.set_ylabel("density")
-        note = (notes or {}).get(name, "")
-        ax.set_title(name + (f"\n{note}" if note else ""), fontsize=9)
-        ax.legend(fontsize=8)
-    fig.suptitle("Semantic entropy of questions answered correctly vs incorrectly"
-                 + (f"\njudge: {judge}; dashed lines: taus" if judge else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _figure(path, nrows=1, ncols=len(names), squeeze=False,
+                 figsize=(max(7.5, 5.0 * len(names)), 4.4)) as (fig, axes):
+        for ax, name in zip(axes[0], names):
+            scores, correct = (np.asarray(v) for v in panels[name])
+            correct = correct.astype(bool)
+            hi = max(float(scores.max()) if scores.size else 1.0, 1e-6)
+            bins = np.linspace(0, hi * 1.0001, 13)
+            for mask, colour, what in ((correct, "#2ca02c", "correct"),
+                                       (~correct, "#d62728", "incorrect")):
+                if mask.any():   # density of an empty class is undefined
+                    ax.hist(scores[mask], bins=bins, alpha=0.6, color=colour,
+                            label=f"{what} (n={int(mask.sum())})", density=True)
+            for t in taus:
+                if t <= hi:
+                    ax.axvline(t, color="#888888", lw=0.6, ls="--")
+            ax.set_xlabel(name + " (nats)")
+            ax.set_ylabel("density")
+            note = (notes or {}).get(name, "")
+            ax.set_title(name + (f"\n{note}" if note else ""), fontsize=9)
+            ax.legend(fontsize=8)
+        fig.suptitle("Semantic entropy of questions answered correctly vs incorrectly"
+                     + (f"\njudge: {judge}; dashed lines: taus" if judge else ""), fontsize=10)
     return Path(path)
 
 

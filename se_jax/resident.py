@@ -21,7 +21,7 @@ from typing import Any
 from flax import nnx
 from jax.sharding import Mesh
 
-from se_jax import training
+from se_jax import lora, training
 from se_jax.telemetry import Telemetry
 
 
@@ -54,12 +54,17 @@ class Resident:
         return model
 
     def original_model(self, training_config: Any) -> nnx.Module:
-        """The original model for evaluation, built like a run's model so it shares the runs'
-        compiled sampler: in LoRA mode the base plus zero-initialised adapters (B = 0, so
-        every output is exactly the base's: y = x W + 0), else the base itself."""
-        if training_config.mode != "lora":
-            return self.model
-        model = self.run_model(training_config, seed=0)
+        """The original model for evaluation, in the graph of the sweep's runs (see
+        `in_sweep_graph`)."""
+        return self.in_sweep_graph(nnx.clone(self.model), training_config)
+
+    def in_sweep_graph(self, model: nnx.Module, training_config: Any) -> nnx.Module:
+        """`model` in eval mode and in the graph the sweep's LoRA runs (`training_config`)
+        are evaluated with, so it shares their compiled sampler: a model without adapters
+        (the original, or an arm fine-tuned without LoRA) gets zero-initialised ones (B = 0,
+        so every output is exactly its own: y = x W + 0). Adapters are added in place."""
+        if training_config.mode == "lora" and not lora.lora_layers(model):
+            training.prepare_model(model, training_config, seed=0)
         model.eval()
         return model
 

@@ -63,8 +63,7 @@ class StopTables:
 def stop_tables(tokenizer: Any, stop_strings: tuple[str, ...], eos: tuple[int, ...],
                 vocab_size: int) -> StopTables:
     """Tables for a tokenizer padded to the model's `vocab_size` (extra ids never stop)."""
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
-                                    skip_special_tokens=True)
+    pieces = decode_each_token(tokenizer)
     shape = (max(vocab_size, len(pieces)),)
     tables = {name: np.zeros(shape, bool)
               for name in ("eos", "has_text", "stop_if_started", "stop_always")}
@@ -76,6 +75,17 @@ def stop_tables(tokenizer: Any, stop_strings: tuple[str, ...], eos: tuple[int, .
             tables["stop_if_started"][i] = True
             tables["stop_always"][i] = any(piece.find(s, start) >= 0 for s in stop_strings if s)
     return StopTables(**{k: v[:vocab_size] for k, v in tables.items()})
+
+
+def decode_each_token(tokenizer: Any) -> list[str]:
+    """The text of every token id alone, as `tokenizer.decode([i], skip_special_tokens=True)`
+    gives it. A fast tokenizer that cleans up no spaces is asked in one Rust call (0.03 s
+    for SmolLM2's 49k ids, against 0.5 s through transformers' per-call Python)."""
+    ids = [[i] for i in range(len(tokenizer))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode_batch(ids, skip_special_tokens=True)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def _text_start(text: str) -> int:

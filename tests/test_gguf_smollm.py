@@ -109,7 +109,7 @@ def test_answers_paris(tokenizer, ours):
 def test_tokenizer_converted_once_per_machine(tmp_path, monkeypatch, embedded_gguf):
     """The GGUF tokenizer is converted once, kept under $SE_JAX_CACHE, and later loads read
     the converted copy, which encodes and templates exactly as the direct conversion."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from se_jax.models.loading import gguf_tokenizer_dir
     direct = AutoTokenizer.from_pretrained(os.path.dirname(embedded_gguf),
                                            gguf_file=os.path.basename(embedded_gguf))
@@ -118,12 +118,14 @@ def test_tokenizer_converted_once_per_machine(tmp_path, monkeypatch, embedded_gg
     assert first.startswith(str(tmp_path / "tokenizers")) and os.path.isdir(first)
     assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == [os.path.basename(first)]
 
-    def no_conversion(*args, **kwargs):
-        if "gguf_file" in kwargs:
-            raise AssertionError("converted the GGUF again")
-        return from_pretrained(*args, **kwargs)
-    from_pretrained = AutoTokenizer.from_pretrained
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_conversion)
+    def refusing_conversion(from_pretrained):
+        def load(*args, **kwargs):
+            if "gguf_file" in kwargs:
+                raise AssertionError("converted the GGUF again")
+            return from_pretrained(*args, **kwargs)
+        return load
+    for cls in (AutoTokenizer, PreTrainedTokenizerFast):
+        monkeypatch.setattr(cls, "from_pretrained", refusing_conversion(cls.from_pretrained))
     assert gguf_tokenizer_dir(embedded_gguf) == first
     cached = load_tokenizer(embedded_gguf)
     messages = [{"role": "user", "content": QUESTIONS[1]}]

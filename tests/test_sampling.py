@@ -317,6 +317,18 @@ def test_stop_tables_follow_the_rule(tokenizer):
         assert t.stop_always[dot_nl]
 
 
+def test_decode_each_token_as_decode_does(tokenizer, monkeypatch):
+    """The one-call decode of every id equals transformers' decode of each id alone; a
+    tokenizer that cleans up spaces goes through transformers (its rule)."""
+    pieces = stopping.decode_each_token(tokenizer)
+    assert len(pieces) == len(tokenizer)
+    assert pieces == [tokenizer.decode([i], skip_special_tokens=True)
+                      for i in range(len(tokenizer))]
+    monkeypatch.setattr(tokenizer, "clean_up_tokenization_spaces", True)
+    monkeypatch.setattr(tokenizer, "batch_decode", lambda ids, **kw: ["via transformers"])
+    assert stopping.decode_each_token(tokenizer) == ["via transformers"]
+
+
 def test_eos_ids_are_eos_end_of_turn_and_extra(tokenizer):
     """SmolLM2: eos and <|im_end|> are id 2, <|endoftext|> is id 0; `extra` ids are added."""
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == 0
