@@ -7,6 +7,7 @@
     hf_names.py         the one HF-name <-> parameter-path map (+ GGUF names), used both ways
     hf_checkpoint.py    HF directory reader/writer (config.json, safetensors, sharded index)
     gguf_checkpoint.py  GGUF reader: config from metadata, dequantisation, q/k un-permutation
+    gguf_header.py      the GGUF header (metadata, tensor directory) parsed with struct
     safetensors_io.py   memory-mapped .safetensors reading (bf16 via ml_dtypes) and writing
     greedy.py           reference greedy decoding (smoke run, tests); the sampler is se_jax/sampling.py
     deberta.py          NLI encoder

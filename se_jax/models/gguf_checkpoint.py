@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from se_jax.models.gguf_header import TensorInfo, read_header
 from se_jax.models.hf_names import gguf_to_hf_name
 
 # Types this loader dequantises (and tests); others (IQ*, TQ*, ...) are refused up front.
@@ -35,30 +36,32 @@ class GGUFCheckpoint:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such GGUF file")
         try:
-            self._reader = gguf.GGUFReader(path)
-        except Exception as e:  # truncated / not a GGUF: the reader's errors lack the path
+            self._data = np.memmap(path, dtype=np.uint8, mode="r")
+            header = read_header(self._data)
+        except Exception as e:  # truncated / not a GGUF: name the file
             raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+        self._metadata = header.metadata
         self._arch = self._field("general.architecture")
         if self._arch not in _ARCHITECTURES:
             raise ValueError(f"{path}: GGUF general.architecture={self._arch!r} is not supported "
                              f"(supported: {', '.join(_ARCHITECTURES)})")
-        self._tensors = {}
-        for t in self._reader.tensors:
+        self._tensors: dict[str, TensorInfo] = {}
+        for t in header.tensors.values():
             hf = gguf_to_hf_name(t.name)
             if t.name == "rope_freqs.weight":
                 raise ValueError(f"{path}: tensor 'rope_freqs.weight' (llama.cpp rope scaling "
                                  f"factors) is not supported; load the HF checkpoint instead")
             if hf is None:
                 continue
-            if t.tensor_type.name not in SUPPORTED_TYPES:
+            type_name = gguf.GGMLQuantizationType(t.ggml_type).name
+            if type_name not in SUPPORTED_TYPES:
                 raise ValueError(
-                    f"{path}: tensor {t.name!r} has quantisation type {t.tensor_type.name}, "
+                    f"{path}: tensor {t.name!r} has quantisation type {type_name}, "
                     f"which is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
             self._tensors[hf] = t
 
     def _field(self, key: str, default: Any = None) -> Any:
-        field = self._reader.get_field(key)
-        return default if field is None else field.contents()
+        return self._metadata.get(key, default)
 
     @property
     def source(self) -> str:
@@ -73,7 +76,7 @@ class GGUFCheckpoint:
         f = lambda key, default=None: self._field(f"{a}.{key}", default)  # noqa: E731
         heads = f("attention.head_count")
         hidden = f("embedding_length")
-        vocab = f("vocab_size") or len(self._reader.get_field("tokenizer.ggml.tokens").data)
+        vocab = f("vocab_size") or len(self._field("tokenizer.ggml.tokens"))
         rope: dict[str, Any] = {"rope_type": "default"}
         if f("rope.scaling.type") == "linear":
             rope = {"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
@@ -100,13 +103,15 @@ class GGUFCheckpoint:
         return f"{self.path} [{t.name}]" if t is not None else self.path
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(self._tensors[name].shape))  # ggml lists dims inner-first
+        return tuple(reversed(self._tensors[name].dims))  # ggml lists dims inner-first
 
     def read(self, name: str) -> np.ndarray:
         """float32 tensor in HF layout and row order."""
         import gguf
         t = self._tensors[name]
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        raw = self._data[t.start:t.start + t.nbytes]
+        w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(t.ggml_type))
+        w = w.astype(np.float32, copy=False)
         w = w.reshape(self.shape(name))
         if self._arch in _PERMUTED_ARCHS and (".q_proj." in name or ".k_proj." in name):
             heads = self._field(f"{self._arch}.attention.head_count")
