@@ -82,6 +82,9 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     assert "f1>=0.5" in text and "AUROC" in text and "SliCK category breakdown" in text
     # The phase table: one load of the base model for the whole sweep.
     assert "Where the time went" in text and "Model loads: 1." in text
+    # One decode program per shape (the SE sample set; every evaluation batch): the
+    # original, the LoRA runs and the attention-only arm share the evaluation's.
+    assert "| `jit(_decode)` | 2 |" in text
     # results.csv: one row per method x split x seed, the contract's columns.
     rows = report.read_results_csv(out / "results.csv")
     assert list(rows[0]) == list(report.RESULT_FIELDS)
