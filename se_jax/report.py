@@ -147,7 +147,7 @@ _STYLE = {"figure.dpi": 120, "font.size": 10, "axes.grid": True, "grid.alpha": 0
 
 
 @contextlib.contextmanager
-def _figure(path: str | os.PathLike, **subplots):
+def _figure(path: str | os.PathLike, figsize: tuple[float, float], **subplots):
     """`(fig, axes)` of a new figure in the report's style, saved to `path` on exit.
 
     A bare `Figure` (no pyplot): no global figure registry or rcParams to leak into the
@@ -155,7 +155,7 @@ def _figure(path: str | os.PathLike, **subplots):
     import matplotlib
     from matplotlib.figure import Figure
     with matplotlib.rc_context(_STYLE):
-        fig = Figure(figsize=subplots.pop("figsize"))
+        fig = Figure(figsize=figsize)
         yield fig, fig.subplots(**subplots)
         fig.tight_layout()
         fig.savefig(path)
@@ -236,7 +236,7 @@ def plot_aed(rows: Sequence[Mapping[str, Any]], splits: Sequence[str],
     methods = _ordered([r["method"] for r in rows])
     width = 0.8 / max(len(methods), 1)
     with _figure(path, figsize=(max(7.5, 2.0 * len(splits) + 0.5 * len(methods)), 4.5)
-                 ) as (fig, ax):
+                 ) as (_, ax):
         x = np.arange(len(splits))
         for k, m in enumerate(methods):
             means = [aed.get((m, s), (np.nan, 0, 0))[0] for s in splits]

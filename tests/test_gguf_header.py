@@ -2,6 +2,8 @@
 tensor's dims, type and bytes; and names what is wrong with a file it cannot read."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ def assert_same_as_gguf_reader(path: str) -> None:
     for t in reference.tensors:
         info = ours.tensors[t.name]
         assert info.dims == tuple(int(d) for d in t.shape), t.name
-        assert info.ggml_type == int(t.tensor_type), t.name
+        assert info.ggml_type == t.tensor_type, t.name
         assert bytes(data[info.start:info.start + info.nbytes]) == \
             np.ascontiguousarray(t.data).tobytes(), t.name
 
@@ -77,7 +79,7 @@ def test_embedded_smollm2_as_gguf_reads_it(embedded_gguf):
     (-100, "'q.weight' ends at byte .* the file is cut short"),
 ])
 def test_unreadable_files_say_why(tmp_path, keep, match):
-    whole = open(write_every_kind(tmp_path / "kinds.gguf"), "rb").read()
+    whole = Path(write_every_kind(tmp_path / "kinds.gguf")).read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[:keep])
     with pytest.raises(ValueError, match=match):
@@ -85,7 +87,7 @@ def test_unreadable_files_say_why(tmp_path, keep, match):
 
 
 def test_other_versions_refused(tmp_path):
-    whole = bytearray(open(write_every_kind(tmp_path / "kinds.gguf"), "rb").read())
+    whole = bytearray(Path(write_every_kind(tmp_path / "kinds.gguf")).read_bytes())
     whole[4:8] = (1).to_bytes(4, "little")
     (tmp_path / "v1.gguf").write_bytes(bytes(whole))
     with pytest.raises(ValueError, match="GGUF version 1 .* not supported"):

@@ -31,7 +31,6 @@ class GGUFCheckpoint:
     """Reader of a .gguf file. `config_dict()`, `names`, `shape(n)`, `read(n)`, `where(n)`."""
 
     def __init__(self, path: str):
-        import gguf
         self.path = path
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such GGUF file")
@@ -53,10 +52,9 @@ class GGUFCheckpoint:
                                  f"factors) is not supported; load the HF checkpoint instead")
             if hf is None:
                 continue
-            type_name = gguf.GGMLQuantizationType(t.ggml_type).name
-            if type_name not in SUPPORTED_TYPES:
+            if t.ggml_type.name not in SUPPORTED_TYPES:
                 raise ValueError(
-                    f"{path}: tensor {t.name!r} has quantisation type {type_name}, "
+                    f"{path}: tensor {t.name!r} has quantisation type {t.ggml_type.name}, "
                     f"which is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
             self._tensors[hf] = t
 
@@ -110,8 +108,7 @@ class GGUFCheckpoint:
         import gguf
         t = self._tensors[name]
         raw = self._data[t.start:t.start + t.nbytes]
-        w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(t.ggml_type))
-        w = w.astype(np.float32, copy=False)
+        w = gguf.quants.dequantize(raw, t.ggml_type).astype(np.float32, copy=False)
         w = w.reshape(self.shape(name))
         if self._arch in _PERMUTED_ARCHS and (".q_proj." in name or ".k_proj." in name):
             heads = self._field(f"{self._arch}.attention.head_count")

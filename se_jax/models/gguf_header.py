@@ -36,11 +36,11 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-    """One tensor of the directory: `dims` innermost first (ggml's order), `ggml_type` the
-    `gguf.GGMLQuantizationType` value, `start` / `nbytes` its bytes in the file."""
+    """One tensor of the directory: `dims` innermost first (ggml's order), `ggml_type` its
+    `gguf.GGMLQuantizationType`, `start` / `nbytes` its bytes in the file."""
     name: str
     dims: tuple[int, ...]
-    ggml_type: int
+    ggml_type: Any   # gguf.GGMLQuantizationType (gguf is imported where it is needed)
     start: int
     nbytes: int
 
@@ -52,7 +52,8 @@ class GGUFHeader:
 
 
 class _Cursor:
-    """Sequential little-endian reads from a buffer; running past its end raises ValueError."""
+    """Sequential little-endian reads from a buffer. Running past its end raises
+    struct.error (a scalar) or ValueError (a string or numeric array)."""
 
     def __init__(self, buf: memoryview):
         self.buf, self.pos = buf, 0
@@ -118,8 +119,9 @@ def read_header(data: np.ndarray) -> GGUFHeader:
     alignment = int(metadata.get("general.alignment", 32))
     data_start = -(-cursor.pos // alignment) * alignment
     tensors = {}
-    for name, dims, ggml_type, offset in raw:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    for name, dims, type_id, offset in raw:
+        ggml_type = gguf.GGMLQuantizationType(type_id)
+        block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
         info = TensorInfo(name, dims, ggml_type, data_start + offset,
                           math.prod(dims) // block * type_size)
         if info.start + info.nbytes > len(buf):
