@@ -162,6 +162,9 @@ def training_config() -> ml_collections.ConfigDict:
         # (distillation temperature, not the labels' tau); the teacher is the model after `teacher_epoch` epochs
         # (0 = the base model).
         distill=dict(enabled=False, weight=1.0, temperature=0.5, teacher_epoch=0),
+        # Run the prompts' common head (system prompt, instruction) once per batch, not per
+        # row: same loss and gradients, less work (target-only loss, no distillation).
+        shared_prefix=True,
         pad_multiple=32,      # sequence lengths padded to a multiple (fewer compilations)
         bucket_batches=8,     # batches per length-sorting window
         loss_chunk_tokens=1024,  # tokens per logits chunk of the loss

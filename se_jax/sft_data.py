@@ -5,6 +5,11 @@ A sequence is the prompt exactly as the sampler saw it (`se_jax.data.prompts.for
 
     [prompt ids] [target ids] [eos]      loss on target + eos (or on everything)
 
+With the target-only loss a run's batches can be narrowed (`BatchLayout`, chosen by
+`se_jax.training.batch_layout`): the prompts' common head (`shared_prefix_length`) leaves
+the rows and runs once per batch, and the targets/loss mask keep only the supervised
+columns (`loss_width`), so the output head over the vocabulary skips the prompt.
+
 The order of the batches of epoch e is a pure function of (seed, e) (`epoch_batches`), so a
 run resumed at any step sees exactly the batches an uninterrupted run would.
 """
@@ -70,30 +75,100 @@ def padded_length(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def shared_prefix_length(seqs: Sequence[TokenizedExample], multiple: int = 8) -> int:
+    """The tokens every sequence starts with and no loss position reads (target-only loss),
+    rounded down to `multiple`: the prompt template's fixed head (system prompt, instruction,
+    few-shot examples), which training runs once per batch instead of once per row.
+
+    Rounding down makes runs on different questions (an LCP may run into a common first
+    word) share one compiled step. 0 when the sequences share less than `multiple` tokens.
+    """
+    first = seqs[0].ids
+    n = min(min(s.target_start for s in seqs) - 1, len(first))
+    for s in seqs[1:]:
+        diff = np.flatnonzero(s.ids[:n] != first[:n])
+        n = min(n, int(diff[0]) if diff.size else n)
+    return max(n, 0) // multiple * multiple
+
+
+def loss_width(seqs: Sequence[TokenizedExample], multiple: int = 8) -> int:
+    """Columns that hold every row's supervised positions (target-only loss), rounded up to
+    `multiple`: the output head and the cross-entropy run on these, not on the prompt."""
+    return padded_length(max(len(s.ids) - s.target_start for s in seqs), multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """How one run's examples become batches (`make_batch`'s settings). Fixed per run: the
+    shapes it gives are keys of the compiled step, so runs with equal layouts share one."""
+    pad_multiple: int = 32
+    target_only: bool = True
+    prefix_len: int = 0
+    loss_columns: int | None = None
+
+    def batch(self, seqs: Sequence[TokenizedExample], batch_size: int,
+              pad_id: int = 0) -> dict[str, np.ndarray]:
+        return make_batch(seqs, batch_size, pad_id=pad_id, **dataclasses.asdict(self))
+
+    def prefix(self, seqs: Sequence[TokenizedExample]) -> np.ndarray | None:
+        """int32[1, P]: the shared prefix's tokens, or None without one."""
+        return seqs[0].ids[None, :self.prefix_len] if self.prefix_len else None
+
+
 def make_batch(seqs: Sequence[TokenizedExample], batch_size: int, *, pad_multiple: int = 32,
-               target_only: bool = True, pad_id: int = 0) -> dict[str, np.ndarray]:
+               target_only: bool = True, pad_id: int = 0, prefix_len: int = 0,
+               loss_columns: int | None = None) -> dict[str, np.ndarray]:
     """Right-padded arrays for up to `batch_size` sequences (missing rows are all padding).
 
-    Returns tokens/targets int32[B, T], positions int32[B, T] (-1 at padding), loss_mask
-    float32[B, T] (1 where the next token is supervised), valid float32[B, T] (1 where a
-    real next token exists). targets[b, t] = tokens[b, t + 1].
+    Returns tokens int32[B, T], positions int32[B, T] (-1 at padding), valid float32[B, T]
+    (1 where a real next token exists), and targets int32[B, T] (targets[b, t] =
+    tokens[b, t + 1]) with loss_mask float32[B, T] (1 where the next token is supervised).
+
+    prefix_len: the first P tokens every row shares (`shared_prefix_length`) are left out;
+      the rows hold the rest, at positions P.. (the step prepends the prefix once).
+    loss_columns: K (`loss_width`, target-only loss): targets and loss_mask are [B, K] at
+      the columns `loss_index` int32[B, K] of each row (padding: column 0, mask 0).
     """
     if len(seqs) > batch_size:
         raise ValueError(f"{len(seqs)} sequences do not fit a batch of {batch_size}")
-    t = padded_length(max(len(s.ids) for s in seqs), pad_multiple)
+    p = prefix_len
+    if p and not target_only:
+        raise ValueError("a shared prefix needs the target-only loss (it has no loss columns)")
+    t = padded_length(max(len(s.ids) for s in seqs) - p, pad_multiple)
     tokens = np.full((batch_size, t), pad_id, np.int32)
     targets = np.full((batch_size, t), pad_id, np.int32)
     positions = np.full((batch_size, t), -1, np.int32)
     loss_mask = np.zeros((batch_size, t), np.float32)
     valid = np.zeros((batch_size, t), np.float32)
     for b, s in enumerate(seqs):
-        n = len(s.ids)
-        tokens[b, :n] = s.ids
-        targets[b, :n - 1] = s.ids[1:]
-        positions[b, :n] = np.arange(n)
-        valid[b, :n - 1] = 1.0
+        n = len(s.ids) - p
         # Position t predicts token t + 1: the target starts being predicted at start - 1.
-        first = s.target_start - 1 if target_only else 0
+        first = s.target_start - 1 - p if target_only else 0
+        if first < 0 or n < 1:
+            raise ValueError(f"example {s.id!r}: the shared prefix of {p} tokens reaches its "
+                             f"target (target_start={s.target_start}, length {len(s.ids)})")
+        tokens[b, :n] = s.ids[p:]
+        targets[b, :n - 1] = s.ids[p + 1:]
+        positions[b, :n] = np.arange(p, p + n)
+        valid[b, :n - 1] = 1.0
         loss_mask[b, first:n - 1] = 1.0
-    return dict(tokens=tokens, targets=targets, positions=positions, loss_mask=loss_mask,
-                valid=valid)
+    out = dict(tokens=tokens, positions=positions, valid=valid, targets=targets,
+               loss_mask=loss_mask)
+    if loss_columns is not None:
+        out.update(_loss_columns(loss_mask, targets, min(loss_columns, t)))
+    return out
+
+
+def _loss_columns(loss_mask: np.ndarray, targets: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """targets/loss_mask [B, T] -> loss_index, targets, loss_mask [B, K] of the masked columns."""
+    rows, t = loss_mask.shape
+    index = np.zeros((rows, k), np.int32)
+    mask = np.zeros((rows, k), np.float32)
+    for b in range(rows):
+        cols = np.flatnonzero(loss_mask[b])
+        if cols.size > k:
+            raise ValueError(f"row {b} has {cols.size} supervised tokens; loss_columns={k}")
+        index[b, :cols.size] = cols
+        mask[b, :cols.size] = 1.0
+    return dict(loss_index=index, targets=np.take_along_axis(targets, index, axis=1),
+                loss_mask=mask)

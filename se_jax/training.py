@@ -6,8 +6,8 @@ self-distillation, data-parallel over a device mesh.
 
 The model is split once into (graphdef, trainable, frozen) states (`lora.trainable_filter`);
 the jitted step takes the trainable parameters and the `nnx.Optimizer` state (both donated),
-the frozen parameters and a batch sharded along the mesh's batch axes, and returns the new
-trainable and optimizer states. Everything a step depends on is a function of
+the frozen parameters, a batch sharded along the mesh's batch axes and the run's shared
+prompt prefix (replicated; `batch_layout`), and returns the new trainable and optimizer states. Everything a step depends on is a function of
 (seed, step): the batch (`sft_data.epoch_batches`), the dropout masks
 (`lora.reseed_dropout`), the learning rate (the optimizer's own step count), so a run
 restarted from any checkpoint reaches bit-identical final weights.
@@ -25,9 +25,10 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from se_jax import checkpointing, lora, losses, mesh as mesh_lib, sft_data
+from se_jax.models.llama import KVCache
 from se_jax.stage_io import Progress
 
 
@@ -95,32 +96,69 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     return tx
 
 
+def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.BatchLayout:
+    """`config.training` and the run's examples -> how its batches are cut.
+
+    With the target-only loss and no distillation (whose KL reads every position), the
+    output head runs on the supervised columns only (`loss_columns`) and, with
+    `shared_prefix`, the prompts' common head runs once per batch (`prefix_len`): the same
+    loss and gradients (tests/test_training_parity.py) for less work. The prefix's LoRA
+    dropout mask is then drawn once per batch rather than once per row.
+    """
+    target_only = cfg.loss_on == "target"
+    narrow = target_only and not cfg.distill.enabled
+    prefix = (sft_data.shared_prefix_length(seqs)
+              if narrow and cfg.get("shared_prefix", True) else 0)
+    return sft_data.BatchLayout(
+        pad_multiple=int(cfg.pad_multiple), target_only=target_only, prefix_len=prefix,
+        loss_columns=sft_data.loss_width(seqs) if narrow else None)
+
+
+def prefix_context(model: nnx.Module, prefix: jax.Array | None) -> KVCache | None:
+    """The shared prefix int32[1, P] run through `model` once: its keys/values (1 row, P
+    slots), which every row of the batch attends to (`Llama.hidden(context=)`)."""
+    if prefix is None:
+        return None
+    p = prefix.shape[1]
+    _, cache = model.hidden(prefix, jnp.arange(p, dtype=jnp.int32)[None],
+                            KVCache.init(model.config, 1, p))
+    return cache
+
+
 def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,
-               batch: dict[str, jax.Array], key: jax.Array, *, graphdef, teacher_graphdef,
-               cfg: losses.LossConfig) -> tuple[jax.Array, dict]:
+               batch: dict[str, jax.Array], prefix: jax.Array | None, key: jax.Array, *,
+               graphdef, teacher_graphdef, cfg: losses.LossConfig) -> tuple[jax.Array, dict]:
     """The SFT loss of one batch as a function of the trainable state (differentiate this).
 
     `graphdef` is the model in train mode, `teacher_graphdef` in eval mode (no dropout);
     the teacher is `teacher` (a snapshot of the trainable state) over the same `frozen` state.
-    batch: tokens/targets/positions int32[B, T], loss_mask/valid float32[B, T]
-    (`sft_data.make_batch`); key: this step's dropout key.
+    batch: `sft_data.make_batch`'s arrays: tokens/positions int32[B, T], valid float32[B, T],
+    targets/loss_mask [B, T], or [B, K] at the columns `loss_index` int32[B, K];
+    prefix: int32[1, P] tokens before every row (None: none); key: this step's dropout key.
     """
     # copy=True: fresh Variables at this trace level, so dropout may advance its RNG count.
     model = nnx.merge(graphdef, params, frozen, copy=True)
     lora.reseed_dropout(model, key)
-    h, _ = model.hidden(batch["tokens"], batch["positions"])
+    h, _ = model.hidden(batch["tokens"], batch["positions"],
+                        context=prefix_context(model, prefix))
+    valid = batch["valid"]
+    if "loss_index" in batch:      # the head and the loss on the supervised columns only
+        h = jnp.take_along_axis(h, batch["loss_index"][..., None], axis=1)
+        valid = batch["loss_mask"]
     t_fn = t_h = None
     if cfg.kd_weight > 0:
+        if prefix is not None or "loss_index" in batch:
+            raise ValueError("distillation reads every position: no shared prefix or loss columns")
         t = nnx.merge(teacher_graphdef, teacher, frozen, copy=True)
         t_h, _ = t.hidden(batch["tokens"], batch["positions"])
         t_fn = t.logits
     return losses.sft_loss(model.logits, h, batch["targets"], batch["loss_mask"],
-                           batch["valid"], cfg, teacher_fn=t_fn, teacher_hidden=t_h)
+                           valid, cfg, teacher_fn=t_fn, teacher_hidden=t_h)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-    """The compiled training steps, (params, opt, frozen, teacher, batch, key) ->
+    """The compiled training steps, (params, opt, frozen, teacher, batch, prefix, key) ->
     (params, opt, metrics); `step_kd` adds the distillation term (None when it is off)."""
     step: Callable
     step_kd: Callable | None
@@ -163,11 +201,12 @@ def make_step_fns(model: nnx.Module, optimizer: nnx.Optimizer, wrt, loss_cfg: lo
 def _build_step_fns(graphdef, teacher_graphdef, opt_graphdef, wrt,
                     loss_cfg: losses.LossConfig, shardings: dict) -> StepFns:
 
-    def step(params, opt_state, frozen, teacher, batch, key, *, cfg: losses.LossConfig):
+    def step(params, opt_state, frozen, teacher, batch, prefix, key, *,
+             cfg: losses.LossConfig):
         loss_fn = functools.partial(batch_loss, graphdef=graphdef,
                                     teacher_graphdef=teacher_graphdef, cfg=cfg)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, frozen, teacher, batch, key)
+            params, frozen, teacher, batch, prefix, key)
         model = nnx.merge(graphdef, params, frozen)
         opt = nnx.merge(opt_graphdef, opt_state)
         opt.update(model, grads)
@@ -178,7 +217,8 @@ def _build_step_fns(graphdef, teacher_graphdef, opt_graphdef, wrt,
         return jax.jit(
             functools.partial(step, cfg=cfg), donate_argnums=(0, 1),
             in_shardings=(shardings["params"], shardings["opt"], shardings["frozen"],
-                          shardings["teacher"], shardings["batch"], None),
+                          shardings["teacher"], shardings["batch"], shardings["prefix"],
+                          None),
             out_shardings=(shardings["params"], shardings["opt"], None))
 
     no_kd = dataclasses.replace(loss_cfg, kd_weight=0.0)
@@ -231,6 +271,7 @@ class TrainState:
     teacher: nnx.State | None
     fns: StepFns
     batch_sharding: Any
+    replicated: Any       # the shared prefix's sharding
 
     def checkpoint(self) -> dict:
         """The pure pytree a checkpoint holds."""
@@ -239,12 +280,13 @@ class TrainState:
             out["teacher"] = nnx.to_pure_dict(self.teacher)
         return out
 
-    def apply_step(self, batch: dict[str, jax.Array], key: jax.Array,
-                   distill: bool) -> dict[str, jax.Array]:
-        """Run one compiled step on a device batch; updates params/opt_state; metrics."""
+    def apply_step(self, batch: dict[str, jax.Array], key: jax.Array, distill: bool,
+                   prefix: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Run one compiled step on a device batch (after the shared `prefix`, replicated,
+        if any); updates params/opt_state; returns the metrics."""
         fn = self.fns.step_kd if distill else self.fns.step
         self.params, self.opt_state, metrics = fn(self.params, self.opt_state, self.frozen,
-                                                  self.teacher, batch, key)
+                                                  self.teacher, batch, prefix, key)
         return metrics
 
     def restore(self, tree: dict) -> None:
@@ -274,11 +316,12 @@ def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
     shardings = dict(params=mesh_lib.state_shardings(params, mesh, rules),
                      opt=mesh_lib.state_shardings(opt_state, mesh, rules),
                      frozen=mesh_lib.state_shardings(frozen, mesh, rules),
-                     batch=mesh_lib.batch_sharding(mesh, rules))
+                     batch=mesh_lib.batch_sharding(mesh, rules),
+                     prefix=NamedSharding(mesh, PartitionSpec()))
     shardings["teacher"] = shardings["params"] if use_kd else None
     fns = make_step_fns(model, optimizer, wrt, loss_cfg, shardings)
     return TrainState(params, opt_state, frozen, _copy(params) if use_kd else None, fns,
-                      shardings["batch"])
+                      shardings["batch"], shardings["prefix"])
 
 
 def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, workdir: str,
@@ -316,12 +359,18 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
     stop = total if cfg.max_steps <= 0 else min(total, start + int(cfg.max_steps))
     teacher_step = int(cfg.distill.teacher_epoch) * spe
     base_key = jax.random.key(seed)
+    layout = batch_layout(cfg, seqs)
+    prefix = layout.prefix(seqs)
+    if prefix is not None:
+        prefix = global_batch({"prefix": prefix}, state.replicated)["prefix"]
     lengths = [len(s.ids) for s in seqs]
     progress = Progress("train", total=total, unit="steps", initial=start,
                         every_seconds=cfg.log_every_seconds)
     logging.info("train: %d examples, %d steps/epoch x %d epochs = %d steps (from %d), "
-                 "mode=%s, trainable=%d params", len(seqs), spe, cfg.epochs, total, start,
-                 cfg.mode, sum(x.size for x in jax.tree.leaves(state.params)))
+                 "mode=%s, trainable=%d params; shared prefix %d tokens, loss columns %s",
+                 len(seqs), spe, cfg.epochs, total, start, cfg.mode,
+                 sum(x.size for x in jax.tree.leaves(state.params)), layout.prefix_len,
+                 layout.loss_columns or "all")
     history, batches, epoch_of_batches = [], None, -1
     for step in range(start, stop):
         epoch, index = divmod(step, spe)
@@ -331,12 +380,11 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
             epoch_of_batches = epoch
         if use_kd and step == teacher_step:
             state.teacher = _copy(state.params)  # the snapshot after `teacher_epoch` epochs
-        arrays = sft_data.make_batch([seqs[i] for i in batches[index]], batch_size,
-                                     pad_multiple=cfg.pad_multiple,
-                                     target_only=(cfg.loss_on == "target"), pad_id=pad_id)
+        rows = [seqs[i] for i in batches[index]]
+        arrays = layout.batch(rows, batch_size, pad_id=pad_id)
         metrics = state.apply_step(global_batch(arrays, state.batch_sharding),
                                    jax.random.fold_in(base_key, step),
-                                   distill=use_kd and step >= teacher_step)
+                                   distill=use_kd and step >= teacher_step, prefix=prefix)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
             manager.wait_until_finished()
@@ -346,7 +394,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
                 f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
         history.append(dict(metrics, step=step + 1))
         checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
-        progress.update(1, tokens=float(arrays["valid"].sum()))
+        progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
         if (step + 1) % max(cfg.log_every_steps, 1) == 0:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])

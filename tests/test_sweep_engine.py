@@ -12,7 +12,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from configs import tiny
-from se_jax import export, sampling, sft_data
+from se_jax import export, sampling, sft_data, training
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
 from se_jax.resident import Resident
@@ -53,19 +53,19 @@ def weights(model) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.device_get(jax.tree.leaves(nnx.state(model)))]
 
 
-def batch_shapes(config, resident) -> set[tuple[int, int]]:
-    """Every padded [B, T] batch shape the run's schedule feeds the step."""
+def batch_shapes(config, resident) -> set[tuple]:
+    """Every (prefix length, batch array shapes) the run's schedule feeds the step."""
     tc, tok = config.training, resident.tokenizer
     records = [json.loads(line) for line in open(config.training.sft)]
     seqs = [sft_data.tokenize_example(tok, r, eos_id=tok.eos_token_id, prompt_kwargs={})
             for r in records]
+    layout = training.batch_layout(tc, seqs)
     shapes = set()
     for epoch in range(tc.epochs):
         for batch in sft_data.epoch_batches([len(s.ids) for s in seqs], tc.batch_size,
                                             config.seed, epoch, tc.bucket_batches):
-            arrays = sft_data.make_batch([seqs[i] for i in batch], tc.batch_size,
-                                         pad_multiple=tc.pad_multiple)
-            shapes.add(arrays["tokens"].shape)
+            arrays = layout.batch([seqs[i] for i in batch], tc.batch_size)
+            shapes.add((layout.prefix_len,) + tuple(a.shape for a in arrays.values()))
     return shapes
 
 

@@ -42,11 +42,18 @@ def _train_cfg() -> ml_collections.ConfigDict:
                                target_modules=("q_proj", "v_proj"))))
 
 
-def _batch(vocab: int) -> dict[str, np.ndarray]:
+def _seqs(vocab: int, shared: int = 0) -> list[sft_data.TokenizedExample]:
+    """Three rows of different lengths; the first `shared` tokens the same in all."""
     rng = np.random.default_rng(0)
-    seqs = [sft_data.TokenizedExample(str(i), rng.integers(3, vocab, n).astype(np.int32), start)
-            for i, (n, start) in enumerate([(11, 6), (7, 3), (14, 10)])]
-    return sft_data.make_batch(seqs, batch_size=4, pad_multiple=8)  # row 3: all padding
+    head = rng.integers(3, vocab, shared)
+    shape = [(11, 6), (7, 3), (14, 10)] if not shared else [(19, 13), (12, 9), (16, 12)]
+    return [sft_data.TokenizedExample(
+                str(i), np.concatenate([head, rng.integers(3, vocab, n - shared)]).astype(np.int32),
+                start) for i, (n, start) in enumerate(shape)]
+
+
+def _batch(vocab: int) -> dict[str, np.ndarray]:
+    return sft_data.make_batch(_seqs(vocab), batch_size=4, pad_multiple=8)  # row 3: all padding
 
 
 def _our_model(path: str) -> nnx.Module:
@@ -111,14 +118,44 @@ def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight):
     loss_fn = functools.partial(training.batch_loss, graphdef=graphdef,
                                 teacher_graphdef=teacher_graphdef, cfg=cfg)
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-        params, frozen, teacher, jax.tree.map(jnp.asarray, batch), jax.random.key(0))
+        params, frozen, teacher, jax.tree.map(jnp.asarray, batch), None, jax.random.key(0))
 
     ref_loss, ref_grads = _torch_reference(tiny_dir, model, batch, kd_weight)
     assert float(metrics["tokens"]) == batch["loss_mask"].sum()
     np.testing.assert_allclose(float(loss), ref_loss, rtol=TOL, atol=TOL)
     if kd_weight:
         assert float(metrics["kl"]) > 1e-3  # the distillation term is really exercised
+    _assert_grads_match(model, grads, ref_grads)
 
+
+def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
+    """The train stage's layout (prompts' common head run once, head and loss on the
+    supervised columns only) gives PEFT's loss and gradients on the whole, unshared rows."""
+    model = _our_model(tied_dir)
+    seqs = _seqs(model.config.vocab_size, shared=10)
+    cfg = ml_collections.ConfigDict(dict(loss_on="target", distill=dict(enabled=False),
+                                         shared_prefix=True, pad_multiple=8))
+    layout = training.batch_layout(cfg, seqs)
+    assert (layout.prefix_len, layout.loss_columns) == (8, 8)  # 10 shared -> 8; 6 targets -> 8
+    batch = layout.batch(seqs, 4)
+    assert batch["tokens"].shape == (4, 16) and batch["loss_index"].shape == (4, 8)
+    graphdef, teacher_graphdef, params, frozen = training.split_for_training(
+        model, nnx.LoRAParam)
+    loss_fn = functools.partial(training.batch_loss, graphdef=graphdef,
+                                teacher_graphdef=teacher_graphdef,
+                                cfg=losses.LossConfig(chunk=16))   # 4 x 8 columns: 2 chunks
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        params, frozen, None, jax.tree.map(jnp.asarray, batch),
+        jnp.asarray(layout.prefix(seqs)), jax.random.key(0))
+
+    full = sft_data.make_batch(seqs, batch_size=4, pad_multiple=8)
+    ref_loss, ref_grads = _torch_reference(tied_dir, model, full, 0.0)
+    assert float(metrics["tokens"]) == full["loss_mask"].sum()
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=TOL, atol=TOL)
+    _assert_grads_match(model, grads, ref_grads)
+
+
+def _assert_grads_match(model, grads, ref_grads) -> None:
     flat = dict(nnx.to_flat_state(grads))
     layers = lora.lora_layers(model)
     assert len(layers) == 2 * model.config.num_hidden_layers

@@ -11,6 +11,8 @@ One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
 `positions[b, t] = -1` marks padding. Key k is visible to query q iff 0 <= pos_k <= pos_q in
 the same row, so left-padded prefill, one-token decode and right-padded training batches all
 use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
+`model.hidden(tokens, positions, context=prefix_cache)` reads (never writes) a one-row
+cache before every row's own keys: a shared prompt head run once (training, scoring).
 
 Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
 those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
@@ -287,16 +289,23 @@ class Attention(nnx.Module):
         self.o_proj = _linear(c, q_dim, c.hidden_size, ("heads", "embed"), c.o_proj_bias, rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 cache: KVCache | None, layer: int | jax.Array
-                 ) -> tuple[jax.Array, KVCache | None]:
-        """x: [B, T, E]; mask: bool[B, T, S] (S = T without a cache) -> ([B, T, E], cache).
-        `layer` (the cache's layer index) may be traced, as inside the layer scan."""
+                 cache: KVCache | None, layer: int | jax.Array,
+                 context: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache). S = T without a cache or
+        context, the cache's slots with one, P + T with a `context` of P slots (read, never
+        written: its keys/values come before this call's own). `layer` (the cache's layer
+        index) may be traced, as inside the layer scan."""
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, Hkv, T, Dh]
-        if cache is not None:
+        if context is not None:
+            def before(ctx: jax.Array, own: jax.Array) -> jax.Array:
+                ctx = jnp.broadcast_to(ctx[layer], (b,) + ctx.shape[2:]).astype(own.dtype)
+                return jnp.concatenate([ctx, own], axis=2)
+            k, v = before(context.k, k), before(context.v, v)
+        elif cache is not None:
             start = (layer, 0, 0, cache.length, 0)
             cache = dataclasses.replace(
                 cache,
@@ -349,8 +358,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int | jax.Array):
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int | jax.Array,
+                 context: KVCache | None = None):
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, context)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
@@ -398,10 +408,20 @@ class Llama(nnx.Module):
         table = jax.lax.with_sharding_constraint(table, jax.sharding.NamedSharding(mesh, spec))
         return jnp.take(table, tokens, axis=0)
 
-    def hidden(self, tokens: jax.Array, positions: jax.Array,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache)."""
-        if cache is None:
+    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None,
+               context: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache).
+
+        `context`: a filled cache of ONE row (e.g. a prompt prefix every row shares) that
+        each row attends to before its own tokens, read-only and differentiable: training
+        runs a batch's shared prefix once (`se_jax.training`). Not combined with `cache`.
+        """
+        if context is not None:
+            if cache is not None:
+                raise ValueError("hidden() takes a cache to fill or a context to read, not both")
+            ctx_pos = jnp.broadcast_to(context.pos, (tokens.shape[0], context.pos.shape[1]))
+            k_pos = jnp.concatenate([ctx_pos, positions], axis=1)
+        elif cache is None:
             k_pos = positions
         else:
             k_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32),
@@ -412,7 +432,7 @@ class Llama(nnx.Module):
         x = self._constrain(self._embed(tokens))
 
         def body(layer: DecoderLayer, i, carry):
-            x, cache = layer(carry[0], cos, sin, mask, carry[1], i)
+            x, cache = layer(carry[0], cos, sin, mask, carry[1], i, context)
             return self._constrain(x), cache
 
         layers = list(self.layers)
