@@ -10,10 +10,10 @@ How (decoder contract, WORKSPACE-notes.md "Decoder"):
 1. `_prefill` (jit): the shared prefix, one row, into a KVCache of P slots.
 2. Suffixes are sorted by length and cut into batches of one padded length (multiples of
    `bucket` tokens), right-padded (positions -1), positions continuing at P.
-3. `_score` (jit, graphdef static): the prefix cache rows are broadcast to the batch and
-   padded by the suffix length, one `model.hidden(tokens, positions, cache)` call runs the
-   suffixes against it, and the log-softmax at each row's last real token is read at the
-   label ids. Without a prefix the same function runs the full prompts with no cache.
+3. `_score` (jit, graphdef static): one `model.hidden(tokens, positions, context=prefix)`
+   call runs the suffixes, each row reading the one-row prefix cache before its own keys,
+   and the log-softmax at each row's last real token is read at the label ids. Without a
+   prefix the same function runs the full prompts with no context.
 Batch dims are sharded over the mesh's batch axes; the model keeps the sharding it was
 loaded with (fsdp / tensor), so a 70B judge runs where the generator would.
 
@@ -101,14 +101,7 @@ def _score(graphdef, state, prefix: KVCache | None, tokens, positions, last, lab
     label_ids: int32[K]. Returns float32[B, K].
     """
     model = nnx.merge(graphdef, state)
-    b, t = tokens.shape
-    cache = None
-    if prefix is not None:
-        cache = prefix.expand(b, t)                 # 1 row, P slots -> B rows, P + T slots
-        if mesh is not None:
-            cache = jax.lax.with_sharding_constraint(
-                cache, mesh_lib.cache_shardings(cache, mesh, rules))
-    h, _ = model.hidden(tokens, positions, cache)
+    h, _ = model.hidden(tokens, positions, context=prefix)   # every row reads the one prefix
     h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)            # [B, 1, E]
     logprobs = jax.nn.log_softmax(model.logits(h_last)[:, 0], axis=-1)      # [B, V]
     out = logprobs[:, label_ids]
