@@ -12,6 +12,15 @@ peak resident memory (ru_maxrss; also after model loading). Ours runs
     python launch/bench_training.py            # 3 warm-up + 10 timed steps per side
     python launch/bench_training.py --quick    # 1 warm-up + 3 timed steps (< 2 minutes)
     python launch/bench_training.py --dtype=bfloat16   # our compute in bfloat16 (torch f32)
+    python launch/bench_training.py --rows=sft  # the train stage's batches (below)
+
+`--rows=sft` trains both sides on what the train stage feeds its step instead (chat prompts
+of the shipped demo questions, answers or "I don't know the answer." as targets, loss on
+the targets only; `bench_lora.sft_rows`): transformers + peft on the whole right-padded
+rows, as an SFT loop over them does, ours cut by the stage's `training.batch_layout` (the
+prompts' shared head once per batch, the output head on the target columns only). Both
+count the same real tokens per step; the FLOP shares then read "as if every token were
+trained", so ours may pass 100%: the work it skips.
 
 Yardstick (launch/yardstick.py, measured in this run before the sides): each side's useful
 FLOP rate, 4 x the matmul parameters per token (forward, and backward through the frozen
@@ -38,6 +47,9 @@ _BATCH = flags.DEFINE_integer("batch", 8, "sequences per step")
 _SEQ = flags.DEFINE_integer("seq", 64, "tokens per sequence")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps (3 with --quick)")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps first (1 with --quick)")
+_ROWS = flags.DEFINE_enum("rows", "random", ["random", "sft"],
+                          "random tokens, all targets (--batch x --seq), or the train stage's "
+                          "SFT rows (--batch of them; --seq unused)")
 _DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout on both sides")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "our compute dtype (weights stay float32; torch runs float32)")
@@ -53,9 +65,10 @@ def run_jax(warmup: int, steps: int) -> dict:
 
     model = load_llama("embedded", dtype=_DTYPE.value)
     loaded = _rss_mib()
-    step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value)
+    rows = bench_lora.sft_rows(_BATCH.value) if _ROWS.value == "sft" else None
+    step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value, rows)
     times = yardstick.timings(step, steps, warmup)
-    return dict(side="jax", step_s=statistics.median(times), times=times,
+    return dict(side="jax", step_s=statistics.median(times), times=times, tokens=_tokens(),
                 matmul_params=yardstick.llama_matmul_params(model.config),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), devices=len(jax.devices()))
 
@@ -77,25 +90,44 @@ def run_torch(warmup: int, steps: int) -> dict:
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=bench_lora.LR, weight_decay=0.0)
-    ids = torch.from_numpy(
-        bench_lora.random_tokens(model.config.vocab_size, _BATCH.value, _SEQ.value)).long()
+    if _ROWS.value == "sft":      # right-padded rows, -100 where no target is read
+        from se_jax import sft_data
+        arrays = sft_data.make_batch(bench_lora.sft_rows(_BATCH.value), _BATCH.value,
+                                     pad_multiple=8)
+        ids = torch.from_numpy(arrays["tokens"]).long()
+        attention = torch.from_numpy(arrays["positions"] >= 0).long()
+        labels = torch.full_like(ids, -100)
+        labels[:, 1:] = torch.where(torch.from_numpy(arrays["loss_mask"][:, :-1]) > 0,
+                                    ids[:, 1:], -100)
+    else:
+        ids = torch.from_numpy(
+            bench_lora.random_tokens(model.config.vocab_size, _BATCH.value, _SEQ.value)).long()
+        attention, labels = torch.ones_like(ids), ids
 
     def step():
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     times = yardstick.timings(step, steps, warmup)
-    return dict(side="torch", step_s=statistics.median(times), times=times,
+    return dict(side="torch", step_s=statistics.median(times), times=times, tokens=_tokens(),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), threads=torch.get_num_threads())
+
+
+def _tokens() -> int:
+    """Real tokens per step: batch x seq, or the SFT rows' lengths."""
+    if _ROWS.value == "sft":
+        return sum(len(r.ids) for r in bench_lora.sft_rows(_BATCH.value))
+    return _BATCH.value * _SEQ.value
 
 
 def _child(side: str, warmup: int, steps: int) -> dict:
     return yardstick.run_side(__file__, [
         f"--side={side}", f"--warmup={warmup}", f"--steps={steps}", f"--batch={_BATCH.value}",
-        f"--seq={_SEQ.value}", f"--lora_dropout={_DROPOUT.value}", f"--dtype={_DTYPE.value}"])
+        f"--seq={_SEQ.value}", f"--lora_dropout={_DROPOUT.value}", f"--dtype={_DTYPE.value}",
+        f"--rows={_ROWS.value}"])
 
 
 def main(argv):
@@ -109,11 +141,13 @@ def main(argv):
     watch = yardstick.LoadWatch.start()
     stick = yardstick.Yardstick.measure()
     print(stick.describe())
-    tokens = _BATCH.value * _SEQ.value
     results = {side: _child(side, warmup, steps) for side in ("torch", "jax")}
+    tokens = results["jax"]["tokens"]
+    rows = (f"{_BATCH.value} SFT rows ({tokens} real tokens, target-only loss)"
+            if _ROWS.value == "sft" else f"batch {_BATCH.value} x {_SEQ.value} random tokens")
     print(f"LoRA r={bench_lora.RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M f32 "
-          f"weights, our compute {_DTYPE.value}, torch float32, batch {_BATCH.value} x {_SEQ.value} "
-          f"tokens, AdamW; {warmup} warm-up + {steps} timed steps (median)")
+          f"weights, our compute {_DTYPE.value}, torch float32, {rows}, AdamW; "
+          f"{warmup} warm-up + {steps} timed steps (median)")
     for side, label in (("torch", "transformers+peft"), ("jax", "se_jax (jit)")):
         r = results[side]
         print(f"  {label:18s} step {r['step_s']:.3f}s  {tokens / r['step_s']:7.1f} tokens/s  "
