@@ -91,10 +91,13 @@ def shared_prefix_length(seqs: Sequence[TokenizedExample], multiple: int = 8) ->
     return max(n, 0) // multiple * multiple
 
 
-def loss_width(seqs: Sequence[TokenizedExample], multiple: int = 8) -> int:
-    """Columns that hold every row's supervised positions (target-only loss), rounded up to
-    `multiple`: the output head and the cross-entropy run on these, not on the prompt."""
-    return padded_length(max(len(s.ids) - s.target_start for s in seqs), multiple)
+def loss_width(seqs: Sequence[TokenizedExample], minimum: int = 8) -> int:
+    """Columns that hold every row's supervised positions (target-only loss): the longest
+    target + eos, rounded up to a power of two >= `minimum`. The output head and the
+    cross-entropy run on these, not on the prompt. Powers of two, because the width is a
+    compile key: runs of a sweep whose targets differ a little share one step program."""
+    need = max(len(s.ids) - s.target_start for s in seqs)
+    return max(minimum, 1 << (need - 1).bit_length())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from se_jax import checkpointing, lora, losses, mesh as mesh_lib, sft_data
-from se_jax.models.llama import KVCache
 from se_jax.stage_io import Progress
 
 
@@ -114,17 +113,6 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
         loss_columns=sft_data.loss_width(seqs) if narrow else None)
 
 
-def prefix_context(model: nnx.Module, prefix: jax.Array | None) -> KVCache | None:
-    """The shared prefix int32[1, P] run through `model` once: its keys/values (1 row, P
-    slots), which every row of the batch attends to (`Llama.hidden(context=)`)."""
-    if prefix is None:
-        return None
-    p = prefix.shape[1]
-    _, cache = model.hidden(prefix, jnp.arange(p, dtype=jnp.int32)[None],
-                            KVCache.init(model.config, 1, p))
-    return cache
-
-
 def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,
                batch: dict[str, jax.Array], prefix: jax.Array | None, key: jax.Array, *,
                graphdef, teacher_graphdef, cfg: losses.LossConfig) -> tuple[jax.Array, dict]:
@@ -139,8 +127,7 @@ def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,
     # copy=True: fresh Variables at this trace level, so dropout may advance its RNG count.
     model = nnx.merge(graphdef, params, frozen, copy=True)
     lora.reseed_dropout(model, key)
-    h, _ = model.hidden(batch["tokens"], batch["positions"],
-                        context=prefix_context(model, prefix))
+    h, _ = model.hidden(batch["tokens"], batch["positions"], prefix=prefix)
     valid = batch["valid"]
     if "loss_index" in batch:      # the head and the loss on the supervised columns only
         h = jnp.take_along_axis(h, batch["loss_index"][..., None], axis=1)

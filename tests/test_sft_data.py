@@ -31,9 +31,11 @@ def test_shared_prefix_is_the_common_head_rounded_down_and_stops_before_targets(
     assert sft_data.shared_prefix_length(_rows(head_len=5), multiple=8) == 0
 
 
-def test_loss_width_holds_the_longest_target_rounded_up():
-    assert sft_data.loss_width(_rows(), multiple=8) == 8       # 5 targets
-    assert sft_data.loss_width(_rows(), multiple=2) == 6
+def test_loss_width_holds_the_longest_target_in_a_power_of_two():
+    assert sft_data.loss_width(_rows()) == 8                   # 5 targets
+    assert sft_data.loss_width(_rows(), minimum=2) == 8
+    assert sft_data.loss_width(_rows()[:1], minimum=2) == 4    # 3 targets
+    assert sft_data.loss_width(_rows() + [_example(3, [1, 2], list(range(9)), 9)]) == 16
 
 
 def test_narrowed_batch_holds_the_same_tokens_positions_and_targets():

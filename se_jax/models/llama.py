@@ -11,8 +11,9 @@ One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
 `positions[b, t] = -1` marks padding. Key k is visible to query q iff 0 <= pos_k <= pos_q in
 the same row, so left-padded prefill, one-token decode and right-padded training batches all
 use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
-`model.hidden(tokens, positions, context=prefix_cache)` reads (never writes) a one-row
-cache before every row's own keys: a shared prompt head run once (training, scoring).
+A prompt head every row shares runs once, not per row: `model.hidden(..., context=cache)`
+reads a prefilled one-row cache (scoring), `model.hidden(..., prefix=tokens)` runs the head
+beside the rows, layer by layer (training).
 
 Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
 those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
@@ -290,21 +291,24 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                  cache: KVCache | None, layer: int | jax.Array,
-                 context: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache). S = T without a cache or
-        context, the cache's slots with one, P + T with a `context` of P slots (read, never
-        written: its keys/values come before this call's own). `layer` (the cache's layer
-        index) may be traced, as inside the layer scan."""
+                 context: tuple[jax.Array, jax.Array] | None = None
+                 ) -> tuple[jax.Array, KVCache | None, tuple[jax.Array, jax.Array]]:
+        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache, this call's own rotated
+        keys/values [B, Hkv, T, Dh]). S = T without a cache or context, the cache's slots
+        with one, P + T with a `context` (keys, values [1, Hkv, P, Dh] every row reads
+        before its own; never written). `layer` (the cache's layer index) may be traced,
+        as inside the layer scan."""
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, Hkv, T, Dh]
+        own = (k, v)
         if context is not None:
-            def before(ctx: jax.Array, own: jax.Array) -> jax.Array:
-                ctx = jnp.broadcast_to(ctx[layer], (b,) + ctx.shape[2:]).astype(own.dtype)
-                return jnp.concatenate([ctx, own], axis=2)
-            k, v = before(context.k, k), before(context.v, v)
+            def before(ctx: jax.Array, mine: jax.Array) -> jax.Array:
+                ctx = jnp.broadcast_to(ctx, (b,) + ctx.shape[1:]).astype(mine.dtype)
+                return jnp.concatenate([ctx, mine], axis=2)
+            k, v = before(context[0], k), before(context[1], v)
         elif cache is not None:
             start = (layer, 0, 0, cache.length, 0)
             cache = dataclasses.replace(
@@ -313,7 +317,7 @@ class Attention(nnx.Module):
                 v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
             k, v = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
         out = dot_product_attention(q, k, v, mask)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache, own
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -359,10 +363,12 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int | jax.Array,
-                 context: KVCache | None = None):
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, context)
+                 context: tuple[jax.Array, jax.Array] | None = None):
+        """-> (x, cache, the attention's own keys/values); see `Attention.__call__`."""
+        h, cache, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer,
+                                      context)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
+        return x + self.mlp(self.post_attention_layernorm(x)), cache, kv
 
 
 class Llama(nnx.Module):
@@ -409,17 +415,31 @@ class Llama(nnx.Module):
         return jnp.take(table, tokens, axis=0)
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None,
-               context: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               context: KVCache | None = None, prefix: jax.Array | None = None
+               ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache).
 
-        `context`: a filled cache of ONE row (e.g. a prompt prefix every row shares) that
-        each row attends to before its own tokens, read-only and differentiable: training
-        runs a batch's shared prefix once (`se_jax.training`). Not combined with `cache`.
+        A prompt head every row shares can come before the rows' own tokens, read-only
+        (never written to a cache), in one of two forms:
+          context: a prefilled cache of ONE row (the judge prompt, prefilled once per
+            process and reused by every batch; `se_jax.scoring`);
+          prefix: its tokens int32[1, P] (positions 0..P-1), run here, layer by layer
+            beside the rows: once per batch instead of once per row, and differentiable
+            (training, `se_jax.training.batch_layout`). Only the rows' hidden states return.
+        Neither is combined with `cache`.
         """
-        if context is not None:
-            if cache is not None:
-                raise ValueError("hidden() takes a cache to fill or a context to read, not both")
-            ctx_pos = jnp.broadcast_to(context.pos, (tokens.shape[0], context.pos.shape[1]))
+        if (context is not None or prefix is not None) and cache is not None:
+            raise ValueError("hidden() takes a cache to fill or a shared head to read, not both")
+        ctx_pos = prefix_stream = None
+        if prefix is not None:
+            p_pos = jnp.arange(prefix.shape[1], dtype=jnp.int32)[None]
+            p_cos, p_sin = rope_tables(self.config, p_pos)
+            prefix_stream = (self._constrain(self._embed(prefix)), attention_mask(p_pos, p_pos))
+            ctx_pos = p_pos
+        elif context is not None:
+            ctx_pos = context.pos
+        if ctx_pos is not None:
+            ctx_pos = jnp.broadcast_to(ctx_pos, (tokens.shape[0], ctx_pos.shape[1]))
             k_pos = jnp.concatenate([ctx_pos, positions], axis=1)
         elif cache is None:
             k_pos = positions
@@ -432,16 +452,25 @@ class Llama(nnx.Module):
         x = self._constrain(self._embed(tokens))
 
         def body(layer: DecoderLayer, i, carry):
-            x, cache = layer(carry[0], cos, sin, mask, carry[1], i, context)
-            return self._constrain(x), cache
+            x, cache, xp = carry
+            ctx = None
+            if xp is not None:      # the shared head's layer first: its keys serve every row
+                xp, _, ctx = layer(xp, p_cos, p_sin, prefix_stream[1], None, i)
+                xp = self._constrain(xp)
+            elif context is not None:
+                ctx = (context.k[i], context.v[i])
+            x, cache, _ = layer(x, cos, sin, mask, cache, i, ctx)
+            return self._constrain(x), cache, xp
 
+        carry = (x, cache, None if prefix_stream is None else prefix_stream[0])
         layers = list(self.layers)
         graphdef = layer_scan.stack_graphdef(layers) if self.config.scan_layers else None
         if graphdef is not None:
-            x, cache = layer_scan.scan_layers(layers, graphdef, body, (x, cache))
+            carry = layer_scan.scan_layers(layers, graphdef, body, carry)
         else:  # layers differ (e.g. LoRA on some only) or scanning is off
             for i, layer in enumerate(layers):
-                x, cache = body(layer, i, (x, cache))
+                carry = body(layer, i, carry)
+        x, cache, _ = carry
         if cache is not None:
             cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
         return self.norm(x), cache
