@@ -83,7 +83,13 @@ class LoRALinear(nnx.Module):
             return x
         if drop.rate >= 1.0:
             return jnp.zeros_like(x)
-        keep = hashed_keep_mask(drop.rngs(), x.shape, drop.rate)
+        # drop.rngs() in effect. Its in-place count update (`count[...] += 1`) makes flax
+        # compare shardings, and a tracer's `.sharding` walks the whole trace so far to
+        # word an error: quadratic, 9.6 s of a SmolLM2 train step's 16.7 s trace.
+        stream = drop.rngs
+        key = jax.random.fold_in(stream.key[...], stream.count[...])
+        stream.count.set_value(stream.count[...] + 1)
+        keep = hashed_keep_mask(key, x.shape, drop.rate)
         return jnp.where(keep, x / (1.0 - drop.rate), jnp.zeros_like(x))
 
     def merged(self) -> jax.Array:
@@ -108,12 +114,13 @@ def hashed_keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> jax
     """bool[shape], each element kept with probability 1 - rate (to 2^-32), independently
     across elements and keys for dropout's purposes.
 
-    One threefry draw (64 bits) per call seeds a counter-based hash of each element's index
-    (two rounds of `_mix32`), which XLA fuses into the consumer: ~10 integer operations per
-    element against threefry's ~100, so a mask costs about one pass over its input. A pure
-    function of (key, shape, rate): a resumed run draws the same masks.
+    The key's own 64 bits (a fresh `fold_in` per call: already a threefry output) seed a
+    counter-based hash of each element's index (two rounds of `_mix32`), which XLA fuses
+    into the consumer: ~10 integer operations per element against threefry's ~100, so a
+    mask costs about one pass over its input. A pure function of (key, shape, rate): a
+    resumed run draws the same masks.
     """
-    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    seeds = jax.random.key_data(key).reshape(-1)[:2].astype(jnp.uint32)
     index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     h = _mix32(_mix32(index ^ seeds[0]) ^ seeds[1])
     threshold = jnp.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))

@@ -99,18 +99,19 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
     """`config.training` and the run's examples -> how its batches are cut.
 
     With the target-only loss and no distillation (whose KL reads every position), the
-    output head runs on the supervised columns only (`loss_columns`) and, with
-    `shared_prefix`, the prompts' common head runs once per batch (`prefix_len`): the same
-    loss and gradients (tests/test_training_parity.py) for less work. The prefix's LoRA
-    dropout mask is then drawn once per batch rather than once per row.
+    prompts' common head runs once per batch (`shared_prefix`) and the output head on the
+    supervised columns only (`loss_columns`): the same loss and gradients
+    (tests/test_training_parity.py) for less work. The prefix's LoRA dropout mask is then
+    drawn once per batch rather than once per row.
     """
     target_only = cfg.loss_on == "target"
     narrow = target_only and not cfg.distill.enabled
     prefix = (sft_data.shared_prefix_length(seqs)
               if narrow and cfg.get("shared_prefix", True) else 0)
+    columns = narrow and cfg.get("loss_columns", False)
     return sft_data.BatchLayout(
         pad_multiple=int(cfg.pad_multiple), target_only=target_only, prefix_len=prefix,
-        loss_columns=sft_data.loss_width(seqs) if narrow else None)
+        loss_columns=sft_data.loss_width(seqs) if columns else None)
 
 
 def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,

@@ -138,3 +138,32 @@ def test_scanned_program_does_not_grow_with_layers(grad):
     assert _dot_count(2, scan=True, grad=grad) == _dot_count(8, scan=True, grad=grad)
     # The loop's program does grow (so the count measures the layers).
     assert _dot_count(8, scan=False, grad=grad) > _dot_count(2, scan=False, grad=grad)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
+def test_a_shared_head_as_prefix_or_context_gives_the_full_rows(scan):
+    """Rows after a head they share: running the head beside them (`prefix=`) or reading its
+    prefilled cache (`context=`) gives the hidden states of the whole rows."""
+    model = _model(scan=scan)
+    p = 4
+    head = jax.random.randint(jax.random.key(4), (1, p), 0, CONFIG.vocab_size)
+    rows, _ = _inputs()
+    positions = jnp.broadcast_to(jnp.arange(p, p + T, dtype=jnp.int32), (B, T))
+    positions = positions.at[1, -2:].set(-1)                       # row 1 right-padded
+    whole = jnp.concatenate([jnp.broadcast_to(head, (B, p)), rows], axis=1)
+    whole_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(p), (B, p)), positions], axis=1)
+
+    @jax.jit
+    def three_ways():
+        full, _ = model.hidden(whole, whole_pos)
+        beside, _ = model.hidden(rows, positions, prefix=head)
+        _, cache = model.hidden(head, jnp.arange(p)[None], KVCache.init(model.config, 1, p))
+        read, _ = model.hidden(rows, positions, context=cache)
+        return full[:, p:], beside, read
+
+    full, beside, read = three_ways()
+    real = np.asarray(positions >= 0)
+    np.testing.assert_allclose(np.asarray(beside)[real], np.asarray(full)[real], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(read)[real], np.asarray(full)[real], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model.hidden(rows, positions, KVCache.init(model.config, B, T), prefix=head)

@@ -134,7 +134,8 @@ def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
     model = _our_model(tied_dir)
     seqs = _seqs(model.config.vocab_size, shared=10)
     cfg = ml_collections.ConfigDict(dict(loss_on="target", distill=dict(enabled=False),
-                                         shared_prefix=True, pad_multiple=8))
+                                         shared_prefix=True, loss_columns=True,
+                                         pad_multiple=8))
     layout = training.batch_layout(cfg, seqs)
     assert (layout.prefix_len, layout.loss_columns) == (8, 8)  # 10 shared -> 8; 6 targets -> 8
     batch = layout.batch(seqs, 4)

@@ -430,12 +430,12 @@ class Llama(nnx.Module):
         """
         if (context is not None or prefix is not None) and cache is not None:
             raise ValueError("hidden() takes a cache to fill or a shared head to read, not both")
-        ctx_pos = prefix_stream = None
+        xp = ctx_pos = None
         if prefix is not None:
-            p_pos = jnp.arange(prefix.shape[1], dtype=jnp.int32)[None]
-            p_cos, p_sin = rope_tables(self.config, p_pos)
-            prefix_stream = (self._constrain(self._embed(prefix)), attention_mask(p_pos, p_pos))
-            ctx_pos = p_pos
+            ctx_pos = jnp.arange(prefix.shape[1], dtype=jnp.int32)[None]
+            p_cos, p_sin = rope_tables(self.config, ctx_pos)
+            p_mask = attention_mask(ctx_pos, ctx_pos)
+            xp = self._constrain(self._embed(prefix))
         elif context is not None:
             ctx_pos = context.pos
         if ctx_pos is not None:
@@ -455,14 +455,14 @@ class Llama(nnx.Module):
             x, cache, xp = carry
             ctx = None
             if xp is not None:      # the shared head's layer first: its keys serve every row
-                xp, _, ctx = layer(xp, p_cos, p_sin, prefix_stream[1], None, i)
+                xp, _, ctx = layer(xp, p_cos, p_sin, p_mask, None, i)
                 xp = self._constrain(xp)
             elif context is not None:
                 ctx = (context.k[i], context.v[i])
             x, cache, _ = layer(x, cos, sin, mask, cache, i, ctx)
             return self._constrain(x), cache, xp
 
-        carry = (x, cache, None if prefix_stream is None else prefix_stream[0])
+        carry = (x, cache, xp)
         layers = list(self.layers)
         graphdef = layer_scan.stack_graphdef(layers) if self.config.scan_layers else None
         if graphdef is not None:
