@@ -136,7 +136,7 @@ def make_batch(seqs: Sequence[TokenizedExample], batch_size: int, *, pad_multipl
         raise ValueError(f"{len(seqs)} sequences do not fit a batch of {batch_size}")
     p = prefix_len
     if p and not target_only:
-        raise ValueError("a shared prefix needs the target-only loss (it has no loss columns)")
+        raise ValueError("a shared prefix needs the target-only loss (the loss would read its positions)")
     t = padded_length(max(len(s.ids) for s in seqs) - p, pad_multiple)
     tokens = np.full((batch_size, t), pad_id, np.int32)
     targets = np.full((batch_size, t), pad_id, np.int32)

@@ -7,7 +7,8 @@ self-distillation, data-parallel over a device mesh.
 The model is split once into (graphdef, trainable, frozen) states (`lora.trainable_filter`);
 the jitted step takes the trainable parameters and the `nnx.Optimizer` state (both donated),
 the frozen parameters, a batch sharded along the mesh's batch axes and the run's shared
-prompt prefix (replicated; `batch_layout`), and returns the new trainable and optimizer states. Everything a step depends on is a function of
+prompt prefix (replicated; `batch_layout`), and returns the new trainable and optimizer
+states. Everything a step depends on is a function of
 (seed, step): the batch (`sft_data.epoch_batches`), the dropout masks
 (`lora.reseed_dropout`), the learning rate (the optimizer's own step count), so a run
 restarted from any checkpoint reaches bit-identical final weights.
