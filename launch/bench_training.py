@@ -18,7 +18,7 @@ peak resident memory (ru_maxrss; also after model loading). Ours runs
 of the shipped demo questions, answers or "I don't know the answer." as targets, loss on
 the targets only; `bench_lora.sft_rows`): transformers + peft on the whole right-padded
 rows, as an SFT loop over them does, ours cut by the stage's `training.batch_layout` (the
-prompts' shared head once per batch, the output head on the target columns only). Both
+prompts' shared head once per batch; its defaults, so no loss columns). Both
 count the same real tokens per step; the FLOP shares then read "as if every token were
 trained", so ours may pass 100%: the work it skips.
 
@@ -68,7 +68,7 @@ def run_jax(warmup: int, steps: int) -> dict:
     rows = bench_lora.sft_rows(_BATCH.value) if _ROWS.value == "sft" else None
     step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value, rows)
     times = yardstick.timings(step, steps, warmup)
-    return dict(side="jax", step_s=statistics.median(times), times=times, tokens=_tokens(),
+    return dict(side="jax", step_s=statistics.median(times), times=times, tokens=_tokens(rows),
                 matmul_params=yardstick.llama_matmul_params(model.config),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), devices=len(jax.devices()))
 
@@ -92,14 +92,15 @@ def run_torch(warmup: int, steps: int) -> dict:
     opt = torch.optim.AdamW(trainable, lr=bench_lora.LR, weight_decay=0.0)
     if _ROWS.value == "sft":      # right-padded rows, -100 where no target is read
         from se_jax import sft_data
-        arrays = sft_data.make_batch(bench_lora.sft_rows(_BATCH.value), _BATCH.value,
-                                     pad_multiple=8)
+        rows = bench_lora.sft_rows(_BATCH.value)
+        arrays = sft_data.make_batch(rows, _BATCH.value, pad_multiple=8)
         ids = torch.from_numpy(arrays["tokens"]).long()
         attention = torch.from_numpy(arrays["positions"] >= 0).long()
         labels = torch.full_like(ids, -100)
         labels[:, 1:] = torch.where(torch.from_numpy(arrays["loss_mask"][:, :-1]) > 0,
                                     ids[:, 1:], -100)
     else:
+        rows = None
         ids = torch.from_numpy(
             bench_lora.random_tokens(model.config.vocab_size, _BATCH.value, _SEQ.value)).long()
         attention, labels = torch.ones_like(ids), ids
@@ -112,14 +113,14 @@ def run_torch(warmup: int, steps: int) -> dict:
         opt.zero_grad(set_to_none=True)
 
     times = yardstick.timings(step, steps, warmup)
-    return dict(side="torch", step_s=statistics.median(times), times=times, tokens=_tokens(),
+    return dict(side="torch", step_s=statistics.median(times), times=times, tokens=_tokens(rows),
                 loaded_rss_mib=loaded, peak_rss_mib=_rss_mib(), threads=torch.get_num_threads())
 
 
-def _tokens() -> int:
-    """Real tokens per step: batch x seq, or the SFT rows' lengths."""
-    if _ROWS.value == "sft":
-        return sum(len(r.ids) for r in bench_lora.sft_rows(_BATCH.value))
+def _tokens(rows: list | None) -> int:
+    """Real tokens per step: the SFT rows' lengths, or batch x seq (random rows)."""
+    if rows is not None:
+        return sum(len(r.ids) for r in rows)
     return _BATCH.value * _SEQ.value
 
 
