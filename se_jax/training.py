@@ -100,14 +100,16 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
     """`config.training` and the run's examples -> how its batches are cut.
 
     With the target-only loss and no distillation (whose KL reads every position), the
-    prompts' common head runs once per batch (`shared_prefix`) and the output head on the
+    prompts' common head runs once per batch shard (`shared_prefix`) and the output head on the
     supervised columns only (`loss_columns`): the same loss and gradients
     (tests/test_training_parity.py) for less work. The prefix's LoRA dropout mask is then
-    drawn once per batch rather than once per row.
+    drawn once per batch shard rather than once per row.
     """
     target_only = cfg.loss_on == "target"
     narrow = target_only and not cfg.distill.enabled
-    prefix = (sft_data.shared_prefix_length(seqs)
+    # The head rounded down to the rows' pad multiple: the step folds it into the batch as
+    # rows of the batch's padded length, which it then fills (or a whole number of them).
+    prefix = (sft_data.shared_prefix_length(seqs, multiple=int(cfg.pad_multiple))
               if narrow and cfg.get("shared_prefix", True) else 0)
     columns = narrow and cfg.get("loss_columns", False)
     return sft_data.BatchLayout(

@@ -140,12 +140,13 @@ def test_scanned_program_does_not_grow_with_layers(grad):
     assert _dot_count(8, scan=False, grad=grad) > _dot_count(2, scan=False, grad=grad)
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
-def test_a_shared_head_as_prefix_or_context_gives_the_full_rows(scan):
-    """Rows after a head they share: running the head beside them (`prefix=`) or reading its
-    prefilled cache (`context=`) gives the hidden states of the whole rows."""
+@pytest.mark.parametrize("scan,p", [(False, 4), (True, 4), (False, 11)],
+                         ids=["loop", "scan", "head-longer-than-rows"])
+def test_a_shared_head_as_prefix_or_context_gives_the_full_rows(scan, p):
+    """Rows after a head they share: folding the head into the batch (`prefix=`; a head
+    longer than the rows takes several head rows) or reading its prefilled cache
+    (`context=`) gives the hidden states of the whole rows."""
     model = _model(scan=scan)
-    p = 4
     head = jax.random.randint(jax.random.key(4), (1, p), 0, CONFIG.vocab_size)
     rows, _ = _inputs()
     positions = jnp.broadcast_to(jnp.arange(p, p + T, dtype=jnp.int32), (B, T))

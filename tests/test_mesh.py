@@ -90,6 +90,37 @@ def test_sharded_forward_equals_single_device(tiny_dir, single, axes):
         np.testing.assert_array_equal(exported[name], expected[name], err_msg=name)
 
 
+@nnx.jit
+def hidden_after_head(model, tokens, positions, head):
+    return model.hidden(tokens, positions, prefix=head)[0]
+
+
+def test_a_shared_head_folded_per_batch_shard_equals_single_device(tiny_dir, single):
+    """Training's shared prompt head on a mesh: each of the 4 batch shards leads its rows with
+    the head, and the rows' states equal one device's whole rows (head + row)."""
+    mesh, rules = make_mesh({"data": 4, "tensor": 2}), ShardingRules()
+    model = load_llama(tiny_dir, mesh=mesh, rules=rules)
+    rng = np.random.RandomState(1)
+    head = rng.randint(0, TOKENIZER_VOCAB, (1, 5)).astype(np.int32)
+    rows = rng.randint(0, TOKENIZER_VOCAB, (8, 4)).astype(np.int32)
+    positions = np.tile(np.arange(5, 9, dtype=np.int32), (8, 1))
+    positions[3, -1:] = -1                                       # a right-padded row
+    fold, tokens, _, _ = model._fold_head(jnp.asarray(head), jnp.asarray(rows),
+                                          jnp.asarray(positions))
+    assert (fold.groups, fold.rows) == (4, 2) and tokens.shape == (4 * (2 + 2), 4)
+    np.testing.assert_array_equal(np.asarray(tokens)[0::4, :], np.repeat(head[:, :4], 4, axis=0))
+    put = lambda x: jax.device_put(x, batch_sharding(mesh, rules))
+    folded = np.asarray(hidden_after_head(model, put(rows), put(positions), jnp.asarray(head)))
+    whole = np.concatenate([np.repeat(head, 8, axis=0), rows], axis=1)
+    whole_pos = np.concatenate([np.tile(np.arange(5, dtype=np.int32), (8, 1)), positions], axis=1)
+    reference = np.asarray(single.hidden(jnp.asarray(whole), jnp.asarray(whole_pos))[0])[:, 5:]
+    real = positions >= 0
+    np.testing.assert_allclose(folded[real], reference[real], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="does not split into 4 batch shards"):
+        hidden_after_head(model, jnp.asarray(rows[:6]),
+                          jnp.asarray(positions[:6]), jnp.asarray(head))
+
+
 def test_greedy_on_mesh_equals_single_device(tiny_dir, single):
     mesh = make_mesh({"data": 4, "tensor": 2})
     model = load_llama(tiny_dir, mesh=mesh)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from se_jax import mesh as mesh_lib
 from se_jax.models import layer_scan
 
 # Architectures (config.json "architectures") this decoder implements.
@@ -291,24 +292,22 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                  cache: KVCache | None, layer: int | jax.Array,
-                 context: tuple[jax.Array, jax.Array] | None = None
-                 ) -> tuple[jax.Array, KVCache | None, tuple[jax.Array, jax.Array]]:
-        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache, this call's own rotated
-        keys/values [B, Hkv, T, Dh]). S = T without a cache or context, the cache's slots
-        with one, P + T with a `context` (keys, values [1, Hkv, P, Dh] every row reads
-        before its own; never written). `layer` (the cache's layer index) may be traced,
-        as inside the layer scan."""
+                 context: "tuple[jax.Array, jax.Array] | HeadRows | None" = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache). S = T without a cache or
+        context, the cache's slots with one, S_ctx + T with a `context`: keys and values
+        [G, Hkv, S_ctx, Dh] that each of G equal groups of rows reads before its own (never
+        written), or `HeadRows`, which takes them from the first rows of each group.
+        `layer` (the cache's layer index) may be traced, as inside the layer scan."""
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, Hkv, T, Dh]
-        own = (k, v)
+        if isinstance(context, HeadRows):
+            context = context.keys(k), context.keys(v)
         if context is not None:
-            def before(ctx: jax.Array, mine: jax.Array) -> jax.Array:
-                ctx = jnp.broadcast_to(ctx, (b,) + ctx.shape[1:]).astype(mine.dtype)
-                return jnp.concatenate([ctx, mine], axis=2)
-            k, v = before(context[0], k), before(context[1], v)
+            k, v = _before(context[0], k), _before(context[1], v)
         elif cache is not None:
             start = (layer, 0, 0, cache.length, 0)
             cache = dataclasses.replace(
@@ -317,7 +316,42 @@ class Attention(nnx.Module):
                 v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start))
             k, v = cache.k[layer].astype(q.dtype), cache.v[layer].astype(q.dtype)
         out = dot_product_attention(q, k, v, mask)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache, own
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
+
+
+def _before(ctx: jax.Array, mine: jax.Array) -> jax.Array:
+    """ctx [G, Hkv, S, Dh] put before mine [B, Hkv, T, Dh] of each of G equal row groups."""
+    g, b = ctx.shape[0], mine.shape[0]
+    ctx = jnp.broadcast_to(ctx[:, None], (g, b // g) + ctx.shape[1:]).astype(mine.dtype)
+    return jnp.concatenate([ctx.reshape((b,) + ctx.shape[2:]), mine], axis=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadRows:
+    """A shared prompt head folded into the batch (`Llama.hidden(prefix=...)`): the rows are
+    `groups` equal groups (one per batch shard), each led by the same `rows` rows that hold
+    the head's tokens; every row reads their keys and values before its own."""
+    groups: int
+    rows: int
+
+    def keys(self, x: jax.Array) -> jax.Array:
+        """x: [B, Hkv, T, Dh] -> the head rows' [G, Hkv, rows * T, Dh], in position order."""
+        b, h, t, d = x.shape
+        head = x.reshape(self.groups, b // self.groups, h, t, d)[:, :self.rows]
+        return head.transpose(0, 2, 1, 3, 4).reshape(self.groups, h, self.rows * t, d)
+
+    def fold(self, head: jax.Array, rows: jax.Array) -> jax.Array:
+        """head [rows, T, ...] put before each group of rows [B, T, ...]."""
+        g = self.groups
+        rows = rows.reshape((g, rows.shape[0] // g) + rows.shape[1:])
+        head = jnp.broadcast_to(head, (g,) + head.shape).astype(rows.dtype)
+        out = jnp.concatenate([head, rows], axis=1)
+        return out.reshape((-1,) + out.shape[2:])
+
+    def unfold(self, x: jax.Array) -> jax.Array:
+        """[B', T, ...] -> the rows without the head rows [B, T, ...]."""
+        x = x.reshape((self.groups, x.shape[0] // self.groups) + x.shape[1:])[:, self.rows:]
+        return x.reshape((-1,) + x.shape[2:])
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -363,12 +397,11 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask, cache: KVCache | None, layer: int | jax.Array,
-                 context: tuple[jax.Array, jax.Array] | None = None):
-        """-> (x, cache, the attention's own keys/values); see `Attention.__call__`."""
-        h, cache, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer,
-                                      context)
+                 context: tuple[jax.Array, jax.Array] | HeadRows | None = None):
+        """-> (x, cache); see `Attention.__call__`."""
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, context)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache, kv
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class Llama(nnx.Module):
@@ -423,23 +456,20 @@ class Llama(nnx.Module):
         (never written to a cache), in one of two forms:
           context: a prefilled cache of ONE row (the judge prompt, prefilled once per
             process and reused by every batch; `se_jax.scoring`);
-          prefix: its tokens int32[1, P] (positions 0..P-1), run here, layer by layer
-            beside the rows: once per batch instead of once per row, and differentiable
-            (training, `se_jax.training.batch_layout`). Only the rows' hidden states return.
+          prefix: its tokens int32[1, P] (positions 0..P-1), run once per batch (per batch
+            shard) instead of once per row, and differentiable (training,
+            `se_jax.training.batch_layout`). The head is folded into the batch as
+            ceil(P / T) extra rows before each shard's rows (`HeadRows`), so every layer
+            runs one set of projections over all tokens. Only the rows' states return.
         Neither is combined with `cache`.
         """
         if (context is not None or prefix is not None) and cache is not None:
             raise ValueError("hidden() takes a cache to fill or a shared head to read, not both")
-        xp = ctx_pos = None
+        fold = None
         if prefix is not None:
-            ctx_pos = jnp.arange(prefix.shape[1], dtype=jnp.int32)[None]
-            p_cos, p_sin = rope_tables(self.config, ctx_pos)
-            p_mask = attention_mask(ctx_pos, ctx_pos)
-            xp = self._constrain(self._embed(prefix))
+            fold, tokens, positions, k_pos = self._fold_head(prefix, tokens, positions)
         elif context is not None:
-            ctx_pos = context.pos
-        if ctx_pos is not None:
-            ctx_pos = jnp.broadcast_to(ctx_pos, (tokens.shape[0], ctx_pos.shape[1]))
+            ctx_pos = jnp.broadcast_to(context.pos, (tokens.shape[0], context.pos.shape[1]))
             k_pos = jnp.concatenate([ctx_pos, positions], axis=1)
         elif cache is None:
             k_pos = positions
@@ -452,17 +482,12 @@ class Llama(nnx.Module):
         x = self._constrain(self._embed(tokens))
 
         def body(layer: DecoderLayer, i, carry):
-            x, cache, xp = carry
-            ctx = None
-            if xp is not None:      # the shared head's layer first: its keys serve every row
-                xp, _, ctx = layer(xp, p_cos, p_sin, p_mask, None, i)
-                xp = self._constrain(xp)
-            elif context is not None:
-                ctx = (context.k[i], context.v[i])
-            x, cache, _ = layer(x, cos, sin, mask, cache, i, ctx)
-            return self._constrain(x), cache, xp
+            x, cache = carry
+            ctx = fold if context is None else (context.k[i], context.v[i])
+            x, cache = layer(x, cos, sin, mask, cache, i, ctx)
+            return self._constrain(x), cache
 
-        carry = (x, cache, xp)
+        carry = (x, cache)
         layers = list(self.layers)
         graphdef = layer_scan.stack_graphdef(layers) if self.config.scan_layers else None
         if graphdef is not None:
@@ -470,10 +495,38 @@ class Llama(nnx.Module):
         else:  # layers differ (e.g. LoRA on some only) or scanning is off
             for i, layer in enumerate(layers):
                 carry = body(layer, i, carry)
-        x, cache, _ = carry
+        x, cache = carry
         if cache is not None:
             cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
+        if fold is not None:
+            x = self._constrain(fold.unfold(x))
         return self.norm(x), cache
+
+    def _fold_head(self, prefix: jax.Array, tokens: jax.Array, positions: jax.Array
+                   ) -> tuple[HeadRows, jax.Array, jax.Array, jax.Array]:
+        """The head int32[1, P] as ceil(P / T) rows before each batch shard's rows.
+
+        Returns the fold, tokens and positions [B', T] with the head rows, and the key
+        positions [B', R*T + T]: every row reads the R head rows' keys (positions 0..P-1,
+        then -1) before its own; a head row's own slots are hidden (-1), as its keys are
+        already among the head's, so it sees the head causally up to itself.
+        """
+        groups = mesh_lib.batch_shards(*self.mesh_rules) if self.mesh_rules else 1
+        b, t = tokens.shape
+        if b % groups:
+            raise ValueError(f"a batch of {b} rows does not split into {groups} batch shards")
+        p = prefix.shape[1]
+        fold = HeadRows(groups, rows=-(-p // t))
+        pad = fold.rows * t - p
+        head = jnp.pad(prefix[0], (0, pad)).reshape(fold.rows, t)
+        head_pos = jnp.pad(jnp.arange(p, dtype=jnp.int32), (0, pad), constant_values=-1)
+        tokens = fold.fold(head, tokens)
+        positions = fold.fold(head_pos.reshape(fold.rows, t), positions)
+        is_head = fold.fold(jnp.ones((fold.rows, t), bool), jnp.zeros((b, t), bool))
+        own = jnp.where(is_head, -1, positions)
+        k_pos = jnp.concatenate(
+            [jnp.broadcast_to(head_pos, (tokens.shape[0], fold.rows * t)), own], axis=1)
+        return fold, tokens, positions, k_pos
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h: [B, T, E] from `hidden` -> float32 logits [B, T, V].
