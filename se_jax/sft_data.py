@@ -7,7 +7,7 @@ A sequence is the prompt exactly as the sampler saw it (`se_jax.data.prompts.for
 
 With the target-only loss a run's batches can be narrowed (`BatchLayout`, chosen by
 `se_jax.training.batch_layout`): the prompts' common head (`shared_prefix_length`) leaves
-the rows and runs once per batch, and the targets/loss mask keep only the supervised
+the rows and runs once per batch shard, and the targets/loss mask keep only the supervised
 columns (`loss_width`), so the output head over the vocabulary skips the prompt.
 
 The order of the batches of epoch e is a pure function of (seed, e) (`epoch_batches`), so a

@@ -12,8 +12,8 @@ One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
 the same row, so left-padded prefill, one-token decode and right-padded training batches all
 use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
 A prompt head every row shares runs once, not per row: `model.hidden(..., context=cache)`
-reads a prefilled one-row cache (scoring), `model.hidden(..., prefix=tokens)` runs the head
-beside the rows, layer by layer (training).
+reads a prefilled one-row cache (scoring), `model.hidden(..., prefix=tokens)` folds the head
+into the batch as extra rows whose keys every row reads (training; `HeadRows`).
 
 Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
 those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
@@ -292,7 +292,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                  cache: KVCache | None, layer: int | jax.Array,
-                 context: "tuple[jax.Array, jax.Array] | HeadRows | None" = None
+                 context: tuple[jax.Array, jax.Array] | HeadRows | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
         """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache). S = T without a cache or
         context, the cache's slots with one, S_ctx + T with a `context`: keys and values
