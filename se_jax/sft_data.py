@@ -75,20 +75,31 @@ def padded_length(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def shared_prefix_length(seqs: Sequence[TokenizedExample], multiple: int = 8) -> int:
+def shared_prefix_length(seqs: Sequence[TokenizedExample], multiple: int = 8,
+                         pad_multiple: int | None = None) -> int:
     """The tokens every sequence starts with and no loss position reads (target-only loss),
     rounded down to `multiple`: the prompt template's fixed head (system prompt, instruction,
-    few-shot examples), which training runs once per batch instead of once per row.
+    few-shot examples), which training runs once per batch shard instead of once per row.
 
     Rounding down makes runs on different questions (an LCP may run into a common first
     word) share one compiled step. 0 when the sequences share less than `multiple` tokens.
+
+    pad_multiple (the rows' padding): the step folds the head into the batch as rows of the
+    batch's padded length (`Llama.hidden(prefix=)`), so a head longer than the shortest
+    padded row is cut to whole rows of that length; the rest stays in the rows, where a
+    few more tokens usually fit in the padding, instead of a second, mostly empty head row.
     """
     first = seqs[0].ids
     n = min(min(s.target_start for s in seqs) - 1, len(first))
     for s in seqs[1:]:
         diff = np.flatnonzero(s.ids[:n] != first[:n])
         n = min(n, int(diff[0]) if diff.size else n)
-    return max(n, 0) // multiple * multiple
+    n = max(n, 0) // multiple * multiple
+    if pad_multiple and n:
+        shortest = padded_length(min(len(s.ids) for s in seqs) - n, pad_multiple)
+        if n > shortest:
+            n = n // shortest * shortest
+    return n
 
 
 def loss_width(seqs: Sequence[TokenizedExample], minimum: int = 8) -> int:

@@ -107,9 +107,7 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
     """
     target_only = cfg.loss_on == "target"
     narrow = target_only and not cfg.distill.enabled
-    # The head rounded down to the rows' pad multiple: the step folds it into the batch as
-    # rows of the batch's padded length, which it then fills (or a whole number of them).
-    prefix = (sft_data.shared_prefix_length(seqs, multiple=int(cfg.pad_multiple))
+    prefix = (sft_data.shared_prefix_length(seqs, pad_multiple=int(cfg.pad_multiple))
               if narrow and cfg.get("shared_prefix", True) else 0)
     columns = narrow and cfg.get("loss_columns", False)
     return sft_data.BatchLayout(

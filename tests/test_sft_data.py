@@ -29,6 +29,10 @@ def test_shared_prefix_is_the_common_head_rounded_down_and_stops_before_targets(
     capped = rows + [_example(3, list(range(100, 119)), [1], 12)]
     assert sft_data.shared_prefix_length(capped, multiple=1) == 7
     assert sft_data.shared_prefix_length(_rows(head_len=5), multiple=8) == 0
+    # Folded into rows of the batch's padded length: a head longer than the shortest padded
+    # row (22 - 19 = 3 tokens -> 8) is cut to whole rows of it; one that fits stays whole.
+    assert sft_data.shared_prefix_length(rows, multiple=1, pad_multiple=8) == 16
+    assert sft_data.shared_prefix_length(rows, multiple=1, pad_multiple=32) == 19
 
 
 def test_loss_width_holds_the_longest_target_in_a_power_of_two():
