@@ -111,6 +111,8 @@ class Job:
     # Fine-tuned LoRA models of this invocation by run tag: adapters only (the weights are
     # the resident base's), kept so the picked runs are evaluated on test without reloading.
     _trained: dict = dataclasses.field(default_factory=dict)
+    # The first finished run of this invocation per training input (train.input_fingerprint).
+    _by_input: dict = dataclasses.field(default_factory=dict)
 
     @property
     def test_splits(self) -> list[str]:
@@ -198,22 +200,33 @@ class Job:
         return cfg
 
     def trained_model(self, run: Run, sft: Path):
-        """The run's fine-tuned model on the resident base: trained now, or rebuilt from
-        its last checkpoint when the run finished earlier."""
+        """The run's fine-tuned model on the resident base: trained now, rebuilt from its
+        last checkpoint when the run finished earlier, or, when an earlier run of this
+        invocation had the same training input (SFT records, seed, config), that run's."""
         from se_jax.stages import train
         if run.tag in self._trained:
             return self._trained[run.tag]
         cfg = self.run_config(run, sft)
         base = self.resident()
+        out = self.layout.train(run)
+        key = train.input_fingerprint(cfg)
+        twin = self._by_input.get(key)
+        if twin is not None and not is_done(out):
+            logging.info("train: %s has the same SFT set, seed and config as %s: its "
+                         "outputs are reused", run.tag, twin.tag)
+            train.adopt_outputs(self.layout.train(twin), out)
+            barrier(f"adopted-{out}")
         with self.clock.phase(f"train {run.tag}"):
             trained = train.run_train(cfg, resident=base)
-        out = self.layout.train(run)
         if not is_done(out):
             mark_done(out, trained.summary)
-        # An arm trained without adapters is evaluated with zero ones: one sampler program.
-        model = base.in_sweep_graph(trained.run_model(cfg, base), self.config.training)
+        if twin is not None and twin.tag in self._trained:
+            model = self._trained[twin.tag]
+        else:   # an arm trained without adapters is evaluated with zero ones: one sampler
+            model = base.in_sweep_graph(trained.run_model(cfg, base), self.config.training)
         if cfg.training.mode == "lora":
             self._trained[run.tag] = model
+        self._by_input.setdefault(key, run)
         return model
 
     def evaluate(self, tag: str, model_fn: Callable[[], Any], splits: Sequence[str]

@@ -247,6 +247,19 @@ def config_to_dict(config: Any) -> dict:
     return json.loads(json.dumps(config, default=str))
 
 
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_subset(config: Any, depends_on: Sequence[str] | None = None,
+                  ignore: Sequence[str] = ()) -> dict[str, Any]:
+    """{dotted key: value} of the keys under `depends_on` (None: all), less those under
+    `ignore`: what a stage's outputs depend on (see `write_config`)."""
+    flat = _flatten(config if isinstance(config, dict) else config_to_dict(config))
+    return {k: v for k, v in flat.items()
+            if (depends_on is None or _under(k, depends_on)) and not _under(k, ignore)}
+
+
 def write_config(out_dir: str | os.PathLike, config: Any,
                  ignore: Sequence[str] = (), depends_on: Sequence[str] | None = None,
                  inputs: Mapping[str, str | os.PathLike] | None = None) -> None:
@@ -270,13 +283,9 @@ def write_config(out_dir: str | os.PathLike, config: Any,
         old = json.loads(path.read_text(encoding="utf-8"))
         _check_inputs(path, old.get(INPUTS_KEY) or {}, new.get(INPUTS_KEY) or {})
         ignore = (*ignore, INPUTS_KEY)  # compared above, by content not path
-        a, b = _flatten(old), _flatten(new)
-        def under(key: str, prefixes: Sequence[str]) -> bool:
-            return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-        differ = sorted(k for k in set(a) | set(b)
-                        if a.get(k) != b.get(k) and not under(k, ignore)
-                        and (depends_on is None or under(k, depends_on)))
+        a = config_subset(old, depends_on, ignore)
+        b = config_subset(new, depends_on, ignore)
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if differ:
             shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in differ[:8])
             raise ValueError(

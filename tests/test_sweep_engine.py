@@ -163,3 +163,51 @@ def test_load_peft_adapter_refuses_a_mismatched_adapter(setup, tmp_path):
                np.zeros((2, 64), np.float32)}, str(adapter / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="names no linear"):
         export.load_peft_adapter(nnx.clone(base.model), adapter)
+
+
+def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
+    """Two sweep runs whose SFT records (what training reads of them), seed and config agree,
+    as SE and R-Tuning-U labels do when they coincide at a tau, train once: the second gets
+    the first's outputs and model. A run with other targets trains; after a restart the
+    adopted run is rebuilt from its own directory without training."""
+    from test_experiment_e2e import tiny_config, write_tiny_data
+    from tiny_models import make_tiny_llama_dir
+    from se_jax import experiment
+    from se_jax.plan import Run
+
+    config = tiny_config(make_tiny_llama_dir(tmp_path / "model", variant="llama"),
+                         write_tiny_data(tmp_path / "data"), tmp_path / "run")
+    calls = []
+    real_train = training.train
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+
+    def sft(name: str, targets, reason: str):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(
+            json.dumps(dict(id=str(i), question=q, target=targets[i % 3], reason=reason))
+            + "\n" for i, q in enumerate(QUESTIONS)))
+        return path
+
+    se, rtu, rt = Run("se_lexical", 1.0, 0), Run("rtuning_u", 1.0, 0), Run("rtuning", None, 0)
+    job, _ = experiment.start(config)
+    first = job.trained_model(se, sft("se", TARGETS, "entropy 0.7"))
+    assert len(calls) == 1
+    # Same records and targets (another "reason", which training does not read): adopted.
+    twin = job.trained_model(rtu, sft("rtu", TARGETS, "exact-string entropy 0.7"))
+    assert len(calls) == 1 and twin is first
+    se_dir, rtu_dir = job.layout.train(se), job.layout.train(rtu)
+    summary = json.loads((rtu_dir / "summary.json").read_text())
+    assert summary["finished"] and summary["same_as"] == str(se_dir)
+    assert (rtu_dir / "done.json").exists() and (rtu_dir / "config.json").exists()
+    adapter = "adapter/adapter_model.safetensors"
+    assert (rtu_dir / adapter).read_bytes() == (se_dir / adapter).read_bytes()
+    # Other targets: a run of its own.
+    other = job.trained_model(rt, sft("rt", TARGETS[::-1], "gold"))
+    assert len(calls) == 2 and other is not first
+    # A restart: the adopted run comes back from its own checkpoints, untrained, answering
+    # as the run it copied.
+    job2, _ = experiment.start(config)
+    rebuilt = job2.trained_model(rtu, tmp_path / "rtu.jsonl")
+    assert len(calls) == 2
+    base = job2.resident()
+    assert greedy(rebuilt, base) == greedy(first, base)

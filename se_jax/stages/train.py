@@ -10,13 +10,20 @@ Resumable: a killed run restarted with the same flags continues from the newest 
 and reaches the same final weights (se_jax/training.py). A finished run (summary.json says
 so) is never trained or exported again: its record stays as it is.
 
+Two runs with the same `input_fingerprint` (SFT records, seed, model, prompt and training
+config) train the same adapter; a sweep trains the first and gives the other its outputs
+(`adopt_outputs`; summary.json then says "same_as").
+
 The base model is loaded here unless the caller passes its resident one
 (se_jax/resident.py), as the experiment's sweep does for every run.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,11 @@ from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"   # the Orbax state under out_dir
+OUTPUT_DIRS = (CHECKPOINTS, "adapter", "merged")
+# What training reads besides the SFT records (labels.* only choose the records, and the
+# records are compared themselves).
+INPUT_SECTIONS = ("seed", "model", "prompt", "training")
+RECORD_FIELDS = ("id", "question", "target", "prompt_style")   # what tokenize_example reads
 
 
 def _paths(config: Any) -> tuple[Path, Path]:
@@ -58,6 +70,47 @@ def read_sft(path: Path) -> list[dict]:
 def read_summary(out_dir: str | Path) -> dict | None:
     path = Path(out_dir) / SUMMARY_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def input_fingerprint(config: Any) -> str:
+    """sha256 of everything a run's training reads: its SFT records' fields in file order
+    and the config sections `INPUT_SECTIONS` less output paths and logging knobs
+    (NEUTRAL_KEYS). Equal fingerprints train the same adapter (e.g. SE and R-Tuning-U labels
+    that coincide at one tau)."""
+    sft_path, _ = _paths(config)
+    records = [[r.get(k) for k in RECORD_FIELDS] for r in read_sft(sft_path)]
+    settings = stage_io.config_subset(config, INPUT_SECTIONS, NEUTRAL_KEYS)
+    text = json.dumps([records, settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:   # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def adopt_outputs(twin_dir: Path, out_dir: Path) -> None:
+    """Give `out_dir` the outputs of the finished run in `twin_dir`, whose input fingerprint
+    is the same: its checkpoints, adapter (and merged weights) as hard links where the
+    filesystem allows, then summary.json with "same_as" (last, so a crash leaves the run
+    unfinished). Process 0 writes."""
+    if not distributed.is_main_process():
+        return
+    summary = read_summary(twin_dir)
+    if not (summary and summary.get("finished")):
+        raise ValueError(f"train stage: {twin_dir} has not finished; nothing to adopt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_DIRS:
+        src, dst, tmp = twin_dir / name, out_dir / name, out_dir / f".{name}.tmp"
+        if src.is_dir() and not dst.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp, copy_function=_link_or_copy)
+            os.replace(tmp, dst)
+    summary = {**summary, "same_as": str(twin_dir)}
+    stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
+                               json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 @dataclasses.dataclass
