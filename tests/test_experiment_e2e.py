@@ -36,9 +36,9 @@ def write_tiny_data(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    from tiny_models import make_tiny_llama_dir
+    from tiny_models import write_tiny_llama_dir
     root = tmp_path_factory.mktemp("e2e")
-    model_dir = make_tiny_llama_dir(root / "model", variant="llama")
+    model_dir = write_tiny_llama_dir(root / "model")
     return model_dir, write_tiny_data(root / "data"), root
 
 

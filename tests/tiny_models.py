@@ -69,10 +69,35 @@ def make_tiny_llama_dir(path, variant: str = "llama", *, seed: int = 0,
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(path, **kwargs)
     if with_tokenizer:
-        src = smollm2_tokenizer_dir()
-        for name in os.listdir(src):
-            shutil.copy(os.path.join(src, name), os.path.join(path, name))
+        _copy_tokenizer(path)
     return path
+
+
+def write_tiny_llama_dir(path, *, seed: int = 0) -> str:
+    """The "llama" variant's shapes, drawn by se_jax's own initialisers and written by its
+    HF export (`save_hf_checkpoint`), + the tokenizer: no torch import (~4 s), for pipeline
+    tests that compare nothing against transformers. Returns the dir."""
+    from flax import nnx
+    from se_jax.models.llama import Llama, LlamaConfig
+    from se_jax.models.loading import save_hf_checkpoint
+    b = _BASE
+    config = LlamaConfig(
+        vocab_size=b["vocab_size"], hidden_size=b["hidden_size"],
+        intermediate_size=b["intermediate_size"], num_hidden_layers=b["num_hidden_layers"],
+        num_attention_heads=b["num_attention_heads"],
+        num_key_value_heads=b["num_key_value_heads"],
+        head_dim=b["hidden_size"] // b["num_attention_heads"],
+        max_position_embeddings=b["max_position_embeddings"], rms_norm_eps=b["rms_norm_eps"],
+        bos_token_id=b["bos_token_id"], eos_token_id=b["eos_token_id"])
+    path = save_hf_checkpoint(Llama(config, rngs=nnx.Rngs(seed)), str(path))
+    _copy_tokenizer(path)
+    return path
+
+
+def _copy_tokenizer(path: str) -> None:
+    src = smollm2_tokenizer_dir()
+    for name in os.listdir(src):
+        shutil.copy(os.path.join(src, name), os.path.join(path, name))
 
 
 def load_torch_model(path: str):
