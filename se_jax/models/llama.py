@@ -253,9 +253,19 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- modules
 
+class Linear(nnx.Linear):
+    """`nnx.Linear` applied on [tokens, in]: the kernel's gradient contracts over every
+    token, and with [B, T, in] operands XLA:CPU writes the activations transposed for that
+    dot (a copy per projection and step in full fine-tuning)."""
+
+    def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
+        y = super().__call__(x.reshape(-1, x.shape[-1]), **kwargs)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _linear(config: LlamaConfig, n_in: int, n_out: int, axes: tuple[str, str], bias: bool,
             rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(n_in, n_out, use_bias=bias, dtype=config.dtype,
+    return Linear(n_in, n_out, use_bias=bias, dtype=config.dtype,
                       param_dtype=config.param_dtype, rngs=rngs,
                       kernel_init=nnx.initializers.normal(0.02),
                       kernel_metadata={"logical_axes": axes},
