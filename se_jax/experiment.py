@@ -111,8 +111,10 @@ class Job:
     # Fine-tuned LoRA models of this invocation by run tag: adapters only (the weights are
     # the resident base's), kept so the picked runs are evaluated on test without reloading.
     _trained: dict = dataclasses.field(default_factory=dict)
-    # The first finished run of this invocation per training input (train.input_fingerprint).
+    # The first finished run of this invocation per training input (train.input_fingerprint),
+    # and the runs that took over an earlier run's outputs: tag -> that run's tag.
     _by_input: dict = dataclasses.field(default_factory=dict)
+    _same_as: dict = dataclasses.field(default_factory=dict)
 
     @property
     def test_splits(self) -> list[str]:
@@ -216,6 +218,7 @@ class Job:
                          "outputs are reused", run.tag, twin.tag)
             train.adopt_outputs(self.layout.train(twin), out)
             barrier(f"adopted-{out}")
+            self._same_as[run.tag] = twin.tag
         with self.clock.phase(f"train {run.tag}"):
             trained = train.run_train(cfg, resident=base)
         if not is_done(out):
@@ -239,12 +242,14 @@ class Job:
             return out
         model = model_fn()
         base, judge = self.resident(), self.judge()
+        twin = self._same_as.get(tag)   # set by model_fn when it took over a run's outputs
         for s in pending:
             records = stage_io.read_jsonl(self.questions[s])
             with self.clock.phase(f"evaluate {tag} {s}"):
-                out[s] = evaluate.evaluate_split(model, base.tokenizer, records,
-                                                 self.layout.evaluate(tag, s), self.config,
-                                                 judge=judge, model_tag=tag, mesh=base.mesh)
+                out[s] = evaluate.evaluate_split(
+                    model, base.tokenizer, records, self.layout.evaluate(tag, s), self.config,
+                    judge=judge, model_tag=tag, mesh=base.mesh,
+                    same_as=twin and self.layout.evaluate(twin, s))
         return out
 
     def train_and_evaluate(self, run: Run, sft: Callable[[], Path], splits: Sequence[str]

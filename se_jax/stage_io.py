@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -224,6 +225,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in records))
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link `dst` to `src` (outputs shared by identical runs), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:   # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
 
 
 INPUTS_KEY = "inputs"  # config.json: {name: {"path", "sha256", ...}} of the stage's inputs

@@ -168,8 +168,8 @@ def test_load_peft_adapter_refuses_a_mismatched_adapter(setup, tmp_path):
 def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
     """Two sweep runs whose SFT records (what training reads of them), seed and config agree,
     as SE and R-Tuning-U labels do when they coincide at a tau, train once: the second gets
-    the first's outputs and model. A run with other targets trains; after a restart the
-    adopted run is rebuilt from its own directory without training."""
+    the first's outputs, model and evaluation outcomes. A run with other targets trains;
+    after a restart the adopted run is rebuilt from its own directory without training."""
     from test_experiment_e2e import tiny_config, write_tiny_data
     from tiny_models import make_tiny_llama_dir
     from se_jax import experiment
@@ -201,6 +201,19 @@ def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
     assert (rtu_dir / "done.json").exists() and (rtu_dir / "config.json").exists()
     adapter = "adapter/adapter_model.safetensors"
     assert (rtu_dir / adapter).read_bytes() == (se_dir / adapter).read_bytes()
+    # Its evaluation takes over the first run's outcomes; nothing is answered again.
+    from se_jax.stages import evaluate
+    job.evaluate(se.tag, lambda: first, ["val"])
+    answered = []
+    real_greedy = evaluate._greedy_fn
+    monkeypatch.setattr(evaluate, "_greedy_fn",
+                        lambda *a: answered.append(1) or real_greedy(*a))
+    metrics = job.evaluate(rtu.tag, lambda: twin, ["val"])["val"]
+    assert not answered and metrics["model"] == rtu.tag
+    se_val, rtu_val = job.layout.evaluate(se.tag, "val"), job.layout.evaluate(rtu.tag, "val")
+    assert ({k: v for k, v in metrics.items() if k != "model"}
+            == {k: v for k, v in evaluate.read_metrics(se_val).items() if k != "model"})
+    assert evaluate.read_outcomes(rtu_val) == evaluate.read_outcomes(se_val)
     # Other targets: a run of its own.
     other = job.trained_model(rt, sft("rt", TARGETS[::-1], "gold"))
     assert len(calls) == 2 and other is not first

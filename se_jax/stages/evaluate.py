@@ -41,7 +41,7 @@ def read_metrics(out_dir: str | Path) -> dict | None:
 
 def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
                    out_dir: str | Path, config: Any, *, judge: Any, model_tag: str,
-                   mesh: Any = None) -> dict:
+                   mesh: Any = None, same_as: str | Path | None = None) -> dict:
     """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
 
     Args:
@@ -51,6 +51,9 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
       model_tag: what was evaluated (e.g. "original", "se_lexical/tau_1.00/seed_0"),
         stored in config.json so a directory never mixes two models.
       mesh: this process's mesh (the model's); batches are sharded over its batch axes.
+      same_as: the finished evaluation, on the same questions with the same judge, of a
+        model known to be this one (a sweep run whose training input equals another's):
+        its outcomes are taken over (hard link) instead of answering again.
     """
     validation.validate_stage(config, "evaluate")
     out_dir = Path(out_dir)
@@ -68,6 +71,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     if done is not None:
         return done
     barrier(f"evaluate-config-{out_dir}")
+    if same_as is not None and read_metrics(same_as) is not None:
+        return _adopt(Path(same_as), out_dir, model_tag)
     shard_size = max(int(ev.batch_size), 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
@@ -96,6 +101,20 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         logging.info("evaluate %s: n=%d correct=%d incorrect=%d abstained=%d AED=%.3f "
                      "(judge: %s)", model_tag, metrics["n"], metrics["correct"],
                      metrics["incorrect"], metrics["abstained"], metrics["aed"], judge.name)
+    barrier(f"evaluate-done-{out_dir}")
+    return read_metrics(out_dir)
+
+
+def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
+    """`src`'s outcomes as this directory's (process 0 writes; metrics.json last)."""
+    if jax.process_index() == 0:
+        target, name = out_dir / f"{OUTCOMES}.jsonl", src / f"{OUTCOMES}.jsonl"
+        target.unlink(missing_ok=True)
+        stage_io.link_or_copy(name, target)
+        metrics = {**read_metrics(src), "model": model_tag}
+        stage_io.atomic_write_text(out_dir / METRICS_FILE,
+                                   json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        logging.info("evaluate %s: the outcomes of %s (the same model)", model_tag, src)
     barrier(f"evaluate-done-{out_dir}")
     return read_metrics(out_dir)
 

@@ -84,13 +84,6 @@ def input_fingerprint(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:   # another filesystem, or links not allowed
-        shutil.copy2(src, dst)
-
-
 def adopt_outputs(twin_dir: Path, out_dir: Path) -> None:
     """Give `out_dir` the outputs of the finished run in `twin_dir`, whose input fingerprint
     is the same: its checkpoints, adapter (and merged weights) as hard links where the
@@ -106,7 +99,7 @@ def adopt_outputs(twin_dir: Path, out_dir: Path) -> None:
         src, dst, tmp = twin_dir / name, out_dir / name, out_dir / f".{name}.tmp"
         if src.is_dir() and not dst.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp, copy_function=_link_or_copy)
+            shutil.copytree(src, tmp, copy_function=stage_io.link_or_copy)
             os.replace(tmp, dst)
     summary = {**summary, "same_as": str(twin_dir)}
     stage_io.atomic_write_text(out_dir / SUMMARY_FILE,
