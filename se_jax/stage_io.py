@@ -264,8 +264,7 @@ def config_subset(config: Any, depends_on: Sequence[str] | None = None,
                   ignore: Sequence[str] = ()) -> dict[str, Any]:
     """{dotted key: value} of the keys under `depends_on` (None: all), less those under
     `ignore`: what a stage's outputs depend on (see `write_config`)."""
-    flat = _flatten(config if isinstance(config, dict) else config_to_dict(config))
-    return {k: v for k, v in flat.items()
+    return {k: v for k, v in _flatten(config_to_dict(config)).items()
             if (depends_on is None or _under(k, depends_on)) and not _under(k, ignore)}
 
 

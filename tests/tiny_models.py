@@ -80,15 +80,7 @@ def write_tiny_llama_dir(path, *, seed: int = 0) -> str:
     from flax import nnx
     from se_jax.models.llama import Llama, LlamaConfig
     from se_jax.models.loading import save_hf_checkpoint
-    b = _BASE
-    config = LlamaConfig(
-        vocab_size=b["vocab_size"], hidden_size=b["hidden_size"],
-        intermediate_size=b["intermediate_size"], num_hidden_layers=b["num_hidden_layers"],
-        num_attention_heads=b["num_attention_heads"],
-        num_key_value_heads=b["num_key_value_heads"],
-        head_dim=b["hidden_size"] // b["num_attention_heads"],
-        max_position_embeddings=b["max_position_embeddings"], rms_norm_eps=b["rms_norm_eps"],
-        bos_token_id=b["bos_token_id"], eos_token_id=b["eos_token_id"])
+    config = LlamaConfig.from_hf_dict({**_BASE, "architectures": ["LlamaForCausalLM"]})
     path = save_hf_checkpoint(Llama(config, rngs=nnx.Rngs(seed)), str(path))
     _copy_tokenizer(path)
     return path

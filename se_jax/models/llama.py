@@ -266,10 +266,10 @@ class Linear(nnx.Linear):
 def _linear(config: LlamaConfig, n_in: int, n_out: int, axes: tuple[str, str], bias: bool,
             rngs: nnx.Rngs) -> nnx.Linear:
     return Linear(n_in, n_out, use_bias=bias, dtype=config.dtype,
-                      param_dtype=config.param_dtype, rngs=rngs,
-                      kernel_init=nnx.initializers.normal(0.02),
-                      kernel_metadata={"logical_axes": axes},
-                      bias_metadata={"logical_axes": axes[1:]})
+                  param_dtype=config.param_dtype, rngs=rngs,
+                  kernel_init=nnx.initializers.normal(0.02),
+                  kernel_metadata={"logical_axes": axes},
+                  bias_metadata={"logical_axes": axes[1:]})
 
 
 class RMSNorm(nnx.Module):
