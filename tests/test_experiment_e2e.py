@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import tiny
@@ -60,6 +61,9 @@ def first_run(tiny_setup):
     model_dir, data_dir, root = tiny_setup
     config = tiny_config(model_dir, data_dir, root / "run")
     config.experiment.methods = METHODS
+    # The report's compile counts are this run's: programs another test of this process
+    # compiled for the same tiny shapes (tests/test_sweep_engine.py) must not be reused.
+    jax.clear_caches()
     start = time.perf_counter()
     result = ex.run(config)
     seconds = time.perf_counter() - start
