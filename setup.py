@@ -18,6 +18,7 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8,<0.13",
         "transformers>=5.23,<6",
+        "jinja2>=3.1",      # chat templates (transformers does not require it; torch did)
         "tensorflow-datasets>=4.9.10",
         "array_record>=0.8",  # TFDS's array_record file format, read without TensorFlow
         "numpy>=2.0",

@@ -2,7 +2,10 @@
 (gguf_file=) from the same file gives the same logits and the same greedy continuations."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -108,25 +111,29 @@ def test_answers_paris(tokenizer, ours):
 
 def test_tokenizer_converted_once_per_machine(tmp_path, monkeypatch, embedded_gguf):
     """The GGUF tokenizer is converted once, kept under $SE_JAX_CACHE, and later loads read
-    the converted copy, which encodes and templates exactly as the direct conversion."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    from se_jax.models.loading import gguf_tokenizer_dir
+    the converted copy, which encodes and templates exactly as transformers' own conversion
+    (`gguf_file=`) and saves the same files."""
+    from transformers import AutoTokenizer
+    from se_jax.models import loading
     direct = AutoTokenizer.from_pretrained(os.path.dirname(embedded_gguf),
                                            gguf_file=os.path.basename(embedded_gguf))
     monkeypatch.setenv("SE_JAX_CACHE", str(tmp_path))
-    first = gguf_tokenizer_dir(embedded_gguf)
+    first = loading.gguf_tokenizer_dir(embedded_gguf)
     assert first.startswith(str(tmp_path / "tokenizers")) and os.path.isdir(first)
     assert [p.name for p in (tmp_path / "tokenizers").iterdir()] == [os.path.basename(first)]
+    direct.save_pretrained(tmp_path / "direct")
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        assert (tmp_path / "direct" / name).read_bytes() == open(os.path.join(first, name), "rb").read()
+    ours, theirs = (json.loads(open(os.path.join(d, "tokenizer_config.json")).read())
+                    for d in (first, tmp_path / "direct"))
+    loading_only = ("is_local", "local_files_only")   # from_pretrained's own bookkeeping
+    assert {k: v for k, v in ours.items() if k not in loading_only} == \
+        {k: v for k, v in theirs.items() if k not in loading_only}
 
-    def refusing_conversion(from_pretrained):
-        def load(*args, **kwargs):
-            if "gguf_file" in kwargs:
-                raise AssertionError("converted the GGUF again")
-            return from_pretrained(*args, **kwargs)
-        return load
-    for cls in (AutoTokenizer, PreTrainedTokenizerFast):
-        monkeypatch.setattr(cls, "from_pretrained", refusing_conversion(cls.from_pretrained))
-    assert gguf_tokenizer_dir(embedded_gguf) == first
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted the GGUF again")
+    monkeypatch.setattr(loading, "gguf_tokenizer", refuse)
+    assert loading.gguf_tokenizer_dir(embedded_gguf) == first
     cached = load_tokenizer(embedded_gguf)
     messages = [{"role": "user", "content": QUESTIONS[1]}]
     for text in QUESTIONS:
@@ -134,3 +141,16 @@ def test_tokenizer_converted_once_per_machine(tmp_path, monkeypatch, embedded_gg
     assert cached.apply_chat_template(messages, tokenize=False) == \
         direct.apply_chat_template(messages, tokenize=False)
     assert cached.eos_token == direct.eos_token == "<|im_end|>"
+
+
+def test_embedded_tokenizer_without_torch(tmp_path, embedded_gguf):
+    """torch is a test-only dependency: converting and loading the embedded model's
+    tokenizer must not import it (transformers' own GGUF reader does)."""
+    code = ("import sys; sys.modules['torch'] = None\n"   # `import torch` now raises
+            "from se_jax.models.loading import load_tokenizer\n"
+            f"tok = load_tokenizer({embedded_gguf!r})\n"
+            "print(tok.eos_token, tok('Paris')['input_ids'])")
+    env = dict(os.environ, SE_JAX_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "<|im_end|>"

@@ -74,14 +74,22 @@ def make_tiny_llama_dir(path, variant: str = "llama", *, seed: int = 0,
 
 
 def write_tiny_llama_dir(path, *, seed: int = 0) -> str:
-    """The "llama" variant's shapes, drawn by se_jax's own initialisers and written by its
-    HF export (`save_hf_checkpoint`), + the tokenizer: no torch import (~4 s), for pipeline
-    tests that compare nothing against transformers. Returns the dir."""
-    from flax import nnx
-    from se_jax.models.llama import Llama, LlamaConfig
-    from se_jax.models.loading import save_hf_checkpoint
+    """The "llama" variant's shapes with seeded numpy weights, drawn as `make_tiny_llama_dir`
+    draws them (N(0, initializer_range), norms 1 + N(0, 0.1)) and written by se_jax's HF
+    checkpoint writer, + the tokenizer: no torch import and no model construction (~3 s
+    less), for pipeline tests that compare nothing against transformers. Returns the dir."""
+    import numpy as np
+    from se_jax.models.hf_checkpoint import hf_config_dict, write_hf_checkpoint
+    from se_jax.models.hf_names import param_specs
+    from se_jax.models.llama import LlamaConfig
     config = LlamaConfig.from_hf_dict({**_BASE, "architectures": ["LlamaForCausalLM"]})
-    path = save_hf_checkpoint(Llama(config, rngs=nnx.Rngs(seed)), str(path))
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for spec in param_specs(config):
+        noise = rng.standard_normal(spec.hf_shape, dtype=np.float32)
+        tensors[spec.hf_name] = (1.0 + 0.1 * noise if spec.hf_name.endswith("norm.weight")
+                                 else _BASE["initializer_range"] * noise)
+    path = write_hf_checkpoint(str(path), hf_config_dict(config), tensors)
     _copy_tokenizer(path)
     return path
 

@@ -15,6 +15,7 @@ before any is read; any error leaves nothing behind (the model is returned only 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from se_jax.distributed import to_host
 from se_jax.embedded import resolve_model_path
 from se_jax.mesh import ShardingRules, variable_sharding
 from se_jax.models.gguf_checkpoint import GGUFCheckpoint
+from se_jax.models.gguf_header import read_header
 from se_jax.models.hf_checkpoint import HFDirectory, hf_config_dict, write_hf_checkpoint
 from se_jax.models.hf_names import param_specs
 from se_jax.models.llama import Llama, LlamaConfig
@@ -132,27 +134,88 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
 
 def load_tokenizer(path_or_id: str):
     """The transformers tokenizer (with chat template) of a directory, a .gguf file or a hub id."""
-    from transformers import AutoTokenizer
     path = resolve_model_path(str(path_or_id))
     if path.endswith(".gguf"):
-        return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(path))
+        return _generic_tokenizer_class().from_pretrained(gguf_tokenizer_dir(path))
     if not os.path.isdir(path) and not _HUB_ID.match(path):
         raise FileNotFoundError(f"{path}: no such tokenizer directory or .gguf file")
+    if os.path.isdir(path) and _is_generic_tokenizer_dir(path):
+        return _generic_tokenizer_class().from_pretrained(path)
+    from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)
+
+
+# Llama directories (or tokenizer-only ones) whose tokenizer_config.json names the generic
+# fast tokenizer: AutoTokenizer loads that class too (transformers 5; for qwen2 it picks
+# Qwen2Tokenizer instead, tests/test_tokenizer_loading.py), and loading it directly skips
+# AutoTokenizer's model-config machinery, which imports torch when it is installed (~2 s
+# per process). Every other directory goes through AutoTokenizer.
+_GENERIC_TOKENIZER_MODEL_TYPES = ("llama",)
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _generic_tokenizer_class():
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast
+
+
+def _is_generic_tokenizer_dir(path: str) -> bool:
+    def read(name: str) -> dict:
+        try:
+            with open(os.path.join(path, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+    tokenizer_config = read("tokenizer_config.json")
+    model_type = read("config.json").get("model_type")
+    return (tokenizer_config.get("tokenizer_class") in _GENERIC_TOKENIZER_CLASSES
+            and "auto_map" not in tokenizer_config
+            and os.path.isfile(os.path.join(path, "tokenizer.json"))
+            and model_type in (None, *_GENERIC_TOKENIZER_MODEL_TYPES))
+
+
+# GGUF's special-token id keys (tokenizer.ggml.<key>) -> transformers' token names.
+_GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                        "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+
+
+def gguf_tokenizer(path: str):
+    """The tokenizer GGUF file `path` describes, built from its metadata.
+
+    What `PreTrainedTokenizerFast.from_pretrained(dir, gguf_file=name)` builds (transformers'
+    `get_gguf_tokenizer` + `convert_gguf_tokenizer`; the saved files are identical,
+    tests/test_gguf_smollm.py), but with the metadata read by se_jax's header parser:
+    transformers' GGUF reader imports torch, which se_jax does not require.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer)
+    metadata = read_header(np.memmap(path, dtype=np.uint8, mode="r")).metadata
+    tokenizer, tokenizer_config = (
+        {name: metadata[f"tokenizer.{key}"] for key, name in renames.items()
+         if f"tokenizer.{key}" in metadata}
+        for renames in (GGUF_TOKENIZER_MAPPING["tokenizer"],
+                        GGUF_TOKENIZER_MAPPING["tokenizer_config"]))
+    kind = tokenizer.get("tokenizer_type")
+    if kind == "llama":     # llama.cpp adds BOS to a sentencepiece vocabulary by default
+        tokenizer_config.setdefault("add_bos_token", True)
+    elif kind == "gemma4":  # its chat template writes <bos> itself
+        tokenizer_config["add_bos_token"] = False
+    for name, key in _GGUF_SPECIAL_TOKENS.items():
+        token_id = metadata.get(f"tokenizer.ggml.{key}")
+        tokenizer_config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(metadata["general.architecture"], tokenizer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
 def gguf_tokenizer_dir(path: str) -> str:
     """A directory holding the tokenizer of GGUF file `path`, converted once per machine.
 
-    The converted tokenizer is kept under $SE_JAX_CACHE (default ~/.cache/se_jax)/tokenizers,
-    keyed by the file's name, size and mtime, written to a temporary directory and renamed
-    into place, so concurrent processes never read a half-written one. The conversion goes
-    through `PreTrainedTokenizerFast`, not `AutoTokenizer`: both build the backend from the
-    file's metadata alone (the saved files are byte-identical for the embedded SmolLM2), but
-    AutoTokenizer first parses the whole file with gguf's slow reader to pick a class
-    (0.8 s against 4.7 s here).
+    The converted tokenizer (`gguf_tokenizer`) is kept under $SE_JAX_CACHE (default
+    ~/.cache/se_jax)/tokenizers, keyed by the file's name, size and mtime, written to a
+    temporary directory and renamed into place, so concurrent processes never read a
+    half-written one.
     """
-    from transformers import PreTrainedTokenizerFast
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such GGUF file")
     stat = os.stat(path)
@@ -161,8 +224,7 @@ def gguf_tokenizer_dir(path: str) -> str:
     out = os.path.join(root, f"{stem}-{stat.st_size}-{stat.st_mtime_ns}")
     if os.path.isfile(os.path.join(out, "tokenizer_config.json")):
         return out
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.dirname(path) or ".",
-                                                        gguf_file=os.path.basename(path))
+    tokenizer = gguf_tokenizer(path)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{stem}-", dir=root)
     tokenizer.save_pretrained(tmp)
