@@ -151,7 +151,10 @@ def training_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         mode="lora",      # lora | full | attention (attention-only) | mlp (MLP-only)
         # The paper's adapter: r=8 on the query and value projections; scale alpha / r.
-        lora=dict(rank=8, alpha=16.0, dropout=0.05, target_modules=("q_proj", "v_proj")),
+        # top_layers > 0: adapters on the top that many decoder layers only (PEFT's
+        # layers_to_transform); the backward pass then stops at the lowest of them.
+        lora=dict(rank=8, alpha=16.0, dropout=0.05, target_modules=("q_proj", "v_proj"),
+                  top_layers=0),
         learning_rate=3e-5, batch_size=48, epochs=7,   # the paper's defaults
         grad_accum_steps=1,   # micro-batches per optimizer update (batch_size each)
         warmup_ratio=0.03, end_lr_ratio=0.0,           # linear warmup, cosine decay

@@ -59,10 +59,11 @@ def adapter_config(spec: lora.LoRASpec, base_model: str,
                    modules: list[str]) -> dict[str, Any]:
     """PEFT's LoraConfig fields for `spec` (scale = alpha / r, no rsLoRA / DoRA / bias).
 
-    A regex target (matched against our paths, which lack HF's "model." prefix) is written
-    as the explicit list of HF module names `modules`, which PEFT matches as suffixes.
+    A regex target (matched against our paths, which lack HF's "model." prefix) or one
+    limited to the top layers is written as the explicit list of HF module names `modules`,
+    which PEFT matches as suffixes.
     """
-    targets = (sorted(modules) if isinstance(spec.target_modules, str)
+    targets = (sorted(modules) if isinstance(spec.target_modules, str) or spec.top_layers
                else sorted(spec.target_modules))
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
             "r": spec.rank, "lora_alpha": spec.alpha, "lora_dropout": spec.dropout,

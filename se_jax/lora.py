@@ -30,20 +30,33 @@ TRAIN_MODES = ("lora", "full", "attention", "mlp")
 class LoRASpec:
     """Which linears get adapters and how. `target_modules`: module names matched against
     the last path component (PEFT's list form, e.g. ("q_proj", "v_proj")), or one regular
-    expression fully matched against the dotted path (PEFT's string form)."""
+    expression fully matched against the dotted path (PEFT's string form). `top_layers`
+    > 0 keeps only the linears of the top that many decoder layers (PEFT's
+    `layers_to_transform`, counted from the top): the backward pass then stops at the
+    lowest adapted layer, so a step costs a forward pass plus that fraction of a backward."""
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: tuple[str, ...] | str = ("q_proj", "v_proj")
+    top_layers: int = 0
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def matches(self, path: str) -> bool:
+    def matches(self, path: str, num_layers: int = 0) -> bool:
+        """Whether the linear at dotted `path` gets an adapter, in a decoder of
+        `num_layers` layers (needed when `top_layers` is set)."""
+        if self.top_layers:
+            layer = _LAYER_INDEX.match(path)
+            if layer is None or int(layer.group(1)) < num_layers - self.top_layers:
+                return False
         if isinstance(self.target_modules, str):
             return re.fullmatch(self.target_modules, path) is not None
         return path.rsplit(".", 1)[-1] in self.target_modules
+
+
+_LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 
 def _peft_a_init(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
@@ -150,10 +163,12 @@ def add_lora(model: nnx.Module, spec: LoRASpec, *, rngs: nnx.Rngs) -> list[str]:
     Raises ValueError when nothing matches (a typo in target_modules would otherwise train
     nothing).
     """
+    num_layers = len(getattr(model, "layers", ()))
     targets = [(path, m) for path, m in nnx.iter_graph(model)
-               if isinstance(m, nnx.Linear) and spec.matches(_path_str(path))]
+               if isinstance(m, nnx.Linear) and spec.matches(_path_str(path), num_layers)]
     if not targets:
-        raise ValueError(f"LoRA target_modules={spec.target_modules!r} match no nnx.Linear")
+        raise ValueError(f"LoRA target_modules={spec.target_modules!r} (top_layers="
+                         f"{spec.top_layers}) match no nnx.Linear")
     for path, linear in targets:
         setattr(_parent(model, path), path[-1], LoRALinear(linear, spec, rngs=rngs))
     placement = getattr(model, "mesh_rules", None)

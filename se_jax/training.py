@@ -41,7 +41,8 @@ def lora_spec(cfg) -> lora.LoRASpec:
     targets = cfg.lora.target_modules
     return lora.LoRASpec(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha),
                          dropout=float(cfg.lora.dropout),
-                         target_modules=targets if isinstance(targets, str) else tuple(targets))
+                         target_modules=targets if isinstance(targets, str) else tuple(targets),
+                         top_layers=int(cfg.lora.get("top_layers", 0)))
 
 
 def loss_config(cfg) -> losses.LossConfig:

@@ -152,6 +152,7 @@ def validate_training(c: Any) -> None:
     if isinstance(lora.target_modules, str) or not lora.target_modules:
         _fail("training.lora.target_modules", lora.target_modules,
               "must be a non-empty list of projection names")
+    check_int("training.lora.top_layers", lora.get("top_layers", 0), minimum=0)
     check_float("training.learning_rate", c.learning_rate, positive=True)
     check_int("training.batch_size", c.batch_size, minimum=1)
     check_int("training.epochs", c.epochs, minimum=1)

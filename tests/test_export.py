@@ -22,10 +22,11 @@ def tiny_dir(tmp_path_factory) -> str:
     return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny_export"), with_tokenizer=False)
 
 
-def _tuned_model(path: str, targets) -> tuple:
-    """A model with adapters on `targets` and random (non-zero) adapter weights."""
+def _tuned_model(path: str, targets, top_layers: int = 0) -> tuple:
+    """A model with adapters on `targets` (of the top `top_layers` layers when > 0) and
+    random (non-zero) adapter weights."""
     cfg = ml_collections.ConfigDict(dict(mode="lora", lora=dict(
-        rank=4, alpha=16.0, dropout=0.1, target_modules=targets)))
+        rank=4, alpha=16.0, dropout=0.1, target_modules=targets, top_layers=top_layers)))
     model = load_llama(path)
     training.prepare_model(model, cfg, seed=1)
     for i, (_, layer) in enumerate(lora.lora_layers(model)):
@@ -46,13 +47,17 @@ def _torch_logits(torch_model, tokens: np.ndarray) -> np.ndarray:
         return torch_model(input_ids=torch.from_numpy(tokens).long()).logits.float().numpy()
 
 
-@pytest.mark.parametrize("targets", [("q_proj", "v_proj"),
-                                     r"layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)"],
-                         ids=["q_v", "regex_o_down"])
-def test_peft_adapter_loads_in_transformers_with_the_same_logits(tiny_dir, tmp_path, targets):
+@pytest.mark.parametrize("targets,top_layers", [
+    (("q_proj", "v_proj"), 0), (r"layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)", 0),
+    (("q_proj", "down_proj"), 1)], ids=["q_v", "regex_o_down", "q_down_top1"])
+def test_peft_adapter_loads_in_transformers_with_the_same_logits(tiny_dir, tmp_path, targets,
+                                                                 top_layers):
     from peft import PeftModel
 
-    model, spec = _tuned_model(tiny_dir, targets)
+    model, spec = _tuned_model(tiny_dir, targets, top_layers)
+    if top_layers:   # only the top layer's projections (the tiny model has 2 layers)
+        assert sorted(p for p, _ in lora.lora_layers(model)) == [
+            "layers.1.mlp.down_proj", "layers.1.self_attn.q_proj"]
     tokens, positions = _tokens(model.config.vocab_size)
     ours = np.asarray(model(tokens, positions)[0])
     out = export.export_peft_adapter(model, spec, str(tmp_path / "adapter"),

@@ -36,10 +36,10 @@ def tied_dir(tmp_path_factory) -> str:
                                with_tokenizer=False)
 
 
-def _train_cfg() -> ml_collections.ConfigDict:
+def _train_cfg(top_layers: int = 0) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         mode="lora", lora=dict(rank=RANK, alpha=ALPHA, dropout=0.0,
-                               target_modules=("q_proj", "v_proj"))))
+                               target_modules=("q_proj", "v_proj"), top_layers=top_layers)))
 
 
 def _seqs(vocab: int, shared: int = 0) -> list[sft_data.TokenizedExample]:
@@ -56,9 +56,9 @@ def _batch(vocab: int) -> dict[str, np.ndarray]:
     return sft_data.make_batch(_seqs(vocab), batch_size=4, pad_multiple=8)  # row 3: all padding
 
 
-def _our_model(path: str) -> nnx.Module:
+def _our_model(path: str, top_layers: int = 0) -> nnx.Module:
     model = load_llama(path)
-    training.prepare_model(model, _train_cfg(), seed=0)
+    training.prepare_model(model, _train_cfg(top_layers), seed=0)
     # Non-zero B, so the gradient of A is non-trivial too.
     for i, (_, layer) in enumerate(lora.lora_layers(model)):
         b = layer.lora.lora_b
@@ -66,14 +66,17 @@ def _our_model(path: str) -> nnx.Module:
     return model
 
 
-def _torch_reference(path: str, model: nnx.Module, batch: dict, kd_weight: float):
+def _torch_reference(path: str, model: nnx.Module, batch: dict, kd_weight: float,
+                     top_layers: int = 0):
     import torch
     from peft import LoraConfig, get_peft_model
 
+    n = model.config.num_hidden_layers
     torch_model = get_peft_model(
         load_torch_model(path),
         LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
-                   target_modules=["q_proj", "v_proj"]))
+                   target_modules=["q_proj", "v_proj"],
+                   layers_to_transform=list(range(n - top_layers, n)) if top_layers else None))
     params = dict(torch_model.named_parameters())
     for path_, layer in lora.lora_layers(model):
         prefix = f"base_model.model.model.{path_}"
@@ -103,11 +106,15 @@ def _torch_reference(path: str, model: nnx.Module, batch: dict, kd_weight: float
     return float(loss.detach()), grads
 
 
-@pytest.mark.parametrize("variant,kd_weight", [("untied", 0.0), ("untied", 1.0), ("tied", 0.0)],
-                         ids=["ce", "ce+self_distill", "tied_ce"])
-def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight):
+@pytest.mark.parametrize("variant,kd_weight,top_layers",
+                         [("untied", 0.0, 0), ("untied", 1.0, 0), ("tied", 0.0, 0),
+                          ("untied", 0.0, 1)],
+                         ids=["ce", "ce+self_distill", "tied_ce", "ce_top_layer"])
+def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight, top_layers):
     tiny_dir = request.getfixturevalue("tied_dir" if variant == "tied" else "tiny_dir")
-    model = _our_model(tiny_dir)
+    model = _our_model(tiny_dir, top_layers)
+    if top_layers:   # PEFT's layers_to_transform: the top layer's adapters only
+        assert {p.split(".")[1] for p, _ in lora.lora_layers(model)} == {"1"}
     batch = _batch(model.config.vocab_size)
     graphdef, teacher_graphdef, params, frozen = training.split_for_training(
         model, nnx.LoRAParam)
@@ -120,12 +127,12 @@ def test_one_step_loss_and_lora_grads_match_peft(request, variant, kd_weight):
     (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
         params, frozen, teacher, jax.tree.map(jnp.asarray, batch), None, jax.random.key(0))
 
-    ref_loss, ref_grads = _torch_reference(tiny_dir, model, batch, kd_weight)
+    ref_loss, ref_grads = _torch_reference(tiny_dir, model, batch, kd_weight, top_layers)
     assert float(metrics["tokens"]) == batch["loss_mask"].sum()
     np.testing.assert_allclose(float(loss), ref_loss, rtol=TOL, atol=TOL)
     if kd_weight:
         assert float(metrics["kl"]) > 1e-3  # the distillation term is really exercised
-    _assert_grads_match(model, grads, ref_grads)
+    _assert_grads_match(model, grads, ref_grads, top_layers)
 
 
 def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
@@ -156,10 +163,10 @@ def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
     _assert_grads_match(model, grads, ref_grads)
 
 
-def _assert_grads_match(model, grads, ref_grads) -> None:
+def _assert_grads_match(model, grads, ref_grads, top_layers: int = 0) -> None:
     flat = dict(nnx.to_flat_state(grads))
     layers = lora.lora_layers(model)
-    assert len(layers) == 2 * model.config.num_hidden_layers
+    assert len(layers) == 2 * (top_layers or model.config.num_hidden_layers)
     assert len(ref_grads) == 2 * len(layers)  # peft trains exactly the same tensors
     for path, _ in layers:
         key = tuple(int(p) if p.isdigit() else p for p in path.split("."))
