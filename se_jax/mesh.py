@@ -153,12 +153,13 @@ def batch_shards(mesh: Mesh | None, rules: ShardingRules) -> int:
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: ShardingRules) -> Any:
-    """NamedShardings for a KVCache (concrete or abstract): k/v [L,B,Hkv,S,Dh], pos [B,S]."""
-    kv = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+    """NamedShardings for a KVCache (concrete or abstract): k/v one [B,Hkv,S,Dh] per layer,
+    pos [B,S]."""
+    kv = ("batch", "kv_heads", "cache_seq", "head_dim")
     return dataclasses.replace(
         cache,
-        k=logical_sharding(mesh, rules, kv, cache.k.shape),
-        v=logical_sharding(mesh, rules, kv, cache.v.shape),
+        k=tuple(logical_sharding(mesh, rules, kv, x.shape) for x in cache.k),
+        v=tuple(logical_sharding(mesh, rules, kv, x.shape) for x in cache.v),
         pos=logical_sharding(mesh, rules, ("batch", "cache_seq"), cache.pos.shape),
         length=NamedSharding(mesh, PartitionSpec()))
 

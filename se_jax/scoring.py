@@ -115,7 +115,7 @@ def _score(graphdef, state, prefix: KVCache | None, tokens, positions, last, lab
 
 @dataclasses.dataclass(frozen=True)
 class Prefix:
-    """A prefilled shared prefix: cache [L, 1, P, ...] and its length P."""
+    """A prefilled shared prefix: cache (one [1, Hkv, P, Dh] per layer) and its length P."""
     cache: KVCache
     length: int
 
