@@ -183,8 +183,8 @@ class KVCache:
         """An empty cache of `max_len` slots; `dtype` defaults to the compute dtype."""
         shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
         dtype = jnp.dtype(dtype or config.dtype)
-        empty = lambda: tuple(jnp.zeros(shape, dtype)  # noqa: E731
-                              for _ in range(config.num_hidden_layers))
+        def empty() -> tuple[jax.Array, ...]:
+            return tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
         return cls(k=empty(), v=empty(), pos=jnp.full((batch, max_len), -1, jnp.int32),
                    length=jnp.zeros((), jnp.int32))
 

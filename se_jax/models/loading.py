@@ -196,11 +196,8 @@ def gguf_tokenizer(path: str):
          if f"tokenizer.{key}" in metadata}
         for renames in (GGUF_TOKENIZER_MAPPING["tokenizer"],
                         GGUF_TOKENIZER_MAPPING["tokenizer_config"]))
-    kind = tokenizer.get("tokenizer_type")
-    if kind == "llama":     # llama.cpp adds BOS to a sentencepiece vocabulary by default
+    if tokenizer.get("tokenizer_type") == "llama":   # llama.cpp's default for sentencepiece
         tokenizer_config.setdefault("add_bos_token", True)
-    elif kind == "gemma4":  # its chat template writes <bos> itself
-        tokenizer_config["add_bos_token"] = False
     for name, key in _GGUF_SPECIAL_TOKENS.items():
         token_id = metadata.get(f"tokenizer.ggml.{key}")
         tokenizer_config[name] = tokenizer["tokens"][token_id] if token_id is not None else None
