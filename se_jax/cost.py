@@ -39,7 +39,8 @@ def _model_numbers(config: Any) -> tuple[int, int] | None:
     spec = training.lora_spec(config.training)
     specs = param_specs(model_config)
     adapter = sum(spec.rank * sum(s.hf_shape) for s in specs if s.path[-1] == "kernel"
-                  and spec.matches(".".join(map(str, s.path[:-1]))))
+                  and spec.matches(".".join(map(str, s.path[:-1])),
+                                   model_config.num_hidden_layers))
     return adapter, sum(math.prod(s.hf_shape) for s in specs)
 
 

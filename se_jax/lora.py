@@ -44,9 +44,9 @@ class LoRASpec:
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def matches(self, path: str, num_layers: int = 0) -> bool:
+    def matches(self, path: str, num_layers: int) -> bool:
         """Whether the linear at dotted `path` gets an adapter, in a decoder of
-        `num_layers` layers (needed when `top_layers` is set)."""
+        `num_layers` layers (`top_layers` counts from its top)."""
         if self.top_layers:
             layer = _LAYER_INDEX.match(path)
             if layer is None or int(layer.group(1)) < num_layers - self.top_layers:

@@ -100,3 +100,16 @@ def test_sweep_launcher_prints_the_fan_out(tmp_path):
     assert len(prepare) == 1 and len(final) == 1 and len(runs) == 4
     assert sum("--method=se_lexical" in r and "--tau=1.0" in r for r in runs) == 1
     assert all(f"--config.workdir={tmp_path}" in line for line in lines)
+
+
+def test_dry_run_counts_adapters_on_the_adapted_layers_only(tmp_path):
+    """The cost plan's adapter size follows training.lora.top_layers (2-layer tiny model:
+    the top layer holds half the adapters)."""
+    from se_jax import cost
+    from tiny_models import write_tiny_llama_dir
+    config = tiny.get_config()
+    config.model.path = write_tiny_llama_dir(tmp_path / "model")
+    every_layer, total = cost._model_numbers(config)
+    config.training.lora.top_layers = 1
+    top_layer, same_total = cost._model_numbers(config)
+    assert every_layer > 0 and top_layer * 2 == every_layer and same_total == total
