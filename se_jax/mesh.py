@@ -82,7 +82,6 @@ class ShardingRules:
     head_dim: MeshAxes = None
     mlp: MeshAxes = "tensor"
     norm: MeshAxes = None
-    layers: MeshAxes = None
     cache_seq: MeshAxes = None
     lora_rank: MeshAxes = None
 

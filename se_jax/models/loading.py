@@ -136,11 +136,12 @@ def load_tokenizer(path_or_id: str):
     """The transformers tokenizer (with chat template) of a directory, a .gguf file or a hub id."""
     path = resolve_model_path(str(path_or_id))
     if path.endswith(".gguf"):
-        return _generic_tokenizer_class().from_pretrained(gguf_tokenizer_dir(path))
+        path = gguf_tokenizer_dir(path)   # a generic tokenizer directory
     if not os.path.isdir(path) and not _HUB_ID.match(path):
         raise FileNotFoundError(f"{path}: no such tokenizer directory or .gguf file")
     if os.path.isdir(path) and _is_generic_tokenizer_dir(path):
-        return _generic_tokenizer_class().from_pretrained(path)
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(path)
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)
 
@@ -152,11 +153,6 @@ def load_tokenizer(path_or_id: str):
 # per process). Every other directory goes through AutoTokenizer.
 _GENERIC_TOKENIZER_MODEL_TYPES = ("llama",)
 _GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-
-
-def _generic_tokenizer_class():
-    from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast
 
 
 def _is_generic_tokenizer_dir(path: str) -> bool:
