@@ -144,7 +144,7 @@ def main(argv):
     from se_jax.models.loading import load_llama
 
     watch = yardstick.LoadWatch.start()
-    stick = yardstick.Yardstick.measure()
+    stick = yardstick.Yardstick.measure(_DTYPE.value)
     print(stick.describe())
     quick = _QUICK.value
     layers = _LAYERS.value or (8 if quick else 0)

@@ -95,7 +95,7 @@ def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- sides
 
-def child_torch(n: int, m: int, new: int, repeats: int) -> dict:
+def child_torch(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,7 +104,7 @@ def child_torch(n: int, m: int, new: int, repeats: int) -> dict:
     folder, name = os.path.dirname(path), os.path.basename(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
-                                                 dtype=torch.float32).eval()
+                                                 dtype=getattr(torch, dtype)).eval()
     ids = _prompt_ids(tokenizer, n)
     width = max(map(len, ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -266,7 +266,7 @@ def main(argv):
     repeats = 1 if _QUICK.value else _REPEATS.value
     if _CHILD.value:
         if _CHILD.value == "torch":
-            result = child_torch(n, m, new, repeats)
+            result = child_torch(n, m, new, repeats, _DTYPE.value)
         elif _CHILD.value == "ours":
             result = child_ours(n, m, new, repeats, _DTYPE.value)
         else:
@@ -279,7 +279,7 @@ def main(argv):
     if _QUICK.value:
         common.append("--quick")
     watch = yardstick.LoadWatch.start()
-    stick = yardstick.Yardstick.measure()
+    stick = yardstick.Yardstick.measure(_DTYPE.value)
     print(stick.describe(), flush=True)
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     base_env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -290,7 +290,7 @@ def main(argv):
     torch_r = _spawn("torch", common, base_env)
     ours_r = _spawn("ours", common, base_env)
     t_rate, o_rate = _rate(torch_r["fixed"]), _rate(ours_r["fixed"])
-    print(f"transformers generate (torch {torch_r['threads']} threads, float32): "
+    print(f"transformers generate (torch {torch_r['threads']} threads, {_DTYPE.value}): "
           f"{t_rate:.1f} tokens/s  peak RSS {torch_r['peak_rss_mb']:.0f} MiB")
     print(f"se_jax sampler ({ours_r['dtype']}, {ours_r['devices']} device, compile "
           f"{ours_r['compile_seconds']:.1f}s untimed): {o_rate:.1f} tokens/s  "

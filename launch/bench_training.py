@@ -11,7 +11,7 @@ peak resident memory (ru_maxrss; also after model loading). Ours runs
 
     python launch/bench_training.py            # 3 warm-up + 10 timed steps per side
     python launch/bench_training.py --quick    # 1 warm-up + 3 timed steps (< 2 minutes)
-    python launch/bench_training.py --dtype=bfloat16   # our compute in bfloat16 (torch f32)
+    python launch/bench_training.py --dtype=bfloat16   # both sides in bfloat16 (adapters f32)
     python launch/bench_training.py --rows=sft  # the train stage's batches (below)
 
 `--rows=sft` trains both sides on what the train stage feeds its step instead (chat prompts
@@ -52,7 +52,8 @@ _ROWS = flags.DEFINE_enum("rows", "random", ["random", "sft"],
                           "SFT rows (--batch of them; --seq unused)")
 _DROPOUT = flags.DEFINE_float("lora_dropout", 0.0, "LoRA dropout on both sides")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "our compute dtype (weights stay float32; torch runs float32)")
+                           "both sides' compute and frozen-weight dtype (adapters and their "
+                           "optimizer state stay float32 on both: PEFT's autocast_adapter_dtype)")
 
 
 def _rss_mib() -> float:
@@ -63,7 +64,7 @@ def run_jax(warmup: int, steps: int) -> dict:
     import jax
     from se_jax.models.loading import load_llama
 
-    model = load_llama("embedded", dtype=_DTYPE.value)
+    model = load_llama("embedded", dtype=_DTYPE.value, param_dtype=_DTYPE.value)
     loaded = _rss_mib()
     rows = bench_lora.sft_rows(_BATCH.value) if _ROWS.value == "sft" else None
     step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value, rows)
@@ -82,7 +83,7 @@ def run_torch(warmup: int, steps: int) -> dict:
     gguf = embedded_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf),
                                                  gguf_file=os.path.basename(gguf),
-                                                 dtype=torch.float32)
+                                                 dtype=getattr(torch, _DTYPE.value))
     loaded = _rss_mib()
     model = get_peft_model(model, LoraConfig(r=bench_lora.RANK, lora_alpha=bench_lora.ALPHA,
                                              lora_dropout=_DROPOUT.value,
@@ -140,14 +141,14 @@ def main(argv):
         yardstick.print_result(result)
         return
     watch = yardstick.LoadWatch.start()
-    stick = yardstick.Yardstick.measure()
+    stick = yardstick.Yardstick.measure(_DTYPE.value)
     print(stick.describe())
     results = {side: _child(side, warmup, steps) for side in ("torch", "jax")}
     tokens = results["jax"]["tokens"]
     rows = (f"{_BATCH.value} SFT rows ({tokens} real tokens, target-only loss)"
             if _ROWS.value == "sft" else f"batch {_BATCH.value} x {_SEQ.value} random tokens")
-    print(f"LoRA r={bench_lora.RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M f32 "
-          f"weights, our compute {_DTYPE.value}, torch float32, {rows}, AdamW; "
+    print(f"LoRA r={bench_lora.RANK} on q_proj,v_proj (dropout {_DROPOUT.value}), SmolLM2-135M, "
+          f"{_DTYPE.value} weights and compute on both sides, float32 adapters, {rows}, AdamW; "
           f"{warmup} warm-up + {steps} timed steps (median)")
     for side, label in (("torch", "transformers+peft"), ("jax", "se_jax (jit)")):
         r = results[side]

@@ -9,7 +9,8 @@ rather than only as a ratio to a peer that may itself be slow.
     print(f"ours {share_of_peak(flops_per_s, stick.peak)}")
     print(watch.stop().verdict())          # the script's last line
 
-Measured: the median GFLOP/s of a jitted float32 2048^3 matmul (JAX/XLA) and of torch's;
+Measured: the median GFLOP/s of a jitted 2048^3 matmul (JAX/XLA) and of torch's, in the
+benchmark's compute dtype (float32 unless it runs `--dtype=bfloat16`);
 the peak is the faster of the two (what this machine's cores reach on the kernel that
 dominates every benchmark). Memory bandwidth: the faster of a jitted matrix-vector product
 over a 256 MiB float32 matrix (what a decode step does with the weights) and torch's sum
@@ -153,18 +154,20 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(timings(fn, repeats, warmup=1))
 
 
-def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+def jax_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+    """A jitted n^3 matmul in `dtype`, summed in float32 (as se_jax's projections are)."""
     import jax
     import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    mm = jax.jit(jnp.matmul)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     return 2.0 * n ** 3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
 
 
-def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+def torch_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
     import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
     return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
@@ -192,32 +195,35 @@ def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Yardstick:
-    """This machine's limits, measured now."""
+    """This machine's limits, measured now, for compute in `dtype`."""
     cpu: str
     cores: int
-    jax_gflops: float       # jitted float32 2048^3 matmul, median
-    torch_gflops: float     # torch float32 2048^3 matmul, median (0: torch absent)
+    jax_gflops: float       # jitted 2048^3 matmul in `dtype`, median
+    torch_gflops: float     # torch 2048^3 matmul in `dtype`, median (0: torch absent)
     bandwidth_gbs: float    # streaming read, GB/s
+    dtype: str = "float32"
 
     @property
     def peak(self) -> float:
-        """The machine's float32 matmul peak, GFLOP/s: the faster library's."""
+        """The machine's matmul peak in `dtype`, GFLOP/s: the faster library's."""
         return max(self.jax_gflops, self.torch_gflops)
 
     @classmethod
-    def measure(cls) -> "Yardstick":
+    def measure(cls, dtype: str = "float32") -> "Yardstick":
+        """`dtype`: the benchmark's compute dtype (bfloat16 runs at up to twice float32's
+        rate where the CPU has AVX512-BF16 or AMX; its peak is its own yardstick)."""
         try:
-            torch_gf = torch_matmul_gflops()
+            torch_gf = torch_matmul_gflops(dtype=dtype)
         except ImportError:
             torch_gf = 0.0
-        return cls(cpu_model(), os.cpu_count() or 1, jax_matmul_gflops(), torch_gf,
-                   bandwidth_gbs())
+        return cls(cpu_model(), os.cpu_count() or 1, jax_matmul_gflops(dtype=dtype), torch_gf,
+                   bandwidth_gbs(), dtype)
 
     def describe(self) -> str:
         wide = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
         flags_seen = ", ".join(wide) or "no avx512f/avx512_bf16/amx"
-        return (f"machine: {self.cpu}, {self.cores} cores ({flags_seen}); float32 2048^3 "
-                f"matmul: jax "
+        return (f"machine: {self.cpu}, {self.cores} cores ({flags_seen}); {self.dtype} "
+                f"2048^3 matmul: jax "
                 f"{self.jax_gflops:.1f}, torch {self.torch_gflops:.1f} GFLOP/s -> peak "
                 f"{self.peak:.1f}; memory bandwidth {self.bandwidth_gbs:.1f} GB/s")
 

@@ -78,7 +78,9 @@ class LoRALinear(nnx.Module):
         axes = getattr(base_layer.kernel, "logical_axes", None) or (None, None)
         self.lora = nnx.LoRA(
             base_layer.in_features, spec.rank, base_layer.out_features,
-            dtype=base_layer.dtype, param_dtype=base_layer.param_dtype,
+            # Adapters and their optimizer state stay float32 under bfloat16 weights (PEFT's
+            # autocast_adapter_dtype): bfloat16 would round most small AdamW updates away.
+            dtype=base_layer.dtype, param_dtype=jnp.float32,
             a_initializer=_peft_a_init, b_initializer=nnx.initializers.zeros,
             a_metadata={"logical_axes": (axes[0], "lora_rank")},
             b_metadata={"logical_axes": ("lora_rank", axes[1])}, rngs=rngs)

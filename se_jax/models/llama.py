@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from se_jax import mesh as mesh_lib
-from se_jax.models import layer_scan
+from se_jax.models import layer_scan, matmul
 
 # Architectures (config.json "architectures") this decoder implements.
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -286,7 +286,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 class Linear(nnx.Linear):
     """`nnx.Linear` applied on [tokens, in]: the kernel's gradient contracts over every
     token, and with [B, T, in] operands XLA:CPU writes the activations transposed for that
-    dot (a copy per projection and step in full fine-tuning)."""
+    dot (a copy per projection and step in full fine-tuning). Its dot sums in float32
+    (`matmul.dot_accumulate_f32`: bfloat16 compute stays bfloat16 on XLA:CPU)."""
 
     def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
         y = super().__call__(x.reshape(-1, x.shape[-1]), **kwargs)
@@ -297,6 +298,7 @@ def _linear(config: LlamaConfig, n_in: int, n_out: int, axes: tuple[str, str], b
             rngs: nnx.Rngs) -> nnx.Linear:
     return Linear(n_in, n_out, use_bias=bias, dtype=config.dtype,
                   param_dtype=config.param_dtype, rngs=rngs,
+                  dot_general=matmul.dot_accumulate_f32,
                   kernel_init=nnx.initializers.normal(0.02),
                   kernel_metadata={"logical_axes": axes},
                   bias_metadata={"logical_axes": axes[1:]})
@@ -406,7 +408,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     scores = scores.reshape(b, hkv, g, t, s)
     scores = jnp.where(mask[:, None, None], scores / math.sqrt(d), _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, hkv, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, hkv, g, t, d)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
+    out = out.astype(v.dtype).reshape(b, hkv, g, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
@@ -456,6 +459,7 @@ class Llama(nnx.Module):
             self.lm_head = nnx.Linear(c.hidden_size, c.vocab_size, use_bias=False, dtype=c.dtype,
                                       param_dtype=c.param_dtype, rngs=rngs,
                                       preferred_element_type=jnp.float32,
+                                      dot_general=matmul.dot_accumulate_f32,
                                       kernel_init=nnx.initializers.normal(0.02),
                                       kernel_metadata={"logical_axes": ("embed", "vocab")})
         # (Mesh, ShardingRules) once the weights are sharded (load_llama sets it): the residual
@@ -578,7 +582,7 @@ class Llama(nnx.Module):
         """
         if self.config.tie_word_embeddings:
             table = self.embed_tokens.embedding[...].astype(h.dtype)
-            return jnp.einsum("bte,ve->btv", h, table, preferred_element_type=jnp.float32)
+            return matmul.project(h, table.T, jnp.float32)
         return self.lm_head(h).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, positions: jax.Array,
