@@ -16,7 +16,7 @@ def model_config() -> ml_collections.ConfigDict:
         # model directory, a .gguf file, or a hub id (needs internet).
         path="embedded",
         adapter="",             # a PEFT adapter directory folded into the weights at load
-        dtype="float32",        # compute dtype: float32 | bfloat16
+        dtype="float32",        # compute dtype: float32 | bfloat16 | auto (se_jax/precision.py)
         param_dtype="float32",  # storage dtype of the weights
         max_seq_len=512,        # KV-cache length: prompt + generated tokens
     ))

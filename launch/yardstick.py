@@ -36,6 +36,8 @@ import sys
 import time
 from typing import Callable
 
+from se_jax import precision
+
 # Useful FLOPs per token per matmul parameter: a forward pass multiplies each weight once
 # (2 FLOPs: multiply and add); LoRA training adds the backward pass through the frozen
 # weights (the activation gradient only, no weight gradient: another 2), the adapters'
@@ -123,18 +125,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    """/proc/cpuinfo's 'flags' of the first CPU (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def wall_seconds(fn: Callable[[], object]) -> float:
     """Wall seconds of one call of `fn()` (the caller synchronises device work inside it)."""
     start = time.perf_counter()
@@ -220,7 +210,7 @@ class Yardstick:
                    bandwidth_gbs(), dtype)
 
     def describe(self) -> str:
-        wide = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
+        wide = sorted(precision.cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
         flags_seen = ", ".join(wide) or "no avx512f/avx512_bf16/amx"
         return (f"machine: {self.cpu}, {self.cores} cores ({flags_seen}); {self.dtype} "
                 f"2048^3 matmul: jax "

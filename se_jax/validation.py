@@ -75,7 +75,7 @@ def validate_top(config: Any) -> None:
 def validate_model(c: Any) -> None:
     if not isinstance(c.path, str) or not c.path:
         _fail("model.path", c.path, "must name a model (embedded, a directory, a .gguf, a hub id)")
-    check_choice("model.dtype", c.dtype, ("float32", "bfloat16"))
+    check_choice("model.dtype", c.dtype, ("float32", "bfloat16", "auto"))
     check_choice("model.param_dtype", c.param_dtype, ("float32", "bfloat16"))
     check_int("model.max_seq_len", c.max_seq_len, minimum=2)
 

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from se_jax.models import matmul
+
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -210,7 +212,8 @@ def _layer_norm(config: DebertaConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
 def _linear(config: DebertaConfig, rngs: nnx.Rngs, n_in: int, n_out: int,
             use_bias: bool = True) -> nnx.Linear:
     return nnx.Linear(n_in, n_out, use_bias=use_bias, dtype=config.dtype,
-                      param_dtype=config.param_dtype, rngs=rngs)
+                      param_dtype=config.param_dtype, rngs=rngs,
+                      dot_general=matmul.dot_accumulate_f32)  # bfloat16 native on XLA:CPU
 
 
 class DisentangledSelfAttention(nnx.Module):

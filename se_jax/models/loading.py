@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from se_jax import runtime
+from se_jax import precision, runtime
 from se_jax.distributed import to_host
 from se_jax.embedded import resolve_model_path
 from se_jax.mesh import ShardingRules, variable_sharding
@@ -102,10 +102,12 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
                dtype: str = "float32", param_dtype: str = "float32") -> Llama:
     """A `Llama` with the checkpoint's weights, sharded on `mesh` by `rules`.
 
-    Without a mesh the weights go to the first local device. `dtype` is the compute dtype,
+    Without a mesh the weights go to the first local device. `dtype` is the compute dtype
+    ("auto": `precision.resolve_dtype`, bfloat16 where the hardware multiplies it natively),
     `param_dtype` the storage dtype (weights are cast on the host, one slice at a time).
     """
     start = time.perf_counter()
+    dtype = precision.resolve_dtype(dtype)
     reader = open_checkpoint(path_or_id)
     config = load_config(reader, dtype=dtype, param_dtype=param_dtype)
     check_tensors(reader, config)
@@ -127,8 +129,9 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
     model = nnx.merge(graphdef, state)
     if mesh is not None:
         model.mesh_rules = (mesh, rules)
-    log.info("loaded %s (%d layers, hidden %d) in %.1fs", reader.source,
-             config.num_hidden_layers, config.hidden_size, time.perf_counter() - start)
+    log.info("loaded %s (%d layers, hidden %d; compute %s, weights %s) in %.1fs",
+             reader.source, config.num_hidden_layers, config.hidden_size, dtype, param_dtype,
+             time.perf_counter() - start)
     return model
 
 
