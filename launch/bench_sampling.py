@@ -23,9 +23,10 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8; on a CPU this shows the over
 sharding, not a speed-up; a batch is padded to a multiple of the device count, so use
 --questions divisible by 8). Last line: sampling_speedup_vs_torch=<ours/torch>.
 
-Measured choices (this 2-core AVX-512 CPU): float32 compute beats bfloat16 here (bf16
-weights with float32 accumulation in every projection: 78-90 vs 130-159 tokens/s for
-float32, interleaved in one process), so --dtype defaults to float32. Per decode step the
+--dtype sets both sides' compute and weights (transformers runs the same dtype). bfloat16
+pays only where the CPU multiplies it natively (avx512_bf16 / AMX: 569 vs 300 tokens/s for
+float32 on a 2-core AMD EPYC, 2026-12-03); elsewhere XLA emulates it and float32 is
+faster. The default stays float32 (WORKSPACE-notes.md, "bfloat16"). Per decode step the
 sampling math costs ~16 ms for 80 rows x 49k vocab (was ~95 ms with a 49k cumsum and
 XLA's variadic-reduce argmax; see se_jax/sampling_math.py).
 Under heavy CPU contention (other jobs on the same cores) transformers' OpenMP threads
