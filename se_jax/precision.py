@@ -7,13 +7,13 @@ with avx512_bf16 (WORKSPACE-notes.md, "bfloat16"): bfloat16 trains SmolLM2's LoR
 1.45x, prefills 1.6x and samples 1.9x faster than float32.
 
 Storage (`param_dtype`) is not chosen here: weights that an optimizer updates stay float32.
+Importing this module does not import JAX (config validation reads its names before JAX
+starts).
 """
 from __future__ import annotations
 
-import jax
-
 AUTO = "auto"
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16")   # the compute and storage dtypes a config may name
 # /proc/cpuinfo flags of native bfloat16 products.
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # CUDA compute capability from which tensor cores multiply bfloat16 (Ampere).
@@ -52,6 +52,7 @@ def resolve_dtype(name: str) -> str:
     fastest (see the module doc)."""
     if name != AUTO:
         return name
+    import jax
     device = jax.devices()[0]
     native = native_bfloat16(device.platform, cpu_flags() if device.platform == "cpu"
                              else frozenset(), getattr(device, "compute_capability", None))

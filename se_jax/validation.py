@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+from se_jax import precision
+
 
 class ConfigError(ValueError):
     """A config value is out of range or of the wrong kind; the message names the field."""
@@ -75,8 +77,8 @@ def validate_top(config: Any) -> None:
 def validate_model(c: Any) -> None:
     if not isinstance(c.path, str) or not c.path:
         _fail("model.path", c.path, "must name a model (embedded, a directory, a .gguf, a hub id)")
-    check_choice("model.dtype", c.dtype, ("float32", "bfloat16", "auto"))
-    check_choice("model.param_dtype", c.param_dtype, ("float32", "bfloat16"))
+    check_choice("model.dtype", c.dtype, (*precision.DTYPES, precision.AUTO))
+    check_choice("model.param_dtype", c.param_dtype, precision.DTYPES)
     check_int("model.max_seq_len", c.max_seq_len, minimum=2)
 
 
@@ -119,7 +121,7 @@ def validate_entropy(c: Any) -> None:
     check_choice("entropy.backend", c.backend, ("deberta", "llm_judge", "lexical"))
     check_choice("entropy.cluster_rule", c.cluster_rule, ("reference", "unassigned"))
     check_float("entropy.lexical_threshold", c.lexical_threshold, minimum=0.0, maximum=1.0)
-    check_choice("entropy.nli_dtype", c.nli_dtype, ("float32", "bfloat16"))
+    check_choice("entropy.nli_dtype", c.nli_dtype, precision.DTYPES)
     check_int("entropy.batch_size", c.batch_size, minimum=1)
     check_sizes("entropy.buckets", c.buckets)
     check_int("entropy.llm_batch_size", c.llm_batch_size, minimum=1)

@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# nnx.Linear's contraction: the last axis of x with the first of the kernel.
-_LINEAR_DIMS = lambda ndim: (((ndim - 1,), (0,)), ((), ()))  # noqa: E731
+
+def _linear_dims(ndim: int) -> tuple:
+    """nnx.Linear's contraction: the last axis of x [..., in] with the kernel's first."""
+    return ((ndim - 1,), (0,)), ((), ())
 
 
 def _project(x: jax.Array, w: jax.Array, out_dtype: Any) -> jax.Array:
-    y = lax.dot_general(x, w, _LINEAR_DIMS(x.ndim), preferred_element_type=jnp.float32)
+    y = lax.dot_general(x, w, _linear_dims(x.ndim), preferred_element_type=jnp.float32)
     return y.astype(out_dtype or x.dtype)
 
 
@@ -59,7 +61,7 @@ def dot_accumulate_f32(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
     """A `dot_general` for `nnx.Linear(dot_general=...)`: `project(lhs, rhs,
     preferred_element_type)`. Only nnx.Linear's own contraction is accepted, at the
     backend's default precision."""
-    if dimension_numbers != _LINEAR_DIMS(lhs.ndim) or out_sharding is not None:
+    if dimension_numbers != _linear_dims(lhs.ndim) or out_sharding is not None:
         raise ValueError(f"dot_accumulate_f32 serves nnx.Linear only: got dimension numbers "
                          f"{dimension_numbers}, out_sharding {out_sharding}")
     if precision is not None:
