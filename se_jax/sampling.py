@@ -29,10 +29,12 @@ onto a mesh.
 How (one batch of B prompts, rows R = B * len(temperatures)):
 1. Prompts are left-padded to a length bucket P (config `buckets`), the batch to B rows
    (dummy rows are all padding), so a run compiles one program per bucket.
-2. `_prefill` (jit): one forward over [B, P] into a KV cache of P slots; the cache rows
-   and last logits are repeated for each prompt's answer rows, and the cache is padded to
-   P + max_new_tokens - 1 slots (no longer than the answers need).
-3. `_decode` (jit, cache donated): one `lax.while_loop` over all R rows; each step draws a
+2. `_prefill` (jit): one forward over [B, P] into the prompts' KV cache of P slots; the
+   last logits are repeated for each prompt's answer rows, which get their own empty cache
+   of max_new_tokens - 1 slots. The prompt cache is never copied per row: in every decode
+   step each prompt's M rows read its keys together (`Llama.hidden(context=...)`), so
+   attention reads a prompt's keys once per step, not M times.
+3. `_decode` (jit, answer cache donated): one `lax.while_loop` over all R rows; each step draws a
    token per row (`sampling_math.sample_step`, per-row temperature), records its T=1
    log-prob, marks rows finished on EOS or a stop string inside one token
    (`stopping.StopTables`), and feeds the tokens back. It exits when every row is done.
@@ -177,22 +179,24 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
                                              "mesh", "rules"))
 def _prefill(graphdef, state, tokens, positions, *, rows_per_prompt: int, extra_slots: int,
              mesh: Mesh | None, rules: ShardingRules):
-    """Prefill [B, P] once; return the cache and last logits repeated per answer row.
+    """Prefill [B, P] once; return the prompts' cache, the answer rows' empty cache and the
+    last logits repeated per answer row.
 
-    Returns (cache with R = B * rows_per_prompt rows and P + extra_slots slots,
+    Returns (prompt cache: B rows, P slots, read by each prompt's `rows_per_prompt` rows as
+    their `context`; answer cache: R = B * rows_per_prompt rows, `extra_slots` slots;
     logits float32[R, V]).
     """
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
-    cache = KVCache.init(model.config, b, p)
-    h, cache = model.hidden(tokens, positions, cache)
+    prompts = KVCache.init(model.config, b, p)
+    h, prompts = model.hidden(tokens, positions, prompts)
     logits = model.logits(h[:, -1:])[:, 0]                              # [B, V]
-    cache = cache.expand(rows_per_prompt, extra_slots)
+    answers = KVCache.init(model.config, b * rows_per_prompt, extra_slots)
     if mesh is not None:
-        cache = jax.lax.with_sharding_constraint(
-            cache, mesh_lib.cache_shardings(cache, mesh, rules))
+        prompts, answers = (jax.lax.with_sharding_constraint(
+            c, mesh_lib.cache_shardings(c, mesh, rules)) for c in (prompts, answers))
     logits = _constrain_batch(jnp.repeat(logits, rows_per_prompt, axis=0), mesh, rules)
-    return cache, logits
+    return prompts, answers, logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,12 +213,13 @@ jax.tree_util.register_dataclass(_StopArrays, data_fields=[f.name for f in
 
 @functools.partial(jax.jit, donate_argnames=("cache",),
                    static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p"))
-def _decode(graphdef, state, cache: KVCache, logits, seed, id_hash, sample_index, temperature,
-            next_position, done, stop: _StopArrays, *, max_new_tokens: int, top_k: int,
-            top_p: float):
+def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_hash,
+            sample_index, temperature, next_position, done, stop: _StopArrays, *,
+            max_new_tokens: int, top_k: int, top_p: float):
     """Decode all rows together until each is done or has max_new_tokens tokens.
 
-    logits: float32[R, V] (prefill's); seed: int32[]; id_hash: uint32[R] and
+    prompts: the prompts' cache, each row read by its prompt's answer rows (`context`);
+    cache: the answer rows' own (the generated tokens' keys and values); logits: float32[R, V] (prefill's); seed: int32[]; id_hash: uint32[R] and
     sample_index: int32[R] (each row's key, `sampling_math.row_keys`); temperature: f32[R];
     next_position: int32[R] (position of the first generated token = prompt length);
     done: bool[R] (True for dummy rows). Returns tokens int32[R, N], logprobs f32[R, N],
@@ -253,7 +258,8 @@ def _decode(graphdef, state, cache: KVCache, logits, seed, id_hash, sample_index
     def body(carry):
         step = carry["step"]
         prev = jax.lax.dynamic_slice_in_dim(carry["tokens"], step - 1, 1, axis=1)  # [R, 1]
-        logits, cache = model(prev, (next_position + step - 1)[:, None], carry["cache"])
+        logits, cache = model(prev, (next_position + step - 1)[:, None], carry["cache"],
+                              context=prompts)
         return sample(dict(carry, cache=cache), logits[:, 0])
 
     carry = jax.lax.while_loop(cond, body, carry)
@@ -304,12 +310,12 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
 
     graphdef, state = nnx.split(model)
     put = functools.partial(put_batch, mesh=mesh, rules=rules)
-    cache, logits = _prefill(graphdef, state, put(tokens), put(positions),
-                             rows_per_prompt=r, extra_slots=max_new_tokens - 1, mesh=mesh,
-                             rules=rules)
+    prompts, cache, logits = _prefill(graphdef, state, put(tokens), put(positions),
+                                      rows_per_prompt=r, extra_slots=max(max_new_tokens - 1, 1),
+                                      mesh=mesh, rules=rules)
     stop_arrays = _StopArrays(*(jnp.asarray(getattr(stop, f.name))
                                 for f in dataclasses.fields(_StopArrays)))
-    out = _decode(graphdef, state, cache, logits, np.int32(seed), put(row_hash),
+    out = _decode(graphdef, state, prompts, cache, logits, np.int32(seed), put(row_hash),
                   put(row_index), put(row_temp), put(np.repeat(prompt_len, r)),
                   put(row_done), stop_arrays,
                   max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p))

@@ -166,5 +166,40 @@ def test_a_shared_head_as_prefix_or_context_gives_the_full_rows(scan, p):
     real = np.asarray(positions >= 0)
     np.testing.assert_allclose(np.asarray(beside)[real], np.asarray(full)[real], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(read)[real], np.asarray(full)[real], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="prefix alone"):
         model.hidden(rows, positions, KVCache.init(model.config, B, T), prefix=head)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan"])
+def test_rows_decoding_after_their_groups_context_give_the_whole_rows(scan):
+    """Sampling's layout: G prompts prefilled once (a cache of G rows, left-padded), each read
+    as `context` by its M answer rows, which prefill and then decode their own tokens into
+    their own cache: every row's states equal a forward over its prompt + its own tokens."""
+    model = _model(scan=scan)
+    g, m, p, n = 2, 3, 5, 4
+    key = jax.random.split(jax.random.key(7), 2)
+    prompts = jax.random.randint(key[0], (g, p), 0, CONFIG.vocab_size)
+    p_pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (g, p)).at[1].add(-2)
+    p_pos = jnp.where(p_pos < 0, -1, p_pos)                  # prompt 1: 3 tokens, left-padded
+    own = jax.random.randint(key[1], (g * m, n), 0, CONFIG.vocab_size)
+    start = jnp.repeat(p_pos[:, -1] + 1, m)                  # each row's first own position
+    own_pos = start[:, None] + jnp.arange(n, dtype=jnp.int32)
+
+    @jax.jit
+    def both_ways():
+        _, ctx = model.hidden(prompts, p_pos, KVCache.init(model.config, g, p))
+        cache = KVCache.init(model.config, g * m, n)
+        h1, cache = model.hidden(own[:, :2], own_pos[:, :2], cache, context=ctx)  # two at once
+        steps = [h1]
+        for i in range(2, n):                                                    # then one by one
+            h, cache = model.hidden(own[:, i:i + 1], own_pos[:, i:i + 1], cache, context=ctx)
+            steps.append(h)
+        whole = jnp.concatenate([jnp.repeat(prompts, m, axis=0), own], axis=1)
+        whole_pos = jnp.concatenate([jnp.repeat(p_pos, m, axis=0), own_pos], axis=1)
+        full, _ = model.hidden(whole, whole_pos)
+        return jnp.concatenate(steps, axis=1), full[:, p:]
+
+    read, full = both_ways()
+    np.testing.assert_allclose(np.asarray(read), np.asarray(full), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="context groups"):
+        model.hidden(own[:5, :1], own_pos[:5, :1], context=KVCache.init(model.config, g, p))

@@ -11,9 +11,11 @@ One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
 `positions[b, t] = -1` marks padding. Key k is visible to query q iff 0 <= pos_k <= pos_q in
 the same row, so left-padded prefill, one-token decode and right-padded training batches all
 use the same rule. Masked scores take a large finite negative: an all-padding row stays finite.
-A prompt head every row shares runs once, not per row: `model.hidden(..., context=cache)`
-reads a prefilled one-row cache (scoring), `model.hidden(..., prefix=tokens)` folds the head
-into the batch as extra rows whose keys every row reads (training; `HeadRows`).
+A prompt head the rows share runs once, not per row: `model.hidden(..., context=cache)`
+reads a prefilled cache, one row per group of rows (scoring: one judge prompt; sampling:
+each question's prompt for its M answers), `model.hidden(..., prefix=tokens)` folds the
+head into the batch as extra rows whose keys every row reads (training; `HeadRows`). The
+shared keys are read once per group, never copied per row (`dot_product_attention`).
 
 Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
 those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
@@ -336,10 +338,10 @@ class Attention(nnx.Module):
                  cache: KVCache | None, layer: int | jax.Array,
                  context: tuple[jax.Array, jax.Array] | HeadRows | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
-        """x: [B, T, E]; mask: bool[B, T, S] -> ([B, T, E], cache). S = T without a cache or
-        context, the cache's slots with one, S_ctx + T with a `context`: keys and values
-        [G, Hkv, S_ctx, Dh] that each of G equal groups of rows reads before its own (never
-        written), or `HeadRows`, which takes them from the first rows of each group.
+        """x: [B, T, E]; mask: bool[B, T, S_ctx + S] -> ([B, T, E], cache). S = T without a
+        cache, the cache's slots with one. `context`: keys and values [G, Hkv, S_ctx, Dh] that
+        each of G equal groups of consecutive rows reads before its own (never written; S_ctx
+        = 0 without), or `HeadRows`, which takes them from the first rows of each group.
         `layer` (the cache's layer index) may be traced, as inside the layer scan."""
         b, t, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), cos, sin)
@@ -348,20 +350,11 @@ class Attention(nnx.Module):
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, Hkv, T, Dh]
         if isinstance(context, HeadRows):
             context = context.keys(k), context.keys(v)
-        if context is not None:
-            k, v = _before(context[0], k), _before(context[1], v)
-        elif cache is not None:
+        if cache is not None:
             cache = cache.write(layer, k, v)
             k, v = (x.astype(q.dtype) for x in cache.layer(layer))
-        out = dot_product_attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, mask, context)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
-
-
-def _before(ctx: jax.Array, mine: jax.Array) -> jax.Array:
-    """ctx [G, Hkv, S, Dh] put before mine [B, Hkv, T, Dh] of each of G equal row groups."""
-    g, b = ctx.shape[0], mine.shape[0]
-    ctx = jnp.broadcast_to(ctx[:, None], (g, b // g) + ctx.shape[1:]).astype(mine.dtype)
-    return jnp.concatenate([ctx.reshape((b,) + ctx.shape[2:]), mine], axis=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,23 +385,55 @@ class HeadRows:
         return x.reshape((-1,) + x.shape[2:])
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q: [B, T, H, Dh], k/v: [B, Hkv, S, Dh], mask: bool[B, T, S] -> [B, T, H, Dh].
+def _by_group(x: jax.Array, groups: int) -> jax.Array:
+    """[B, Hkv, Q, X] -> [G, Hkv, (B/G) * Q, X]: the rows of each of G groups side by side."""
+    b, h, q, d = x.shape
+    x = x.reshape(groups, b // groups, h, q, d).transpose(0, 2, 1, 3, 4)
+    return x.reshape(groups, h, (b // groups) * q, d)
 
-    Scores and softmax in float32. The G = H / Hkv query heads that share a kv head are
-    stacked along the query axis, so both products are plain batched matmuls over
-    (B, Hkv) with contiguous [G*T, Dh] and [S, Dh] operands (on CPU 1.3-1.6x faster than
-    contracting the 5-d grouped layout directly, forward and backward).
+
+def _by_row(x: jax.Array, rows: int) -> jax.Array:
+    """The inverse of `_by_group`: [G, Hkv, (B/G) * Q, X] -> [B, Hkv, Q, X]."""
+    g, h, _, d = x.shape
+    x = x.reshape(g, h, rows // g, -1, d).transpose(0, 2, 1, 3, 4)
+    return x.reshape(rows, h, -1, d)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                          context: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """q: [B, T, H, Dh], k/v: [B, Hkv, S, Dh], mask: bool[B, T, S_ctx + S] -> [B, T, H, Dh].
+
+    context: keys and values [G, Hkv, S_ctx, Dh] shared by each of G equal groups of
+    consecutive rows, read before the rows' own. They are never copied per row: each group's
+    queries are stacked into one product against its context (`_by_group`), so a prompt
+    shared by M sampled rows is read once per step, not M times. Scores and softmax in
+    float32, over the context's and the rows' keys together. The G = H / Hkv query heads
+    that share a kv head are stacked along the query axis, so both products are plain
+    batched matmuls over (B, Hkv) with contiguous [G*T, Dh] and [S, Dh] operands (on CPU
+    1.3-1.6x faster than contracting the 5-d grouped layout directly, forward and backward).
     """
     b, t, h, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
+    hkv = k.shape[1]
     g = h // hkv
     q = q.reshape(b, t, hkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, hkv, g * t, d)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    f32 = jnp.float32
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=f32)
+    if context is not None:
+        ck, cv = (x.astype(q.dtype) for x in context)
+        groups, s_ctx = ck.shape[0], ck.shape[2]
+        shared = jnp.einsum("gkqd,gksd->gkqs", _by_group(q, groups), ck,
+                            preferred_element_type=f32)
+        scores = jnp.concatenate([_by_row(shared, b), scores], axis=-1)
+    s = scores.shape[-1]
     scores = scores.reshape(b, hkv, g, t, s)
     scores = jnp.where(mask[:, None, None], scores / math.sqrt(d), _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, hkv, g * t, s)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
+    if context is not None:
+        probs_ctx, probs = probs[..., :s_ctx], probs[..., s_ctx:]
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=f32)
+    if context is not None:
+        out = out + _by_row(jnp.einsum("gkqs,gksd->gkqd", _by_group(probs_ctx, groups), cv,
+                                       preferred_element_type=f32), b)
     out = out.astype(v.dtype).reshape(b, hkv, g, t, d)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
@@ -492,31 +517,35 @@ class Llama(nnx.Module):
                ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions: int32[B, T] -> (final-normed hidden states [B, T, E], cache).
 
-        A prompt head every row shares can come before the rows' own tokens, read-only
-        (never written to a cache), in one of two forms:
-          context: a prefilled cache of ONE row (the judge prompt, prefilled once per
-            process and reused by every batch; `se_jax.scoring`);
+        A prompt head the rows share can come before their own tokens, read-only (never
+        written to a cache), in one of two forms:
+          context: a prefilled cache of G rows, each read by one of G equal groups of
+            consecutive rows (G divides B), alone or before `cache`: one judge prompt
+            prefilled once per process for every batch (`se_jax.scoring`), or each question's
+            prompt prefilled once for its M sampled answers (`se_jax.sampling`);
           prefix: its tokens int32[1, P] (positions 0..P-1), run once per batch (per batch
             shard) instead of once per row, and differentiable (training,
             `se_jax.training.batch_layout`). The head is folded into the batch as
             ceil(P / T) extra rows before each shard's rows (`HeadRows`), so every layer
             runs one set of projections over all tokens. Only the rows' states return.
-        Neither is combined with `cache`.
         """
-        if (context is not None or prefix is not None) and cache is not None:
-            raise ValueError("hidden() takes a cache to fill or a shared head to read, not both")
+        if prefix is not None and (context is not None or cache is not None):
+            raise ValueError("hidden() takes a prefix alone, without a cache or context")
         fold = None
         if prefix is not None:
             fold, tokens, positions, k_pos = self._fold_head(prefix, tokens, positions)
-        elif context is not None:
-            ctx_pos = jnp.broadcast_to(context.pos, (tokens.shape[0], context.pos.shape[1]))
-            k_pos = jnp.concatenate([ctx_pos, positions], axis=1)
         elif cache is None:
             k_pos = positions
         else:
             k_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32),
                                                  (0, cache.length))
             cache = dataclasses.replace(cache, pos=k_pos)
+        if context is not None:
+            b, groups = tokens.shape[0], context.pos.shape[0]
+            if b % groups:
+                raise ValueError(f"{b} rows do not split into {groups} context groups")
+            k_pos = jnp.concatenate([jnp.repeat(context.pos, b // groups, axis=0), k_pos],
+                                    axis=1)
         mask = attention_mask(positions, k_pos)
         cos, sin = rope_tables(self.config, positions)
         x = self._constrain(self._embed(tokens))
@@ -585,7 +614,7 @@ class Llama(nnx.Module):
             return matmul.project(h, table.T, jnp.float32)
         return self.lm_head(h).astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-        h, cache = self.hidden(tokens, positions, cache)
+    def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None,
+                 context: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        h, cache = self.hidden(tokens, positions, cache, context)
         return self.logits(h), cache
