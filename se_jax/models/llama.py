@@ -194,18 +194,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.pos.shape[1]
 
-    def expand(self, repeats: int, extra_slots: int) -> "KVCache":
-        """Each row repeated `repeats` times (copies adjacent), `extra_slots` empty slots
-        appended: a prompt's prefilled cache made into one row per answer to decode."""
-        def widen(x, slot_axis: int, fill):
-            x = jnp.repeat(x, repeats, axis=0)
-            pad = [(0, 0)] * x.ndim
-            pad[slot_axis] = (0, extra_slots)
-            return jnp.pad(x, pad, constant_values=fill)
-        return KVCache(k=tuple(widen(x, 2, 0) for x in self.k),
-                       v=tuple(widen(x, 2, 0) for x in self.v),
-                       pos=widen(self.pos, 1, -1), length=self.length)
-
     def stacked(self) -> "KVCache":
         """k, v as [L, B, Hkv, S, Dh] arrays (the layer scan's carry)."""
         return dataclasses.replace(self, k=jnp.stack(self.k), v=jnp.stack(self.v))
