@@ -219,7 +219,8 @@ def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_
     """Decode all rows together until each is done or has max_new_tokens tokens.
 
     prompts: the prompts' cache, each row read by its prompt's answer rows (`context`);
-    cache: the answer rows' own (the generated tokens' keys and values); logits: float32[R, V] (prefill's); seed: int32[]; id_hash: uint32[R] and
+    cache: the answer rows' own (the generated tokens' keys and values);
+    logits: float32[R, V] (prefill's); seed: int32[]; id_hash: uint32[R] and
     sample_index: int32[R] (each row's key, `sampling_math.row_keys`); temperature: f32[R];
     next_position: int32[R] (position of the first generated token = prompt length);
     done: bool[R] (True for dummy rows). Returns tokens int32[R, N], logprobs f32[R, N],

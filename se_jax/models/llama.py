@@ -190,10 +190,6 @@ class KVCache:
         return cls(k=empty(), v=empty(), pos=jnp.full((batch, max_len), -1, jnp.int32),
                    length=jnp.zeros((), jnp.int32))
 
-    @property
-    def max_len(self) -> int:
-        return self.pos.shape[1]
-
     def stacked(self) -> "KVCache":
         """k, v as [L, B, Hkv, S, Dh] arrays (the layer scan's carry)."""
         return dataclasses.replace(self, k=jnp.stack(self.k), v=jnp.stack(self.v))
