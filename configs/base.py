@@ -161,6 +161,9 @@ def training_config() -> ml_collections.ConfigDict:
         weight_decay=0.0, max_grad_norm=1.0,
         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
         loss_on="target",     # target (answer + end-of-turn tokens) | sequence
+        # token: the CE is the mean over every supervised token of the batch (PEFT/transformers);
+        # example: the mean over rows of each row's mean, so a short target weighs as much as a long one.
+        loss_weighting="token",
         # Self-distillation (Kaplan et al. 2026): CE + weight * temperature^2 * KL(teacher || student)
         # (distillation temperature, not the labels' tau); the teacher is the model after `teacher_epoch` epochs
         # (0 = the base model).

@@ -119,6 +119,7 @@ class BatchLayout:
     target_only: bool = True
     prefix_len: int = 0
     loss_columns: int | None = None
+    per_example: bool = False
 
     def batch(self, seqs: Sequence[TokenizedExample], batch_size: int,
               pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -131,12 +132,17 @@ class BatchLayout:
 
 def make_batch(seqs: Sequence[TokenizedExample], batch_size: int, *, pad_multiple: int = 32,
                target_only: bool = True, pad_id: int = 0, prefix_len: int = 0,
-               loss_columns: int | None = None) -> dict[str, np.ndarray]:
+               loss_columns: int | None = None,
+               per_example: bool = False) -> dict[str, np.ndarray]:
     """Right-padded arrays for up to `batch_size` sequences (missing rows are all padding).
 
     Returns tokens int32[B, T], positions int32[B, T] (-1 at padding), valid float32[B, T]
     (1 where a real next token exists), and targets int32[B, T] (targets[b, t] =
     tokens[b, t + 1]) with loss_mask float32[B, T] (1 where the next token is supervised).
+
+    per_example: each row's supervised tokens weigh 1 / their number instead of 1, so the
+      loss (sum of weighted CE / sum of weights) is the mean over rows of each row's mean:
+      a short target ("I don't know the answer.") counts as much as a sentence.
 
     prefix_len: the first P tokens every row shares (`shared_prefix_length`) are left out;
       the rows hold the rest, at positions P.. (the step prepends the prefix once).
@@ -165,7 +171,7 @@ def make_batch(seqs: Sequence[TokenizedExample], batch_size: int, *, pad_multipl
         targets[b, :n - 1] = s.ids[p + 1:]
         positions[b, :n] = np.arange(p, p + n)
         valid[b, :n - 1] = 1.0
-        loss_mask[b, first:n - 1] = 1.0
+        loss_mask[b, first:n - 1] = 1.0 / (n - 1 - first) if per_example else 1.0
     out = dict(tokens=tokens, positions=positions, valid=valid, targets=targets,
                loss_mask=loss_mask)
     if loss_columns is not None:
@@ -174,7 +180,8 @@ def make_batch(seqs: Sequence[TokenizedExample], batch_size: int, *, pad_multipl
 
 
 def _loss_columns(loss_mask: np.ndarray, targets: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """targets/loss_mask [B, T] -> loss_index, targets, loss_mask [B, K] of the masked columns."""
+    """targets/loss_mask [B, T] -> loss_index, targets, loss_mask [B, K] of the masked columns
+    (their weights kept)."""
     rows, t = loss_mask.shape
     index = np.zeros((rows, k), np.int32)
     mask = np.zeros((rows, k), np.float32)
@@ -183,6 +190,6 @@ def _loss_columns(loss_mask: np.ndarray, targets: np.ndarray, k: int) -> dict[st
         if cols.size > k:
             raise ValueError(f"row {b} has {cols.size} supervised tokens; loss_columns={k}")
         index[b, :cols.size] = cols
-        mask[b, :cols.size] = 1.0
+        mask[b, :cols.size] = loss_mask[b, cols]
     return dict(loss_index=index, targets=np.take_along_axis(targets, index, axis=1),
                 loss_mask=mask)

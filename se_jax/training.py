@@ -113,7 +113,8 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
     columns = narrow and cfg.get("loss_columns", False)
     return sft_data.BatchLayout(
         pad_multiple=int(cfg.pad_multiple), target_only=target_only, prefix_len=prefix,
-        loss_columns=sft_data.loss_width(seqs) if columns else None)
+        loss_columns=sft_data.loss_width(seqs) if columns else None,
+        per_example=cfg.get("loss_weighting", "token") == "example")
 
 
 def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,

@@ -167,6 +167,7 @@ def validate_training(c: Any) -> None:
     check_float("training.adam_b2", c.adam_b2, minimum=0.0, maximum=0.999999)
     check_float("training.adam_eps", c.adam_eps, positive=True)
     check_choice("training.loss_on", c.loss_on, ("target", "sequence"))
+    check_choice("training.loss_weighting", c.get("loss_weighting", "token"), ("token", "example"))
     d = c.distill
     check_float("training.distill.weight", d.weight, minimum=0.0)
     check_float("training.distill.temperature", d.temperature, positive=True)

@@ -71,3 +71,15 @@ def test_a_prefix_reaching_a_target_or_the_whole_sequence_loss_is_refused():
         sft_data.make_batch(rows, 4, prefix_len=8, target_only=False)
     with pytest.raises(ValueError, match="row 1 has 5 supervised tokens; loss_columns=4"):
         sft_data.make_batch(rows, 4, loss_columns=4)
+
+
+def test_per_example_weights_sum_to_one_per_row_and_survive_the_loss_columns():
+    rows = _rows()
+    for layout in (sft_data.BatchLayout(pad_multiple=8, per_example=True),
+                   sft_data.BatchLayout(pad_multiple=8, prefix_len=16, loss_columns=8,
+                                        per_example=True)):
+        mask = layout.batch(rows, 4)["loss_mask"]
+        np.testing.assert_allclose(mask.sum(axis=1), [1.0, 1.0, 1.0, 0.0], rtol=1e-6)
+        # Each row's supervised tokens weigh alike: 1 / (its target + eos tokens - 1 shift).
+        for b, n in enumerate((3, 5, 1)):
+            assert np.allclose(mask[b][mask[b] > 0], 1.0 / n)

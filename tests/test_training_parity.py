@@ -163,6 +163,38 @@ def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
     _assert_grads_match(model, grads, ref_grads)
 
 
+def test_per_example_weighting_is_the_mean_of_each_rows_own_loss(tied_dir):
+    """loss_weighting="example": the batch's loss and gradients are the means over its rows
+    of each row trained alone with the token-mean loss (the one compared with PEFT above),
+    not the token mean of the batch (the rows' targets are 6, 3 and 4 tokens long)."""
+    model = _our_model(tied_dir)
+    seqs = _seqs(model.config.vocab_size, shared=10)
+    graphdef, teacher_graphdef, params, frozen = training.split_for_training(
+        model, nnx.LoRAParam)
+    loss_fn = jax.jit(jax.value_and_grad(functools.partial(
+        training.batch_loss, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
+        cfg=losses.LossConfig(chunk=16)), has_aux=True))
+
+    def loss_and_grads(rows, weighting):
+        cfg = ml_collections.ConfigDict(dict(loss_on="target", distill=dict(enabled=False),
+                                             shared_prefix=True, loss_columns=True,
+                                             pad_multiple=8, loss_weighting=weighting))
+        layout = training.batch_layout(cfg, seqs)   # one layout: rows cut alike
+        (loss, _), grads = loss_fn(params, frozen, None,
+                                   jax.tree.map(jnp.asarray, layout.batch(rows, 4)),
+                                   jnp.asarray(layout.prefix(seqs)), jax.random.key(0))
+        return float(loss), grads
+
+    loss, grads = loss_and_grads(seqs, "example")
+    alone = [loss_and_grads([row], "token") for row in seqs]
+    np.testing.assert_allclose(loss, np.mean([l for l, _ in alone]), rtol=TOL, atol=TOL)
+    mean_grads = jax.tree.map(lambda *g: sum(g) / len(g), *[g for _, g in alone])
+    for ours, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(mean_grads)):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-3, atol=TOL)
+    token_loss, _ = loss_and_grads(seqs, "token")
+    assert abs(loss - token_loss) > 1e-3   # the two weightings really differ here
+
+
 def _assert_grads_match(model, grads, ref_grads, top_layers: int = 0) -> None:
     flat = dict(nnx.to_flat_state(grads))
     layers = lora.lora_layers(model)
