@@ -2,8 +2,9 @@
 
     loss = CE + kd_weight * T^2 * KL(p_teacher(T) || p_student(T)), T the distillation temperature
 
-CE is averaged over the supervised tokens (`loss_mask`), the KL over every non-padding
-position (`valid`), both token level (Kaplan et al. 2026). The logits are never built for the
+CE is the `loss_mask`-weighted mean over the supervised tokens (weights 1: the token mean;
+`sft_data.make_batch(per_example=True)`: each row's mean, averaged over rows), the KL the mean
+over every non-padding position (`valid`), token level (Kaplan et al. 2026). The logits are never built for the
 whole batch at once: the hidden states are flattened and cut into chunks of `chunk` tokens,
 and each chunk's logits are computed, reduced and (in the backward pass) recomputed by a
 rematerialised scan body, so peak memory holds one chunk of [chunk, V] logits instead of
@@ -57,12 +58,14 @@ def sft_loss(logits_fn: LogitsFn, hidden: jax.Array, targets: jax.Array,
       logits_fn: the student's output head (`model.logits`).
       hidden: the student's final hidden states [B, T, E].
       targets: int32[B, T], the next token at each position.
-      loss_mask: float32[B, T], 1 where the next token is supervised (CE).
+      loss_mask: float32[B, T], the CE weight of each position: 0 where the next token is
+        not supervised, else 1 (or 1 / the row's supervised tokens, per example).
       valid: float32[B, T], 1 at non-padding positions that have a next token (KL).
       teacher_fn, teacher_hidden: the frozen teacher's head and hidden states; needed when
         config.kd_weight > 0.
     Returns:
-      (loss, {"ce", "kl", "tokens"}).
+      (loss, {"ce", "kl", "tokens"}); "tokens" is the sum of `loss_mask` (the supervised
+      tokens, or the rows with per-example weights).
     """
     use_kd = config.kd_weight > 0
     if use_kd and (teacher_fn is None or teacher_hidden is None):

@@ -31,7 +31,7 @@ How (one batch of B prompts, rows R = B * len(temperatures)):
    (dummy rows are all padding), so a run compiles one program per bucket.
 2. `_prefill` (jit): one forward over [B, P] into the prompts' KV cache of P slots; the
    last logits are repeated for each prompt's answer rows, which get their own empty cache
-   of max_new_tokens - 1 slots. The prompt cache is never copied per row: in every decode
+   of max_new_tokens - 1 slots (at least 1). The prompt cache is never copied per row: in every decode
    step each prompt's M rows read its keys together (`Llama.hidden(context=...)`), so
    attention reads a prompt's keys once per step, not M times.
 3. `_decode` (jit, answer cache donated): one `lax.while_loop` over all R rows; each step draws a
