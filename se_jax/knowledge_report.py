@@ -4,7 +4,7 @@ rows; markdown out. Metrics come from se_jax/evaluation.py (AUROC/AURAC/PRR, AED
 
 A per-question record (`join_records` builds them from the stages' outputs):
 
-    {"id", "question", "answers": [gold], "taught": bool,
+    {"id", "question", "answers": [gold], "taught": bool, "relation": str ("" if none),
      "base": {"prediction", "correct", "abstained"},      # the taught base model, greedy
      "scores": {score name: float},                       # uncertainty.jsonl entropies
      "num_clusters": int | None, "samples": [str],        # the base model's M samples
@@ -21,14 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from se_jax import evaluation, report
-
-# Uncertainty scores (uncertainty.jsonl keys) and their names in the report.
-SCORES: dict[str, str] = {
-    "discrete_semantic_entropy": "discrete SE",
-    "semantic_entropy": "likelihood SE",
-    "naive_entropy": "naive entropy",
-    "exact_entropy": "exact-string entropy",
-}
+from se_jax.uncertainty import ESTIMATORS as SCORES   # uncertainty.jsonl keys -> names
 ALL_ABSTAIN, ORACLE, ORIGINAL = "all_abstain", "oracle", "original"
 label = report.method_label
 
@@ -64,7 +57,8 @@ def join_records(questions: Sequence[Mapping], base: Sequence[Mapping],
         u = unc.get(i, {})
         out.append({
             "id": i, "question": q["question"], "answers": list(q["answers"]),
-            "taught": bool(q["taught"]), "base": _outcome(base_[i]),
+            "taught": bool(q["taught"]), "relation": str(q.get("relation", "")),
+            "base": _outcome(base_[i]),
             "scores": {k: float(u[k]) for k in SCORES if k in u},
             "num_clusters": u.get("num_clusters"),
             "samples": [s["text"] for s in gens.get(i, {}).get("samples", [])],
@@ -190,6 +184,33 @@ def knowledge_markdown(rates: Mapping[str, Mapping[str, Any]]) -> str:
     for m, r in rates.items():
         lines.append(f"| {label(m)} | {r['aed']} | {r['abstain_untaught']:.3f} | "
                      f"{r['abstain_taught']:.3f} | {r['correct_taught']:.3f} |")
+    return "\n".join(lines)
+
+
+def relation_counts(records: Sequence[Mapping], methods: Sequence[str]
+                    ) -> dict[str, dict[str, tuple[tuple[int, int], tuple[int, int]]]]:
+    """{relation: {method: ((abstained, n) on taught, (abstained, n) on untaught)}}, the
+    relations sorted. Abstention that tracks what the model knows differs between a
+    relation's taught and untaught facts; abstention keyed on the question's form does not."""
+    _, taught = _arrays(records)
+    relation = np.asarray([r["relation"] for r in records])
+    out: dict[str, dict] = {}
+    for method in methods:
+        _, abstained = method_outcomes(records, method)
+        for rel in sorted(set(relation.tolist())):
+            out.setdefault(rel, {})[method] = tuple(
+                (int(abstained[(relation == rel) & t].sum()), int(((relation == rel) & t).sum()))
+                for t in (taught, ~taught))
+    return out
+
+
+def relation_markdown(counts: Mapping[str, Mapping[str, tuple]]) -> str:
+    methods = list(next(iter(counts.values()), {}))
+    lines = ["| relation | " + " | ".join(label(m) for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for rel, by_method in counts.items():
+        cells = [" · ".join(f"{a}/{n}" for a, n in by_method[m]) for m in methods]
+        lines.append(f"| {rel} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -8,7 +8,11 @@ mask (padding slots excluded), and return float32[Q]. Definitions follow the ref
   log-likelihoods, normalised over all answers (`logsumexp_by_id`, `predictive_entropy_rao`);
 - naive predictive entropy: minus the mean length-normalised log-likelihood
   (`predictive_entropy`);
-- exact-string entropy (R-Tuning-U): the discrete entropy of identical normalised strings.
+- exact-string entropy (R-Tuning-U): the discrete entropy of identical normalised strings;
+- first-token entropy: minus the mean log-probability of the answers' first tokens, a
+  Monte-Carlo estimate of the entropy of the first answer token (exact in expectation for
+  samples at T=1 without top-k/top-p). Not in the reference: it is the model's uncertainty
+  where a fine-tuned model's abstention begins ("I" against the answer's first token).
 """
 from __future__ import annotations
 
@@ -19,6 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from se_jax.text import normalize_answer
+
+# The uncertainty.jsonl fields of the estimators above and their names in reports.
+ESTIMATORS: dict[str, str] = {
+    "discrete_semantic_entropy": "discrete SE",
+    "semantic_entropy": "likelihood SE",
+    "naive_entropy": "naive entropy",
+    "exact_entropy": "exact-string entropy",
+    "first_token_entropy": "first-token entropy",
+}
+# The estimators that do not read the equivalence backend's clusters.
+BACKEND_FREE: tuple[str, ...] = ("naive_entropy", "exact_entropy", "first_token_entropy")
 
 
 def _members(ids: jax.Array, valid: jax.Array) -> jax.Array:
@@ -55,7 +70,8 @@ def semantic_entropy(ids: jax.Array, mean_logprob: jax.Array, valid: jax.Array) 
 
 @jax.jit
 def naive_entropy(mean_logprob: jax.Array, valid: jax.Array) -> jax.Array:
-    """Naive predictive entropy: -mean over answers of the length-normalised log-likelihood."""
+    """Naive predictive entropy: -mean over answers of the length-normalised log-likelihood.
+    Given each answer's first-token log-probability instead, the first-token entropy."""
     total = jnp.maximum(valid.sum(-1), 1)
     return -jnp.sum(jnp.where(valid, mean_logprob, 0.0), axis=-1) / total
 

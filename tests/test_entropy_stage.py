@@ -65,7 +65,8 @@ def test_lexical_stage_writes_the_contract(tmp_path):
     out = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in out] == [f"q{i}" for i in range(5)]
     for r, g in zip(out, GOOD):
-        assert CONTRACT <= set(r) and r["backend"] == "lexical" and r["checkpoint"] is None
+        assert CONTRACT | {"first_token_entropy"} <= set(r)   # the samples carry token_logprobs
+        assert r["backend"] == "lexical" and r["checkpoint"] is None
         m = len(g["samples"])
         assert len(r["semantic_ids"]) == m and len(r["equivalence"]) == m
     # Q0: Paris/paris/Paris. one cluster, Lyon another -> p = (3/4, 1/4).
@@ -83,6 +84,28 @@ def test_lexical_stage_writes_the_contract(tmp_path):
     assert ":6:" in skipped[0]["reason"] and "not valid JSON" in skipped[1]["reason"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["entropy"]["backend"] \
         == "lexical"
+
+
+def test_first_token_entropy_reads_each_samples_first_token(tmp_path):
+    firsts = [-0.1, -1.0, -2.0]
+    rec = _record(0, ["Paris", "Lyon", "Nice"])
+    for s, f in zip(rec["samples"], firsts):
+        s["token_logprobs"] = [f, -3.0]          # the mean log-prob (naive entropy) differs
+    without = _record(1, ["Rome", "Milan"])
+    for s in without["samples"]:
+        del s["token_logprobs"]
+    empty = _record(2, ["Oslo", "Bergen"])
+    empty["samples"][1]["token_logprobs"] = []
+    gen = _write(tmp_path / "g.jsonl", [rec, without, empty])
+    stage.run_entropy(_config(tmp_path, gen))
+    out = [json.loads(line) for line in (tmp_path / "out" / "uncertainty.jsonl").read_text()
+           .splitlines()]
+    assert [r["id"] for r in out] == ["q0", "q1"]
+    assert math.isclose(out[0]["first_token_entropy"], -sum(firsts) / 3, rel_tol=1e-5)
+    assert not math.isclose(out[0]["first_token_entropy"], out[0]["naive_entropy"])
+    assert "first_token_entropy" not in out[1] and CONTRACT <= set(out[1])
+    skipped = json.loads((tmp_path / "out" / "skipped.jsonl").read_text().splitlines()[0])
+    assert "id='q2'" in skipped["reason"] and "samples[1].token_logprobs" in skipped["reason"]
 
 
 def test_bad_record_is_an_error_when_asked(tmp_path):

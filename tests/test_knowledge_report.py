@@ -28,8 +28,9 @@ def _records():
         ("g", False, False, 1.2, 1.7, True, True),
         ("h", False, False, 2.2, 2.1, True, False),
     ]
-    for i, taught, right, dse, ex, se_abs, rtu_abs in spec:
-        rows.append({"id": i, "question": f"Q {i}?", "answers": [f"gold {i}"], "taught": taught})
+    for k, (i, taught, right, dse, ex, se_abs, rtu_abs) in enumerate(spec):
+        rows.append({"id": i, "question": f"Q {i}?", "answers": [f"gold {i}"], "taught": taught,
+                     "relation": "P36" if k % 2 else "P17"})
     base = [{"id": s[0], "prediction": f"gold {s[0]}" if s[2] else "nope", "correct": s[2],
              "abstained": False} for s in spec]
     unc = [{"id": s[0], "discrete_semantic_entropy": s[3], "exact_entropy": s[4],
@@ -105,6 +106,19 @@ def test_knowledge_rates_per_method():
     assert "All abstain" in md and md.count("\n") == 6
     with pytest.raises(KeyError, match="nosuch"):
         kr.knowledge_rates(_records(), ["nosuch"])
+
+
+def test_relation_counts_split_each_relation_by_taught():
+    recs = _records()   # P17: a c e g (taught, taught, untaught, untaught); P36: b d f h
+    counts = kr.relation_counts(recs, ["se", "rt_u"])
+    assert list(counts) == ["P17", "P36"]
+    assert counts["P17"]["se"] == ((0, 2), (2, 2))     # se abstains on e, g only
+    assert counts["P36"]["se"] == ((1, 2), (2, 2))     # d (a base error), f, h
+    assert counts["P36"]["rt_u"] == ((2, 2), (1, 2))   # b, d; f (not h)
+    md = kr.relation_markdown(counts).splitlines()
+    assert md[0] == f"| relation | {kr.label('se')} | {kr.label('rt_u')} |"
+    assert md[2] == "| P17 | 0/2 · 2/2 | 0/2 · 2/2 |" and len(md) == 4
+    assert recs[1]["relation"] == "P36"
 
 
 def test_examples_mix_taught_and_untaught_and_escape_cells():

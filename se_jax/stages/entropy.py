@@ -2,8 +2,8 @@
 
 Per question (WORKSPACE-notes.md, "Uncertainties"): the M x M equivalence matrix of the
 sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
-discrete and likelihood-weighted semantic entropy, naive predictive entropy and the
-exact-string entropy; plus the backend and checkpoint that produced them. When the
+discrete and likelihood-weighted semantic entropy, naive predictive entropy, the
+exact-string entropy and (where the samples carry token_logprobs) the first-token entropy; plus the backend and checkpoint that produced them. When the
 configured backend is unavailable and a fallback ran, every record says so.
 
 Questions are processed in shards of `entropy.questions_per_shard` (each shard: one backend
@@ -37,6 +37,12 @@ class Item:
     question: str
     texts: tuple[str, ...]          # the M sampled answers
     mean_logprobs: tuple[float, ...]  # their length-normalised log-likelihoods
+    # Their first tokens' log-probabilities; None when a sample has no token_logprobs.
+    first_logprobs: tuple[float, ...] | None = None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def parse_record(record: Any, where: str) -> Item:
@@ -54,18 +60,24 @@ def parse_record(record: Any, where: str) -> Item:
     if not isinstance(samples, list) or len(samples) < 2:
         raise GenerationsError(f"{label}: field 'samples' missing, not a list, or with fewer "
                                f"than 2 answers (semantic entropy compares M >= 2)")
-    texts, lps = [], []
+    texts, lps, firsts = [], [], []
     for k, s in enumerate(samples):
         if not isinstance(s, dict) or not isinstance(s.get("text"), str):
             raise GenerationsError(f"{label}: field 'samples[{k}].text' missing or not a string")
         lp = s.get("mean_logprob")
-        if (not isinstance(lp, (int, float)) or isinstance(lp, bool)
-                or not math.isfinite(lp)):
+        if not _finite(lp):
             raise GenerationsError(f"{label}: field 'samples[{k}].mean_logprob' missing or "
                                    f"not a finite number (got {lp!r})")
+        tokens = s.get("token_logprobs")
+        if tokens is not None and not (isinstance(tokens, list) and tokens
+                                       and _finite(tokens[0])):
+            raise GenerationsError(f"{label}: field 'samples[{k}].token_logprobs' is not a "
+                                   f"non-empty list starting with a finite number")
         texts.append(s["text"])
         lps.append(float(lp))
-    return Item(str(rid), question, tuple(texts), tuple(lps))
+        firsts.append(None if tokens is None else float(tokens[0]))
+    first = None if None in firsts else tuple(firsts)
+    return Item(str(rid), question, tuple(texts), tuple(lps), first)
 
 
 def read_generations(path: Path, on_bad_input: str) -> tuple[list[Item], list[dict]]:
@@ -126,6 +138,7 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
     for i, e in enumerate(eq.equivalence):
         matrix[i, :len(e), :len(e)] = e
     lps = _padded([it.mean_logprobs for it in items], m, 0.0, np.float32)
+    firsts = _padded([it.first_logprobs or () for it in items], m, 0.0, np.float32)
     exact = _padded([uncertainty.exact_string_ids(it.texts) for it in items], m, -1, np.int32)
     ids = clustering.semantic_ids(matrix, valid, rule=cluster_rule)
     columns = dict(
@@ -133,6 +146,7 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
         semantic_entropy=uncertainty.semantic_entropy(ids, lps, valid),
         naive_entropy=uncertainty.naive_entropy(lps, valid),
         exact_entropy=uncertainty.cluster_entropy(exact, valid),
+        first_token_entropy=uncertainty.naive_entropy(firsts, valid),
     )
     ids, columns = np.asarray(ids), {k: np.asarray(v) for k, v in columns.items()}
     records = []
@@ -142,7 +156,8 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
                       semantic_ids=ids[i, :n].tolist(),
                       equivalence=_equivalence_json(eq.equivalence[i], eq.known[i]),
                       num_clusters=int(ids[i, :n].max()) + 1,
-                      **{k: float(v[i]) for k, v in columns.items()})
+                      **{k: float(v[i]) for k, v in columns.items()
+                         if k != "first_token_entropy" or it.first_logprobs is not None})
         record.update(getattr(backend, "record_fields", {}))
         if fallback:
             record["fallback"] = fallback

@@ -17,10 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from se_jax import evaluation, labels, stage_io
-
-# (record field, display name) of the estimators the entropy stage writes.
-SCORES = (("discrete_semantic_entropy", "discrete SE"), ("semantic_entropy", "SE"),
-          ("naive_entropy", "naive entropy"), ("exact_entropy", "exact-string entropy"))
+from se_jax.uncertainty import BACKEND_FREE, ESTIMATORS
 
 
 def _most_likely_correct(generations: Sequence[Mapping[str, Any]], judge: Any,
@@ -55,10 +52,11 @@ def uncertainty_analysis(config: Any, generations: Mapping[str, Path],
         for split in generations:
             for u in stage_io.read_jsonl(uncertainty[split][backend]):
                 by_key[(split, u["id"])] = u
-        for field, name in SCORES:
-            if field == "exact_entropy" and b_index > 0:
-                continue   # does not depend on the backend
-            label = name if field == "exact_entropy" else f"{name} ({backend})"
+        for field, name in ESTIMATORS.items():
+            free = field in BACKEND_FREE
+            if (free and b_index > 0) or not all(field in by_key[k] for k in gens):
+                continue   # the same for every backend, or absent (older outputs)
+            label = name if free else f"{name} ({backend})"
             scores = np.asarray([float(by_key[k][field]) for k in gens])
             metrics[label] = evaluation.uncertainty_metrics(
                 scores, incorrect, num_samples=int(ev.bootstrap_samples),
@@ -137,6 +135,11 @@ def knowledge_sections(questions: Mapping[str, Path], original: Mapping[str, Pat
              "wrong or abstained answers above its right ones; AUROC (untaught): it ranks "
              "untaught facts above taught ones.\n",
              kr.uncertainty_markdown(summary, confidence) + "\n"]
+    if "first_token_entropy" in summary:
+        parts.append("First-token entropy is the base model's uncertainty over its first "
+                     "answer token, where a tuned model's abstention begins (\"I\" against "
+                     "that token): where it does not rank untaught facts high, the tuned "
+                     "model has little to tell them apart by when it decides.\n")
     for split in [s for s in questions if s not in ("train", "val")]:
         tuned_split = {m: read(paths[split]) for m, paths in tuned.items() if split in paths}
         records = kr.join_records(read(questions[split]), read(original[split]),
@@ -144,6 +147,14 @@ def knowledge_sections(questions: Mapping[str, Path], original: Mapping[str, Pat
         methods = [kr.ORIGINAL, *tuned_split, kr.ALL_ABSTAIN, kr.ORACLE]
         parts += [f"## Abstention on taught and untaught facts ({split})\n",
                   kr.knowledge_markdown(kr.knowledge_rates(records, methods)) + "\n"]
+        if split == "test" and tuned_split and all(r["relation"] for r in records):
+            parts += ["## Abstention by relation (test)\n",
+                      "Abstentions / facts of each relation, taught · untaught. Abstention "
+                      "that tracks what the base model knows differs between a relation's "
+                      "taught and untaught facts; abstention keyed on the question's form "
+                      "(its relation) is the same for both.\n",
+                      kr.relation_markdown(kr.relation_counts(records, list(tuned_split)))
+                      + "\n"]
     if example is not None and "val" in tuned.get(example[0], {}):
         method, tau = example
         # The label stage's own rule, applied to the validation questions.
