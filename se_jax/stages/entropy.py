@@ -3,8 +3,9 @@
 Per question (WORKSPACE-notes.md, "Uncertainties"): the M x M equivalence matrix of the
 sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
 discrete and likelihood-weighted semantic entropy, naive predictive entropy, the
-exact-string entropy and (where the samples carry token_logprobs) the first-token entropy; plus the backend and checkpoint that produced them. When the
-configured backend is unavailable and a fallback ran, every record says so.
+exact-string entropy and (where the samples carry token_logprobs) the first-token entropy;
+plus the backend and checkpoint that produced them. When the configured backend is
+unavailable and a fallback ran, every record says so.
 
 Questions are processed in shards of `entropy.questions_per_shard` (each shard: one backend
 call over all its pairs, one jitted clustering call) written atomically, so a killed run
