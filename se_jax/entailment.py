@@ -132,8 +132,7 @@ class DebertaBackend:
         self.nli, self.tokenizer, self.checkpoint = nli, nli.tokenizer, nli.path
         self.buckets = tuple(buckets)
         self.condition_on_question = condition_on_question
-        shards = int(np.prod([mesh.shape[a] for a in _axes(rules.batch) if a in mesh.shape]))
-        self.shards = shards
+        self.shards = shards = mesh_lib.batch_shards(mesh, rules)
         self.batch_size = -(-batch_size // shards) * shards  # divisible by the batch shards
         self.to_canonical = jnp.asarray(_canonical_index(nli.labels, nli.path))
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -183,10 +182,6 @@ class DebertaBackend:
         for chunk, out in results:
             labels[chunk] = np.asarray(out)[:len(chunk)]
         return labels
-
-
-def _axes(axes) -> tuple[str, ...]:
-    return (axes,) if isinstance(axes, str) else tuple(axes or ())
 
 
 # ----------------------------------------------------------------------------- llm judge

@@ -144,11 +144,12 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int = 2) -> NamedShar
 
 
 def batch_shards(mesh: Mesh | None, rules: ShardingRules) -> int:
-    """How many ways the batch axis is split: batch sizes must be a multiple of this."""
+    """How many ways the batch axis is split: batch sizes must be a multiple of this (1
+    without a mesh; rule axes the mesh lacks do not split it)."""
     if mesh is None:
         return 1
     axes = rules.batch if isinstance(rules.batch, tuple) else (rules.batch,)
-    return math.prod(mesh.shape[a] for a in axes if a)
+    return math.prod(mesh.shape[a] for a in axes if a and a in mesh.shape)
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: ShardingRules) -> Any:

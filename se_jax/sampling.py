@@ -66,7 +66,7 @@ from se_jax import sampling_math, stopping
 from se_jax.data import prompts as prompt_lib
 from se_jax.distributed import to_host
 from se_jax.mesh import ShardingRules
-from se_jax.models.llama import KVCache
+from se_jax.models.llama import KVCache, left_pad
 
 DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512)
 
@@ -137,14 +137,6 @@ def max_prompt_length(model_config: Any, max_new_tokens: int,
     return context - max_new_tokens + 1
 
 
-def batch_multiple(mesh: Mesh | None, rules: ShardingRules) -> int:
-    """Batches are padded to a multiple of the number of batch shards."""
-    if mesh is None:
-        return 1
-    axes = rules.batch if isinstance(rules.batch, tuple) else (rules.batch,)
-    return int(np.prod([mesh.shape[a] for a in axes if a]))
-
-
 def _batch_spec(x: jax.Array | np.ndarray, mesh: Mesh, rules: ShardingRules) -> NamedSharding:
     return mesh_lib.logical_sharding(mesh, rules, ("batch",) + (None,) * (x.ndim - 1), x.shape)
 
@@ -158,19 +150,6 @@ def _constrain_batch(x: jax.Array, mesh: Mesh | None, rules: ShardingRules) -> j
 def put_batch(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Array:
     """A host batch [B, ...] on the devices, split along B over the mesh's batch axes."""
     return jnp.asarray(x) if mesh is None else jax.device_put(x, _batch_spec(x, mesh, rules))
-
-
-def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
-             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """tokens, positions int32[batch, length]: prompts right-aligned, positions -1 on padding
-    (rows past len(prompt_ids) are all padding)."""
-    tokens = np.full((batch, length), pad_id, np.int32)
-    positions = np.full((batch, length), -1, np.int32)
-    for i, ids in enumerate(prompt_ids):
-        n = len(ids)
-        tokens[i, length - n:] = ids
-        positions[i, length - n:] = np.arange(n)
-    return tokens, positions
 
 
 # ----------------------------------------------------------------------------- jitted core
@@ -294,7 +273,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
     if not 0.0 < top_p <= 1.0 or top_k < 0:
         raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got {top_k}, {top_p}")
     r = len(temperatures)
-    shards = batch_multiple(mesh, rules)
+    shards = mesh_lib.batch_shards(mesh, rules)
     b = -(-batch_size // shards) * shards
     cap = max_prompt_length(model.config, max_new_tokens, max_seq_len)
     length = bucket_length(max(len(p) for p in prompt_ids), buckets, cap)

@@ -329,7 +329,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
     if not seqs:
         raise ValueError("no training examples")
     batch_size = int(cfg.batch_size)
-    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape)
+    shards = mesh_lib.batch_shards(mesh, rules or mesh_lib.ShardingRules())
     if batch_size % shards:
         raise ValueError(f"config.training.batch_size={batch_size} is not divisible by the "
                          f"mesh's {shards} batch shards")

@@ -15,6 +15,7 @@ import pytest
 from se_jax import sampling, sampling_math, stopping
 from se_jax.data import prompts as prompt_lib
 from se_jax.mesh import make_mesh
+from se_jax.models import llama
 from se_jax.models.loading import load_llama, load_tokenizer
 from tiny_models import load_torch_model, make_tiny_llama_dir
 
@@ -345,7 +346,7 @@ def test_bucketing_and_padding():
     assert sampling.bucket_length(30, (16, 64), cap=40) == 40
     with pytest.raises(ValueError, match="exceeds"):
         sampling.bucket_length(41, (16, 64), cap=40)
-    tokens, positions = sampling.left_pad([[5, 6, 7], [8]], 4, 3)
+    tokens, positions = llama.left_pad([[5, 6, 7], [8]], 4, 3)
     assert tokens.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [0, 0, 0, 0]]
     assert positions.tolist() == [[-1, 0, 1, 2], [-1, -1, -1, 0], [-1, -1, -1, -1]]
 

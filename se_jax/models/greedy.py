@@ -21,18 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from se_jax.mesh import ShardingRules, batch_sharding, batch_shards, init_cache
-from se_jax.models.llama import KVCache, Llama
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """tokens, positions: int32[B, T] with each prompt right-aligned; padding positions -1."""
-    t = max(map(len, prompts))
-    tokens = np.full((len(prompts), t), pad_id, np.int32)
-    positions = np.full((len(prompts), t), -1, np.int32)
-    for i, p in enumerate(prompts):
-        tokens[i, t - len(p):] = p
-        positions[i, t - len(p):] = np.arange(len(p))
-    return tokens, positions
+from se_jax.models.llama import KVCache, Llama, left_pad
 
 
 def _greedy_step(graphdef, state, tokens, positions, cache):
@@ -61,9 +50,9 @@ def greedy_generate(model: Llama, prompts: Sequence[Sequence[int]], max_new_toke
     """Greedy continuations of `prompts` (token ids). Stops early once every row hit EOS."""
     rules = rules or ShardingRules()
     n = len(prompts)
-    filler = [[0]] * (-n % batch_shards(mesh, rules))  # rows that fill the batch shards
-    tokens, positions = left_pad(list(prompts) + filler)
-    positions[n:] = -1
+    # Rows past n (all padding) fill the last batch shard.
+    tokens, positions = left_pad(prompts, max(map(len, prompts)),
+                                 n + -n % batch_shards(mesh, rules))
     b, t = tokens.shape
     graphdef, state = nnx.split(model)
     if mesh is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -214,6 +214,20 @@ class KVCache:
                 return jax.lax.dynamic_update_slice(layers, new[None].astype(layers.dtype),
                                                     (i, *start))
         return dataclasses.replace(self, k=put(self.k, k), v=put(self.v, v))
+
+
+def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
+             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """tokens, positions int32[batch, length]: prompts right-aligned, positions -1 on padding
+    (rows past len(prompt_ids) are all padding), the layout `attention_mask` reads. Every
+    prompt's last token sits in the last column, where its next-token logits are read."""
+    tokens = np.full((batch, length), pad_id, np.int32)
+    positions = np.full((batch, length), -1, np.int32)
+    for i, ids in enumerate(prompt_ids):
+        n = len(ids)
+        tokens[i, length - n:] = ids
+        positions[i, length - n:] = np.arange(n)
+    return tokens, positions
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
