@@ -21,7 +21,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from se_jax.mesh import ShardingRules, batch_sharding, batch_shards, init_cache
-from se_jax.models.llama import KVCache, Llama, left_pad
+from se_jax.models.llama import KVCache, Llama
+from se_jax.models.padding import left_pad
 
 
 def _greedy_step(graphdef, state, tokens, positions, cache):

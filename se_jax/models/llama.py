@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +202,19 @@ class KVCache:
         """Layer i's keys and values, [B, Hkv, S, Dh] each (i traced only when stacked)."""
         return self.k[i], self.v[i]
 
+    def with_head(self, head: "KVCache") -> "KVCache":
+        """This cache with `head`'s H slots (one row: a prompt head every row shares,
+        computed once) copied into slots [0, H) of every row; length = H."""
+        b = self.pos.shape[0]
+        def put(layers, heads):
+            return tuple(jax.lax.dynamic_update_slice(
+                x, jnp.broadcast_to(h, (b, *h.shape[1:])).astype(x.dtype), (0, 0, 0, 0))
+                for x, h in zip(layers, heads))
+        pos = jax.lax.dynamic_update_slice(
+            self.pos, jnp.broadcast_to(head.pos, (b, head.pos.shape[1])), (0, 0))
+        return dataclasses.replace(self, k=put(self.k, head.k), v=put(self.v, head.v),
+                                   pos=pos, length=head.length)
+
     def write(self, i: int | jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
         """Layer i's k, v [B, Hkv, T, Dh] written to slots [length, length + T)."""
         start = (0, 0, self.length, 0)
@@ -214,20 +227,6 @@ class KVCache:
                 return jax.lax.dynamic_update_slice(layers, new[None].astype(layers.dtype),
                                                     (i, *start))
         return dataclasses.replace(self, k=put(self.k, k), v=put(self.v, v))
-
-
-def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
-             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """tokens, positions int32[batch, length]: prompts right-aligned, positions -1 on padding
-    (rows past len(prompt_ids) are all padding), the layout `attention_mask` reads. Every
-    prompt's last token sits in the last column, where its next-token logits are read."""
-    tokens = np.full((batch, length), pad_id, np.int32)
-    positions = np.full((batch, length), -1, np.int32)
-    for i, ids in enumerate(prompt_ids):
-        n = len(ids)
-        tokens[i, length - n:] = ids
-        positions[i, length - n:] = np.arange(n)
-    return tokens, positions
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
