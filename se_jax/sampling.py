@@ -28,12 +28,9 @@ onto a mesh.
 
 How (one batch of B prompts, rows R = B * len(temperatures)):
 1. Prompts are left-padded to a length bucket P (config `buckets`), the batch to B rows
-   (dummy rows are all padding), so a run compiles one program per bucket. The head all
-   prompts of a `generate` call share (chat template, instruction: H tokens, a multiple
-   of 16) stays in the first H columns, the padding after it.
-2. `_prefill` (jit): the head's forward for one row, its keys copied into every row's
-   cache, then one forward over the rest [B, P - H] into the prompts' KV cache of P
-   slots; the last logits are repeated for each prompt's answer rows, which get their own empty cache
+   (dummy rows are all padding), so a run compiles one program per bucket.
+2. `_prefill` (jit): one forward over [B, P] into the prompts' KV cache of P slots; the
+   last logits are repeated for each prompt's answer rows, which get their own empty cache
    of max_new_tokens - 1 slots (at least 1). The prompt cache is never copied per row: in every decode
    step each prompt's M rows read its keys together (`Llama.hidden(context=...)`), so
    attention reads a prompt's keys once per step, not M times.
@@ -70,7 +67,7 @@ from se_jax.data import prompts as prompt_lib
 from se_jax.distributed import to_host
 from se_jax.mesh import ShardingRules
 from se_jax.models.llama import KVCache
-from se_jax.models.padding import left_pad, shared_head
+from se_jax.models.padding import left_pad
 
 DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512)
 
@@ -158,14 +155,12 @@ def put_batch(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Arr
 
 # ----------------------------------------------------------------------------- jitted core
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "head", "rows_per_prompt",
-                                             "extra_slots", "mesh", "rules"))
-def _prefill(graphdef, state, tokens, positions, *, head: int, rows_per_prompt: int,
-             extra_slots: int, mesh: Mesh | None, rules: ShardingRules):
+@functools.partial(jax.jit, static_argnames=("graphdef", "rows_per_prompt", "extra_slots",
+                                             "mesh", "rules"))
+def _prefill(graphdef, state, tokens, positions, *, rows_per_prompt: int, extra_slots: int,
+             mesh: Mesh | None, rules: ShardingRules):
     """Prefill [B, P] once; return the prompts' cache, the answer rows' empty cache and the
-    last logits repeated per answer row. head > 0: columns [0, head) are a head every
-    prompt shares (`padding.left_pad(head=)`), run for the first row only and its keys
-    copied to every row's cache.
+    last logits repeated per answer row.
 
     Returns (prompt cache: B rows, P slots, read by each prompt's `rows_per_prompt` rows as
     their `context`; answer cache: R = B * rows_per_prompt rows, `extra_slots` slots;
@@ -174,11 +169,6 @@ def _prefill(graphdef, state, tokens, positions, *, head: int, rows_per_prompt: 
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     prompts = KVCache.init(model.config, b, p)
-    if head:
-        _, shared = model.hidden(tokens[:1, :head], positions[:1, :head],
-                                 KVCache.init(model.config, 1, head))
-        prompts = prompts.with_head(shared)
-        tokens, positions = tokens[:, head:], positions[:, head:]
     h, prompts = model.hidden(tokens, positions, prompts)
     logits = model.logits(h[:, -1:])[:, 0]                              # [B, V]
     answers = KVCache.init(model.config, b * rows_per_prompt, extra_slots)
@@ -270,13 +260,11 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
                  stop: stopping.StopTables, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  max_seq_len: int | None = None, mesh: Mesh | None = None,
-                 rules: ShardingRules = ShardingRules(), head: int = 0) -> RawRows:
+                 rules: ShardingRules = ShardingRules()) -> RawRows:
     """Run prefill + decode for at most `batch_size` prompts (rows = prompt-major).
 
     The batch is padded to `batch_size` prompts (rounded up to the batch shards), so every
-    batch of a run has the same shape and only the bucket length varies. head: the first
-    `head` tokens of every prompt are the same (`padding.shared_head`; each prompt longer),
-    prefilled once for the batch.
+    batch of a run has the same shape and only the bucket length varies.
     """
     n = len(prompt_ids)
     if not 0 < n <= batch_size:
@@ -290,10 +278,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
     b = -(-batch_size // shards) * shards
     cap = max_prompt_length(model.config, max_new_tokens, max_seq_len)
     length = bucket_length(max(len(p) for p in prompt_ids), buckets, cap)
-    if head and any(p[:head] != prompt_ids[0][:head] or len(p) <= head for p in prompt_ids):
-        raise ValueError(f"the prompts do not all start with the same {head} tokens and "
-                         f"go on after them")
-    tokens, positions = left_pad(prompt_ids, length, b, head=head)
+    tokens, positions = left_pad(prompt_ids, length, b)
 
     hashes = np.zeros((b,), np.uint32)
     hashes[:n] = [stable_hash(i) for i in ids]
@@ -306,7 +291,7 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
 
     graphdef, state = nnx.split(model)
     put = functools.partial(put_batch, mesh=mesh, rules=rules)
-    prompts, cache, logits = _prefill(graphdef, state, put(tokens), put(positions), head=head,
+    prompts, cache, logits = _prefill(graphdef, state, put(tokens), put(positions),
                                       rows_per_prompt=r, extra_slots=max(max_new_tokens - 1, 1),
                                       mesh=mesh, rules=rules)
     stop_arrays = _StopArrays(*(jnp.asarray(getattr(stop, f.name))
@@ -325,8 +310,8 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequ
              stop_strings: Sequence[str] = stopping.DEFAULT_STOP_STRINGS,
              eos_ids: Sequence[int] | None = None, batch_size: int = 8,
              buckets: Sequence[int] = DEFAULT_BUCKETS, max_seq_len: int | None = None,
-             mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
-             share_head: bool = True) -> list[list[Answer]]:
+             mesh: Mesh | None = None,
+             rules: ShardingRules = ShardingRules()) -> list[list[Answer]]:
     """`len(temperatures)` answers for each prompt: answers[i][j] is row j of prompt i.
 
     Args:
@@ -340,17 +325,12 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequ
       buckets: prompt lengths padded to; max_seq_len: cap of prompt + answer length.
       mesh, rules: batch dims are sharded by `rules.batch` (default over "data" and
         "fsdp"); None = default device.
-      share_head: prefill the prompts' common head (`padding.shared_head` of all prompts,
-        in multiples of 16 tokens: the chat template and instruction) once per batch
-        instead of once per prompt. The same answers up to float rounding.
     """
     if len(prompts) != len(ids):
         raise ValueError(f"{len(prompts)} prompts but {len(ids)} ids")
     eos = stopping.eos_ids(tokenizer) if eos_ids is None else tuple(eos_ids)
     stop = stopping.stop_tables(tokenizer, tuple(stop_strings), eos, model.config.vocab_size)
     prompt_ids = _encode(tokenizer, prompts)
-    head = (shared_head(prompt_ids, min(map(len, prompt_ids)) - 1, multiple=16)
-            if share_head and prompt_ids else 0)
     r = len(temperatures)
     answers: list[list[Answer]] = []
     for start in range(0, len(prompt_ids), batch_size):
@@ -359,7 +339,7 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequ
                            temperatures=temperatures, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, stop=stop, top_k=top_k, top_p=top_p,
                            seed=seed, buckets=buckets, max_seq_len=max_seq_len, mesh=mesh,
-                           rules=rules, head=head)
+                           rules=rules)
         for i in range(len(chunk)):
             answers.append([_answer(tokenizer, raw, i * r + j, stop_strings, eos)
                             for j in range(r)])

@@ -217,32 +217,6 @@ def test_same_answers_for_1_or_8_data_parallel_devices_any_batch_size_and_order(
     assert _token_ids(other)[0][1:] != _token_ids(ref)[0][1:]
 
 
-def test_shared_head_prefilled_once_gives_the_same_answers(tiny_dir, tokenizer, prompt_ids):
-    """The chat template's head (36 common tokens, 32 shared: every generate call of these
-    tests shares it) prefilled once per batch and copied to every row gives the answers of
-    the whole-prompt prefill, on one device and on 8 data-parallel devices (the head comes
-    from the first row's shard)."""
-    heads = prompt_ids
-    assert padding.shared_head(heads, min(map(len, heads)) - 1, multiple=16) == 32
-    kwargs = dict(temperatures=(0.0, 1.0, 1.0), max_new_tokens=NEW, seed=5, **NO_STOP)
-    one = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    model1 = load_llama(tiny_dir, mesh=one)
-    ref = sampling.generate(model1, tokenizer, heads, IDS, batch_size=5, mesh=one,
-                            share_head=False, **kwargs)
-    mesh = make_mesh({"data": -1})
-    model8 = load_llama(tiny_dir, mesh=mesh)
-    for model, m, batch_size in ((model1, one, 5), (model8, mesh, 8), (model8, mesh, 2)):
-        got = sampling.generate(model, tokenizer, heads, IDS, batch_size=batch_size, mesh=m,
-                                **kwargs)
-        _assert_same_draws([a for rows in got for a in rows],
-                           [a for rows in ref for a in rows], (m.shape, batch_size))
-    stop = stopping.stop_tables(tokenizer, (), (), model1.config.vocab_size)
-    for other in ([3] + heads[1], heads[1][:16]):   # another head; nothing after the head
-        with pytest.raises(ValueError, match="same 16 tokens"):
-            sampling.decode_batch(model1, [heads[0], other], IDS[:2], temperatures=(0.0,),
-                                  batch_size=2, max_new_tokens=2, stop=stop, head=16)
-
-
 def _top2_margin(logits: np.ndarray) -> float:
     top = np.sort(logits)[-2:]
     return float(top[1] - top[0])
@@ -375,10 +349,6 @@ def test_bucketing_and_padding():
     tokens, positions = padding.left_pad([[5, 6, 7], [8]], 4, 3)
     assert tokens.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [0, 0, 0, 0]]
     assert positions.tolist() == [[-1, 0, 1, 2], [-1, -1, -1, 0], [-1, -1, -1, -1]]
-    # A shared head stays in the first columns, the padding between it and the rest.
-    tokens, positions = padding.left_pad([[1, 2, 5, 6, 7], [1, 2, 8]], 6, 2, head=2)
-    assert tokens.tolist() == [[1, 2, 0, 5, 6, 7], [1, 2, 0, 0, 0, 8]]
-    assert positions.tolist() == [[0, 1, -1, 2, 3, 4], [0, 1, -1, -1, -1, 2]]
     rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [1, 2, 3, 4, 5]]
     assert padding.shared_head(rows, cap=10, multiple=1) == 4
     assert padding.shared_head(rows, cap=10, multiple=4) == 4

@@ -202,19 +202,6 @@ class KVCache:
         """Layer i's keys and values, [B, Hkv, S, Dh] each (i traced only when stacked)."""
         return self.k[i], self.v[i]
 
-    def with_head(self, head: "KVCache") -> "KVCache":
-        """This cache with `head`'s H slots (one row: a prompt head every row shares,
-        computed once) copied into slots [0, H) of every row; length = H."""
-        b = self.pos.shape[0]
-        def put(layers, heads):
-            return tuple(jax.lax.dynamic_update_slice(
-                x, jnp.broadcast_to(h, (b, *h.shape[1:])).astype(x.dtype), (0, 0, 0, 0))
-                for x, h in zip(layers, heads))
-        pos = jax.lax.dynamic_update_slice(
-            self.pos, jnp.broadcast_to(head.pos, (b, head.pos.shape[1])), (0, 0))
-        return dataclasses.replace(self, k=put(self.k, head.k), v=put(self.v, head.v),
-                                   pos=pos, length=head.length)
-
     def write(self, i: int | jax.Array, k: jax.Array, v: jax.Array) -> "KVCache":
         """Layer i's k, v [B, Hkv, T, Dh] written to slots [length, length + T)."""
         start = (0, 0, self.length, 0)

@@ -1,6 +1,7 @@
 """How prompts of different lengths become one batch for the decoder: left padding
 (positions -1, which `llama.attention_mask` hides) and the head every prompt shares.
-numpy only: the sampler, the reference greedy decoder and the SFT batches use these."""
+numpy only: the sampler and the reference greedy decoder pad with it; the SFT batches take
+their shared head from it."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -9,21 +10,16 @@ import numpy as np
 
 
 def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
-             pad_id: int = 0, head: int = 0) -> tuple[np.ndarray, np.ndarray]:
+             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """tokens, positions int32[batch, length]: prompts right-aligned, positions -1 on padding
     (rows past len(prompt_ids) are all padding), the layout `llama.attention_mask` reads. Every
-    prompt's last token sits in the last column, where its next-token logits are read.
-
-    head: the first `head` tokens of every prompt (a head they share, `shared_head`) stay in
-    columns [0, head), the rest right-aligned after them with the padding in between.
-    """
+    prompt's last token sits in the last column, where its next-token logits are read."""
     tokens = np.full((batch, length), pad_id, np.int32)
     positions = np.full((batch, length), -1, np.int32)
     for i, ids in enumerate(prompt_ids):
         n = len(ids)
-        tokens[i, :head], positions[i, :head] = ids[:head], np.arange(head)
-        tokens[i, length - n + head:] = ids[head:]
-        positions[i, length - n + head:] = np.arange(head, n)
+        tokens[i, length - n:] = ids
+        positions[i, length - n:] = np.arange(n)
     return tokens, positions
 
 
