@@ -194,14 +194,12 @@ def relation_counts(records: Sequence[Mapping], methods: Sequence[str]
     relation's taught and untaught facts; abstention keyed on the question's form does not."""
     _, taught = _arrays(records)
     relation = np.asarray([r["relation"] for r in records])
-    out: dict[str, dict] = {}
-    for method in methods:
-        _, abstained = method_outcomes(records, method)
-        for rel in sorted(set(relation.tolist())):
-            out.setdefault(rel, {})[method] = tuple(
-                (int(abstained[(relation == rel) & t].sum()), int(((relation == rel) & t).sum()))
-                for t in (taught, ~taught))
-    return out
+    groups = {rel: [(relation == rel) & t for t in (taught, ~taught)]
+              for rel in sorted(set(relation.tolist()))}
+    abstained = {m: method_outcomes(records, m)[1] for m in methods}
+    return {rel: {m: tuple((int(a[g].sum()), int(g.sum())) for g in masks)
+                  for m, a in abstained.items()}
+            for rel, masks in groups.items()}
 
 
 def relation_markdown(counts: Mapping[str, Mapping[str, tuple]]) -> str:

@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from se_jax.data import prompts
-from se_jax.models.padding import shared_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +89,12 @@ def shared_prefix_length(seqs: Sequence[TokenizedExample], multiple: int = 8,
     padded row is cut to whole rows of that length; the rest stays in the rows, where a
     few more tokens usually fit in the padding, instead of a second, mostly empty head row.
     """
-    n = shared_head([s.ids for s in seqs], min(s.target_start for s in seqs) - 1, multiple)
+    first = seqs[0].ids
+    n = min(min(s.target_start for s in seqs) - 1, len(first))
+    for s in seqs[1:]:
+        diff = np.flatnonzero(s.ids[:n] != first[:n])
+        n = min(n, int(diff[0]) if diff.size else n)
+    n = max(n, 0) // multiple * multiple
     if pad_multiple and n:
         shortest = padded_length(min(len(s.ids) for s in seqs) - n, pad_multiple)
         if n > shortest:

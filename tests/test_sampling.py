@@ -349,12 +349,6 @@ def test_bucketing_and_padding():
     tokens, positions = padding.left_pad([[5, 6, 7], [8]], 4, 3)
     assert tokens.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [0, 0, 0, 0]]
     assert positions.tolist() == [[-1, 0, 1, 2], [-1, -1, -1, 0], [-1, -1, -1, -1]]
-    rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [1, 2, 3, 4, 5]]
-    assert padding.shared_head(rows, cap=10, multiple=1) == 4
-    assert padding.shared_head(rows, cap=10, multiple=4) == 4
-    assert padding.shared_head(rows, cap=3, multiple=1) == 3
-    assert padding.shared_head(rows, cap=10, multiple=8) == 0
-    assert padding.shared_head([[1, 2, 3]], cap=2, multiple=1) == 2
 
 
 def test_keys_depend_only_on_seed_id_and_index():

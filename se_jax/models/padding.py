@@ -1,7 +1,6 @@
 """How prompts of different lengths become one batch for the decoder: left padding
-(positions -1, which `llama.attention_mask` hides) and the head every prompt shares.
-numpy only: the sampler and the reference greedy decoder pad with it; the SFT batches take
-their shared head from it."""
+(positions -1, which `llama.attention_mask` hides). numpy only: the sampler and the
+reference greedy decoder both pad with it."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,16 +21,3 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
         positions[i, length - n:] = np.arange(n)
     return tokens, positions
 
-
-def shared_head(rows: Sequence[Sequence[int]], cap: int, multiple: int = 8) -> int:
-    """The tokens every row starts with (a prompt template's system prompt, instruction,
-    few-shot examples), at most `cap`, rounded down to `multiple`: rounding keeps calls on
-    different questions (whose common prefix may run into a shared first word) at one
-    length, one compiled program. 0 when the rows share fewer than `multiple` tokens."""
-    first = np.asarray(rows[0])
-    n = min(cap, len(first))
-    for r in rows[1:]:
-        r = np.asarray(r)[:n]
-        diff = np.flatnonzero(r != first[:len(r)])
-        n = min(n, len(r), int(diff[0]) if diff.size else n)
-    return max(n, 0) // multiple * multiple
