@@ -13,7 +13,9 @@ hence achieved GFLOP/s and GB/s: where the time goes. The yardstick (launch/yard
 measured in the same run, puts each side against this machine's limits: prefill's useful
 FLOPs (2 x the matmul parameters per token: SmolLM2-135M has 134.5M with the tied head, the
 --quick 8-layer cut 56.6M) as a fraction of the float32 matmul peak; decode also against the
-memory-bandwidth roofline (every weight plus each row's keys and values read once per step).
+memory-bandwidth roofline (every weight plus each row's keys and values read once per step);
+both also against the same products alone at the phase's rows (`yardstick.matmul_chain`,
+measured after the sides: what XLA's kernels reach at those shapes).
 The line `prefill_ratio=<ours/torch> decode_ratio=<ours/torch>` (> 1: ours faster) is
 followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
@@ -201,6 +203,10 @@ def main(argv):
                 f"{side} {yardstick.share(n_tokens / sec, roofline):.0%}"
                 for side, sec in sides.items())
         print(f"{name:8s} {line}")
+        ceiling = yardstick.matmul_chain_gflops(cfg, n_tokens, "forward", _DTYPE.value)
+        print("         " + yardstick.ceiling_line(
+            f"{name}'s", n_tokens, ceiling, stick.peak,
+            {side: flops / sec / 1e9 for side, sec in sides.items()}))
     print(f"prefill_ratio={ratios['prefill']:.3f} decode_ratio={ratios['decode']:.3f}")
     print(watch.stop().verdict())
 

@@ -40,7 +40,10 @@ context, read once per step). Where our time goes, measured on one extra run of 
 the jitted prefill and decode programs synchronised and timed (`time_breakdown`): prefill,
 decode steps (the model forwards), sampling maths (the jitted per-step sampling over the
 49k vocabulary for all rows, timed alone on the same shapes, times the steps), and host work
-(the rest: padding, keys, transfers, dispatch). The line sampling_speedup_vs_torch=<ours/torch>
+(the rest: padding, keys, transfers, dispatch). The decode forwards' FLOP rate is also
+given as a fraction of the same products alone at the decode's rows
+(`yardstick.matmul_chain`, measured in our side's process after its runs): how far the
+step is from what XLA's kernels reach at those shapes. The line sampling_speedup_vs_torch=<ours/torch>
 is followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
@@ -219,6 +222,8 @@ def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
         t = yardstick.timings(lambda: nat.append(_our_run(model, tokenizer, ids, m, new, natural=True)), 1)
         out["natural"] = dict(tokens=int(nat[-1].lengths.sum()), seconds=t)
     out["breakdown"] = time_breakdown(model, tokenizer, ids, m, new)
+    out["decode_ceiling_gflops"] = yardstick.matmul_chain_gflops(model.config, n * m,
+                                                                 "forward", dtype)
     cfg = model.config
     itemsize = 2 if dtype == "bfloat16" else 4
     context = sum(map(len, ids)) / len(ids) + new / 2
@@ -318,6 +323,12 @@ def main(argv):
           f"{parts['total']:.2f}s, {parts['steps']} steps): " + ", ".join(
               f"{k.replace('_', ' ')} {parts[k] / parts['total']:.0%} ({parts[k]:.2f}s)"
               for k in ("prefill", "decode_forward", "sampling_maths", "host")))
+    forwards = n * m * (parts["steps"] - 1)   # the first token comes from prefill's logits
+    decode_rate = (yardstick.flops_per_token(ours_r["matmul_params"], "forward") * forwards
+                   / parts["decode_forward"] / 1e9)
+    print("  " + yardstick.ceiling_line("a decode step's", n * m,
+                                        ours_r["decode_ceiling_gflops"], stick.peak,
+                                        {"se_jax's decode forwards": decode_rate}))
     if _SCALING.value and not _QUICK.value:
         env = dict(base_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
         s = _spawn("scaling", common, env)

@@ -7,6 +7,8 @@ rather than only as a ratio to a peer that may itself be slow.
     ... the benchmark ...
     print(stick.describe())
     print(f"ours {share_of_peak(flops_per_s, stick.peak)}")
+    print(ceiling_line("a decode step's", 80, matmul_chain_gflops(config, 80), stick.peak,
+                       {"ours": our_gflops}))
     print(watch.stop().verdict())          # the script's last line
 
 Measured: the median GFLOP/s of a jitted 2048^3 matmul (JAX/XLA) and of torch's, in the
@@ -22,7 +24,12 @@ cores. The rule judges the others' share during the run, the one direct measurem
 after-run load average includes the benchmark's own threads (a 2-core benchmark drives it
 to ~2), and the before-run one lags by a minute (a previous benchmark's load lingers in it
 although nothing else runs), so both are printed, not judged.
-The pure parts (FLOPs per token, roofline, the load rule) are tested in tests/test_yardstick.py.
+The ceiling of a program's own shapes: `matmul_chain` is the model's products alone at the
+program's rows (the 2048^3 peak is a square no decode step has); the benchmarks give our
+side as a share of it, measured in the same process right after the side's runs, and
+`bench_ceiling.py` measures how far each such ceiling sits below the peak.
+The pure parts (FLOPs per token, roofline, the load rule) and the chain's FLOP count are
+tested in tests/test_yardstick.py.
 """
 from __future__ import annotations
 
@@ -57,16 +64,24 @@ def flops_per_token(matmul_params: float, kind: str) -> float:
     return FLOPS_PER_PARAM[kind] * matmul_params
 
 
-def llama_matmul_params(config) -> int:
-    """Weights a token passes through in a Llama-family decoder (`LlamaConfig` fields):
-    the projections of every layer and the output head (a tied embedding counts once, as
-    the head; the embedding lookup itself costs no FLOPs)."""
-    h, layers = config.hidden_size, config.num_hidden_layers
+def llama_matmul_shapes(config) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """The products a token passes through in a Llama-family decoder (`LlamaConfig` fields):
+    one layer's projections as (in, out) in the order a token meets them (q, k, v, o, gate,
+    up, down), and the output head (hidden, vocab; a tied embedding counts once, as the
+    head; the embedding lookup itself costs no FLOPs)."""
+    h = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q = config.num_attention_heads * head_dim
     kv = config.num_key_value_heads * head_dim
-    per_layer = 2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size
-    return layers * per_layer + h * config.vocab_size
+    mlp = config.intermediate_size
+    return [(h, q), (h, kv), (h, kv), (q, h), (h, mlp), (h, mlp), (mlp, h)], (h, config.vocab_size)
+
+
+def llama_matmul_params(config) -> int:
+    """Weights a token passes through: every layer's projections and the head
+    (`llama_matmul_shapes`)."""
+    layer, (h, vocab) = llama_matmul_shapes(config)
+    return config.num_hidden_layers * sum(i * o for i, o in layer) + h * vocab
 
 
 def kv_bytes_per_row(layers: int, kv_heads: int, head_dim: int, context: int,
@@ -159,6 +174,71 @@ def torch_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32")
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
     return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def matmul_chain(config, rows: int, kind: str = "forward", dtype: str = "float32",
+                 seed: int = 0) -> tuple[Callable[..., object], tuple]:
+    """A jitted program that does a model's products and (almost) nothing else, and its
+    arguments: the ceiling of a program with these shapes on this machine, a yardstick
+    nearer than the 2048^3 peak (XLA's kernels reach different shares of the peak at
+    different shapes; a decode step's [80, 576] rows are not a 2048^3 square).
+
+    x [rows, hidden] passes through `config`'s layers (random weights of
+    `llama_matmul_shapes`, in `dtype` with float32 sums, as se_jax's projections) and
+    the head; what joins the products is a residual add, SiLU times up, and the k and v
+    products reduced into q's (so none is dead code); no attention, norms, rotary or loss.
+    kind="forward": the products (a prefill or decode step's); "lora_train": forward and
+    the backward to the input only (a LoRA step's frozen weights: no weight gradients).
+    The useful FLOPs are `flops_per_token(llama_matmul_params(config), kind) * rows`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from se_jax.models.matmul import project
+
+    if kind not in FLOPS_PER_PARAM:
+        raise ValueError(f"kind={kind!r} is not one of {sorted(FLOPS_PER_PARAM)}")
+    layer_shapes, head_shape = llama_matmul_shapes(config)
+    keys = iter(jax.random.split(jax.random.key(seed), 2 + len(layer_shapes)
+                                 * config.num_hidden_layers))
+
+    def weight(shape):   # the model's init scale: activations stay O(1) over the layers
+        return (0.02 * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
+
+    layers = [[weight(s) for s in layer_shapes] for _ in range(config.num_hidden_layers)]
+    head = weight(head_shape)
+    x = jax.random.normal(next(keys), (rows, config.hidden_size), jnp.float32).astype(dtype)
+
+    def forward(x, layers, head):
+        for wq, wk, wv, wo, wg, wu, wd in layers:
+            q, k, v = (project(x, w) for w in (wq, wk, wv))
+            x = x + project(q + (k.sum(-1, keepdims=True) + v.sum(-1, keepdims=True)), wo)
+            x = x + project(jax.nn.silu(project(x, wg)) * project(x, wu), wd)
+        return project(x, head, jnp.float32)
+
+    if kind == "forward":
+        return jax.jit(forward), (x, layers, head)
+    # The weights are arguments, not closed-over constants, and only x is differentiated.
+    return jax.jit(jax.grad(lambda x, layers, head: jnp.mean(
+        jnp.square(forward(x, layers, head))))), (x, layers, head)
+
+
+def matmul_chain_gflops(config, rows: int, kind: str = "forward", dtype: str = "float32",
+                        repeats: int = 3) -> float:
+    """Useful GFLOP/s of `matmul_chain` (median of `repeats` after one compiling call)."""
+    import jax
+    fn, args = matmul_chain(config, rows, kind, dtype)
+    seconds = median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
+    return flops_per_token(llama_matmul_params(config), kind) * rows / seconds / 1e9
+
+
+def ceiling_line(what: str, rows: int, ceiling: float, peak: float,
+                 shares: dict[str, float]) -> str:
+    """'decode products alone (80 rows): 105.2 GFLOP/s = 70% of peak; ours 82% of it'.
+    `shares`: each side's achieved GFLOP/s."""
+    sides = ", ".join(f"{side} {share(rate, ceiling):.0%}" for side, rate in shares.items())
+    return (f"{what} products alone ({rows} rows, chained, no other work): {ceiling:.1f} "
+            f"GFLOP/s = {share(ceiling, peak):.0%} of peak; of that: {sides}")
 
 
 def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:

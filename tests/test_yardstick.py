@@ -1,5 +1,5 @@
-"""The yardstick's pure parts (launch/yardstick.py): FLOPs per token, the decode roofline
-and the load rule that ends every benchmark's output."""
+"""The yardstick (launch/yardstick.py): FLOPs per token, the decode roofline, the load rule
+that ends every benchmark's output, and the products-alone ceiling's program."""
 import sys
 from pathlib import Path
 
@@ -82,6 +82,59 @@ def test_llama_matmul_params_smollm2_135m():
     fewer = yardstick.llama_matmul_params(SimpleNamespace(**{**vars(smol),
                                                              "num_hidden_layers": 8}))
     assert n - fewer == 22 * (n - 576 * 49152) // 30
+
+
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, intermediate_size=256, vocab_size=512)
+
+
+def test_llama_matmul_shapes_are_the_params():
+    from types import SimpleNamespace
+    layer, head = yardstick.llama_matmul_shapes(SimpleNamespace(**TINY))
+    assert layer == [(128, 128), (128, 64), (128, 64), (128, 128), (128, 256), (128, 256),
+                     (256, 128)]
+    assert head == (128, 512)
+    assert yardstick.llama_matmul_params(SimpleNamespace(**TINY)) == (
+        2 * sum(i * o for i, o in layer) + 128 * 512)
+
+
+def _compiled_flops(fn, args) -> float:
+    cost = fn.lower(*args).compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+@pytest.mark.parametrize("kind", ["forward", "lora_train"])
+def test_matmul_chain_does_the_flops_it_counts(kind):
+    """The ceiling's program does the useful FLOPs the benchmarks count (XLA's own count),
+    plus only the little elementwise work that joins the products."""
+    import jax
+    import numpy as np
+    from types import SimpleNamespace
+    config, rows = SimpleNamespace(**TINY), 16
+    fn, args = yardstick.matmul_chain(config, rows, kind)
+    useful = yardstick.flops_per_token(yardstick.llama_matmul_params(config), kind) * rows
+    assert useful <= _compiled_flops(fn, args) <= 1.1 * useful
+    out = jax.device_get(fn(*args))
+    assert out.shape == ((rows, 512) if kind == "forward" else (rows, 128))
+    assert np.isfinite(out).all() and np.abs(out).max() > 0
+    assert yardstick.matmul_chain_gflops(config, rows, kind, repeats=1) > 0
+
+
+def test_matmul_chain_runs_in_bfloat16():
+    import jax.numpy as jnp
+    from types import SimpleNamespace
+    fn, (x, layers, head) = yardstick.matmul_chain(SimpleNamespace(**TINY), 8, "lora_train",
+                                                    "bfloat16")
+    assert x.dtype == head.dtype == jnp.bfloat16
+    assert fn(x, layers, head).dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="kind"):
+        yardstick.matmul_chain(SimpleNamespace(**TINY), 8, "backward")
+
+
+def test_ceiling_line():
+    line = yardstick.ceiling_line("decode", 80, 100.0, 125.0, {"ours": 80.0, "torch": 30.0})
+    assert "80 rows" in line and "100.0 GFLOP/s = 80% of peak" in line
+    assert line.endswith("ours 80%, torch 30%")
 
 
 def test_timings_warm_up_then_time_each_call():
