@@ -35,15 +35,6 @@ PROGRAMS = {"lora_train": (512, "lora_train"), "prefill": (2048, "forward"),
             "decode80": (80, "forward"), "decode8": (8, "forward")}
 
 
-def _peak() -> float:
-    """The 2048^3 matmul peak as the other benchmarks take it: the faster of jax and torch."""
-    try:
-        torch_gf = yardstick.torch_matmul_gflops(dtype=_DTYPE.value)
-    except ImportError:
-        torch_gf = 0.0
-    return max(yardstick.jax_matmul_gflops(dtype=_DTYPE.value), torch_gf)
-
-
 def main(argv):
     del argv
     import jax
@@ -62,7 +53,7 @@ def main(argv):
         pairs = []
         for _ in range(_PAIRS.value):
             seconds = yardstick.median_seconds(lambda: jax.block_until_ready(fn(*args)), 3)
-            pairs.append((flops / seconds / 1e9, _peak()))
+            pairs.append((flops / seconds / 1e9, max(yardstick.matmul_peaks(_DTYPE.value))))
         medians[name] = statistics.median(c / p for c, p in pairs)
         print(f"{name:10s} {rows:5d} rows {kind:10s} products alone / 2048^3: "
               + ", ".join(f"{c:.0f}/{p:.0f}" for c, p in pairs)

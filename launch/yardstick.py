@@ -176,6 +176,16 @@ def torch_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32")
     return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
 
+def matmul_peaks(dtype: str = "float32") -> tuple[float, float]:
+    """(jax, torch) 2048^3 matmul GFLOP/s in `dtype`; torch 0 where it is not installed.
+    The faster of the two is the peak the benchmarks quote."""
+    try:
+        torch_gf = torch_matmul_gflops(dtype=dtype)
+    except ImportError:
+        torch_gf = 0.0
+    return jax_matmul_gflops(dtype=dtype), torch_gf
+
+
 def matmul_chain(config, rows: int, kind: str = "forward", dtype: str = "float32",
                  seed: int = 0) -> tuple[Callable[..., object], tuple]:
     """A jitted program that does a model's products and (almost) nothing else, and its
@@ -282,12 +292,8 @@ class Yardstick:
     def measure(cls, dtype: str = "float32") -> "Yardstick":
         """`dtype`: the benchmark's compute dtype (bfloat16 runs at up to twice float32's
         rate where the CPU has AVX512-BF16 or AMX; its peak is its own yardstick)."""
-        try:
-            torch_gf = torch_matmul_gflops(dtype=dtype)
-        except ImportError:
-            torch_gf = 0.0
-        return cls(cpu_model(), os.cpu_count() or 1, jax_matmul_gflops(dtype=dtype), torch_gf,
-                   bandwidth_gbs(), dtype)
+        return cls(cpu_model(), os.cpu_count() or 1, *matmul_peaks(dtype), bandwidth_gbs(),
+                   dtype)
 
     def describe(self) -> str:
         wide = sorted(precision.cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f"})
