@@ -203,7 +203,7 @@ def main(argv):
                 f"{side} {yardstick.share(n_tokens / sec, roofline):.0%}"
                 for side, sec in sides.items())
         print(f"{name:8s} {line}")
-        ceiling = yardstick.matmul_chain_gflops(cfg, n_tokens, "forward", _DTYPE.value)
+        ceiling = yardstick.matmul_chain(cfg, n_tokens, "forward", _DTYPE.value).gflops()
         print("         " + yardstick.ceiling_line(
             f"{name}'s", n_tokens, ceiling, stick.peak,
             {side: flops / sec / 1e9 for side, sec in sides.items()}))

@@ -43,8 +43,8 @@ decode steps (the model forwards), sampling maths (the jitted per-step sampling 
 (the rest: padding, keys, transfers, dispatch). The decode forwards' FLOP rate is also
 given as a fraction of the same products alone at the decode's rows
 (`yardstick.matmul_chain`, measured in our side's process after its runs): how far the
-step is from what XLA's kernels reach at those shapes. The line sampling_speedup_vs_torch=<ours/torch>
-is followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
+step is from what XLA's kernels reach at those shapes. The line
+sampling_speedup_vs_torch=<ours/torch> is followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
@@ -222,8 +222,8 @@ def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
         t = yardstick.timings(lambda: nat.append(_our_run(model, tokenizer, ids, m, new, natural=True)), 1)
         out["natural"] = dict(tokens=int(nat[-1].lengths.sum()), seconds=t)
     out["breakdown"] = time_breakdown(model, tokenizer, ids, m, new)
-    out["decode_ceiling_gflops"] = yardstick.matmul_chain_gflops(model.config, n * m,
-                                                                 "forward", dtype)
+    out["decode_ceiling_gflops"] = yardstick.matmul_chain(model.config, n * m, "forward",
+                                                            dtype).gflops()
     cfg = model.config
     itemsize = 2 if dtype == "bfloat16" else 4
     context = sum(map(len, ids)) / len(ids) + new / 2

@@ -74,8 +74,8 @@ def run_jax(warmup: int, steps: int) -> dict:
     step = bench_lora.lora_train_step(model, _BATCH.value, _SEQ.value, _DROPOUT.value, rows)
     times = yardstick.timings(step, steps, warmup)
     # Measured here, right after the steps: the host's speed drifts within minutes.
-    ceiling = yardstick.matmul_chain_gflops(model.config, _tokens(rows), "lora_train",
-                                            _DTYPE.value)
+    ceiling = yardstick.matmul_chain(model.config, _tokens(rows), "lora_train",
+                                     _DTYPE.value).gflops()
     return dict(side="jax", step_s=statistics.median(times), times=times, tokens=_tokens(rows),
                 matmul_params=yardstick.llama_matmul_params(model.config),
                 ceiling_gflops=ceiling,

@@ -7,7 +7,7 @@ rather than only as a ratio to a peer that may itself be slow.
     ... the benchmark ...
     print(stick.describe())
     print(f"ours {share_of_peak(flops_per_s, stick.peak)}")
-    print(ceiling_line("a decode step's", 80, matmul_chain_gflops(config, 80), stick.peak,
+    print(ceiling_line("a decode step's", 80, matmul_chain(config, 80).gflops(), stick.peak,
                        {"ours": our_gflops}))
     print(watch.stop().verdict())          # the script's last line
 
@@ -186,9 +186,23 @@ def matmul_peaks(dtype: str = "float32") -> tuple[float, float]:
     return jax_matmul_gflops(dtype=dtype), torch_gf
 
 
+@dataclasses.dataclass(frozen=True)
+class MatmulChain:
+    """A compiled-on-first-call program (`fn(*args)`) that does `flops` useful FLOPs."""
+    fn: Callable[..., object]
+    args: tuple
+    flops: float
+
+    def gflops(self, repeats: int = 3) -> float:
+        """Useful GFLOP/s: the median of `repeats` calls after one untimed (compiling) call."""
+        import jax
+        seconds = median_seconds(lambda: jax.block_until_ready(self.fn(*self.args)), repeats)
+        return self.flops / seconds / 1e9
+
+
 def matmul_chain(config, rows: int, kind: str = "forward", dtype: str = "float32",
-                 seed: int = 0) -> tuple[Callable[..., object], tuple]:
-    """A jitted program that does a model's products and (almost) nothing else, and its
+                 seed: int = 0) -> MatmulChain:
+    """A jitted program that does a model's products and (almost) nothing else, with its
     arguments: the ceiling of a program with these shapes on this machine, a yardstick
     nearer than the 2048^3 peak (XLA's kernels reach different shares of the peak at
     different shapes; a decode step's [80, 576] rows are not a 2048^3 square).
@@ -227,25 +241,17 @@ def matmul_chain(config, rows: int, kind: str = "forward", dtype: str = "float32
         return project(x, head, jnp.float32)
 
     if kind == "forward":
-        return jax.jit(forward), (x, layers, head)
-    # The weights are arguments, not closed-over constants, and only x is differentiated.
-    return jax.jit(jax.grad(lambda x, layers, head: jnp.mean(
-        jnp.square(forward(x, layers, head))))), (x, layers, head)
-
-
-def matmul_chain_gflops(config, rows: int, kind: str = "forward", dtype: str = "float32",
-                        repeats: int = 3) -> float:
-    """Useful GFLOP/s of `matmul_chain` (median of `repeats` after one compiling call)."""
-    import jax
-    fn, args = matmul_chain(config, rows, kind, dtype)
-    seconds = median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
-    return flops_per_token(llama_matmul_params(config), kind) * rows / seconds / 1e9
+        fn = forward
+    else:   # the weights are arguments, not closed-over constants; only x is differentiated
+        fn = jax.grad(lambda x, layers, head: jnp.mean(jnp.square(forward(x, layers, head))))
+    return MatmulChain(jax.jit(fn), (x, layers, head),
+                       flops_per_token(llama_matmul_params(config), kind) * rows)
 
 
 def ceiling_line(what: str, rows: int, ceiling: float, peak: float,
                  shares: dict[str, float]) -> str:
-    """'decode products alone (80 rows): 105.2 GFLOP/s = 70% of peak; ours 82% of it'.
-    `shares`: each side's achieved GFLOP/s."""
+    """"a decode step's products alone (80 rows, chained, no other work): 105.2 GFLOP/s =
+    70% of peak; of that: ours 82%". `shares`: each side's achieved GFLOP/s."""
     sides = ", ".join(f"{side} {share(rate, ceiling):.0%}" for side, rate in shares.items())
     return (f"{what} products alone ({rows} rows, chained, no other work): {ceiling:.1f} "
             f"GFLOP/s = {share(ceiling, peak):.0%} of peak; of that: {sides}")

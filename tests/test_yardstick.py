@@ -111,22 +111,23 @@ def test_matmul_chain_does_the_flops_it_counts(kind):
     import numpy as np
     from types import SimpleNamespace
     config, rows = SimpleNamespace(**TINY), 16
-    fn, args = yardstick.matmul_chain(config, rows, kind)
+    chain = yardstick.matmul_chain(config, rows, kind)
     useful = yardstick.flops_per_token(yardstick.llama_matmul_params(config), kind) * rows
-    assert useful <= _compiled_flops(fn, args) <= 1.1 * useful
-    out = jax.device_get(fn(*args))
+    assert chain.flops == useful
+    assert useful <= _compiled_flops(chain.fn, chain.args) <= 1.1 * useful
+    out = jax.device_get(chain.fn(*chain.args))
     assert out.shape == ((rows, 512) if kind == "forward" else (rows, 128))
     assert np.isfinite(out).all() and np.abs(out).max() > 0
-    assert yardstick.matmul_chain_gflops(config, rows, kind, repeats=1) > 0
+    assert chain.gflops(repeats=1) > 0
 
 
 def test_matmul_chain_runs_in_bfloat16():
     import jax.numpy as jnp
     from types import SimpleNamespace
-    fn, (x, layers, head) = yardstick.matmul_chain(SimpleNamespace(**TINY), 8, "lora_train",
-                                                    "bfloat16")
+    chain = yardstick.matmul_chain(SimpleNamespace(**TINY), 8, "lora_train", "bfloat16")
+    x, layers, head = chain.args
     assert x.dtype == head.dtype == jnp.bfloat16
-    assert fn(x, layers, head).dtype == jnp.bfloat16
+    assert chain.fn(x, layers, head).dtype == jnp.bfloat16
     with pytest.raises(ValueError, match="kind"):
         yardstick.matmul_chain(SimpleNamespace(**TINY), 8, "backward")
 

@@ -20,4 +20,3 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], length: int, batch: int,
         tokens[i, length - n:] = ids
         positions[i, length - n:] = np.arange(n)
     return tokens, positions
-
