@@ -16,6 +16,15 @@ from test_experiment_e2e import METHODS, tiny_setup  # noqa: F401
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _finished_runs(train: Path) -> int:
+    """done.json files under train/ while the sweep runs. A walk can meet a checkpoint's
+    temporary directory just as Orbax renames it away; that poll counts 0, the next again."""
+    try:
+        return len(list(train.rglob("done.json")))
+    except FileNotFoundError:
+        return 0
+
+
 def test_kill_9_mid_sweep_then_rerun_gives_identical_results(tiny_setup, tmp_path):
     """Killed after a random number of finished training runs (plus a random delay), then
     rerun to the end; an uninterrupted run into a fresh workdir is the reference. The
@@ -36,7 +45,7 @@ def test_kill_9_mid_sweep_then_rerun_gives_identical_results(tiny_setup, tmp_pat
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if len(list((workdir / "train").rglob("done.json"))) >= kill_after:
+        if _finished_runs(workdir / "train") >= kill_after:
             time.sleep(rng.uniform(0.0, 2.0))
             proc.send_signal(signal.SIGKILL)
             break
