@@ -16,7 +16,7 @@ def model_config() -> ml_collections.ConfigDict:
         # model directory, a .gguf file, or a hub id (needs internet).
         path="embedded",
         adapter="",             # a PEFT adapter directory folded into the weights at load
-        dtype="float32",        # compute dtype: float32 | bfloat16 | auto (se_jax/precision.py)
+        dtype="float32",        # compute dtype: float32 | bfloat16 | auto (se_jax/config/precision.py)
         param_dtype="float32",  # storage dtype of the weights
         max_seq_len=512,        # KV-cache length: prompt + generated tokens
     ))
@@ -107,7 +107,7 @@ def evaluation_config() -> ml_collections.ConfigDict:
 
 
 def experiment_config() -> ml_collections.ConfigDict:
-    """The tau sweep against baselines (se_jax/experiment.py)."""
+    """The tau sweep against baselines (se_jax/pipeline/experiment.py)."""
     return ml_collections.ConfigDict(dict(
         # se_<backend> (SE labels, discrete SE of that equivalence backend), rtuning,
         # rtuning_u, idk; "original" (the untuned model) is always evaluated as reference.
@@ -126,7 +126,7 @@ def experiment_config() -> ml_collections.ConfigDict:
 
 
 def labels_config() -> ml_collections.ConfigDict:
-    """The label stage: generations (+ uncertainties) -> SFT set (se_jax/labels.py)."""
+    """The label stage: generations (+ uncertainties) -> SFT set (se_jax/abstention/labels.py)."""
     return ml_collections.ConfigDict(dict(
         # se | rtuning | rtuning_u | idk | slick
         method="se",
@@ -145,12 +145,12 @@ def labels_config() -> ml_collections.ConfigDict:
         generations="",   # generations.jsonl ("" = <workdir>/sample/train/generations.jsonl)
         uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/<backend>/train/...)
         slick_answers="",  # slick: few-shot answers jsonl ("" = approximate from generations)
-        out_dir="",       # "" = <workdir>/label/<method>[/tau_<t>] (se_jax/layout.py)
+        out_dir="",       # "" = <workdir>/label/<method>[/tau_<t>] (se_jax/pipeline/layout.py)
     ))
 
 
 def training_config() -> ml_collections.ConfigDict:
-    """The train stage: SFT set -> LoRA / full fine-tuning (se_jax/training.py)."""
+    """The train stage: SFT set -> LoRA / full fine-tuning (se_jax/tuning/training.py)."""
     return ml_collections.ConfigDict(dict(
         mode="lora",      # lora | full | attention (attention-only) | mlp (MLP-only)
         # The paper's adapter: r=8 on the query and value projections; scale alpha / r.
@@ -186,13 +186,13 @@ def training_config() -> ml_collections.ConfigDict:
         log_every_seconds=30.0, log_every_steps=50,
         export_adapter=True,  # PEFT adapter dir (LoRA mode)
         export_merged=False,  # also a merged full HF checkpoint (a full model's size per run)
-        sft="",           # sft.jsonl ("" = the label stage's default, se_jax/layout.py)
-        out_dir="",       # "" = <workdir>/train/<method>[/tau_<t>]/seed_<seed> (se_jax/layout.py)
+        sft="",           # sft.jsonl ("" = the label stage's default, se_jax/pipeline/layout.py)
+        out_dir="",       # "" = <workdir>/train/<method>[/tau_<t>]/seed_<seed> (se_jax/pipeline/layout.py)
     ))
 
 
 def entropy_config() -> ml_collections.ConfigDict:
-    """The entropy stage: generations -> semantic ids, equivalence, entropies (se_jax/entailment.py)."""
+    """The entropy stage: generations -> semantic ids, equivalence, entropies (se_jax/semantic/entailment.py)."""
     return ml_collections.ConfigDict(dict(
         # deberta | llm_judge | lexical. deberta without nli_path falls back to lexical,
         # loudly, and the output records say so (no NLI checkpoint can be downloaded here).
@@ -206,7 +206,7 @@ def entropy_config() -> ml_collections.ConfigDict:
         nli_path="",                  # HF DeBERTa NLI directory, e.g. deberta-v2-xlarge-mnli
         nli_dtype="float32",          # float32 | bfloat16
         batch_size=64,                # deberta: pairs per jitted forward (x batch shards)
-        # deberta: padded pair lengths (= se_jax.entailment.DEFAULT_BUCKETS)
+        # deberta: padded pair lengths (= se_jax.semantic.entailment.DEFAULT_BUCKETS)
         buckets=tuple(range(16, 129, 8)) + (160, 192, 256, 384, 512),
         # llm_judge (SE (Llama)): any loadable decoder ("" = the generator, model.path),
         # sharded over config.mesh like the generator; the prompt is a template of
@@ -234,7 +234,7 @@ def prompt_config() -> ml_collections.ConfigDict:
 
 
 def sampling_config() -> ml_collections.ConfigDict:
-    """The sample stage: 1 low-temperature + M sampled answers per question (se_jax/sampling.py)."""
+    """The sample stage: 1 low-temperature + M sampled answers per question (se_jax/generation/sampling.py)."""
     return ml_collections.ConfigDict(dict(
         num_samples=10,         # M answers at `temperature` (the entropy estimators' set)
         temperature=1.0,

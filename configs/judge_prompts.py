@@ -9,7 +9,7 @@ Each entry of TEMPLATES:
   cue          what precedes the label in plain (non-chat) prompts; chat models answer
                in the assistant turn instead.
   labels       label name -> the words that count as that label (their first tokens are
-               scored; the names are the LABELS of se_jax.entailment or "yes"/"no").
+               scored; the names are the LABELS of se_jax.semantic.entailment or "yes"/"no").
   shots        few-shot examples, used in order; `entropy.judge_shots` /
                `evaluation.judge_shots` take the first N (N <= len(shots)).
 
@@ -18,7 +18,7 @@ it) and cover entailment, contradiction and neutral, as in the paper's SE (Llama
 They were written for this project; none is a benchmark question.
 
 The instruction and the few-shot block are identical for every pair, so the scorer
-prefills them once (se_jax/scoring.py); only `query` differs per pair.
+prefills them once (se_jax/generation/scoring.py); only `query` differs per pair.
 """
 
 ENTAILMENT_LABELS = {

@@ -23,13 +23,13 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default config.entrop
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import cli
+    from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, "entropy", {
         "entropy.generations": _GENERATIONS.value, "entropy.out_dir": _OUT.value})
-    from se_jax.stages.entropy import run_entropy
+    from se_jax.pipeline.stages.entropy import run_entropy
     print(run_entropy(config))
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

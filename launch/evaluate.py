@@ -27,13 +27,15 @@ _SPLIT = flags.DEFINE_string("split", "test", "split of the experiment's data")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import stage_io, validation
+    from se_jax.io import stage_io
+    from se_jax.config import validation
     if _TAG.value is not None:  # it names a directory: checked before anything is written
         stage_io.safe_component(_TAG.value, "--tag")
     stage_io.safe_component(_SPLIT.value, "--split")
     validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
-    from se_jax import distributed, export
-    from se_jax import experiment as ex
+    from se_jax.parallel import distributed
+    from se_jax.tuning import export
+    from se_jax.pipeline import experiment as ex
     distributed.initialize()
     config = _CONFIG.value.copy_and_resolve_references()
     config.model.path = _MODEL.value
@@ -57,5 +59,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

@@ -7,7 +7,7 @@
 Every config value can be overridden with --config.<section>.<field>=...; a typo in a field
 name, an unknown method, backend, judge or dataset stops the run before any compute.
 Multi-host (TPU pod slice): run the same command on every host with SE_JAX_DISTRIBUTED=auto;
-jax.distributed is initialised from the pod environment (se_jax/distributed.py). On one
+jax.distributed is initialised from the pod environment (se_jax/parallel/distributed.py). On one
 machine, `python launch/multihost.py --num_processes=2 -- python launch/experiment.py ...`
 starts N local processes (gloo) for testing.
 """
@@ -26,7 +26,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "validate the config and the data
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import distributed, experiment
+    from se_jax.parallel import distributed
+    from se_jax.pipeline import experiment
     distributed.initialize()
     start = time.perf_counter()
     if _DRY_RUN.value:
@@ -45,12 +46,12 @@ def main(argv):
     judges = sorted({r.judge for r in results.values()})
     print(f"\njudge: {', '.join(judges)}; wall time {time.perf_counter() - start:.0f}s")
     if isinstance(result, dict):
-        from se_jax.layout import Layout
+        from se_jax.pipeline.layout import Layout
         print(f"Table 1 over the settings: "
               f"{Layout.from_config(_CONFIG.value).report_dir / 'report.md'}")
 
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

@@ -91,7 +91,7 @@ def make_config(workdir: Path, questions: Path, *, num_samples: int, mesh: dict 
 
 def greedy(model: Any, tokenizer: Any, questions: list[dict], config: Any, mesh) -> dict:
     """id -> greedy answer text, prompted exactly as the sampler prompts."""
-    from se_jax import sampling
+    from se_jax.generation import sampling
     from se_jax.data import prompts as prompt_lib
     kwargs = prompt_lib.prompt_kwargs(config.prompt)
     prompts = [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
@@ -115,13 +115,14 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
 
     The training run goes to workdir/<train_name> with its result in finetune_result.json
     there, so several training settings can share one set of labels."""
-    from se_jax import labels, stage_io
-    from se_jax.mesh import make_mesh
-    from se_jax.resident import Resident
-    from se_jax.stages.entropy import run_entropy
-    from se_jax.stages.label import run_label
-    from se_jax.stages.sample import run_sample
-    from se_jax.stages.train import run_train
+    from se_jax.abstention import labels
+    from se_jax.io import stage_io
+    from se_jax.parallel.mesh import make_mesh
+    from se_jax.pipeline.resident import Resident
+    from se_jax.pipeline.stages.entropy import run_entropy
+    from se_jax.pipeline.stages.label import run_label
+    from se_jax.pipeline.stages.sample import run_sample
+    from se_jax.pipeline.stages.train import run_train
 
     workdir = Path(workdir)
     questions = write_questions(shared_data_dir(shared_data), num_questions,
@@ -180,5 +181,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

@@ -14,12 +14,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run conf
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import cli
+    from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, "label")
-    from se_jax.stages.label import run_label
+    from se_jax.pipeline.stages.label import run_label
     print(run_label(config))
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

@@ -4,7 +4,7 @@
         python launch/smoke.py --config.mesh.data=2 --config.mesh.tensor=2
 
 Each child gets SE_JAX_COORDINATOR=localhost:<free port>, SE_JAX_NUM_PROCESSES and
-SE_JAX_PROCESS_ID; entry points call se_jax.distributed.initialize(), which joins them into
+SE_JAX_PROCESS_ID; entry points call se_jax.parallel.distributed.initialize(), which joins them into
 one runtime whose jax.devices() spans all processes. Output lines are prefixed "[p<i>]".
 The exit status is the first non-zero child status (others are then stopped), else 0.
 
@@ -22,7 +22,7 @@ import time
 
 from absl import app, flags
 
-from se_jax import distributed
+from se_jax.parallel import distributed
 
 _NUM = flags.DEFINE_integer("num_processes", 2, "local processes to start")
 _LOCAL = flags.DEFINE_integer("local_devices", 1, "simulated CPU devices per process")
@@ -82,5 +82,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

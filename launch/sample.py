@@ -25,13 +25,13 @@ _OUT = flags.DEFINE_string("out", None, "output directory (default config.sampli
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import cli
+    from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, "sample", {"sampling.input": _QUESTIONS.value,
                                                         "sampling.out_dir": _OUT.value})
-    from se_jax.stages.sample import run_sample
+    from se_jax.pipeline.stages.sample import run_sample
     print(run_sample(config))
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

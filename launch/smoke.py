@@ -26,9 +26,9 @@ _OUTPUT = flags.DEFINE_string("output_json", "", "also write answers and timings
 
 def main(argv: list[str]) -> None:
     del argv
-    from se_jax import distributed
+    from se_jax.parallel import distributed
     distributed.initialize()
-    from se_jax.mesh import ShardingRules, make_mesh
+    from se_jax.parallel.mesh import ShardingRules, make_mesh
     from se_jax.models.greedy import greedy_generate
     from se_jax.models.loading import load_llama, load_tokenizer
 
@@ -69,5 +69,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

@@ -9,7 +9,7 @@
         --split=test
 
 Stages reuse finished artifacts exactly as launch/experiment.py does (the same `Job` of
-se_jax/experiment.py), so a sweep can fan `--stage=run` out over machines and then call
+se_jax/pipeline/experiment.py), so a sweep can fan `--stage=run` out over machines and then call
 launch/experiment.py, which finds everything done and writes the report.
 Multi-process: the same command in every process (launch/multihost.py locally); the
 evaluate stage spreads its shards over processes and process 0 merges them.
@@ -36,7 +36,7 @@ flags.mark_flag_as_required("stage")
 
 def _run_of_flags():
     """The plan.Run that --method/--tau/--seed/--arm name."""
-    from se_jax import plan
+    from se_jax.pipeline import plan
     if _METHOD.value is None:
         raise app.UsageError(f"--stage={_STAGE.value} needs --method")
     tau = _TAU.value if plan.uses_tau(_METHOD.value) else None
@@ -48,16 +48,17 @@ def _run_of_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import stage_io, validation
+    from se_jax.io import stage_io
+    from se_jax.config import validation
 
     # Flags that name directories are checked before anything is written.
     for flag in (_METHOD, _ARM, _SPLIT, _BACKEND):
         if flag.value:
             stage_io.safe_component(flag.value, f"--{flag.name}")
     validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
-    from se_jax import distributed
-    from se_jax import experiment as ex
-    from se_jax.plan import ORIGINAL, SWEEP_SPLIT
+    from se_jax.parallel import distributed
+    from se_jax.pipeline import experiment as ex
+    from se_jax.pipeline.plan import ORIGINAL, SWEEP_SPLIT
 
     distributed.initialize()
     stage = _STAGE.value
@@ -92,5 +93,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

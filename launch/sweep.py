@@ -54,7 +54,7 @@ def _passthrough() -> list[str]:
 
 def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]:
     """Phases of one experiment: [[prepare], [run jobs...], [experiment]]."""
-    from se_jax import plan
+    from se_jax.pipeline import plan
     base = [_flag(k, v) for k, v in overrides.items()] + _passthrough()
     stage = [sys.executable, str(REPO / "launch" / "stage.py"), f"--config={config_path}"]
     cfg = config.copy_and_resolve_references()
@@ -97,5 +97,5 @@ def main(argv):
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

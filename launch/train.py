@@ -16,12 +16,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "run conf
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from se_jax import cli
+    from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, "train")
-    from se_jax.stages.train import run_train
+    from se_jax.pipeline.stages.train import run_train
     print(run_train(config).out_dir)
 
 
 if __name__ == "__main__":
-    from se_jax import cli
+    from se_jax.pipeline import cli
     cli.run(main)

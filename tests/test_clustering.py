@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from se_jax.clustering import semantic_ids
+from se_jax.semantic.clustering import semantic_ids
 
 
 def reference_ids(equivalent, valid=None, overwrite=True) -> list[int]:

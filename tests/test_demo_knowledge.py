@@ -1,5 +1,5 @@
 """The knowledge-controlled demo, reduced: a few dozen EntityQuestions facts, a tiny random
-model, and the real driver (se_jax.experiment.run) through every stage: teach -> sample ->
+model, and the real driver (se_jax.pipeline.experiment.run) through every stage: teach -> sample ->
 entropy -> SE labels -> LoRA fine-tuning -> evaluation. It asserts the direction of the
 result from the files the stages wrote, so a regression in any stage shows up:
 
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from se_jax import experiment as ex
-from se_jax import stage_io
-from se_jax.layout import Layout
-from se_jax.plan import Run
+from se_jax.pipeline import experiment as ex
+from se_jax.io import stage_io
+from se_jax.pipeline.layout import Layout
+from se_jax.pipeline.plan import Run
 
 METHOD = "se_lexical"
 TAU = 0.5

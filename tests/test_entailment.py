@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from deberta_fixtures import random_nli, tiny_nli_dirs  # noqa: F401  (fixture)
-from se_jax import entailment as E
+from se_jax.semantic import entailment as E
 from se_jax.data import facts as F
-from se_jax.mesh import make_mesh
+from se_jax.parallel.mesh import make_mesh
 from se_jax.models.deberta_loading import load_nli
-from se_jax.text import normalize_answer
+from se_jax.data.text import normalize_answer
 
 
 def reference_equivalent(i1: int, i2: int, strict: bool) -> bool:
@@ -156,7 +156,7 @@ def test_llm_judge_backend_maps_prompt_label_order_to_labels():
 def test_llm_judge_backend_with_a_loaded_decoder(tmp_path):
     """Batched, shared-prefix labels == each pair's full prompt scored alone."""
     from tiny_models import make_tiny_llama_dir
-    from se_jax import scoring
+    from se_jax.generation import scoring
     from se_jax.data import prompts as prompt_lib
     from se_jax.models.loading import load_llama, load_tokenizer
     path = make_tiny_llama_dir(tmp_path, variant="llama")
@@ -219,7 +219,7 @@ def test_rounds_give_the_full_matrix_ids_with_fewer_pairs(rule, strict, seed):
     """Random classifier outputs (non-transitive) and random answer repetition, 40 questions
     of varying M: rounds == full-matrix ids, pairs <= the reference loop's, every read pair
     known, unread pairs marked."""
-    from se_jax import clustering
+    from se_jax.semantic import clustering
     rng = np.random.default_rng(seed)
     pool = [f"answer {k}" for k in range(rng.integers(2, 12))]
     questions = [f"question {i}?" for i in range(40)]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from se_jax.stages import entropy as stage
+from se_jax.pipeline.stages import entropy as stage
 from test_entropy_stage import GOOD, _config, _write
 
 

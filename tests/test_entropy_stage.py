@@ -10,7 +10,7 @@ import pytest
 
 from deberta_fixtures import tiny_nli_dirs  # noqa: F401  (fixture)
 from configs.base import get_config
-from se_jax.stages import entropy as stage
+from se_jax.pipeline.stages import entropy as stage
 
 CONTRACT = {"id", "backend", "checkpoint", "semantic_ids", "equivalence", "num_clusters",
             "discrete_semantic_entropy", "semantic_entropy", "naive_entropy", "exact_entropy"}
@@ -158,8 +158,8 @@ def test_deberta_stage_on_a_tiny_checkpoint(tmp_path, tiny_nli_dirs):  # noqa: F
 
 @pytest.fixture(scope="module")
 def cc():
-    """launch/crosscheck_entropy.py (launch/ is on sys.path via deberta_fixtures)."""
-    import crosscheck_entropy
+    """tools/crosscheck_entropy.py, the PyTorch reference loop beside our entropy stage."""
+    from tools import crosscheck_entropy
     return crosscheck_entropy
 
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from se_jax import evaluation as E
-from se_jax import judges
+from se_jax.abstention import evaluation as E
+from se_jax.abstention import judges
 
 
 def test_aed_paper_example():

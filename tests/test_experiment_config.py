@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configs import base, demo, nq_open_smollm, paper_llama3_8b, tiny
-from se_jax import plan
+from se_jax.pipeline import plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_sweep_launcher_prints_the_fan_out(tmp_path):
 def test_dry_run_counts_adapters_on_the_adapted_layers_only(tmp_path):
     """The cost plan's adapter size follows training.lora.top_layers (2-layer tiny model:
     the top layer holds half the adapters)."""
-    from se_jax import cost
+    from se_jax.pipeline import cost
     from tiny_models import write_tiny_llama_dir
     config = tiny.get_config()
     config.model.path = write_tiny_llama_dir(tmp_path / "model")

@@ -10,10 +10,10 @@ import jax
 import pytest
 
 from configs import tiny
-from se_jax import experiment as ex
-from se_jax import report
-from se_jax.layout import Layout
-from se_jax.plan import Run
+from se_jax.pipeline import experiment as ex
+from se_jax.pipeline import report
+from se_jax.pipeline.layout import Layout
+from se_jax.pipeline.plan import Run
 
 
 def write_tiny_data(root: Path) -> Path:

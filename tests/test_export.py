@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from se_jax import export, lora, training
+from se_jax.tuning import export
+from se_jax.tuning import lora
+from se_jax.tuning import training
 from se_jax.models.loading import load_llama
 from tiny_models import load_torch_model, make_tiny_llama_dir
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from se_jax.data import facts
-from se_jax.stages.train import read_sft
+from se_jax.pipeline.stages.train import read_sft
 
 IND = ("P36", "P17", "P19", "P26", "P40", "P495", "P131")
 OOD = ("P50", "P176", "P407")
@@ -112,7 +112,7 @@ def test_teach_set_holds_every_taught_fact_and_no_untaught(pool):
 
 
 def text_has(sentence: str, answer: str) -> bool:
-    from se_jax import text
+    from se_jax.data import text
     return text.alias_match(sentence, [answer])
 
 

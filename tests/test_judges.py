@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from se_jax import judges
+from se_jax.abstention import judges
 
 
 def test_alias_judge():
@@ -68,7 +68,7 @@ def test_llm_judge_from_config_matches_a_plain_forward(tiny_llama, prompt, shots
     whole chat prompt (the reference's wording for correctness_reference)."""
     import jax.numpy as jnp
     import ml_collections
-    from se_jax import scoring
+    from se_jax.generation import scoring
     from se_jax.data import prompts as prompt_lib
     model, tokenizer = tiny_llama
     cfg = ml_collections.ConfigDict(dict(judge="llm", f1_threshold=0.5, judge_batch_size=2,

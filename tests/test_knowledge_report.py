@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from se_jax import evaluation
-from se_jax import knowledge_report as kr
+from se_jax.abstention import evaluation
+from se_jax.pipeline import knowledge_report as kr
 
 
 def _records():

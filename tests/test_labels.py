@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from se_jax import labels
-from se_jax.text import ABSTENTION_PHRASE
+from se_jax.abstention import labels
+from se_jax.data.text import ABSTENTION_PHRASE
 
 
 def _answer(text: str) -> dict:
@@ -189,7 +189,7 @@ def test_balanced_tau_splits_ties_at_the_maximum():
 
 
 def test_label_stage_accepts_a_recorded_backend_fallback_only(tmp_path):
-    from se_jax.stages import label as label_stage
+    from se_jax.pipeline.stages import label as label_stage
     records = [{"id": "1", "backend": "lexical", "fallback": "no NLI checkpoint"}]
     assert label_stage._check_backend(records, "deberta", tmp_path) == "no NLI checkpoint"
     with pytest.raises(labels.LabelError, match="backend"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from se_jax import lora
+from se_jax.tuning import lora
 from se_jax.models import layer_scan
 from se_jax.models.llama import KVCache, Llama, LlamaConfig
 

@@ -1,4 +1,4 @@
-"""LoRA dropout's hashed mask (se_jax.lora.hashed_keep_mask): the rate, independence between
+"""LoRA dropout's hashed mask (se_jax.tuning.lora.hashed_keep_mask): the rate, independence between
 keys and elements, determinism, and the train/eval switch of LoRALinear."""
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from se_jax import lora
+from se_jax.tuning import lora
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.1, 0.5])

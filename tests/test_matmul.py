@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from se_jax.lora import LoRASpec, add_lora
+from se_jax.tuning.lora import LoRASpec, add_lora
 from se_jax.models import matmul
 from se_jax.models.llama import Llama, LlamaConfig
 

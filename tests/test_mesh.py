@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from se_jax.mesh import ShardingRules, batch_sharding, init_cache, make_mesh
+from se_jax.parallel.mesh import ShardingRules, batch_sharding, make_mesh
 from se_jax.models.greedy import greedy_generate
 from se_jax.models.llama import KVCache
 from se_jax.models.loading import load_llama, load_tokenizer, to_hf_state_dict
@@ -79,7 +79,7 @@ def test_sharded_forward_equals_single_device(tiny_dir, single, axes):
         step, cache = run(model, put(tokens[:, :1]), put(positions[:, -1:] + 1), cache)
         return np.asarray(logits), np.asarray(step)
 
-    sharded = prefill_then_step(model, init_cache(model.config, 4, 8, mesh, rules),
+    sharded = prefill_then_step(model, KVCache.init_sharded(model.config, 4, 8, mesh, rules),
                                 lambda x: jax.device_put(x, batch_sharding(mesh, rules)))
     reference = prefill_then_step(single, KVCache.init(single.config, 4, 8), jnp.asarray)
     for s, r in zip(sharded, reference):

@@ -1,9 +1,9 @@
-"""se_jax.precision: what model.dtype="auto" resolves to."""
+"""se_jax.config.precision: what model.dtype="auto" resolves to."""
 from __future__ import annotations
 
 import pytest
 
-from se_jax import precision
+from se_jax.config import precision
 
 
 @pytest.mark.parametrize("platform, flags, capability, native", [

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from configs import base, tiny
-from se_jax import cli, stage_io, validation
-from se_jax.validation import ConfigError
+from se_jax.pipeline import cli
+from se_jax.io import stage_io
+from se_jax.config import validation
+from se_jax.config.validation import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -265,7 +267,7 @@ ENTROPY_BAD_LINES = {
 
 @pytest.mark.parametrize("case", sorted(ENTROPY_BAD_LINES))
 def test_entropy_bad_record_skipped_with_file_line_or_refused(case, tmp_path):
-    from se_jax.stages import entropy
+    from se_jax.pipeline.stages import entropy
     bad, reason = ENTROPY_BAD_LINES[case]
     gen = _write_lines(tmp_path / "g.jsonl", [_gen_record(0, ["Paris", "Lyon", "Paris"]), bad])
     path = entropy.run_entropy(_entropy_config(tmp_path, gen))
@@ -279,7 +281,7 @@ def test_entropy_bad_record_skipped_with_file_line_or_refused(case, tmp_path):
 
 
 def test_entropy_records_the_true_m_and_refuses_a_changed_input(tmp_path):
-    from se_jax.stages import entropy
+    from se_jax.pipeline.stages import entropy
     gen = _write_lines(tmp_path / "g.jsonl", [_gen_record(i, ["a", "b", "a"]) for i in range(3)])
     config = _entropy_config(tmp_path, gen)
     assert config.sampling.num_samples == 10
@@ -302,7 +304,7 @@ def _label_config(tmp: Path, **labels):
 
 
 def test_label_stage_refuses_changed_generations(tmp_path):
-    from se_jax.stages import label
+    from se_jax.pipeline.stages import label
     (tmp_path / "sample" / "train").mkdir(parents=True)   # the stand-alone default input
     gen = _write_lines(tmp_path / "sample" / "train" / "generations.jsonl",
                        [_gen_record(i, ["Paris", "Paris"]) for i in range(2)])
@@ -315,7 +317,7 @@ def test_label_stage_refuses_changed_generations(tmp_path):
 
 
 def test_label_stage_names_a_missing_input(tmp_path):
-    from se_jax.stages import label
+    from se_jax.pipeline.stages import label
     with pytest.raises(FileNotFoundError, match="generations file .*generations.jsonl"):
         label.run_label(_label_config(tmp_path, method="idk"))
 
@@ -336,7 +338,7 @@ def _sample_config(tmp: Path, model: str, questions: Path):
 
 def test_sample_rerun_after_the_questions_changed_is_refused(tmp_path, tiny_model):
     """The first run has only bad lines (no model load, no compute); the file then changes."""
-    from se_jax.stages import sample
+    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a"}, {"id": "b"}])  # no question: skipped
     config = _sample_config(tmp_path, tiny_model, q)
     path = sample.run_sample(config)
@@ -347,7 +349,7 @@ def test_sample_rerun_after_the_questions_changed_is_refused(tmp_path, tiny_mode
 
 
 def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
-    from se_jax.stages import sample
+    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a"}])
     config = _sample_config(tmp_path, tiny_model, q)
     other = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
@@ -367,7 +369,7 @@ def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
 
 
 def test_sample_non_utf8_line_is_skipped_with_file_line(tmp_path, tiny_model):
-    from se_jax.stages import sample
+    from se_jax.pipeline.stages import sample
     from se_jax.models.loading import load_tokenizer
     q = tmp_path / "q.jsonl"
     q.write_bytes(NON_UTF8)
@@ -380,8 +382,8 @@ def test_sample_non_utf8_line_is_skipped_with_file_line(tmp_path, tiny_model):
 
 
 def test_evaluate_stage_refuses_other_questions_in_a_finished_dir(tmp_path, monkeypatch):
-    from se_jax import judges
-    from se_jax.stages import evaluate
+    from se_jax.abstention import judges
+    from se_jax.pipeline.stages import evaluate
     monkeypatch.setattr(evaluate, "_greedy_fn", lambda *a: lambda p, ids: ["Paris"] * len(p))
     monkeypatch.setattr(evaluate, "prompt_texts", lambda tok, qs, c: [q["question"] for q in qs])
     config = base.get_config()
@@ -490,7 +492,7 @@ def test_experiment_dry_run_writes_nothing(tmp_path):
 
 def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_model, monkeypatch):
     from se_jax.models import loading
-    from se_jax.stages import sample
+    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a", "question": "1+1?", "answers": ["2"]}])
     config = _sample_config(tmp_path, tiny_model, q)
     (tmp_path / "sample").mkdir()

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from se_jax import evaluation as E
-from se_jax import report
-from se_jax.stages import report as report_stage
+from se_jax.abstention import evaluation as E
+from se_jax.pipeline import report
+from se_jax.pipeline.stages import report as report_stage
 
 
 def _row(method, split, seed, correct, incorrect, abstained, tau=""):
@@ -79,7 +79,7 @@ def test_slick_categories_and_breakdown():
     def gen(i, ml, samples):
         return {"id": i, "question": "q", "answers": ["Paris"],
                 "most_likely": {"text": ml}, "samples": [{"text": s} for s in samples]}
-    from se_jax import judges
+    from se_jax.abstention import judges
     cats = report_stage.slick_categories(
         [gen("a", "Paris", ["Paris"] * 3), gen("b", "Rome", ["Rome", "Paris"]),
          gen("c", "Rome", ["Rome", "Lyon"])], judges.AliasJudge())

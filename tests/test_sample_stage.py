@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from configs import base
-from se_jax.stages import sample
+from se_jax.pipeline.stages import sample
 from tiny_models import make_tiny_llama_dir
 
 REPO = Path(__file__).resolve().parents[1]

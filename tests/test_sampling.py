@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from se_jax import sampling, sampling_math, stopping
+from se_jax.generation import sampling
+from se_jax.generation import sampling_math
+from se_jax.generation import stopping
 from se_jax.data import prompts as prompt_lib
-from se_jax.mesh import make_mesh
+from se_jax.parallel.mesh import make_mesh
 from se_jax.models import padding
 from se_jax.models.loading import load_llama, load_tokenizer
 from tiny_models import load_torch_model, make_tiny_llama_dir

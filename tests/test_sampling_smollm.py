@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from se_jax import sampling, text
+from se_jax.generation import sampling
+from se_jax.data import text
 from se_jax.data import prompts as prompt_lib
 from se_jax.models.loading import load_llama, load_tokenizer
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from se_jax import scoring
+from se_jax.generation import scoring
 from se_jax.data import prompts as prompt_lib
-from se_jax.mesh import make_mesh
+from se_jax.parallel.mesh import make_mesh
 
 ITEMS = [dict(question="Capital of France?", a="Paris", b="It is Paris."),
          dict(question="Who wrote Hamlet?", a="Shakespeare", b="Marlowe"),

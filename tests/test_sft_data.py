@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from se_jax import sft_data
+from se_jax.tuning import sft_data
 
 
 def _example(i: int, head: list[int], rest: list[int], target_len: int):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from se_jax import stage_io
+from se_jax.io import stage_io
 
 
 def test_sharded_jsonl_resume_and_finalize(tmp_path):
@@ -49,7 +49,7 @@ def test_stages_resume_across_neutral_keys_and_refuse_upstream_changes(tmp_path)
     """The label stage's outputs depend on the sample and entropy settings (and its own),
     not on batching knobs, output paths or training options."""
     from configs.base import get_config
-    from se_jax.stages import DEPENDS_ON, NEUTRAL_KEYS
+    from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 
     def write(c):
         stage_io.write_config(tmp_path, c, ignore=NEUTRAL_KEYS, depends_on=DEPENDS_ON["label"])

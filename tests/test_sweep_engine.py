@@ -1,4 +1,4 @@
-"""The sweep engine (se_jax/resident.py): runs share one resident base model, compile the
+"""The sweep engine (se_jax/pipeline/resident.py): runs share one resident base model, compile the
 training step and the sampler once per shape, leave the base untouched, and give the same
 adapter and answers as the same run trained and evaluated alone."""
 from __future__ import annotations
@@ -12,12 +12,15 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from configs import tiny
-from se_jax import export, sampling, sft_data, training
+from se_jax.tuning import export
+from se_jax.generation import sampling
+from se_jax.tuning import sft_data
+from se_jax.tuning import training
 from se_jax.data import prompts as prompt_lib
-from se_jax.mesh import make_mesh
-from se_jax.resident import Resident
-from se_jax.stages.train import run_train
-from se_jax.telemetry import Telemetry
+from se_jax.parallel.mesh import make_mesh
+from se_jax.pipeline.resident import Resident
+from se_jax.pipeline.stages.train import run_train
+from se_jax.io.telemetry import Telemetry
 
 QUESTIONS = [f"What is the capital of country number {i}?" for i in range(16)]
 TARGETS = ["I don't know the answer.", "Paris", "The capital is a long name, say Rome."]
@@ -172,8 +175,8 @@ def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
     after a restart the adopted run is rebuilt from its own directory without training."""
     from test_experiment_e2e import tiny_config, write_tiny_data
     from tiny_models import make_tiny_llama_dir
-    from se_jax import experiment
-    from se_jax.plan import Run
+    from se_jax.pipeline import experiment
+    from se_jax.pipeline.plan import Run
 
     config = tiny_config(make_tiny_llama_dir(tmp_path / "model", variant="llama"),
                          write_tiny_data(tmp_path / "data"), tmp_path / "run")
@@ -202,7 +205,7 @@ def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
     adapter = "adapter/adapter_model.safetensors"
     assert (rtu_dir / adapter).read_bytes() == (se_dir / adapter).read_bytes()
     # Its evaluation takes over the first run's outcomes; nothing is answered again.
-    from se_jax.stages import evaluate
+    from se_jax.pipeline.stages import evaluate
     job.evaluate(se.tag, lambda: first, ["val"])
     answered = []
     real_greedy = evaluate._greedy_fn

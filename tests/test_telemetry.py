@@ -2,8 +2,8 @@
 wall time they cover (the report's "Where the time went" table)."""
 from __future__ import annotations
 
-from se_jax import telemetry
-from se_jax.report import phase_table
+from se_jax.io import telemetry
+from se_jax.pipeline.report import phase_table
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-from se_jax import text
+from se_jax.data import text
 
 
 def test_normalize_answer_follows_squad():

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from se_jax import lora, losses, sft_data, training
+from se_jax.tuning import lora
+from se_jax.tuning import losses
+from se_jax.tuning import sft_data
+from se_jax.tuning import training
 from se_jax.models.loading import load_llama
 from tiny_models import load_torch_model, make_tiny_llama_dir
 

@@ -27,9 +27,12 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from se_jax import checkpointing, mesh as mesh_lib, sft_data, training
+from se_jax.tuning import checkpointing
+from se_jax.parallel import mesh as mesh_lib
+from se_jax.tuning import sft_data
+from se_jax.tuning import training
 from se_jax.models.loading import load_llama
-from se_jax.stages.train import run_train
+from se_jax.pipeline.stages.train import run_train
 from tiny_models import make_tiny_llama_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from se_jax import uncertainty as U
+from se_jax.semantic import uncertainty as U
 
 VALID4 = np.ones((1, 4), bool)
 

@@ -1,12 +1,8 @@
-"""The yardstick (launch/yardstick.py): FLOPs per token, the decode roofline, the load rule
+"""The yardstick (benchmarks/yardstick.py): FLOPs per token, the decode roofline, the load rule
 that ends every benchmark's output, and the products-alone ceiling's program."""
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-import yardstick  # noqa: E402
+from benchmarks import yardstick
 
 
 def test_flops_per_token_forward_and_lora_training():

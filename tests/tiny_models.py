@@ -47,7 +47,7 @@ def tiny_hf_config(variant: str = "llama"):
 
 def smollm2_tokenizer_dir() -> str:
     """A directory holding the SmolLM2 tokenizer (converted from the GGUF once per machine)."""
-    from se_jax.embedded import embedded_gguf_path
+    from se_jax.models.embedded import embedded_gguf_path
     from se_jax.models.loading import gguf_tokenizer_dir
     return gguf_tokenizer_dir(embedded_gguf_path())
 

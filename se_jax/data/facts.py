@@ -284,7 +284,7 @@ def teach_set(splits: Mapping[str, Sequence[Mapping]], cfg: FactsConfig) -> list
     """SFT records of the teach step: `cfg.phrasings` per taught fact of every split.
 
     Records are {"id": "<fact id>~p<i>", "question", "target", "label": "answer", "fact_id"},
-    what the train stage reads (se_jax/stages/train.py read_sft); the train stage builds the
+    what the train stage reads (se_jax/pipeline/stages/train.py read_sft); the train stage builds the
     prompt from `question` with config.prompt, so teach with the prompt style the experiment
     samples with (style "short" or "sentence").
     """

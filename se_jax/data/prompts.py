@@ -121,7 +121,7 @@ def prompt_kwargs(prompt_config: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- judge prompts
 # The LLM judges' prompts (entailment, correctness) are data: configs/judge_prompts.py.
 # A judge prompt is rendered in two parts, so that the scorer can prefill the part shared by
-# every item once (se_jax/scoring.py): prefix = chat header + instruction + few-shot block,
+# every item once (se_jax/generation/scoring.py): prefix = chat header + instruction + few-shot block,
 # suffix = the item (question, answers) + the end of the turn / the label cue.
 
 JUDGE_PROMPTS_FILE = Path(__file__).resolve().parents[2] / "configs" / "judge_prompts.py"

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from se_jax import stage_io
+from se_jax.io import stage_io
 from se_jax.data import catalog
+from se_jax.data import facts
 
 IN_DISTRIBUTION_SPLITS = ("train", "val", "test")
 
@@ -118,7 +119,6 @@ def prepare_fact_splits(facts_config: Any, out_dir: str | Path) -> dict[str, Pat
     """The knowledge-controlled splits (data.source = "facts", se_jax/data/facts.py): drawn
     once from the fact pool and written like `prepare_splits`; every record carries
     "taught". The draw does not depend on the answer style."""
-    from se_jax.data import facts
     out_dir = Path(out_dir)
     cfg = facts.FactsConfig.from_config(facts_config, "short")
     names = [*IN_DISTRIBUTION_SPLITS] + ([facts.OOD_SPLIT] if cfg.n_ood_known
@@ -135,7 +135,6 @@ def prepare_fact_splits(facts_config: Any, out_dir: str | Path) -> dict[str, Pat
 
 def fact_split_sizes(facts_config: Any) -> dict[str, int]:
     """{"train", "val", "test", "ood"} sizes of the fact draw (for plans; reads nothing)."""
-    from se_jax.data import facts
     cfg = facts.FactsConfig.from_config(facts_config, "short")
     known, unknown = (facts.cut(list(range(n)), cfg.fractions)
                       for n in (cfg.n_known, cfg.n_unknown))

@@ -9,6 +9,6 @@
     gguf_checkpoint.py  GGUF reader: config from metadata, dequantisation, q/k un-permutation
     gguf_header.py      the GGUF header (metadata, tensor directory) parsed with struct
     safetensors_io.py   memory-mapped .safetensors reading (bf16 via ml_dtypes) and writing
-    greedy.py           reference greedy decoding (smoke run, tests); the sampler is se_jax/sampling.py
+    greedy.py           reference greedy decoding (smoke run, tests); the sampler is se_jax/generation/sampling.py
     deberta.py          NLI encoder
 """

@@ -21,6 +21,7 @@ from flax import nnx
 
 from se_jax.models.deberta import DebertaConfig, DebertaForSequenceClassification
 from se_jax.models.torch_zip import load_torch_zip
+from se_jax.models.safetensors_io import SafetensorsFile
 
 
 @dataclasses.dataclass
@@ -38,7 +39,6 @@ class NliModel:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file, validated first (errors name file and tensor)."""
-    from se_jax.models.safetensors_io import SafetensorsFile
     f = SafetensorsFile(str(path))
     return {name: np.array(f.get(name)) for name in f.names}
 

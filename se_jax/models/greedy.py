@@ -1,7 +1,7 @@
 """Reference greedy decoding: the simplest correct use of the decoder and its KV cache.
 
 Used by the smoke run, the parity tests and the multi-process check; the production sampler
-(M samples per prompt, temperatures, log-probs) is `se_jax/sampling.py`.
+(M samples per prompt, temperatures, log-probs) is `se_jax/generation/sampling.py`.
 
 Prompts are left-padded (positions -1), prefilled once, then decoded one token per step by
 one compiled function with the cache donated. With a mesh, inputs are global arrays split on
@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from se_jax.mesh import ShardingRules, batch_sharding, batch_shards, init_cache
+from se_jax.parallel.mesh import ShardingRules, batch_sharding, batch_shards
 from se_jax.models.llama import KVCache, Llama
 from se_jax.models.padding import left_pad
 
@@ -61,7 +61,7 @@ def greedy_generate(model: Llama, prompts: Sequence[Sequence[int]], max_new_toke
         put = jnp.asarray
         out_sharding = None
     else:
-        cache = init_cache(model.config, b, t + max_new_tokens, mesh, rules)
+        cache = KVCache.init_sharded(model.config, b, t + max_new_tokens, mesh, rules)
         in_sharding = batch_sharding(mesh, rules)
         put = lambda x: jax.make_array_from_callback(x.shape, in_sharding, lambda i: x[i])  # noqa: E731
         out_sharding = NamedSharding(mesh, PartitionSpec())  # every process reads the tokens

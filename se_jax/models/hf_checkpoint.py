@@ -14,6 +14,7 @@ import numpy as np
 
 from se_jax.models.llama import LlamaConfig
 from se_jax.models.safetensors_io import SafetensorsFile, save_file
+from se_jax.io.stage_io import atomic_path, atomic_write_text
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -111,7 +112,6 @@ def hf_config_dict(config: LlamaConfig) -> dict[str, Any]:
 def write_hf_checkpoint(path: str, config_dict: Mapping[str, Any],
                         tensors: Mapping[str, np.ndarray]) -> str:
     """Write config.json and model.safetensors to `path` (created); returns `path`."""
-    from se_jax.stage_io import atomic_path, atomic_write_text
     os.makedirs(path, exist_ok=True)
     # Atomic: a full disk leaves the old file (or none) and no partial or .tmp file.
     with atomic_path(os.path.join(path, SINGLE)) as tmp:

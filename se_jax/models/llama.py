@@ -17,7 +17,7 @@ each question's prompt for its M answers), `model.hidden(..., prefix=tokens)` fo
 head into the batch as extra rows whose keys every row reads (training; `HeadRows`). The
 shared keys are read once per group, never copied per row (`dot_product_attention`).
 
-Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.mesh` maps
+Every parameter carries `logical_axes` metadata (e.g. ("embed", "heads")); `se_jax.parallel.mesh` maps
 those names to mesh axes with one `ShardingRules` table. A model loaded onto a mesh also holds
 `mesh_rules` and pins its residual stream to a batch-split layout.
 """
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from se_jax import mesh as mesh_lib
+from se_jax.parallel import mesh as mesh_lib
 from se_jax.models import layer_scan, matmul
 
 # Architectures (config.json "architectures") this decoder implements.
@@ -189,6 +189,24 @@ class KVCache:
             return tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
         return cls(k=empty(), v=empty(), pos=jnp.full((batch, max_len), -1, jnp.int32),
                    length=jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def init_sharded(cls, config: LlamaConfig, batch: int, max_len: int, mesh: jax.sharding.Mesh,
+                     rules: mesh_lib.ShardingRules, dtype=None) -> "KVCache":
+        """An empty cache created directly in its sharded layout (no host copy)."""
+        make = lambda: cls.init(config, batch, max_len, dtype)  # noqa: E731
+        return jax.jit(make, out_shardings=jax.eval_shape(make).shardings(mesh, rules))()
+
+    def shardings(self, mesh: jax.sharding.Mesh, rules: mesh_lib.ShardingRules) -> "KVCache":
+        """NamedShardings for this cache (concrete or abstract): k/v one [B,Hkv,S,Dh] per
+        layer over ("batch", "kv_heads", "cache_seq", "head_dim"), pos [B,S]."""
+        kv = ("batch", "kv_heads", "cache_seq", "head_dim")
+        spec = functools.partial(mesh_lib.logical_sharding, mesh, rules)
+        return dataclasses.replace(
+            self, k=tuple(spec(kv, x.shape) for x in self.k),
+            v=tuple(spec(kv, x.shape) for x in self.v),
+            pos=spec(("batch", "cache_seq"), self.pos.shape),
+            length=mesh_lib.replicated(mesh))
 
     def stacked(self) -> "KVCache":
         """k, v as [L, B, Hkv, S, Dh] arrays (the layer scan's carry)."""
@@ -505,11 +523,11 @@ class Llama(nnx.Module):
         written to a cache), in one of two forms:
           context: a prefilled cache of G rows, each read by one of G equal groups of
             consecutive rows (G divides B), alone or before `cache`: one judge prompt
-            prefilled once per process for every batch (`se_jax.scoring`), or each question's
-            prompt prefilled once for its M sampled answers (`se_jax.sampling`);
+            prefilled once per process for every batch (`se_jax.generation.scoring`), or each question's
+            prompt prefilled once for its M sampled answers (`se_jax.generation.sampling`);
           prefix: its tokens int32[1, P] (positions 0..P-1), run once per batch (per batch
             shard) instead of once per row, and differentiable (training,
-            `se_jax.training.batch_layout`). The head is folded into the batch as
+            `se_jax.tuning.training.batch_layout`). The head is folded into the batch as
             ceil(P / T) extra rows before each shard's rows (`HeadRows`), so every layer
             runs one set of projections over all tokens. Only the rows' states return.
         """

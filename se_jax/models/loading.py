@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
-from se_jax import precision, runtime
-from se_jax.distributed import to_host
-from se_jax.embedded import resolve_model_path
-from se_jax.mesh import ShardingRules, variable_sharding
+from se_jax.config import precision
+from se_jax.io import runtime
+from se_jax.parallel.distributed import to_host
+from se_jax.models.embedded import resolve_model_path
+from se_jax.parallel.mesh import ShardingRules, variable_sharding
 from se_jax.models.gguf_checkpoint import GGUFCheckpoint
 from se_jax.models.gguf_header import read_header
 from se_jax.models.hf_checkpoint import HFDirectory, hf_config_dict, write_hf_checkpoint

@@ -6,8 +6,8 @@ result, float32 sums), written so that XLA:CPU runs it natively: XLA:CPU only ke
 bfloat16 dot when asked for a float32 result, and rewrites a bfloat16 -> bfloat16 dot to
 convert both operands to float32 first (the weights, on every call). Under autodiff the
 same holds for the two backward dots only if their cotangent is bfloat16 too, hence the
-custom VJP (measured with `launch/bench_model.py --dtype=bfloat16` and
-`launch/bench_training.py --dtype=bfloat16`; WORKSPACE-notes.md, "bfloat16").
+custom VJP (measured with `benchmarks/bench_model.py --dtype=bfloat16` and
+`benchmarks/bench_training.py --dtype=bfloat16`; WORKSPACE-notes.md, "bfloat16").
 """
 from __future__ import annotations
 

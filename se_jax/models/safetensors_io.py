@@ -15,6 +15,7 @@ from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+from se_jax.io.stage_io import atomic_path
 
 DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -129,7 +130,6 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
         header["__metadata__"] = dict(metadata)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    from se_jax.stage_io import atomic_path
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # no .tmp left on a full disk
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)

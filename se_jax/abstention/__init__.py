@@ -1,0 +1,1 @@
+"""Abstention: SFT labels from uncertainties, correctness judges, Accuracy/Engagement/AED."""

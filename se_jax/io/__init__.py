@@ -1,0 +1,1 @@
+"""Process-level I/O: crash-safe stage outputs, telemetry, the compilation cache and console."""

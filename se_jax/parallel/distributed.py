@@ -1,0 +1,73 @@
+"""Multi-process start: one JAX process per host (TPU pod, GPU cluster) or N local CPU processes.
+
+Call `initialize()` first thing in every entry point, before any JAX computation:
+
+* TPU pod slice / SLURM / other clusters JAX knows: run the same command on every host with
+  `SE_JAX_DISTRIBUTED=auto`; jax.distributed.initialize() reads the cluster environment.
+* One machine, N CPU processes (`launch/multihost.py --num_processes=N -- python ...`): the
+  launcher sets SE_JAX_COORDINATOR / SE_JAX_NUM_PROCESSES / SE_JAX_PROCESS_ID; collectives
+  between CPU processes go through gloo.
+* Neither: a single process; nothing to do.
+
+Afterwards `jax.devices()` lists every process's devices, so `se_jax.parallel.mesh.make_mesh` builds a
+global mesh, and each process feeds and reads only its addressable shards.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+ENV_MODE = "SE_JAX_DISTRIBUTED"          # "auto": the cluster environment says everything
+ENV_COORDINATOR = "SE_JAX_COORDINATOR"   # host:port of process 0
+ENV_NUM_PROCESSES = "SE_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "SE_JAX_PROCESS_ID"
+ENV_LOCAL_DEVICES = "SE_JAX_LOCAL_DEVICES"  # CPU devices per local process (simulated)
+
+log = logging.getLogger(__name__)
+
+
+def initialize() -> None:
+    """Join the multi-process runtime described by the environment (see module docstring)."""
+    if jax.distributed.is_initialized():
+        return
+    if os.environ.get(ENV_MODE) == "auto":
+        jax.distributed.initialize()
+    elif ENV_COORDINATOR in os.environ:
+        local_devices = os.environ.get(ENV_LOCAL_DEVICES)
+        if local_devices:
+            jax.config.update("jax_num_cpu_devices", int(local_devices))
+        # CPU processes exchange collectives through gloo (the default has none across processes).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=os.environ[ENV_COORDINATOR],
+            num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+            process_id=int(os.environ[ENV_PROCESS_ID]),
+            initialization_timeout=120)
+    else:
+        return
+    log.info("process %d/%d: %d local of %d devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def is_main_process() -> bool:
+    """Process 0 writes shared outputs and prints summaries."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """All processes reach this point (no-op in a single process). The one convention for
+    shared outputs: every process computes, process 0 writes, then all pass a barrier."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (all-gathered from the other processes on a pod)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))

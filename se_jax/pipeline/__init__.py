@@ -1,0 +1,1 @@
+"""The experiment: its plan and directory layout, the stages (I/O edge), the sweep driver, reports."""

@@ -1,0 +1,131 @@
+"""The launchers' entry: `cli.run(main)` instead of `absl.app.run(main)`.
+
+It applies se_jax/io/runtime.py first (persistent compilation cache, a quiet console unless
+`--library_logs`).
+
+Known user errors (a bad flag or config field, a bad input file, a missing path, a
+malformed checkpoint, a busy output directory) print one line, `error: <message>`, and
+exit with status 2; `--verbose` shows the traceback instead. Anything else is a bug and
+keeps its traceback.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+from typing import Any, Callable, Mapping, NoReturn, Sequence
+
+from absl import app, flags
+from se_jax.io import runtime
+from se_jax.config import validation
+from se_jax.parallel import distributed
+
+EXIT_USER_ERROR = 2
+MAX_MESSAGE = 600   # characters of the one-line message
+
+# Errors a user can cause and fix: ValueError covers ConfigError, DatasetError,
+# UnicodeDecodeError, JSON errors and the checkpoint readers' errors; OSError covers
+# FileNotFoundError, PermissionError and a full disk.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, OSError, pickle.UnpicklingError, app.UsageError)
+
+
+def one_line(message: str) -> str:
+    """A message on one line (whitespace collapsed), at most MAX_MESSAGE characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 3] + "..."
+
+
+def describe(error: BaseException) -> str:
+    """The one-line text of a user error (file:line for a UnicodeDecodeError's bytes)."""
+    if isinstance(error, UnicodeDecodeError):
+        return one_line(f"not valid UTF-8 ({error.reason} at byte {error.start}); "
+                        f"re-encode the file as UTF-8")
+    if isinstance(error, (FileNotFoundError, PermissionError)) and error.filename \
+            and str(error.filename) not in str(error.strerror or ""):
+        return one_line(f"{error.filename}: {error.strerror}")
+    text = str(error)
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])
+    return one_line(text or type(error).__name__)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _verbose(argv: Sequence[str]) -> bool:
+    return any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1")
+               for a in argv)
+
+
+def config_field_error(error: BaseException, argv: Sequence[str]) -> str:
+    """'--config.a.b=..: no config field 'b' (did you mean ...)' for a config-flag typo."""
+    text = str(error.args[0] if error.args else error).replace("\\n", " ").replace("\\'", "'")
+    text = one_line(text.strip("'\""))
+    key = re.match(r"'?([\w-]+)'?", text)
+    flag = next((a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and key
+                 and re.search(rf"\.{re.escape(key.group(1))}(=|$)", a.split("=")[0] + "=")),
+                None)
+    hint = re.search(r"[Dd]id you mean \"?([\w.-]+)\"?", text)
+    where = flag or "a --config flag"
+    return (f"{where}: unknown config field {key.group(1)!r}" if key else where) + (
+        f"; did you mean {hint.group(1)!r}?" if hint else f" ({text})")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every parse failure as one line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if _verbose(argv):
+            raise
+        fail(f"{e}")
+    except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        # ml_collections applies --config.x.y=... overrides while parsing; a typo in a
+        # field name surfaces here as AttributeError/KeyError with a "Did you mean".
+        if _verbose(argv):
+            raise
+        if isinstance(e, (AttributeError, KeyError)):
+            fail(config_field_error(e, argv))
+        fail(describe(e))
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """absl.app.run(main) with one-line errors for USER_ERRORS (exit 2) unless --verbose."""
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "show the traceback of an error")
+    if "library_logs" not in flags.FLAGS:
+        flags.DEFINE_bool("library_logs", False, "keep the INFO lines of Orbax, TFDS and "
+                          "other libraries on the console")
+
+    def guarded(argv: list[str]) -> Any:
+        runtime.setup(library_logs=flags.FLAGS.library_logs)
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if flags.FLAGS.verbose:
+                raise
+            fail(describe(e))
+        except KeyboardInterrupt:
+            if flags.FLAGS.verbose:
+                raise
+            print("error: interrupted", file=sys.stderr, flush=True)
+            sys.exit(130)
+
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def stage_config(config: Any, stage: str, overrides: Mapping[str, str | None] | None = None) -> Any:
+    """The config a stand-alone stage launcher runs: validated for `stage` before JAX starts
+    (a bad field fails in a second), the multi-process start done (a no-op on one host), and
+    the launcher's path flags applied (`"section.field" -> value`; None = flag not given)."""
+    validation.validate_stage(config, stage)
+    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            section, field = key.split(".")
+            config[section][field] = value
+    return config

@@ -1,0 +1,495 @@
+"""The paper's experiment, end to end, from one config: the driver.
+
+    splits -> sample(train, val) -> entropy(backend x split) -> original model on every split
+           -> for method, tau, seed: label -> train -> evaluate(val)      (the sweep engine)
+           -> pick tau per method by mean validation AED (se_jax/pipeline/plan.py)
+           -> the picked models (and arms) on in-distribution test and every OOD split
+           -> report (report.md with the phase table, results.csv, sweep.csv, PNG plots)
+
+The sweep engine: the generator is loaded once per process (`Resident`); every run trains
+fresh adapters on it through one compiled training step and is evaluated straight from
+memory through the same compiled sampler (se_jax/pipeline/resident.py). Each unit of work has its
+own directory (se_jax/pipeline/layout.py) holding its config.json and a `done.json` written last,
+so a rerun after a crash, or with one more method, tau or seed, does only the missing
+work. Saved per run: the PEFT adapter and the Orbax state (merged weights only with
+training.export_merged).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+
+from se_jax.io import stage_io
+from se_jax.parallel.distributed import barrier, is_main_process
+from se_jax.pipeline.layout import DONE, Layout, is_done
+from se_jax.pipeline.plan import (ORIGINAL, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
+                         pick_taus, result_row, se_backend, validate)
+from se_jax.io.telemetry import Telemetry
+from se_jax.data import splits as split_lib
+from se_jax.parallel.mesh import make_mesh
+from se_jax.pipeline.resident import Resident
+from se_jax.pipeline.stages import teach
+from se_jax.abstention import judges
+from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.pipeline.stages import sample
+from se_jax.pipeline.stages import entropy
+from se_jax.pipeline.stages import label
+from se_jax.pipeline.stages import train
+from se_jax.pipeline.stages import evaluate
+from se_jax.pipeline import cost
+from se_jax.pipeline import knowledge_report
+from se_jax.pipeline import report
+from se_jax.pipeline.stages import evaluate as evaluate_stage, report as report_stage
+
+__all__ = ["ConfigError", "Layout", "Run", "run", "describe_plan", "validate"]
+
+
+def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
+    """Written last, by process 0 once every process has finished the unit of work."""
+    barrier(f"done-{path}")
+    if is_main_process():
+        stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
+                                                           default=str) + "\n")
+    barrier(f"marked-{path}")
+
+
+def prepare_splits(config: Any, layout: Layout) -> dict[str, Path]:
+    """The split files; drawn (and TFDS datasets built) by process 0 only, then shared."""
+
+    def draw() -> dict[str, Path]:
+        if config.data.source == "facts":
+            return split_lib.prepare_fact_splits(config.facts, layout.data)
+        return split_lib.prepare_splits(config.data, layout.shared, layout.data)
+    if is_main_process():
+        draw()
+    barrier("experiment-splits")
+    return draw()
+
+
+@dataclasses.dataclass
+class SharedBase:
+    """The generator of one command, loaded (and, with teach.enabled, taught) on first use
+    and shared by every answer setting and run: the only load of the base model."""
+    config: Any
+    layout: Layout
+    clock: Telemetry
+    _resident: Any = None
+
+    def __call__(self):
+        if self._resident is None:
+            import jax
+            # Inference and training are data-parallel over this process's devices.
+            mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
+            model_config = self.config.model
+            taught = self.config.teach.enabled and is_done(self.layout.teach)
+            if taught:   # the taught model is the base: load it instead of the original
+                model_config = model_config.copy_and_resolve_references()
+                model_config.path = str(teach.taught_model_dir(self.layout.teach))
+                model_config.adapter = ""
+            with self.clock.phase("load base model"):
+                resident = Resident.load(model_config, mesh, adapter=model_config.adapter)
+            if self.config.teach.enabled and not taught:
+                splits = {k: stage_io.read_jsonl(v)
+                          for k, v in prepare_splits(self.config, self.layout).items()}
+                with self.clock.phase("teach"):
+                    resident = teach.run_teach(self.config, resident, splits,
+                                               self.layout.teach)
+                mark_done(self.layout.teach)
+            self._resident = resident
+        return self._resident
+
+
+def _copy(config: Any) -> Any:
+    return config.copy_and_resolve_references()
+
+
+@dataclasses.dataclass
+class Job:
+    """One experiment in one process: config, layout, split files, the resident generator
+    (loaded on first use, at most once) and the judge. Every step below skips finished work."""
+    config: Any
+    layout: Layout
+    questions: dict[str, Path]
+    clock: Telemetry
+    resident: SharedBase
+    since: dict   # the clock's snapshot when the command started (its report counts from it)
+    _judge: Any = None
+    # Fine-tuned LoRA models of this invocation by run tag: adapters only (the weights are
+    # the resident base's), kept so the picked runs are evaluated on test without reloading.
+    _trained: dict = dataclasses.field(default_factory=dict)
+    # The first finished run of this invocation per training input (train.input_fingerprint),
+    # and the runs that took over an earlier run's outputs: tag -> that run's tag.
+    _by_input: dict = dataclasses.field(default_factory=dict)
+    _same_as: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def test_splits(self) -> list[str]:
+        return [s for s in self.questions if s not in ("train", SWEEP_SPLIT)]
+
+    def judge(self):
+        """The configured judge (built once); the LLM judge runs `evaluation.judge_model`,
+        else the resident generator, so every model's answers get the same judge."""
+        if self._judge is None:
+            ev = self.config.evaluation
+            if ev.judge != "llm":
+                self._judge = judges.make_judge(ev)
+            elif ev.judge_model:
+                base = self.resident()
+                model = load_llama(ev.judge_model, mesh=base.mesh)
+                self._judge = judges.make_judge(ev, model, load_tokenizer(ev.judge_model),
+                                                model_name=ev.judge_model)
+            else:
+                base = self.resident()
+                self._judge = judges.make_judge(ev, base.model, base.tokenizer,
+                                                model_name=str(self.config.model.path))
+        return self._judge
+
+    # ------------------------------------------------------------------ stages
+
+    def sample(self, split: str) -> Path:
+        """Generations (most-likely + M samples) of one split; returns generations.jsonl."""
+        out = self.layout.sample(split)
+        if not is_done(out):
+            cfg = _copy(self.config)
+            cfg.sampling.input = str(self.questions[split])
+            cfg.sampling.out_dir = str(out)
+            with self.clock.phase(f"sample {split}"):
+                sample.run_sample(cfg, resident=self.resident())
+            mark_done(out)
+        return out / "generations.jsonl"
+
+    def entropy(self, backend: str, split: str, generations: Path) -> Path:
+        """Uncertainties of one split with one equivalence backend; uncertainty.jsonl."""
+        out = self.layout.entropy(backend, split)
+        if not is_done(out):
+            cfg = _copy(self.config)
+            cfg.entropy.backend = backend
+            cfg.entropy.generations = str(generations)
+            cfg.entropy.out_dir = str(out)
+            with self.clock.phase(f"entropy {backend} {split}"):
+                entropy.run_entropy(cfg)
+            mark_done(out)
+        return out / "uncertainty.jsonl"
+
+    def label(self, run: Run, generations: Path, uncertainty: Mapping[str, Path]) -> Path:
+        """The SFT set of a run (shared by its seeds and arms); returns sft.jsonl."""
+        out = self.layout.label(run)
+        if not is_done(out):
+            cfg = _copy(self.config)
+            backend = se_backend(run.method)
+            cfg.labels.method = "se" if backend else run.method   # rtuning, rtuning_u, idk
+            cfg.labels.tau = float(run.tau) if run.tau is not None else cfg.labels.tau
+            cfg.labels.backend = backend or ""
+            cfg.labels.generations = str(generations)
+            cfg.labels.uncertainty = str(uncertainty[backend or next(iter(uncertainty))])
+            cfg.labels.out_dir = str(out)
+            if self.config.evaluation.judge in ("alias", "f1"):  # label with the eval's judge
+                cfg.labels.judge = self.config.evaluation.judge
+                cfg.labels.f1_threshold = self.config.evaluation.f1_threshold
+            label.run_label(cfg)
+            mark_done(out, json.loads((out / "summary.json").read_text()))
+        return out / "sft.jsonl"
+
+    def run_config(self, run: Run, sft: Path) -> Any:
+        """The train stage's config for `run` (its seed, arm, paths)."""
+        cfg = _copy(self.config)
+        cfg.seed = int(run.seed)
+        cfg.training.sft = str(sft)
+        cfg.training.out_dir = str(self.layout.train(run))
+        for key, value in run.training_overrides().items():
+            section, *rest = key.split(".")
+            target = cfg.training[section] if rest else cfg.training
+            target[rest[0] if rest else section] = value
+        return cfg
+
+    def trained_model(self, run: Run, sft: Path):
+        """The run's fine-tuned model on the resident base: trained now, rebuilt from its
+        last checkpoint when the run finished earlier, or, when an earlier run of this
+        invocation had the same training input (SFT records, seed, config), that run's."""
+        if run.tag in self._trained:
+            return self._trained[run.tag]
+        cfg = self.run_config(run, sft)
+        base = self.resident()
+        out = self.layout.train(run)
+        key = train.input_fingerprint(cfg)
+        twin = self._by_input.get(key)
+        if twin is not None and not is_done(out):
+            logging.info("train: %s has the same SFT set, seed and config as %s: its "
+                         "outputs are reused", run.tag, twin.tag)
+            train.adopt_outputs(self.layout.train(twin), out)
+            barrier(f"adopted-{out}")
+            self._same_as[run.tag] = twin.tag
+        with self.clock.phase(f"train {run.tag}"):
+            trained = train.run_train(cfg, resident=base)
+        if not is_done(out):
+            mark_done(out, trained.summary)
+        if twin is not None and twin.tag in self._trained:
+            model = self._trained[twin.tag]
+        else:   # an arm trained without adapters is evaluated with zero ones: one sampler
+            model = base.in_sweep_graph(trained.run_model(cfg, base), self.config.training)
+        if cfg.training.mode == "lora":
+            self._trained[run.tag] = model
+        self._by_input.setdefault(key, run)
+        return model
+
+    def evaluate(self, tag: str, model_fn: Callable[[], Any], splits: Sequence[str]
+                 ) -> dict[str, dict]:
+        """Metrics of one model on `splits`; the model is built only if one is missing."""
+        out = {s: evaluate.read_metrics(self.layout.evaluate(tag, s)) for s in splits}
+        pending = [s for s, m in out.items() if m is None]
+        if not pending:
+            return out
+        model = model_fn()
+        base, judge = self.resident(), self.judge()
+        twin = self._same_as.get(tag)   # set by model_fn when it took over a run's outputs
+        for s in pending:
+            records = stage_io.read_jsonl(self.questions[s])
+            with self.clock.phase(f"evaluate {tag} {s}"):
+                out[s] = evaluate.evaluate_split(
+                    model, base.tokenizer, records, self.layout.evaluate(tag, s), self.config,
+                    judge=judge, model_tag=tag, mesh=base.mesh,
+                    same_as=twin and self.layout.evaluate(twin, s))
+        return out
+
+    def train_and_evaluate(self, run: Run, sft: Callable[[], Path], splits: Sequence[str]
+                           ) -> dict[str, dict]:
+        return self.evaluate(run.tag, lambda: self.trained_model(run, sft()), splits)
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+    table: str
+    judge: str
+    paths: dict[str, Path]
+    results: list[dict]
+    sweep: list[dict]
+    picked: dict[str, float | None]
+
+
+def describe_plan(config: Any) -> str:
+    """What a run would do and cost (validates config and datasets; loads no model)."""
+    sweep = Sweep.from_config(config)
+    if config.data.source == "facts":
+        sizes, num_ood = split_lib.fact_split_sizes(config.facts), 1
+        data = [f"data: knowledge-controlled facts, {sizes} (half taught, half not)",
+                f"teach step: {'on' if config.teach.enabled else 'off'}; answer settings: "
+                f"{list(config.experiment.settings) or [config.prompt.style]}"]
+    else:
+        plan = split_lib.plan(config.data, config.workdir)
+        sizes, num_ood = plan.sizes, len(plan.out_of_distribution)
+        data = [f"in-distribution: {plan.in_distribution.label} (train {sizes['train']}, "
+                f"val {sizes['val']}, test {sizes['test']})",
+                f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
+                f"({sizes['ood']} each)"]
+    backends = backends_needed(sweep.methods, config.entropy.backend)
+    settings = max(len(config.experiment.settings), 1)
+    return "\n".join([
+        f"workdir: {config.workdir}", *data,
+        f"entropy backends: {backends}",
+        f"fine-tuning runs in the sweep: {len(sweep.runs)} "
+        f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
+        f"seeds {list(sweep.seeds)})",
+        f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
+        cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
+                                    settings=settings))])
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What every run reads: generations and uncertainties of train and val (and the test
+    splits' generations for the SliCK breakdown), the original model's metrics."""
+    generations: dict[str, Path]
+    uncertainty: dict[str, dict[str, Path]]
+    original: dict[str, dict]
+
+    def sft(self, job: Job, run: Run) -> Callable[[], Path]:
+        """The run's SFT set, labelled when first asked for."""
+        return lambda: job.label(run, self.generations["train"], self.uncertainty["train"])
+
+
+def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
+    """Samples of train and val, their entropies per backend, and (optionally) the original
+    model on validation and every test split."""
+    generations = {s: job.sample(s) for s in ("train", SWEEP_SPLIT)}
+    backends = backends_needed(sweep.methods, job.config.entropy.backend)
+    uncertainty = {s: {b: job.entropy(b, s, generations[s]) for b in backends}
+                   for s in ("train", SWEEP_SPLIT)}
+    if job.config.experiment.slick_breakdown:
+        generations.update({s: job.sample(s) for s in job.test_splits})
+    original = {}
+    if evaluate_original:
+        original = job.evaluate(
+            ORIGINAL, lambda: job.resident().original_model(job.config.training),
+            [SWEEP_SPLIT, *job.test_splits])
+    return Prepared(generations, uncertainty, original)
+
+
+def start(config: Any, setting: str = "", base: SharedBase | None = None,
+          since: dict | None = None) -> tuple[Job, Sweep]:
+    """Validate the config, draw the splits (checks datasets before any model loads).
+    `setting`: the answer setting's directory name when the command runs several; `base`:
+    the command's shared generator (made here when None); `since`: the telemetry snapshot
+    of the command's start (now when None)."""
+    sweep = Sweep.from_config(config)
+    clock = Telemetry.install()
+    since = since or clock.snapshot()
+    layout = Layout.from_config(config, setting)
+    with clock.phase("splits"):
+        questions = prepare_splits(config, layout)
+    base = base or SharedBase(config, layout, clock)
+    return Job(config, layout, questions, clock, base, since), sweep
+
+
+SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
+
+
+def run(config: Any) -> ExperimentResult | dict[str, ExperimentResult] | None:
+    """The whole experiment (see module doc); with several answer settings
+    (config.experiment.settings), one experiment per setting on one shared (taught) base
+    model, then Table 1 over all of them. Returns None on processes other than 0."""
+    settings = tuple(config.experiment.settings)
+    if not settings:
+        return run_setting(config)
+    clock = Telemetry.install()
+    since = clock.snapshot()
+    base = SharedBase(config, Layout.from_config(config), clock)
+    results = {}
+    for style in settings:
+        sub = config.copy_and_resolve_references()
+        sub.prompt.style = style
+        sub.experiment.settings = ()
+        results[SETTING_NAMES.get(style, style)] = run_setting(sub, setting=style, base=base,
+                                                               since=since)
+    if not is_main_process():
+        return None
+    write_settings_report(Layout.from_config(config).report_dir, results)
+    return results
+
+
+def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]) -> Path:
+    """<workdir>/report/report.md: Table 1 over the answer settings (rows: setting x
+    in-distribution / OOD; columns: methods, Original, all-abstain, oracle), then each
+    setting's own report."""
+    lines = ["# Abstention fine-tuning with semantic entropy: all answer settings\n",
+             "## AED per setting and split (Table 1)\n",
+             knowledge_report.table1({k: r.results for k, r in results.items()}) + "\n",
+             "Judge: " + ", ".join(sorted({r.judge for r in results.values()})) + ".\n",
+             "Each setting's report (uncertainty, abstention on taught and untaught facts, "
+             "examples, sweep, phase table):\n"]
+    lines += [f"- {name}: `{r.paths['report']}`" for name, r in results.items()]
+    path = Path(out_dir) / "report.md"
+    stage_io.atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_setting(config: Any, setting: str = "", base: SharedBase | None = None,
+                since: dict | None = None) -> ExperimentResult | None:
+    """One experiment (one answer setting): see the module doc."""
+    t0 = time.perf_counter()
+    job, sweep = start(config, setting, base, since)
+    prep = prepare(job, sweep)
+    original = prep.original
+    logging.info("experiment: samples, entropies and the original model done after %.0fs",
+                 time.perf_counter() - t0)
+
+    # Sweep on validation; pick tau per method.
+    rows = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT])
+            for s in sweep.seeds]
+    for i, r in enumerate(sweep.runs):
+        metrics = job.train_and_evaluate(r, prep.sft(job, r), [SWEEP_SPLIT])
+        rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
+        logging.info("experiment: run %d/%d %s: val AED %.3f (%.0fs)", i + 1, len(sweep.runs),
+                     r.tag, metrics[SWEEP_SPLIT]["aed"], time.perf_counter() - t0)
+    picked = pick_taus(rows)
+
+    # The picked models (and the arms) on test + OOD.
+    final_runs = sweep.final_runs(picked)
+    results = [result_row(ORIGINAL, None, sp, s, original[sp])
+               for s in sweep.seeds for sp in job.test_splits]
+    for r in final_runs:
+        metrics = job.train_and_evaluate(r, prep.sft(job, r),
+                                         [SWEEP_SPLIT, *job.test_splits])
+        if r.arm:
+            rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
+        results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in job.test_splits]
+        logging.info("experiment: %s on %s done (%.0fs)", r.tag, job.test_splits,
+                     time.perf_counter() - t0)
+
+    if not is_main_process():
+        return None
+    return write_report(job, sweep, prep.generations, prep.uncertainty, results, rows, picked,
+                        final_runs, wall_s=time.perf_counter() - t0)
+
+
+def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
+                 uncertainty: Mapping[str, Mapping[str, Path]], results: list[dict],
+                 rows: list[dict], picked: dict[str, float | None], final_runs: Sequence[Run],
+                 wall_s: float) -> ExperimentResult:
+    config = job.config
+    judge = job.judge()
+    unc, hist = report_stage.uncertainty_analysis(
+        config, {s: generations[s] for s in ("train", SWEEP_SPLIT)}, uncertainty, judge)
+    breakdown = []
+    if config.experiment.slick_breakdown:
+        categories = {}
+        for s in job.test_splits:
+            categories.update(report_stage.slick_categories(
+                stage_io.read_jsonl(generations[s]), judge))
+        first_seed = sweep.seeds[0]
+        tags = {ORIGINAL: ORIGINAL, **{r.name: r.tag for r in final_runs if r.seed == first_seed}}
+        breakdown = report_stage.slick_breakdown(
+            {(name, s): evaluate_stage.read_outcomes(job.layout.evaluate(tag, s))
+             for name, tag in tags.items() for s in job.test_splits}, categories)
+    label_sets = []
+    for r in dict.fromkeys(Run(x.method, x.tau, 0) for x in sweep.runs):
+        done = job.layout.label(r) / DONE
+        if done.exists():
+            summary = json.loads(done.read_text())
+            label_sets.append(dict(method=r.method, tau="" if r.tau is None else r.tau,
+                                   answer=summary.get("answer", ""),
+                                   abstain=summary.get("abstain", "")))
+    first_seed = sweep.seeds[0]
+    outcomes = {s: job.layout.evaluate(ORIGINAL, s) / f"{evaluate_stage.OUTCOMES}.jsonl"
+                for s in [SWEEP_SPLIT, *job.test_splits]}
+    results = results + report_stage.reference_rows(
+        {s: stage_io.read_jsonl(outcomes[s]) for s in job.test_splits}, first_seed, judge.name)
+    backends = backends_needed(sweep.methods, config.entropy.backend)
+    lead = []
+    if config.data.source == "facts":
+        se = sweep.first_se
+        tuned = {r.name: {s: job.layout.evaluate(r.tag, s) / f"{evaluate_stage.OUTCOMES}.jsonl"
+                          for s in [SWEEP_SPLIT, *job.test_splits]}
+                 for r in final_runs if r.seed == first_seed}
+        lead = report_stage.knowledge_sections(
+            job.questions, outcomes, uncertainty[SWEEP_SPLIT][se_backend(se) if se
+                                                              else backends[0]],
+            generations[SWEEP_SPLIT], tuned, example=(se, picked[se]) if se else None,
+            entropy_field=config.labels.entropy,
+            num_samples=int(config.evaluation.bootstrap_samples),
+            confidence=float(config.evaluation.confidence))
+    d = config.data
+    data = (f"{d.in_distribution} (train {d.train_size}, val {d.val_size}, test "
+            f"{d.test_size}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
+            if d.source != "facts" else
+            f"knowledge-controlled EntityQuestions facts (relations "
+            f"{list(config.facts.relations)}, OOD {list(config.facts.ood_relations)}; draw "
+            f"seed {config.facts.seed}; {'taught' if config.teach.enabled else 'NOT taught'} "
+            f"before the experiment)")
+    header = (f"Model: `{config.model.path}`; data: {data}; prompt style "
+              f"{config.prompt.style!r}; M={config.sampling.num_samples} samples; "
+              f"equivalence backend(s): {backends}; taus {list(sweep.taus)}; seeds "
+              f"{list(sweep.seeds)}; picked tau: "
+              + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
+              + f". Wall time of this invocation: {wall_s:.0f}s.")
+    paths = report.write_report(job.layout.report_dir, results=results, sweep=rows,
+                                splits=job.test_splits, judge=judge.name, uncertainty=unc,
+                                histograms=hist, taus=list(sweep.taus),
+                                breakdown=breakdown, label_sets=label_sets, header=header,
+                                telemetry=job.clock.snapshot(since=job.since), lead=lead)
+    return ExperimentResult(table=report.aed_table(results, job.test_splits), judge=judge.name,
+                            paths=paths, results=results, sweep=rows, picked=picked)

@@ -1,0 +1,169 @@
+"""What an experiment will do, as pure data: its methods, fine-tuning runs, taus, and the
+cost of it all; checked before any data or model is touched.
+
+Methods: `se_<backend>` (SE labels from the discrete semantic entropy of that equivalence
+backend), `rtuning`, `rtuning_u`, `idk`; the original model is always evaluated as the
+reference. Optional arms retrain the first SE method at its picked tau with
+self-distillation ("self_distill") or attention-only full fine-tuning ("attention_only").
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from se_jax.config.validation import ConfigError  # the one config error type; re-exported
+from se_jax.config import validation
+
+SE_PREFIX = "se_"
+BASELINES = ("rtuning", "rtuning_u", "idk")
+ARMS = ("self_distill", "attention_only")
+ENTROPY_BACKENDS = ("deberta", "llm_judge", "lexical")
+ORIGINAL = "original"
+SWEEP_SPLIT = "val"
+
+
+def se_backend(method: str) -> str | None:
+    return method[len(SE_PREFIX):] if method.startswith(SE_PREFIX) else None
+
+
+def uses_tau(method: str) -> bool:
+    """SE and R-Tuning-U threshold an entropy at tau; R-Tuning and Idk have no tau."""
+    return se_backend(method) is not None or method == "rtuning_u"
+
+
+def backends_needed(methods: Sequence[str], default: str) -> list[str]:
+    """Entropy backends to run: those of the SE methods (R-Tuning-U's exact-string entropy
+    is in every uncertainty record, so it needs only one backend, `default`)."""
+    out = [b for b in (se_backend(m) for m in methods) if b]
+    return list(dict.fromkeys(out or [default]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One fine-tuned model: a labelling method at a tau (None: no tau), a seed, an arm."""
+    method: str
+    tau: float | None
+    seed: int
+    arm: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}+{self.arm}" if self.arm else self.method
+
+    @property
+    def label_tag(self) -> str:
+        return self.method + ("" if self.tau is None else f"/tau_{self.tau:.2f}")
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}{'' if self.tau is None else f'/tau_{self.tau:.2f}'}/seed_{self.seed}"
+
+    def training_overrides(self) -> dict[str, Any]:
+        """The `config.training` fields this run's arm changes."""
+        if self.arm == "self_distill":
+            return {"distill.enabled": True}
+        if self.arm == "attention_only":
+            return {"mode": "attention"}
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The typed view of `config.experiment` (validated)."""
+    methods: tuple[str, ...]
+    taus: tuple[float, ...]
+    seeds: tuple[int, ...]
+    arms: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Sweep":
+        validate(config)
+        ex = config.experiment
+        return cls(tuple(ex.methods), tuple(float(t) for t in ex.taus),
+                   tuple(int(s) for s in ex.seeds), tuple(ex.arms))
+
+    @property
+    def runs(self) -> list[Run]:
+        """The validation sweep: every method x tau (where it has one) x seed."""
+        return [Run(m, t, s) for m in self.methods
+                for t in (self.taus if uses_tau(m) else (None,)) for s in self.seeds]
+
+    @property
+    def first_se(self) -> str | None:
+        return next((m for m in self.methods if se_backend(m)), None)
+
+    def final_runs(self, picked: Mapping[str, float | None]) -> list[Run]:
+        """The picked models (evaluated on test + OOD), then the arms at the first SE
+        method's picked tau."""
+        runs = [Run(m, picked[m], s) for m in self.methods for s in self.seeds]
+        return runs + [Run(self.first_se, picked[self.first_se], s, arm)
+                       for arm in self.arms for s in self.seeds]
+
+
+def sweep_runs(methods: Sequence[str], taus: Sequence[float], seeds: Sequence[int]
+               ) -> list[Run]:
+    return [Run(m, t, s) for m in methods for t in (taus if uses_tau(m) else (None,))
+            for s in seeds]
+
+
+def validate(config: Any) -> None:
+    """Raise ConfigError naming the bad field: every section's values
+    (se_jax/config/validation.py), then the experiment's names (methods, arms, judge)."""
+    validation.validate_stage(config, "experiment")
+    ex = config.experiment
+    methods = list(ex.methods)
+    if not methods:
+        raise ConfigError("config.experiment.methods is empty")
+    for m in methods:
+        b = se_backend(m)
+        if m == ORIGINAL:
+            raise ConfigError("config.experiment.methods: 'original' is always evaluated; "
+                              "do not list it")
+        if b is None and m not in BASELINES:
+            raise ConfigError(
+                f"config.experiment.methods: unknown method {m!r}; choose from "
+                f"{[SE_PREFIX + x for x in ENTROPY_BACKENDS] + list(BASELINES)}")
+        if b is not None and b not in ENTROPY_BACKENDS:
+            raise ConfigError(f"config.experiment.methods: {m!r} names unknown entropy "
+                              f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"config.experiment.methods lists a method twice: {methods}")
+    # Each tau's and seed's value is checked by validation.validate_experiment.
+    if any(uses_tau(m) for m in methods) and not list(ex.taus):
+        raise ConfigError(f"config.experiment.taus must be non-empty for "
+                          f"{[m for m in methods if uses_tau(m)]}")
+    for arm in ex.arms:
+        if arm not in ARMS:
+            raise ConfigError(f"config.experiment.arms: unknown arm {arm!r}; choose from "
+                              f"{list(ARMS)}")
+    if ex.arms and not any(se_backend(m) for m in methods):
+        raise ConfigError("config.experiment.arms need an SE method in experiment.methods")
+
+
+def pick_taus(sweep: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """{method: tau with the lowest mean validation AED over seeds} (ties: smaller tau;
+    None for methods without tau)."""
+    by: dict[str, dict] = {}
+    for r in sweep:
+        if r["split"] != SWEEP_SPLIT or r["method"] == ORIGINAL:
+            continue
+        by.setdefault(r["method"], {}).setdefault(r["tau"], []).append(float(r["aed"]))
+    picked = {}
+    for method, per_tau in by.items():
+        def key(t):
+            mean = sum(per_tau[t]) / len(per_tau[t])
+            return (mean if not math.isnan(mean) else math.inf,
+                    -math.inf if t in (None, "") else float(t))
+        best = min(per_tau, key=key)
+        picked[method] = None if best in (None, "") else float(best)
+    return picked
+
+
+def result_row(method: str, tau: float | None, split: str, seed: int,
+               metrics: Mapping[str, Any]) -> dict:
+    """A results.csv row (se_jax.pipeline.report.RESULT_FIELDS)."""
+    return {"method": method, "tau": "" if tau is None else float(tau), "split": split,
+            "seed": seed, **{k: metrics[k] for k in ("n", "correct", "incorrect", "abstained",
+                                                     "accuracy", "engagement", "aed",
+                                                     "judge")}}

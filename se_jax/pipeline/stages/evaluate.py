@@ -1,0 +1,138 @@
+"""The evaluate stage: greedy answers of a (fine-tuned or original) model on one split,
+judged, written as `outcomes.jsonl` + `metrics.json` (+ `config.json`) in `out_dir`.
+
+Resumable: questions are processed in fixed shards (stage_io.ShardedJsonl); a rerun skips
+finished shards and a finished directory (metrics.json) is returned as is.
+
+Multi-process (one process per host, or N local processes): shard i is computed by
+process i % P with its local devices (data parallelism over hosts needs no cross-host
+collectives for inference); after a barrier process 0 merges the shards and writes the
+metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+from absl import logging
+
+from se_jax.abstention import evaluation
+from se_jax.io import stage_io
+from se_jax.config import validation
+from se_jax.parallel.distributed import barrier
+from se_jax.data import prompts as prompt_lib
+from se_jax.pipeline.stages import NEUTRAL_KEYS
+from se_jax.generation import sampling
+
+OUTCOMES = "outcomes"
+METRICS_FILE = "metrics.json"
+
+
+def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config: Any) -> list[str]:
+    """The prompts the sampler used (config.prompt), so evaluation asks exactly the same."""
+    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    return [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
+
+
+def read_metrics(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
+                   out_dir: str | Path, config: Any, *, judge: Any, model_tag: str,
+                   mesh: Any = None, same_as: str | Path | None = None) -> dict:
+    """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
+
+    Args:
+      questions: split records {"id", "question", "answers", ...}.
+      config: the run's config (sections evaluation, sampling, prompt are read).
+      judge: a se_jax.abstention.judges.Judge; its name is stored with every outcome and metric.
+      model_tag: what was evaluated (e.g. "original", "se_lexical/tau_1.00/seed_0"),
+        stored in config.json so a directory never mixes two models.
+      mesh: this process's mesh (the model's); batches are sharded over its batch axes.
+      same_as: the finished evaluation, on the same questions with the same judge, of a
+        model known to be this one (a sweep run whose training input equals another's):
+        its outcomes are taken over (hard link) instead of answering again.
+    """
+    validation.validate_stage(config, "evaluate")
+    out_dir = Path(out_dir)
+    ev = config.evaluation
+    stage_config = {"model": model_tag, "judge": judge.name,
+                    "evaluation": stage_io.config_to_dict(ev),
+                    "prompt": stage_io.config_to_dict(config.prompt),
+                    "num_questions": len(questions),
+                    # the questions' content: a rerun on other questions is refused
+                    stage_io.INPUTS_KEY: {"questions": {
+                        "path": "(split records)", "sha256": stage_io.records_sha256(questions)}}}
+    if jax.process_index() == 0:
+        stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
+    done = read_metrics(out_dir)
+    if done is not None:
+        return done
+    barrier(f"evaluate-config-{out_dir}")
+    if same_as is not None and read_metrics(same_as) is not None:
+        return _adopt(Path(same_as), out_dir, model_tag)
+    shard_size = max(int(ev.batch_size), 1)   # one batch per shard
+    num_shards = max(math.ceil(len(questions) / shard_size), 1)
+    out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
+    mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
+    answer_fn = _greedy_fn(model, tokenizer, config, mesh)
+    progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
+                                 unit="questions")
+    for i in mine:
+        chunk = list(questions[i * shard_size:(i + 1) * shard_size])
+        predictions = answer_fn(prompt_texts(tokenizer, chunk, config),
+                                [q["id"] for q in chunk])
+        out.write_shard(i, evaluation.judge_outcomes(
+            chunk, predictions, judge, abstention_variants=tuple(ev.abstention_variants),
+            abstention_phrase=config.labels.abstention_phrase))
+        progress.update(len(chunk))
+    logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
+                 jax.process_index(), len(mine), num_shards)
+    barrier(f"evaluate-shards-{out_dir}")
+    if jax.process_index() == 0:
+        out.finalize()
+        outcomes = list(out.records())
+        metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge.name,
+                   "model": model_tag}
+        stage_io.atomic_write_text(out_dir / METRICS_FILE,
+                                   json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        logging.info("evaluate %s: n=%d correct=%d incorrect=%d abstained=%d AED=%.3f "
+                     "(judge: %s)", model_tag, metrics["n"], metrics["correct"],
+                     metrics["incorrect"], metrics["abstained"], metrics["aed"], judge.name)
+    barrier(f"evaluate-done-{out_dir}")
+    return read_metrics(out_dir)
+
+
+def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
+    """`src`'s outcomes as this directory's (process 0 writes; metrics.json last)."""
+    if jax.process_index() == 0:
+        target, name = out_dir / f"{OUTCOMES}.jsonl", src / f"{OUTCOMES}.jsonl"
+        target.unlink(missing_ok=True)
+        stage_io.link_or_copy(name, target)
+        metrics = {**read_metrics(src), "model": model_tag}
+        stage_io.atomic_write_text(out_dir / METRICS_FILE,
+                                   json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        logging.info("evaluate %s: the outcomes of %s (the same model)", model_tag, src)
+    barrier(f"evaluate-done-{out_dir}")
+    return read_metrics(out_dir)
+
+
+def _greedy_fn(model: Any, tokenizer: Any, config: Any, mesh: Any):
+    kwargs = sampling.sampling_kwargs(config.sampling)
+    kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
+    kwargs["batch_size"] = int(config.evaluation.batch_size)
+    kwargs["max_seq_len"] = int(config.model.max_seq_len)
+
+    def answer(prompts: list[str], ids: list[str]) -> list[str]:
+        return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,
+                                                        mesh=mesh, **kwargs)]
+    return answer
+
+
+def read_outcomes(out_dir: str | Path) -> list[dict]:
+    return stage_io.read_jsonl(Path(out_dir) / f"{OUTCOMES}.jsonl")

@@ -1,0 +1,211 @@
+"""The sample stage: questions JSONL -> generations.jsonl (+ config.json, skipped.jsonl).
+
+Per question (WORKSPACE-notes.md, "Generations"): the prompt, one low-temperature "most
+likely" answer and M samples, each with token ids and T=1 log-probabilities.
+
+    run_sample(config)   # config.sampling.input -> config.sampling.out_dir
+
+Input: one JSON object per line, {"id", "question", "answers"} ("answer" also accepted, a
+string or a list; absent = no gold answers). Every line is checked before any work: not
+JSON, not an object, no id, a duplicate id, an empty question, or a prompt too long for the
+model's context (prompt + max_new_tokens) is reported with its file:line. With
+`config.on_bad_input == "error"` the stage stops there, listing them; with "skip" they go
+to skipped.jsonl ({"line", "id", "reason"}) and the rest runs.
+
+Resumable: the valid questions, in input order, are cut into shards of
+`sampling.batch_size` (one batch each), written atomically; a rerun (after kill -9, say)
+computes only the missing shards and yields a byte-identical generations.jsonl, because
+each shard is the same batch computed by the same program, and each answer's random key
+depends only on (seed, question id, sample index).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from absl import logging
+
+from se_jax.parallel import distributed
+from se_jax.generation import sampling
+from se_jax.io import stage_io
+from se_jax.config import validation
+from se_jax.data import prompts as prompt_lib
+from se_jax.pipeline.layout import standalone_paths
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
+from se_jax.parallel.mesh import make_mesh
+from se_jax.pipeline.resident import Resident
+
+
+class QuestionsError(ValueError):
+    """Bad questions input (file:line and the reason); raised with on_bad_input="error"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """A validated input line with its prompt."""
+    line: int
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    prompt: str
+    prompt_ids: tuple[int, ...]
+
+
+def _answers(record: dict) -> tuple[str, ...] | None:
+    value = record.get("answers", record.get("answer", []))
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        return None
+    return tuple(value)
+
+
+def read_questions(path: str | Path, tokenizer: Any, *, prompt_kwargs: dict[str, Any],
+                   max_prompt_tokens: int) -> tuple[list[Question], list[dict]]:
+    """Valid questions in file order, and the problems ({"line", "id", "reason"})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sample stage: questions file {path} does not exist")
+    questions, bad, seen = [], [], set()
+    for line_no, line, not_text in stage_io.text_lines(path):
+        if not_text:
+            bad.append({"line": line_no, "id": None, "reason": not_text})
+            continue
+        if not line.strip():
+            continue
+        where, rid = f"{path}:{line_no}", None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append({"line": line_no, "id": None,
+                        "reason": f"{where}: not valid JSON ({e.msg})"})
+            continue
+        problem = None
+        if not isinstance(record, dict):
+            problem = "not a JSON object"
+        else:
+            rid = record.get("id")
+            text = record.get("question")
+            answers = _answers(record)
+            if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
+                problem = "field 'id' missing or not a string/integer"
+            elif str(rid) in seen:
+                problem = f"id {rid!r} occurs more than once"
+            elif not isinstance(text, str) or not text.strip():
+                problem = "field 'question' missing or empty"
+            elif answers is None:
+                problem = "field 'answers' is not a string or a list of strings"
+        if problem is None:
+            prompt = prompt_lib.format_prompt(tokenizer, text, **prompt_kwargs)
+            ids = prompt_lib.encode_prompt(tokenizer, prompt)
+            if len(ids) > max_prompt_tokens:
+                problem = (f"prompt has {len(ids)} tokens; the model's context allows "
+                           f"{max_prompt_tokens} with sampling.max_new_tokens")
+        if problem is not None:
+            bad.append({"line": line_no, "id": rid,
+                        "reason": f"{where}: id={rid!r}: {problem}"})
+            continue
+        seen.add(str(rid))
+        questions.append(Question(line_no, str(rid), text.strip(), answers, prompt,
+                                  tuple(ids)))
+    return questions, bad
+
+
+def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question],
+                       config: Any, mesh: Any = None) -> tuple[list[dict], int]:
+    """The output records of one batch of questions, and the answer tokens they hold."""
+    sc = config.sampling
+    kwargs = sampling.sampling_kwargs(sc)
+    most_likely, samples = sampling.sample_answers(
+        model, tokenizer, [q.prompt_ids for q in questions], [q.id for q in questions],
+        num_samples=int(sc.num_samples), temperature=float(sc.temperature),
+        low_temperature=float(sc.low_temperature), seed=int(config.seed),
+        max_seq_len=int(config.model.max_seq_len), mesh=mesh, **kwargs)
+    records, tokens = [], 0
+    for q, ml, ss in zip(questions, most_likely, samples):
+        records.append(dict(id=q.id, question=q.question, answers=list(q.answers),
+                            prompt=q.prompt, most_likely=ml.to_json(),
+                            samples=[s.to_json() for s in ss]))
+        tokens += len(ml.token_ids) + sum(len(s.token_ids) for s in ss)
+    return records, tokens
+
+
+def resolve_paths(config: Any) -> tuple[Path, Path]:
+    """(questions JSONL, output directory) from config.sampling and config.workdir."""
+    sc = config.sampling
+    if not sc.input:
+        raise ValueError("sample stage: set config.sampling.input (launch/sample.py "
+                         "--questions) to a questions JSONL file")
+    return Path(sc.input), Path(sc.out_dir or standalone_paths(config)["sample"])
+
+
+def run_sample(config: Any, resident: Any = None) -> Path:
+    """Run (or resume) the stage; returns the path of generations.jsonl.
+
+    `resident`: the caller's loaded generator (se_jax.pipeline.resident.Resident); loaded here from
+    config.model when None and there is work to do."""
+
+    validation.validate_stage(config, "sample")
+    in_path, out_dir = resolve_paths(config)
+    if not in_path.is_file():  # before the tokenizer loads
+        raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
+    sc = config.sampling
+    tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
+    model_config = (resident.model.config if resident
+                    else load_config(open_checkpoint(config.model.path)))
+    max_prompt = sampling.max_prompt_length(model_config, int(sc.max_new_tokens),
+                                            int(config.model.max_seq_len))
+    questions, bad = read_questions(in_path, tokenizer,
+                                    prompt_kwargs=prompt_lib.prompt_kwargs(config.prompt),
+                                    max_prompt_tokens=max_prompt)
+    if bad and config.on_bad_input == "error":
+        shown = "\n  ".join(b["reason"] for b in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise QuestionsError(f"{len(bad)} bad input line(s) (config.on_bad_input='error'; "
+                             f"nothing was run):\n  {shown}{more}")
+    for b in bad:
+        logging.warning("sample: skipping %s", b["reason"])
+
+    writer = distributed.is_main_process()
+    # One writer per directory (a second would write orphan shards of its own).
+    with stage_io.writer_lock(out_dir) if writer else contextlib.nullcontext():
+        return _write(config, tokenizer, questions, bad, out_dir, writer, in_path, resident)
+
+
+def _write(config: Any, tokenizer: Any, questions: list[Question], bad: list[dict],
+           out_dir: Path, writer: bool, in_path: Path, resident: Any) -> Path:
+    """Compute the missing shards and merge them (process 0 writes)."""
+    sc = config.sampling
+    if writer:
+        # The questions' sha256 is recorded: a rerun after the file changed is refused.
+        stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
+                              depends_on=DEPENDS_ON["sample"], inputs={"questions": in_path})
+        stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
+    per_shard = int(sc.batch_size)
+    shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]
+    out = stage_io.ShardedJsonl(out_dir, "generations", len(shards))
+    pending = out.pending()
+    if pending:
+        if resident is None:
+            resident = Resident.load(config.model, make_mesh(config.mesh),
+                                     adapter=config.model.adapter)
+        model, mesh = resident.model, resident.mesh
+        done = len(questions) - sum(len(shards[i]) for i in pending)
+        if len(pending) < len(shards):
+            logging.info("sample: resuming: %d of %d shards already done in %s",
+                         len(shards) - len(pending), len(shards), out.parts_dir)
+        progress = stage_io.Progress("sample", total=len(questions), unit="questions",
+                                     initial=done)
+        for i in pending:
+            records, tokens = generation_records(model, tokenizer, shards[i], config, mesh)
+            if writer:
+                out.write_shard(i, records)
+            progress.update(len(shards[i]), answer_tokens=tokens)
+        logging.info("sample: %s", progress.line())
+    path = out.finalize() if writer else out.final_path
+    logging.info("sample: wrote %s (%d questions, %d skipped)", path, len(questions), len(bad))
+    return path

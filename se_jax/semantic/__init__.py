@@ -1,0 +1,1 @@
+"""Meaning: equivalence backends (NLI, LLM judge, lexical), semantic clustering, uncertainties."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA, losses, SFT batches, the jitted training loop, checkpoints and export."""
