@@ -26,7 +26,7 @@ sharding, not a speed-up; a batch is padded to a multiple of the device count, s
 --dtype sets both sides' compute and weights (transformers runs the same dtype). bfloat16
 pays only where the CPU multiplies it natively (avx512_bf16 / AMX: 569 vs 300 tokens/s for
 float32 on a 2-core AMD EPYC, 2026-12-03); elsewhere XLA emulates it and float32 is
-faster. The default stays float32 (WORKSPACE-notes.md, "bfloat16"). Per decode step the
+faster. The default stays float32 (docs/log/2026-12-03-bfloat16.md). Per decode step the
 sampling math costs ~16 ms for 80 rows x 49k vocab (was ~95 ms with a 49k cumsum and
 XLA's variadic-reduce argmax; see se_jax/generation/sampling_math.py).
 Under heavy CPU contention (other jobs on the same cores) transformers' OpenMP threads

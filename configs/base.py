@@ -69,16 +69,15 @@ def teach_config() -> ml_collections.ConfigDict:
     """The teach step (data.source = "facts"): fine-tune the base on the K facts before the
     experiment; the result (merged weights in <workdir>/teach/train/merged) is the
     experiment's base model. `training` holds the `config.training` fields the teach run
-    changes. Measured on SmolLM2-135M (100 facts, 3 exposures each): full fine-tuning at lr
-    3e-4, batch 8, no warmup, cosine to half the peak taught 18/19 probed facts (untaught
-    0/21); LoRA r=32 on all projections (lr 3e-3) reached 10/40 and full at lr 1e-4 12/40."""
+    changes: full fine-tuning, because LoRA taught far fewer facts (how the recipe was
+    chosen: docs/experiments.md)."""
     return ml_collections.ConfigDict(dict(
         enabled=False,
         training=dict(
             mode="full", learning_rate=3e-4, batch_size=8, epochs=1,  # x facts.phrasings
             warmup_ratio=0.0, end_lr_ratio=0.5, pad_multiple=16,
             # The 49k-vocabulary head on the answer columns only: one long run with one loss
-            # width, so no extra compilations; its 64-80-token batches step ~1-15% faster.
+            # width, so no extra compilations, and less work per step.
             loss_columns=True),
     ))
 
@@ -175,7 +174,7 @@ def training_config() -> ml_collections.ConfigDict:
         # row: same loss and gradients, less work (target-only loss, no distillation).
         shared_prefix=True,
         # The output head and loss on the supervised columns only (target-only loss, no
-        # distillation): ~16% off a SmolLM2 step, but one compiled step per distinct target
+        # distillation): less work per step, but one compiled step per distinct target
         # width (a power of two), so worth it for long runs more than for short sweeps.
         loss_columns=False,
         pad_multiple=32,      # sequence lengths padded to a multiple (fewer compilations)

@@ -28,10 +28,8 @@ def get_config():
     config.workdir = "runs/demo"
     config.data.source = "facts"
     config.teach.enabled = True
-    # Two passes over the taught facts (6 exposures each): after one pass the base was unsure
-    # of a quarter of them (8 of 30 taught train facts at discrete SE > 0.5), so SE labelled
-    # them "I don't know" and the tuned model abstained on 20-27% of taught test facts. With
-    # two, SE-tuned AED is below the original model's in every cell measured (WORKSPACE-notes).
+    # Two passes over the taught facts (6 exposures each): after one pass the base is still
+    # unsure of many taught facts, so SE labels them "I don't know" (docs/experiments.md).
     config.teach.training.epochs = 2
     config.experiment.settings = ("short", "sentence")
 

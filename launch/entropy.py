@@ -24,7 +24,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
-    config = cli.stage_config(_CONFIG.value, "entropy", {
+    config = cli.stage_config(_CONFIG.value, {
         "entropy.generations": _GENERATIONS.value, "entropy.out_dir": _OUT.value})
     from se_jax.pipeline.stages.entropy import run_entropy
     print(run_entropy(config))

@@ -28,18 +28,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.io import stage_io
-    from se_jax.config import validation
+    from se_jax.config.schema import RunConfig
     if _TAG.value is not None:  # it names a directory: checked before anything is written
         stage_io.safe_component(_TAG.value, "--tag")
     stage_io.safe_component(_SPLIT.value, "--split")
-    validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
+    config = RunConfig.from_configdict(_CONFIG.value)   # checked before JAX starts
     from se_jax.parallel import distributed
     from se_jax.tuning import export
     from se_jax.pipeline import experiment as ex
     distributed.initialize()
-    config = _CONFIG.value.copy_and_resolve_references()
-    config.model.path = _MODEL.value
-    job, _ = ex.start(config)
+    job, _ = ex.start(config.replace(model=dict(path=_MODEL.value)))
     if _SPLIT.value not in job.questions:
         raise app.UsageError(f"--split={_SPLIT.value!r}; the experiment's splits are "
                              f"{sorted(job.questions)}")

@@ -28,12 +28,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.parallel import distributed
     from se_jax.pipeline import experiment
+    from se_jax.config.schema import RunConfig
+    config = RunConfig.from_configdict(_CONFIG.value)   # checked before JAX starts
     distributed.initialize()
     start = time.perf_counter()
     if _DRY_RUN.value:
-        print(experiment.describe_plan(_CONFIG.value))
+        print(experiment.describe_plan(config))
         return
-    result = experiment.run(_CONFIG.value)
+    result = experiment.run(config)
     if result is None:   # not process 0: the report is written once
         return
     results = result if isinstance(result, dict) else {"": result}
@@ -48,7 +50,7 @@ def main(argv):
     if isinstance(result, dict):
         from se_jax.pipeline.layout import Layout
         print(f"Table 1 over the settings: "
-              f"{Layout.from_config(_CONFIG.value).report_dir / 'report.md'}")
+              f"{Layout.from_config(config).report_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

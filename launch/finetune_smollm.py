@@ -32,6 +32,8 @@ from typing import Any
 
 from absl import flags, logging
 
+from se_jax.config.schema import RunConfig
+
 _N = flags.DEFINE_integer("num_questions", 300, "NQ-open dev questions to label and train on")
 _M = flags.DEFINE_integer("num_samples", 6, "sampled answers per question (T=1)")
 _TAU = flags.DEFINE_float("tau", None, "SE threshold; default: labels.balanced_tau")
@@ -86,14 +88,14 @@ def make_config(workdir: Path, questions: Path, *, num_samples: int, mesh: dict 
     # (cluster-count) entropy of 6 samples is at its maximum for most questions, which no
     # threshold can split; the weighted one still ranks them.
     c.labels.entropy = "semantic_entropy"
-    return c
+    return RunConfig.from_configdict(c)
 
 
 def greedy(model: Any, tokenizer: Any, questions: list[dict], config: Any, mesh) -> dict:
     """id -> greedy answer text, prompted exactly as the sampler prompts."""
     from se_jax.generation import sampling
     from se_jax.data import prompts as prompt_lib
-    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    kwargs = config.prompt.format_kwargs()
     prompts = [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
     ids = [q["id"] for q in questions]
     sc = config.sampling
@@ -134,14 +136,13 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     unc_path = run_entropy(config)
     entropies = [u[config.labels.entropy] for u in stage_io.read_jsonl(unc_path)]
     # Label/train with the chosen tau and training options on a copy (see make_config).
-    config = config.copy_and_resolve_references()
-    config.labels.tau = float(labels.balanced_tau(entropies) if tau is None else tau)
-    config.training.update(dict(epochs=epochs, learning_rate=learning_rate,
-                                batch_size=batch_size, warmup_ratio=0.1, save_every=5, keep=2,
-                                log_every_steps=5, pad_multiple=pad_multiple,
-                                out_dir=str(workdir / train_name)))
-    config.training.lora.update(dict(rank=lora_rank, alpha=2.0 * lora_rank,
-                                     target_modules=list(lora_targets)))
+    config = config.replace(
+        labels=dict(tau=float(labels.balanced_tau(entropies) if tau is None else tau)),
+        training=dict(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                      warmup_ratio=0.1, save_every=5, keep=2, log_every_steps=5,
+                      pad_multiple=pad_multiple, out_dir=str(workdir / train_name),
+                      lora=dict(rank=lora_rank, alpha=2.0 * lora_rank,
+                                target_modules=tuple(lora_targets))))
     sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
     trained = run_train(config, resident)
     train_dir = trained.out_dir

@@ -15,7 +15,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
-    config = cli.stage_config(_CONFIG.value, "label")
+    config = cli.stage_config(_CONFIG.value)
     from se_jax.pipeline.stages.label import run_label
     print(run_label(config))
 

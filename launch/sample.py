@@ -26,7 +26,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
-    config = cli.stage_config(_CONFIG.value, "sample", {"sampling.input": _QUESTIONS.value,
+    config = cli.stage_config(_CONFIG.value, {"sampling.input": _QUESTIONS.value,
                                                         "sampling.out_dir": _OUT.value})
     from se_jax.pipeline.stages.sample import run_sample
     print(run_sample(config))

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> None:
     from se_jax.models.greedy import greedy_generate
     from se_jax.models.loading import load_llama, load_tokenizer
 
-    config = _CONFIG.value
+    from se_jax.config.schema import RunConfig
+    config = RunConfig.from_configdict(_CONFIG.value)
     mesh = make_mesh(config.mesh)
     start = time.perf_counter()
     model = load_llama(config.model.path, mesh=mesh, rules=ShardingRules(),

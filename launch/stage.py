@@ -49,13 +49,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.io import stage_io
-    from se_jax.config import validation
+    from se_jax.config.schema import RunConfig
 
     # Flags that name directories are checked before anything is written.
     for flag in (_METHOD, _ARM, _SPLIT, _BACKEND):
         if flag.value:
             stage_io.safe_component(flag.value, f"--{flag.name}")
-    validation.validate_stage(_CONFIG.value, "experiment")  # before JAX starts
+    config = RunConfig.from_configdict(_CONFIG.value)   # checked before JAX starts
     from se_jax.parallel import distributed
     from se_jax.pipeline import experiment as ex
     from se_jax.pipeline.plan import ORIGINAL, SWEEP_SPLIT
@@ -64,7 +64,7 @@ def main(argv):
     stage = _STAGE.value
     run = _run_of_flags() if stage in ("label", "train", "run") or (
         stage == "evaluate" and _METHOD.value != ORIGINAL) else None
-    job, sweep = ex.start(_CONFIG.value)
+    job, sweep = ex.start(config)
     if stage == "splits":
         print("\n".join(f"{k}: {v}" for k, v in job.questions.items()))
     elif stage == "prepare":

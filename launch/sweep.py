@@ -54,6 +54,7 @@ def _passthrough() -> list[str]:
 
 def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]:
     """Phases of one experiment: [[prepare], [run jobs...], [experiment]]."""
+    from se_jax.config.schema import RunConfig
     from se_jax.pipeline import plan
     base = [_flag(k, v) for k, v in overrides.items()] + _passthrough()
     stage = [sys.executable, str(REPO / "launch" / "stage.py"), f"--config={config_path}"]
@@ -64,7 +65,7 @@ def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]
         for p in parents:
             node = node[p]
         node[leaf] = v
-    runs = plan.Sweep.from_config(cfg).runs
+    runs = plan.Sweep.from_config(RunConfig.from_configdict(cfg)).runs
     jobs = [stage + ["--stage=run", f"--method={r.method}", f"--seed={r.seed}"]
             + ([f"--tau={r.tau}"] if r.tau is not None else []) + base for r in runs]
     final = [sys.executable, str(REPO / "launch" / "experiment.py"),

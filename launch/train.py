@@ -17,7 +17,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
-    config = cli.stage_config(_CONFIG.value, "train")
+    config = cli.stage_config(_CONFIG.value)
     from se_jax.pipeline.stages.train import run_train
     print(run_train(config).out_dir)
 

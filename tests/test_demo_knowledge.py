@@ -29,6 +29,7 @@ from se_jax.pipeline import experiment as ex
 from se_jax.io import stage_io
 from se_jax.pipeline.layout import Layout
 from se_jax.pipeline.plan import Run
+from se_jax.config.schema import RunConfig
 
 METHOD = "se_lexical"
 TAU = 0.5
@@ -70,7 +71,7 @@ def knowledge_config(model_dir: str, workdir: str | Path, *, facts_seed: int = 0
 
 def summary(config) -> dict:
     """The direction figures, read from the stages' outputs."""
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(RunConfig.from_configdict(config))
     run = Run(METHOD, TAU, 0)
     val = {r["id"]: r["taught"] for r in stage_io.read_jsonl(layout.data / "val.jsonl")}
     train = {r["id"]: r["taught"] for r in stage_io.read_jsonl(layout.data / "train.jsonl")}
@@ -105,7 +106,7 @@ def knowledge_run(tmp_path_factory, tiny_model_dir):
     """The reduced demo, run once: (config, direction figures)."""
     root = tmp_path_factory.mktemp("demo_knowledge")
     config = knowledge_config(tiny_model_dir, root / "run")
-    ex.run(config)
+    ex.run(RunConfig.from_configdict(config))
     return config, summary(config)
 
 
@@ -154,7 +155,7 @@ def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_model_d
     config.experiment.methods = ("se_lexical", "rtuning")
     config.experiment.arms = ()
     config.experiment.slick_breakdown = False
-    results = ex.run(config)
+    results = ex.run(RunConfig.from_configdict(config))
 
     assert set(results) == {"Short-QA", "Long-QA"}
     teach = workdir / "teach"
@@ -178,5 +179,5 @@ def test_knowledge_controlled_settings_end_to_end(tmp_path_factory, tiny_model_d
     # One load of the base model for the teach step and both settings.
     assert "Model loads: 1." in text
     # A rerun finds the teach step done and loads the taught model as the base.
-    again = ex.run(config)
+    again = ex.run(RunConfig.from_configdict(config))
     assert again["Short-QA"].table == results["Short-QA"].table

@@ -11,6 +11,7 @@ import pytest
 from deberta_fixtures import tiny_nli_dirs  # noqa: F401  (fixture)
 from configs.base import get_config
 from se_jax.pipeline.stages import entropy as stage
+from se_jax.config.schema import RunConfig
 
 CONTRACT = {"id", "backend", "checkpoint", "semantic_ids", "equivalence", "num_clusters",
             "discrete_semantic_entropy", "semantic_entropy", "naive_entropy", "exact_entropy"}
@@ -113,7 +114,7 @@ def test_bad_record_is_an_error_when_asked(tmp_path):
     config = _config(tmp_path, gen)
     config.on_bad_input = "error"
     with pytest.raises(stage.GenerationsError, match=r"g.jsonl:2: id='q9'.*mean_logprob"):
-        stage.run_entropy(config)
+        stage.run_entropy(RunConfig.from_configdict(config))
 
 
 def test_resume_after_a_crash_gives_the_same_file(tmp_path, monkeypatch):
@@ -130,9 +131,9 @@ def test_resume_after_a_crash_gives_the_same_file(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "uncertainty_records", crash_on_second_shard)
     config = _config(tmp_path / "b", gen)
     with pytest.raises(RuntimeError, match="killed"):
-        stage.run_entropy(config)
+        stage.run_entropy(RunConfig.from_configdict(config))
     monkeypatch.setattr(stage, "uncertainty_records", real)
-    assert stage.run_entropy(config).read_text() == reference
+    assert stage.run_entropy(RunConfig.from_configdict(config)).read_text() == reference
     assert calls == [["q0", "q1"], ["q2", "q3"]]       # the first shard was not redone
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from configs import base, demo, nq_open_smollm, paper_llama3_8b, tiny
 from se_jax.pipeline import plan
+from se_jax.config.schema import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def test_validate_config_names_the_bad_field(field, value, message):
     config = tiny.get_config()
     config.experiment[field] = value
     with pytest.raises(plan.ConfigError, match=message):
-        plan.validate(config)
+        plan.validate(RunConfig.from_configdict(config))
 
 
 def test_validate_config_judge_and_shipped_configs():
@@ -36,11 +37,11 @@ def test_validate_config_judge_and_shipped_configs():
     config = tiny.get_config()
     config.evaluation.judge = "exact"
     with pytest.raises(plan.ConfigError, match="evaluation.judge.*'exact'"):
-        plan.validate(config)
+        plan.validate(RunConfig.from_configdict(config))
 
 
 def test_sweep_runs_and_tags():
-    runs = plan.sweep_runs(["se_lexical", "rtuning"], [0.5, 1.0], [0, 1])
+    runs = plan.Sweep(("se_lexical", "rtuning"), (0.5, 1.0), (0, 1), ()).runs
     assert [r.tag for r in runs] == ["se_lexical/tau_0.50/seed_0", "se_lexical/tau_0.50/seed_1",
                                      "se_lexical/tau_1.00/seed_0", "se_lexical/tau_1.00/seed_1",
                                      "rtuning/seed_0", "rtuning/seed_1"]

@@ -14,6 +14,7 @@ from se_jax.pipeline import experiment as ex
 from se_jax.pipeline import report
 from se_jax.pipeline.layout import Layout
 from se_jax.pipeline.plan import Run
+from se_jax.config.schema import RunConfig
 
 
 def write_tiny_data(root: Path) -> Path:
@@ -65,7 +66,7 @@ def first_run(tiny_setup):
     # compiled for the same tiny shapes (tests/test_sweep_engine.py) must not be reused.
     jax.clear_caches()
     start = time.perf_counter()
-    result = ex.run(config)
+    result = ex.run(RunConfig.from_configdict(config))
     seconds = time.perf_counter() - start
     return config, result, seconds
 
@@ -110,7 +111,7 @@ def test_experiment_end_to_end(tiny_setup, first_run):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     # Every stage left its artifacts and done marker; the arm trained attention only.
-    layout = Layout.from_config(config)
+    layout = Layout.from_config(RunConfig.from_configdict(config))
     arm = Run("se_lexical", 1.0, 0, "attention_only")
     for path in (layout.sample("train"), layout.sample("test"),
                  layout.entropy("lexical", "train"), layout.label(arm), layout.train(arm)):
@@ -122,7 +123,7 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     marker = layout.train(Run("rtuning", None, 0)) / "done.json"
     stamp = marker.stat().st_mtime_ns
     start = time.perf_counter()
-    again = ex.run(config)
+    again = ex.run(RunConfig.from_configdict(config))
     assert time.perf_counter() - start < first / 3
     assert marker.stat().st_mtime_ns == stamp
     assert again.table == result.table
@@ -131,7 +132,7 @@ def test_experiment_end_to_end(tiny_setup, first_run):
     before = {p for p in workdir.rglob("done.json")}
     stamps = {p: p.stat().st_mtime_ns for p in before}
     config.experiment.methods = ("se_lexical", "rtuning", "rtuning_u", "idk")
-    more = ex.run(config)
+    more = ex.run(RunConfig.from_configdict(config))
     new = {p.parent.relative_to(workdir) for p in workdir.rglob("done.json")} - {
         p.parent.relative_to(workdir) for p in before}
     assert new == {Path("label/idk"), Path("train/idk/seed_0")}

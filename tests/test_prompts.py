@@ -1,10 +1,10 @@
 """Prompt formats: chat template (SmolLM2's ChatML) and plain, styles, few-shot, encoding."""
 from __future__ import annotations
 
-import ml_collections
 import pytest
 from transformers import AutoTokenizer
 
+from se_jax.config.schema import PromptConfig
 from se_jax.data import prompts
 from tiny_models import smollm2_tokenizer_dir
 
@@ -78,13 +78,10 @@ def test_encode_adds_the_tokenizers_bos_once():
 
 
 def test_prompt_kwargs_from_config():
-    cfg = ml_collections.ConfigDict(dict(style="sentence", chat="plain",
-                                         few_shot=(("q", "a"),)))
-    assert prompts.prompt_kwargs(cfg) == dict(style="sentence", chat=False,
-                                              few_shot=(("q", "a"),))
-    cfg.chat = "sometimes"
+    cfg = PromptConfig(style="sentence", chat="plain", few_shot=(("q", "a"),))
+    assert cfg.format_kwargs() == dict(style="sentence", chat=False, few_shot=(("q", "a"),))
     with pytest.raises(ValueError, match="config.prompt.chat='sometimes'"):
-        prompts.prompt_kwargs(cfg)
+        PromptConfig(style="sentence", chat="sometimes", few_shot=())
 
 
 # ----------------------------------------------------------------------------- judge prompts

@@ -25,8 +25,8 @@ import pytest
 from configs import base, tiny
 from se_jax.pipeline import cli
 from se_jax.io import stage_io
-from se_jax.config import validation
 from se_jax.config.validation import ConfigError
+from se_jax.config.schema import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -85,7 +85,7 @@ def test_bad_config_value_is_one_line_naming_the_field(field, value, rule):
     config = base.get_config()
     _set(config, field, value)
     with pytest.raises(ConfigError) as e:
-        validation.validate_stage(config, "experiment")
+        RunConfig.from_configdict(config)
     message = str(e.value)
     assert message.startswith(f"config.{field}") and rule in message, message
     assert "\n" not in message
@@ -95,14 +95,13 @@ def test_two_mesh_axes_of_minus_one_refused():
     config = base.get_config()
     config.mesh.fsdp = -1
     with pytest.raises(ConfigError, match="at most one axis"):
-        validation.validate_stage(config, "sample")
+        RunConfig.from_configdict(config)
 
 
 @pytest.mark.parametrize("name", ["base", "demo", "tiny", "paper_llama3_8b", "sweep"])
 def test_shipped_configs_are_valid(name):
     import importlib
-    validation.validate_stage(importlib.import_module(f"configs.{name}").get_config(),
-                              "experiment")
+    RunConfig.from_configdict(importlib.import_module(f"configs.{name}").get_config())
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -285,14 +284,14 @@ def test_entropy_records_the_true_m_and_refuses_a_changed_input(tmp_path):
     gen = _write_lines(tmp_path / "g.jsonl", [_gen_record(i, ["a", "b", "a"]) for i in range(3)])
     config = _entropy_config(tmp_path, gen)
     assert config.sampling.num_samples == 10
-    entropy.run_entropy(config)
+    entropy.run_entropy(RunConfig.from_configdict(config))
     written = json.loads((tmp_path / "entropy" / "config.json").read_text())
     assert written["sampling"]["num_samples"] == 3
     assert written["inputs"]["generations"]["sha256"] == stage_io.file_sha256(gen)
-    entropy.run_entropy(config)  # same input: resumes (nothing to do)
+    entropy.run_entropy(RunConfig.from_configdict(config))  # same input: resumes (nothing to do)
     _write_lines(gen, [_gen_record(i, ["a", "b", "c"]) for i in range(3)])
     with pytest.raises(stage_io.InputChangedError, match=f"input {gen} .*new output directory"):
-        entropy.run_entropy(config)
+        entropy.run_entropy(RunConfig.from_configdict(config))
 
 
 def _label_config(tmp: Path, **labels):
@@ -309,11 +308,11 @@ def test_label_stage_refuses_changed_generations(tmp_path):
     gen = _write_lines(tmp_path / "sample" / "train" / "generations.jsonl",
                        [_gen_record(i, ["Paris", "Paris"]) for i in range(2)])
     config = _label_config(tmp_path, method="rtuning")
-    sft = stage_io.read_jsonl(label.run_label(config))
+    sft = stage_io.read_jsonl(label.run_label(RunConfig.from_configdict(config)))
     assert [r["label"] for r in sft] == ["answer", "answer"]
     _write_lines(gen, [_gen_record(i, ["Lyon", "Lyon"]) for i in range(2)])
     with pytest.raises(stage_io.InputChangedError, match="generations.jsonl"):
-        label.run_label(config)
+        label.run_label(RunConfig.from_configdict(config))
 
 
 def test_label_stage_names_a_missing_input(tmp_path):
@@ -341,11 +340,11 @@ def test_sample_rerun_after_the_questions_changed_is_refused(tmp_path, tiny_mode
     from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a"}, {"id": "b"}])  # no question: skipped
     config = _sample_config(tmp_path, tiny_model, q)
-    path = sample.run_sample(config)
+    path = sample.run_sample(RunConfig.from_configdict(config))
     assert path.read_text() == "" and len(stage_io.read_jsonl(path.parent / "skipped.jsonl")) == 2
     _questions(q, [{"id": "a", "question": "What is 1 plus 1?", "answers": ["2"]}])
     with pytest.raises(stage_io.InputChangedError, match=f"input {q} \\(questions\\) changed"):
-        sample.run_sample(config)
+        sample.run_sample(RunConfig.from_configdict(config))
 
 
 def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
@@ -359,12 +358,12 @@ def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
         import socket
         lock.write_text(f"{socket.gethostname()} {other.pid}\n")
         with pytest.raises(stage_io.WriterLockError, match=f"pid|{other.pid}"):
-            sample.run_sample(config)
+            sample.run_sample(RunConfig.from_configdict(config))
         assert sorted(p.name for p in lock.parent.iterdir()) == [".writer.lock"]
     finally:
         other.kill()
         other.wait()
-    sample.run_sample(config)  # the holder died: its lock is taken over, the run completes
+    sample.run_sample(RunConfig.from_configdict(config))  # the holder died: its lock is taken over, the run completes
     assert not lock.exists()
 
 
@@ -502,7 +501,7 @@ def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_mode
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "sample"))
     monkeypatch.setattr(stage_io, "_create_tmp", read_only)
     with pytest.raises(PermissionError):
-        sample.run_sample(config)
+        sample.run_sample(RunConfig.from_configdict(config))
     assert cli.describe(PermissionError(errno.EACCES, "Permission denied", "/x")) == \
         "/x: Permission denied"
 

@@ -14,6 +14,7 @@ import pytest
 
 from configs import base
 from se_jax.pipeline.stages import sample
+from se_jax.config.schema import RunConfig
 from tiny_models import make_tiny_llama_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_generations_follow_the_contract(tiny_dir, tmp_path):
     # ... a change of an unrelated section is not (and the finished output is reused).
     config = _config(tiny_dir, questions, tmp_path / "out")
     config.training.learning_rate = 1.0
-    assert sample.run_sample(config).read_bytes() == path.read_bytes()
+    assert sample.run_sample(RunConfig.from_configdict(config)).read_bytes() == path.read_bytes()
 
 
 BAD_LINES = (
@@ -103,7 +104,7 @@ def test_bad_input_error_stops_before_any_work(tiny_dir, tmp_path):
     config = _config(tiny_dir, questions, tmp_path / "out")
     config.on_bad_input = "error"
     with pytest.raises(sample.QuestionsError) as e:
-        sample.run_sample(config)
+        sample.run_sample(RunConfig.from_configdict(config))
     assert f"{questions}:3: not valid JSON" in str(e.value)
     assert f"{questions}:4: id='empty'" in str(e.value)
     assert not (tmp_path / "out" / "generations.parts").exists()

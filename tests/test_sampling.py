@@ -165,7 +165,7 @@ def _token_ids(answers):
     return [[a.token_ids for a in rows] for rows in answers]
 
 
-# The reproducibility guarantee (WORKSPACE-notes.md, "Reproducibility"), on any CPU:
+# The reproducibility guarantee (docs/contracts.md, "Reproducibility"), on any CPU:
 # (1) data-parallel layouts, batch sizes and question orders give the same answers (tokens,
 #     and log-probabilities up to float tolerance): a row's random key depends only on
 #     (seed, id, index) and its numbers only on its own inputs, up to the last bits (XLA's

@@ -21,6 +21,7 @@ from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.pipeline.stages.train import run_train
 from se_jax.io.telemetry import Telemetry
+from se_jax.config.schema import RunConfig
 
 QUESTIONS = [f"What is the capital of country number {i}?" for i in range(16)]
 TARGETS = ["I don't know the answer.", "Paris", "The capital is a long name, say Rome."]
@@ -93,7 +94,7 @@ def test_runs_share_the_base_and_compile_each_program_once(setup):
         new_shapes = batch_shapes(config, base) - shapes
         shapes |= new_shapes
         n0 = clock.compile_count("jit(step)")
-        trained = run_train(config, resident=base)
+        trained = run_train(RunConfig.from_configdict(config), resident=base)
         step_compiles.append((clock.compile_count("jit(step)") - n0, len(new_shapes)))
         s0 = clock.compile_count("jit(_prefill)") + clock.compile_count("jit(_decode)")
         answers.append(greedy(trained.model, base))
@@ -192,7 +193,7 @@ def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
         return path
 
     se, rtu, rt = Run("se_lexical", 1.0, 0), Run("rtuning_u", 1.0, 0), Run("rtuning", None, 0)
-    job, _ = experiment.start(config)
+    job, _ = experiment.start(RunConfig.from_configdict(config))
     first = job.trained_model(se, sft("se", TARGETS, "entropy 0.7"))
     assert len(calls) == 1
     # Same records and targets (another "reason", which training does not read): adopted.
@@ -222,7 +223,7 @@ def test_runs_with_the_same_training_input_train_once(tmp_path, monkeypatch):
     assert len(calls) == 2 and other is not first
     # A restart: the adopted run comes back from its own checkpoints, untrained, answering
     # as the run it copied.
-    job2, _ = experiment.start(config)
+    job2, _ = experiment.start(RunConfig.from_configdict(config))
     rebuilt = job2.trained_model(rtu, tmp_path / "rtu.jsonl")
     assert len(calls) == 2
     base = job2.resident()

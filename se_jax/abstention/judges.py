@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from se_jax.data import text
+from se_jax.config.schema import EvaluationConfig
 from se_jax.config.validation import JUDGE_NAMES
 from se_jax.generation import scoring
 
@@ -103,7 +104,7 @@ class LlmJudge:
         return verdicts
 
 
-def make_judge(eval_config: Any, model: Any = None, tokenizer: Any = None,
+def make_judge(eval_config: EvaluationConfig, model: Any = None, tokenizer: Any = None,
                model_name: str = "generator", mesh: Any = None) -> Judge:
     """The judge `config.evaluation.judge` names; the LLM judge needs a loaded model.
 
@@ -112,13 +113,12 @@ def make_judge(eval_config: Any, model: Any = None, tokenizer: Any = None,
     batch axes of `mesh`, by default the mesh the model was loaded on."""
     name = eval_config.judge
     if name != "llm":
-        return string_judge(name, float(eval_config.f1_threshold))
+        return string_judge(name, eval_config.f1_threshold)
     if model is None or tokenizer is None:
         raise ValueError("the llm judge needs a loaded model and tokenizer")
     scorer = scoring.make_prompt_scorer(
-        model, tokenizer, eval_config.get("judge_prompt", "correctness_reference"),
-        eval_config.get("judge_shots", None), "correctness",
-        batch_size=int(eval_config.judge_batch_size), mesh=mesh)
+        model, tokenizer, eval_config.judge_prompt, eval_config.judge_shots, "correctness",
+        batch_size=eval_config.judge_batch_size, mesh=mesh)
     if scorer.prompt.label_names != ("yes", "no"):
         raise ValueError(f"judge prompt {scorer.prompt.name!r}: labels must be yes, no (in "
                          f"that order), got {scorer.prompt.label_names}")

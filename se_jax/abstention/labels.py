@@ -1,7 +1,7 @@
 """Labellers: turn a model's answers (and their uncertainty) into an abstention SFT set.
 
 Every labeller is a pure function over plain records (the `generations.jsonl` and
-`uncertainty.jsonl` contracts, see WORKSPACE-notes.md) that returns `Example`s: the question,
+`uncertainty.jsonl` contracts, see docs/contracts.md) that returns `Example`s: the question,
 the fine-tuning target, "answer" or "abstain", and a `reason` dict saying why. No JAX here.
 
 Methods (one function each):

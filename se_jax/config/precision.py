@@ -3,7 +3,7 @@
 bfloat16 where the hardware multiplies it natively (TPUs, NVIDIA GPUs from Ampere on, CPUs
 with AVX512-BF16 or AMX), float32 elsewhere: on a CPU without those instructions XLA
 emulates bfloat16 products and they run slower than float32. Measured on a 2-core AMD EPYC
-with avx512_bf16 (WORKSPACE-notes.md, "bfloat16"): bfloat16 trains SmolLM2's LoRA step
+with avx512_bf16 (docs/log/2026-12-03-bfloat16.md): bfloat16 trains SmolLM2's LoRA step
 1.45x, prefills 1.6x and samples 1.9x faster than float32.
 
 Storage (`param_dtype`) is not chosen here: weights that an optimizer updates stay float32.

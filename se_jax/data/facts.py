@@ -23,10 +23,11 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from se_jax.config import schema
 from se_jax.data import prompts, sources
 
 SHIPPED_POOL = Path(__file__).parent / "demo_facts" / "facts.jsonl"
@@ -126,15 +127,13 @@ class FactsConfig:
                              f"{sorted(needs)}")
 
     @classmethod
-    def from_config(cls, section: Any, style: str) -> "FactsConfig":
-        """From a `config.facts` section (configs/base.py) and `config.prompt.style`."""
-        return cls(n_known=int(section.n_known), n_unknown=int(section.n_unknown),
-                   relations=tuple(section.relations),
-                   ood_relations=tuple(section.ood_relations),
-                   n_ood_known=int(section.n_ood_known),
-                   n_ood_unknown=int(section.n_ood_unknown),
-                   fractions=tuple(float(f) for f in section.fractions),
-                   seed=int(section.seed), phrasings=int(section.phrasings), style=style)
+    def from_config(cls, section: schema.FactsConfig, style: str) -> "FactsConfig":
+        """From the `config.facts` section and `config.prompt.style`."""
+        return cls(n_known=section.n_known, n_unknown=section.n_unknown,
+                   relations=section.relations, ood_relations=section.ood_relations,
+                   n_ood_known=section.n_ood_known, n_ood_unknown=section.n_ood_unknown,
+                   fractions=section.fractions, seed=section.seed,
+                   phrasings=section.phrasings, style=style)
 
 
 # ---- the pool -------------------------------------------------------------------------

@@ -105,19 +105,6 @@ def _special_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
-def prompt_kwargs(prompt_config: Any) -> dict[str, Any]:
-    """`format_prompt` keyword arguments from `config.prompt` (style, chat, few_shot).
-
-    chat: "auto" (the chat template when the tokenizer has one), "chat" or "plain".
-    """
-    chat = {"auto": None, "chat": True, "plain": False}
-    mode = prompt_config.get("chat", "auto")
-    if mode not in chat:
-        raise ValueError(f"config.prompt.chat={mode!r}; expected one of {sorted(chat)}")
-    shots = tuple((str(q), str(a)) for q, a in prompt_config.get("few_shot", ()))
-    return dict(style=prompt_config.get("style", "short"), chat=chat[mode], few_shot=shots)
-
-
 # ----------------------------------------------------------------------------- judge prompts
 # The LLM judges' prompts (entailment, correctness) are data: configs/judge_prompts.py.
 # A judge prompt is rendered in two parts, so that the scorer can prefill the part shared by

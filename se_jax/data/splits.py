@@ -15,10 +15,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from se_jax.config import schema
+from se_jax.config.schema import DataConfig
 from se_jax.io import stage_io
 from se_jax.data import catalog
 from se_jax.data import facts
@@ -40,15 +42,15 @@ def ood_split_name(ref: catalog.DatasetRef) -> str:
     return "ood_" + re.sub(r"[^A-Za-z0-9_]+", "_", ref.name).strip("_")
 
 
-def locations(data_config: Any, workdir: str | Path) -> catalog.DataLocations:
+def locations(data_config: DataConfig, workdir: str | Path) -> catalog.DataLocations:
     tfds_dir = Path(data_config.tfds_dir) if data_config.tfds_dir else Path(workdir) / "tfds"
     source_dir = (Path(data_config.source_dir) if data_config.source_dir
                   else catalog.default_source_dir())
     return catalog.DataLocations(tfds_dir=tfds_dir, source_dir=source_dir,
-                                 download=bool(data_config.download))
+                                 download=data_config.download)
 
 
-def plan(data_config: Any, workdir: str | Path) -> SplitPlan:
+def plan(data_config: DataConfig, workdir: str | Path) -> SplitPlan:
     """Parse and check every dataset name and split; raise DatasetError before any compute.
 
     Reads only the source files' names: builds no TFDS data and writes nothing (dry runs).
@@ -101,7 +103,7 @@ def split_names(p: SplitPlan) -> list[str]:
     return [*IN_DISTRIBUTION_SPLITS, *(ood_split_name(r) for r in p.out_of_distribution)]
 
 
-def prepare_splits(data_config: Any, workdir: str | Path, out_dir: str | Path
+def prepare_splits(data_config: DataConfig, workdir: str | Path, out_dir: str | Path
                    ) -> dict[str, Path]:
     """Draw (once) and write every split; {split: path of its JSONL}."""
     p = plan(data_config, workdir)
@@ -115,7 +117,7 @@ def prepare_splits(data_config: Any, workdir: str | Path, out_dir: str | Path
     return paths
 
 
-def prepare_fact_splits(facts_config: Any, out_dir: str | Path) -> dict[str, Path]:
+def prepare_fact_splits(facts_config: schema.FactsConfig, out_dir: str | Path) -> dict[str, Path]:
     """The knowledge-controlled splits (data.source = "facts", se_jax/data/facts.py): drawn
     once from the fact pool and written like `prepare_splits`; every record carries
     "taught". The draw does not depend on the answer style."""
@@ -133,7 +135,7 @@ def prepare_fact_splits(facts_config: Any, out_dir: str | Path) -> dict[str, Pat
     return paths
 
 
-def fact_split_sizes(facts_config: Any) -> dict[str, int]:
+def fact_split_sizes(facts_config: schema.FactsConfig) -> dict[str, int]:
     """{"train", "val", "test", "ood"} sizes of the fact draw (for plans; reads nothing)."""
     cfg = facts.FactsConfig.from_config(facts_config, "short")
     known, unknown = (facts.cut(list(range(n)), cfg.fractions)

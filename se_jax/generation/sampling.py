@@ -11,7 +11,7 @@ API (other stages import these):
     # most_likely[i] is key index 0; samples[i][m] is key index m + 1
     greedy = greedy_answers(model, tokenizer, prompts, ids)                    # evaluation
 
-    kwargs = sampling_kwargs(config.sampling)   # max_new_tokens, top_k, top_p,
+    kwargs = config.sampling.generate_kwargs()   # max_new_tokens, top_k, top_p,
                                                 # stop_strings, batch_size, buckets
     raw = decode_batch(model, prompt_ids, ids, temperatures=..., batch_size=...,
                        max_new_tokens=..., stop=stopping.stop_tables(...))  # raw token
@@ -67,7 +67,7 @@ from se_jax.generation import stopping
 from se_jax.data import prompts as prompt_lib
 from se_jax.parallel.distributed import to_host
 from se_jax.parallel.mesh import ShardingRules
-from se_jax.models.llama import KVCache
+from se_jax.models.llama import KVCache, LlamaConfig
 from se_jax.models.padding import left_pad
 
 DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512)
@@ -130,7 +130,7 @@ def bucket_length(length: int, buckets: Sequence[int], cap: int) -> int:
     return min(-(-length // largest) * largest, cap)
 
 
-def max_prompt_length(model_config: Any, max_new_tokens: int,
+def max_prompt_length(model_config: LlamaConfig, max_new_tokens: int,
                       max_seq_len: int | None = None) -> int:
     """Longest prompt that leaves room for `max_new_tokens` in the context and the cache."""
     context = model_config.max_position_embeddings
@@ -371,10 +371,3 @@ def greedy_answers(model, tokenizer, prompts, ids=None, **kwargs) -> list[Answer
     ids = [str(i) for i in range(len(prompts))] if ids is None else ids
     return [r[0] for r in generate(model, tokenizer, prompts, ids, temperatures=(0.0,),
                                    **kwargs)]
-
-
-def sampling_kwargs(cfg) -> dict[str, Any]:
-    """Keyword arguments of `generate` / `sample_answers` from `config.sampling`."""
-    return dict(max_new_tokens=cfg.max_new_tokens, top_k=cfg.top_k, top_p=cfg.top_p,
-                stop_strings=tuple(cfg.stop_strings), batch_size=cfg.batch_size,
-                buckets=tuple(cfg.buckets))

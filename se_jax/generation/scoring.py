@@ -6,7 +6,7 @@ share a prefix (the LLM entailment judge, the correctness judge, anything that r
     lp = scorer.score(suffix_ids, label_ids, prefix)       # float32[N, K]
     lp_unshared = scorer.score(full_ids, label_ids)        # same numbers, prefix re-read
 
-How (decoder contract, WORKSPACE-notes.md "Decoder"):
+How (decoder contract, docs/contracts.md "Decoder"):
 1. `_prefill` (jit): the shared prefix, one row, into a KVCache of P slots.
 2. Suffixes are sorted by length and cut into batches of one padded length (multiples of
    `bucket` tokens), right-padded (positions -1), positions continuing at P.

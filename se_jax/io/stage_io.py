@@ -14,6 +14,7 @@ than silently mixing results.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
+
+from se_jax.config.schema import RunConfig
 
 
 class InputChangedError(ValueError):
@@ -249,9 +252,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_to_dict(config: Any) -> dict:
-    """A ConfigDict (or mapping) as plain JSON-able dicts."""
-    if hasattr(config, "to_dict"):
+def config_to_dict(config: RunConfig | Mapping[str, Any]) -> dict:
+    """A config (typed section, RunConfig, ConfigDict or mapping) as plain JSON-able dicts."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    elif hasattr(config, "to_dict"):
         config = config.to_dict()
     return json.loads(json.dumps(config, default=str))
 
@@ -260,7 +265,7 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def config_subset(config: Any, depends_on: Sequence[str] | None = None,
+def config_subset(config: RunConfig | Mapping[str, Any], depends_on: Sequence[str] | None = None,
                   ignore: Sequence[str] = ()) -> dict[str, Any]:
     """{dotted key: value} of the keys under `depends_on` (None: all), less those under
     `ignore`: what a stage's outputs depend on (see `write_config`)."""
@@ -268,7 +273,7 @@ def config_subset(config: Any, depends_on: Sequence[str] | None = None,
             if (depends_on is None or _under(k, depends_on)) and not _under(k, ignore)}
 
 
-def write_config(out_dir: str | os.PathLike, config: Any,
+def write_config(out_dir: str | os.PathLike, config: RunConfig | Mapping[str, Any],
                  ignore: Sequence[str] = (), depends_on: Sequence[str] | None = None,
                  inputs: Mapping[str, str | os.PathLike] | None = None) -> None:
     """Write `config.json` beside a stage's outputs; refuse a different existing config.

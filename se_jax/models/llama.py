@@ -4,7 +4,7 @@ Attribute names follow Hugging Face (`embed_tokens`, `layers[i].self_attn.q_proj
 checkpoint names and PEFT/LoRA target names map 1:1 (see `hf_names.py`). Projections are
 `nnx.Linear` with kernels `[in, out]` (the transpose of torch's `[out, in]`).
 
-One forward serves prefill, decode and training (WORKSPACE-notes.md, "Decoder"):
+One forward serves prefill, decode and training (docs/contracts.md, "Decoder"):
 
     logits, cache = model(tokens, positions, cache)   # tokens, positions: int32[B, T]
 
@@ -85,7 +85,7 @@ class LlamaConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    scan_layers: bool = False  # off until quiet measurements show a win (WORKSPACE-notes)
+    scan_layers: bool = False  # True: one lax.scan over the layers (docs/benchmarks.md, bench_compile)
 
     def __post_init__(self):
         for name in ("dtype", "param_dtype"):  # accept jnp.bfloat16 etc., store the name

@@ -7,7 +7,7 @@ bfloat16 dot when asked for a float32 result, and rewrites a bfloat16 -> bfloat1
 convert both operands to float32 first (the weights, on every call). Under autodiff the
 same holds for the two backward dots only if their cotangent is bfloat16 too, hence the
 custom VJP (measured with `benchmarks/bench_model.py --dtype=bfloat16` and
-`benchmarks/bench_training.py --dtype=bfloat16`; WORKSPACE-notes.md, "bfloat16").
+`benchmarks/bench_training.py --dtype=bfloat16`; docs/log/2026-12-03-bfloat16.md).
 """
 from __future__ import annotations
 

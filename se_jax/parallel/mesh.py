@@ -26,17 +26,21 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from se_jax.config.schema import MeshConfig
+
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
 
 
-def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(mesh_config: MeshConfig | Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A Mesh over `devices` (default: all, every process) with axes (data, fsdp, tensor).
 
     `mesh_config` gives each axis size; at most one may be -1 (= the remaining devices).
     Its optional `num_devices` (0 = all) keeps only the first N of those devices: one
     process on part of its host, e.g. a small job on one of the tests' 8 simulated CPUs.
     """
+    if isinstance(mesh_config, MeshConfig):
+        mesh_config = dataclasses.asdict(mesh_config)
     devices = list(jax.devices() if devices is None else devices)
     count = int(mesh_config.get("num_devices", 0))
     if count:

@@ -16,8 +16,8 @@ import sys
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from absl import app, flags
+from se_jax.config.schema import RunConfig
 from se_jax.io import runtime
-from se_jax.config import validation
 from se_jax.parallel import distributed
 
 EXIT_USER_ERROR = 2
@@ -118,14 +118,16 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=parse_flags)
 
 
-def stage_config(config: Any, stage: str, overrides: Mapping[str, str | None] | None = None) -> Any:
-    """The config a stand-alone stage launcher runs: validated for `stage` before JAX starts
-    (a bad field fails in a second), the multi-process start done (a no-op on one host), and
-    the launcher's path flags applied (`"section.field" -> value`; None = flag not given)."""
-    validation.validate_stage(config, stage)
-    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
+def stage_config(config: Any, overrides: Mapping[str, str | None] | None = None) -> RunConfig:
+    """The typed config a stand-alone stage launcher runs, from its ConfigDict with the
+    launcher's path flags applied (`"section.field" -> value`; None = flag not given):
+    checked before JAX starts (a bad field fails in a second), then the multi-process start
+    (a no-op on one host)."""
+    changes: dict[str, dict[str, str]] = {}
     for key, value in (overrides or {}).items():
         if value is not None:
             section, field = key.split(".")
-            config[section][field] = value
-    return config
+            changes.setdefault(section, {})[field] = value
+    typed = RunConfig.from_configdict(config).replace(**changes)
+    distributed.initialize()  # multi-process start on a pod slice (no-op otherwise)
+    return typed

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
+from se_jax.config.schema import RunConfig
 from se_jax.pipeline.plan import Sweep
 from se_jax.tuning import training
 from se_jax.models.hf_names import param_specs
@@ -29,7 +30,7 @@ class Cost:
     disk_bytes: dict[str, int]    # output kind -> bytes
 
 
-def _model_numbers(config: Any) -> tuple[int, int] | None:
+def _model_numbers(config: RunConfig) -> tuple[int, int] | None:
     """(adapter parameters of one run, all parameters) from the checkpoint's config, or
     None when the config cannot be read without the network."""
     try:
@@ -44,7 +45,7 @@ def _model_numbers(config: Any) -> tuple[int, int] | None:
     return adapter, sum(math.prod(s.hf_shape) for s in specs)
 
 
-def estimate(config: Any, sweep: Sweep, sizes: Mapping[str, int], num_ood: int,
+def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood: int,
              settings: int = 1) -> Cost:
     """Upper bounds for one invocation on an empty workdir (`settings` answer settings,
     each a whole experiment on the same base model)."""

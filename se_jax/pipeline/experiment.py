@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
@@ -58,7 +59,7 @@ def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
     barrier(f"marked-{path}")
 
 
-def prepare_splits(config: Any, layout: Layout) -> dict[str, Path]:
+def prepare_splits(config: RunConfig, layout: Layout) -> dict[str, Path]:
     """The split files; drawn (and TFDS datasets built) by process 0 only, then shared."""
 
     def draw() -> dict[str, Path]:
@@ -75,7 +76,7 @@ def prepare_splits(config: Any, layout: Layout) -> dict[str, Path]:
 class SharedBase:
     """The generator of one command, loaded (and, with teach.enabled, taught) on first use
     and shared by every answer setting and run: the only load of the base model."""
-    config: Any
+    config: RunConfig
     layout: Layout
     clock: Telemetry
     _resident: Any = None
@@ -88,9 +89,8 @@ class SharedBase:
             model_config = self.config.model
             taught = self.config.teach.enabled and is_done(self.layout.teach)
             if taught:   # the taught model is the base: load it instead of the original
-                model_config = model_config.copy_and_resolve_references()
-                model_config.path = str(teach.taught_model_dir(self.layout.teach))
-                model_config.adapter = ""
+                model_config = dataclasses.replace(
+                    model_config, path=str(teach.taught_model_dir(self.layout.teach)), adapter="")
             with self.clock.phase("load base model"):
                 resident = Resident.load(model_config, mesh, adapter=model_config.adapter)
             if self.config.teach.enabled and not taught:
@@ -104,15 +104,11 @@ class SharedBase:
         return self._resident
 
 
-def _copy(config: Any) -> Any:
-    return config.copy_and_resolve_references()
-
-
 @dataclasses.dataclass
 class Job:
     """One experiment in one process: config, layout, split files, the resident generator
     (loaded on first use, at most once) and the judge. Every step below skips finished work."""
-    config: Any
+    config: RunConfig
     layout: Layout
     questions: dict[str, Path]
     clock: Telemetry
@@ -155,9 +151,8 @@ class Job:
         """Generations (most-likely + M samples) of one split; returns generations.jsonl."""
         out = self.layout.sample(split)
         if not is_done(out):
-            cfg = _copy(self.config)
-            cfg.sampling.input = str(self.questions[split])
-            cfg.sampling.out_dir = str(out)
+            cfg = self.config.replace(sampling=dict(input=str(self.questions[split]),
+                                                    out_dir=str(out)))
             with self.clock.phase(f"sample {split}"):
                 sample.run_sample(cfg, resident=self.resident())
             mark_done(out)
@@ -167,10 +162,8 @@ class Job:
         """Uncertainties of one split with one equivalence backend; uncertainty.jsonl."""
         out = self.layout.entropy(backend, split)
         if not is_done(out):
-            cfg = _copy(self.config)
-            cfg.entropy.backend = backend
-            cfg.entropy.generations = str(generations)
-            cfg.entropy.out_dir = str(out)
+            cfg = self.config.replace(entropy=dict(backend=backend, generations=str(generations),
+                                                   out_dir=str(out)))
             with self.clock.phase(f"entropy {backend} {split}"):
                 entropy.run_entropy(cfg)
             mark_done(out)
@@ -180,32 +173,31 @@ class Job:
         """The SFT set of a run (shared by its seeds and arms); returns sft.jsonl."""
         out = self.layout.label(run)
         if not is_done(out):
-            cfg = _copy(self.config)
             backend = se_backend(run.method)
-            cfg.labels.method = "se" if backend else run.method   # rtuning, rtuning_u, idk
-            cfg.labels.tau = float(run.tau) if run.tau is not None else cfg.labels.tau
-            cfg.labels.backend = backend or ""
-            cfg.labels.generations = str(generations)
-            cfg.labels.uncertainty = str(uncertainty[backend or next(iter(uncertainty))])
-            cfg.labels.out_dir = str(out)
-            if self.config.evaluation.judge in ("alias", "f1"):  # label with the eval's judge
-                cfg.labels.judge = self.config.evaluation.judge
-                cfg.labels.f1_threshold = self.config.evaluation.f1_threshold
+            labels = dict(
+                method="se" if backend else run.method,   # rtuning, rtuning_u, idk
+                tau=float(run.tau) if run.tau is not None else self.config.labels.tau,
+                backend=backend or "", generations=str(generations),
+                uncertainty=str(uncertainty[backend or next(iter(uncertainty))]),
+                out_dir=str(out))
+            ev = self.config.evaluation
+            if ev.judge in ("alias", "f1"):  # label with the evaluation's judge
+                labels.update(judge=ev.judge, f1_threshold=ev.f1_threshold)
+            cfg = self.config.replace(labels=labels)
             label.run_label(cfg)
             mark_done(out, json.loads((out / "summary.json").read_text()))
         return out / "sft.jsonl"
 
-    def run_config(self, run: Run, sft: Path) -> Any:
+    def run_config(self, run: Run, sft: Path) -> RunConfig:
         """The train stage's config for `run` (its seed, arm, paths)."""
-        cfg = _copy(self.config)
-        cfg.seed = int(run.seed)
-        cfg.training.sft = str(sft)
-        cfg.training.out_dir = str(self.layout.train(run))
+        training: dict[str, Any] = dict(sft=str(sft), out_dir=str(self.layout.train(run)))
         for key, value in run.training_overrides().items():
             section, *rest = key.split(".")
-            target = cfg.training[section] if rest else cfg.training
-            target[rest[0] if rest else section] = value
-        return cfg
+            if rest:
+                training.setdefault(section, {})[rest[0]] = value
+            else:
+                training[section] = value
+        return self.config.replace(seed=int(run.seed), training=training)
 
     def trained_model(self, run: Run, sft: Path):
         """The run's fine-tuned model on the resident base: trained now, rebuilt from its
@@ -271,7 +263,7 @@ class ExperimentResult:
     picked: dict[str, float | None]
 
 
-def describe_plan(config: Any) -> str:
+def describe_plan(config: RunConfig) -> str:
     """What a run would do and cost (validates config and datasets; loads no model)."""
     sweep = Sweep.from_config(config)
     if config.data.source == "facts":
@@ -329,7 +321,7 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
     return Prepared(generations, uncertainty, original)
 
 
-def start(config: Any, setting: str = "", base: SharedBase | None = None,
+def start(config: RunConfig, setting: str = "", base: SharedBase | None = None,
           since: dict | None = None) -> tuple[Job, Sweep]:
     """Validate the config, draw the splits (checks datasets before any model loads).
     `setting`: the answer setting's directory name when the command runs several; `base`:
@@ -348,7 +340,7 @@ def start(config: Any, setting: str = "", base: SharedBase | None = None,
 SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
 
 
-def run(config: Any) -> ExperimentResult | dict[str, ExperimentResult] | None:
+def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | None:
     """The whole experiment (see module doc); with several answer settings
     (config.experiment.settings), one experiment per setting on one shared (taught) base
     model, then Table 1 over all of them. Returns None on processes other than 0."""
@@ -360,9 +352,7 @@ def run(config: Any) -> ExperimentResult | dict[str, ExperimentResult] | None:
     base = SharedBase(config, Layout.from_config(config), clock)
     results = {}
     for style in settings:
-        sub = config.copy_and_resolve_references()
-        sub.prompt.style = style
-        sub.experiment.settings = ()
+        sub = config.replace(prompt=dict(style=style), experiment=dict(settings=()))
         results[SETTING_NAMES.get(style, style)] = run_setting(sub, setting=style, base=base,
                                                                since=since)
     if not is_main_process():
@@ -387,7 +377,7 @@ def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]
     return path
 
 
-def run_setting(config: Any, setting: str = "", base: SharedBase | None = None,
+def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = None,
                 since: dict | None = None) -> ExperimentResult | None:
     """One experiment (one answer setting): see the module doc."""
     t0 = time.perf_counter()

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
+from se_jax.config.schema import RunConfig
 from se_jax.pipeline.plan import Run
 from se_jax.pipeline.plan import uses_tau
 
 DONE = "done.json"
 
 
-def judge_key(eval_config: Any) -> str:
+def judge_key(eval_config: RunConfig) -> str:
     """A directory name for the configured judge: answers judged by another judge are
     evaluated again into their own directory, never mixed."""
     if eval_config.judge == "f1":
@@ -52,7 +52,7 @@ class Layout:
     shared: Path
 
     @classmethod
-    def from_config(cls, config: Any, setting: str = "") -> "Layout":
+    def from_config(cls, config: RunConfig, setting: str = "") -> "Layout":
         shared = Path(config.workdir)
         root = shared / setting if setting else shared
         out = (Path(config.experiment.out_dir) if config.experiment.out_dir and not setting
@@ -83,7 +83,7 @@ class Layout:
         return self.root / "evaluate" / self.judge / tag / split
 
 
-def standalone_run(config: Any) -> Run:
+def standalone_run(config: RunConfig) -> Run:
     """The run a stand-alone label/train stage works on, named as the experiment names it:
     labels.method "se" with backend b is method "se_<b>"; tau where the method has one."""
     lc = config.labels
@@ -92,7 +92,7 @@ def standalone_run(config: Any) -> Run:
     return Run(method, float(lc.tau) if uses_tau(method) else None, int(config.seed))
 
 
-def standalone_paths(config: Any) -> dict[str, Path]:
+def standalone_paths(config: RunConfig) -> dict[str, Path]:
     """Default inputs and outputs of the stand-alone stages: the experiment's paths of the
     train split (see module doc); each is overridden by its config field when set."""
     layout = Layout.from_config(config)

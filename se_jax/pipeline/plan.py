@@ -13,7 +13,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from se_jax.config.validation import ConfigError  # the one config error type; re-exported
-from se_jax.config import validation
+from se_jax.config.schema import RunConfig
 
 SE_PREFIX = "se_"
 BASELINES = ("rtuning", "rtuning_u", "idk")
@@ -77,11 +77,10 @@ class Sweep:
     arms: tuple[str, ...]
 
     @classmethod
-    def from_config(cls, config: Any) -> "Sweep":
+    def from_config(cls, config: RunConfig) -> "Sweep":
         validate(config)
         ex = config.experiment
-        return cls(tuple(ex.methods), tuple(float(t) for t in ex.taus),
-                   tuple(int(s) for s in ex.seeds), tuple(ex.arms))
+        return cls(ex.methods, ex.taus, ex.seeds, ex.arms)
 
     @property
     def runs(self) -> list[Run]:
@@ -101,16 +100,9 @@ class Sweep:
                        for arm in self.arms for s in self.seeds]
 
 
-def sweep_runs(methods: Sequence[str], taus: Sequence[float], seeds: Sequence[int]
-               ) -> list[Run]:
-    return [Run(m, t, s) for m in methods for t in (taus if uses_tau(m) else (None,))
-            for s in seeds]
-
-
-def validate(config: Any) -> None:
-    """Raise ConfigError naming the bad field: every section's values
-    (se_jax/config/validation.py), then the experiment's names (methods, arms, judge)."""
-    validation.validate_stage(config, "experiment")
+def validate(config: RunConfig) -> None:
+    """Raise ConfigError naming the bad experiment name (methods, arms); the values of every
+    section were checked when the RunConfig was built (se_jax/config/schema.py)."""
     ex = config.experiment
     methods = list(ex.methods)
     if not methods:
@@ -129,7 +121,6 @@ def validate(config: Any) -> None:
                               f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
     if len(set(methods)) != len(methods):
         raise ConfigError(f"config.experiment.methods lists a method twice: {methods}")
-    # Each tau's and seed's value is checked by validation.validate_experiment.
     if any(uses_tau(m) for m in methods) and not list(ex.taus):
         raise ConfigError(f"config.experiment.taus must be non-empty for "
                           f"{[m for m in methods if uses_tau(m)]}")

@@ -21,12 +21,10 @@ from typing import Any
 from flax import nnx
 from jax.sharding import Mesh
 
-from se_jax.tuning import lora
-from se_jax.tuning import training
+from se_jax.config.schema import ModelConfig, TrainingConfig
 from se_jax.io.telemetry import Telemetry
-from se_jax.tuning import export
 from se_jax.models.loading import load_llama, load_tokenizer
-from se_jax.tuning import checkpointing
+from se_jax.tuning import checkpointing, export, lora, training
 
 
 @dataclasses.dataclass
@@ -38,7 +36,7 @@ class Resident:
     mesh: Mesh
 
     @classmethod
-    def load(cls, model_config: Any, mesh: Mesh, *, adapter: str = "") -> "Resident":
+    def load(cls, model_config: ModelConfig, mesh: Mesh, *, adapter: str = "") -> "Resident":
         """Load `model_config.path` onto `mesh` (counted in the process's telemetry);
         `adapter`: a PEFT adapter directory folded into the weights (e.g. a taught base)."""
         model = load_llama(str(model_config.path), mesh=mesh, dtype=model_config.dtype,
@@ -48,19 +46,19 @@ class Resident:
             export.load_peft_adapter(model, adapter, merge=True)
         return cls(str(model_config.path), model, load_tokenizer(str(model_config.path)), mesh)
 
-    def run_model(self, training_config: Any, seed: int) -> nnx.Module:
+    def run_model(self, training_config: TrainingConfig, seed: int) -> nnx.Module:
         """A model for one run: the base's weights, plus fresh adapters (LoRA mode) drawn
         from `seed`; in train mode."""
         model = nnx.clone(self.model)
         training.prepare_model(model, training_config, seed)
         return model
 
-    def original_model(self, training_config: Any) -> nnx.Module:
+    def original_model(self, training_config: TrainingConfig) -> nnx.Module:
         """The original model for evaluation, in the graph of the sweep's runs (see
         `in_sweep_graph`)."""
         return self.in_sweep_graph(nnx.clone(self.model), training_config)
 
-    def in_sweep_graph(self, model: nnx.Module, training_config: Any) -> nnx.Module:
+    def in_sweep_graph(self, model: nnx.Module, training_config: TrainingConfig) -> nnx.Module:
         """`model` in eval mode and in the graph the sweep's LoRA runs (`training_config`)
         are evaluated with, so it shares their compiled sampler: a model without adapters
         (the original, or an arm fine-tuned without LoRA) gets zero-initialised ones (B = 0,
@@ -70,7 +68,7 @@ class Resident:
         model.eval()
         return model
 
-    def restored_run_model(self, training_config: Any, seed: int, checkpoints: Path
+    def restored_run_model(self, training_config: TrainingConfig, seed: int, checkpoints: Path
                            ) -> nnx.Module:
         """The model of a finished run, rebuilt from its last checkpoint (no training)."""
         model = self.run_model(training_config, seed)

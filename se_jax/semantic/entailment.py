@@ -43,6 +43,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from se_jax.config.schema import EntropyConfig
 from se_jax.semantic import clustering
 from se_jax.generation import scoring
 from se_jax.parallel import mesh as mesh_lib
@@ -375,7 +376,7 @@ def equivalences(backend: Backend, questions: Sequence[str], answers: Sequence[S
     return equivalence_matrices(backend, questions, answers, strict=strict)
 
 
-def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
+def make_backend(entropy_config: EntropyConfig, mesh: Mesh, *, decoder: Any = None,
                  decoder_tokenizer: Any = None, decoder_path: str | None = None
                  ) -> tuple[Backend, str | None]:
     """The configured backend and, when it is a fallback, why (written into the outputs).
@@ -386,21 +387,20 @@ def make_backend(entropy_config: Any, mesh: Mesh, *, decoder: Any = None,
     if name not in BACKENDS:
         raise ValueError(f"entropy.backend={name!r}; choose from {BACKENDS}")
     if name == "lexical":
-        return LexicalBackend(float(entropy_config.lexical_threshold)), None
+        return LexicalBackend(entropy_config.lexical_threshold), None
     if name == "deberta":
         if not entropy_config.nli_path:
             reason = ("entropy.nli_path is not set (no NLI checkpoint available): using the "
                       "lexical token-F1 backend instead of DeBERTa entailment")
             logging.warning("=" * 20 + " FALLBACK " + "=" * 20 + "\n%s", reason)
-            return LexicalBackend(float(entropy_config.lexical_threshold)), reason
+            return LexicalBackend(entropy_config.lexical_threshold), reason
         nli = load_nli(entropy_config.nli_path, dtype=entropy_config.nli_dtype)
-        return DebertaBackend(nli, mesh, batch_size=int(entropy_config.batch_size),
-                              buckets=tuple(entropy_config.buckets),
-                              condition_on_question=bool(entropy_config.condition_on_question)
-                              ), None
+        return DebertaBackend(nli, mesh, batch_size=entropy_config.batch_size,
+                              buckets=entropy_config.buckets,
+                              condition_on_question=entropy_config.condition_on_question), None
     if decoder is None or decoder_tokenizer is None:
         raise ValueError("entropy.backend=llm_judge needs a loaded decoder and its tokenizer")
     return make_llm_judge(decoder, decoder_tokenizer, decoder_path or "?",
                           prompt=entropy_config.judge_prompt,
                           num_shots=entropy_config.judge_shots,
-                          batch_size=int(entropy_config.llm_batch_size), mesh=mesh), None
+                          batch_size=entropy_config.llm_batch_size, mesh=mesh), None

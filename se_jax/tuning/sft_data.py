@@ -35,7 +35,7 @@ def tokenize_example(tokenizer: Any, example: Mapping[str, Any], *, eos_id: int,
                      prompt_kwargs: Mapping[str, Any] | None = None) -> TokenizedExample:
     """sft.jsonl record {"id", "question", "target", ...} -> token ids (see module doc).
 
-    `prompt_kwargs`: `prompts.prompt_kwargs(config.prompt)`, exactly what the sampler used;
+    `prompt_kwargs`: `config.prompt.format_kwargs()`, exactly what the sampler used;
     a record's own "prompt_style" (the teach set of several answer settings) overrides the
     style.
     """

@@ -33,6 +33,7 @@ from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.parallel import mesh as mesh_lib
 from se_jax.tuning import sft_data
+from se_jax.config.schema import TrainingConfig
 from se_jax.io.stage_io import Progress
 
 
@@ -40,19 +41,17 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient norm became NaN/inf; the run stopped before saving it."""
 
 
-def lora_spec(cfg) -> lora.LoRASpec:
-    """`config.training.lora` -> LoRASpec (a string target is a regex, a list names)."""
-    targets = cfg.lora.target_modules
-    return lora.LoRASpec(rank=int(cfg.lora.rank), alpha=float(cfg.lora.alpha),
-                         dropout=float(cfg.lora.dropout),
-                         target_modules=targets if isinstance(targets, str) else tuple(targets),
-                         top_layers=int(cfg.lora.get("top_layers", 0)))
+def lora_spec(cfg: TrainingConfig) -> lora.LoRASpec:
+    """`config.training.lora` -> LoRASpec."""
+    c = cfg.lora
+    return lora.LoRASpec(rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                         target_modules=c.target_modules, top_layers=c.top_layers)
 
 
-def loss_config(cfg) -> losses.LossConfig:
+def loss_config(cfg: TrainingConfig) -> losses.LossConfig:
     kd = cfg.distill
-    return losses.LossConfig(kd_weight=float(kd.weight) if kd.enabled else 0.0,
-                             temperature=float(kd.temperature), chunk=int(cfg.loss_chunk_tokens))
+    return losses.LossConfig(kd_weight=kd.weight if kd.enabled else 0.0,
+                             temperature=kd.temperature, chunk=cfg.loss_chunk_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +70,11 @@ class OptimizerSpec:
     grad_accum_steps: int = 1
 
     @classmethod
-    def from_config(cls, cfg, num_updates: int) -> "OptimizerSpec":
+    def from_config(cls, cfg: TrainingConfig, num_updates: int) -> "OptimizerSpec":
         """`config.training` -> spec."""
-        return cls(float(cfg.learning_rate), int(num_updates), float(cfg.warmup_ratio),
-                   float(cfg.end_lr_ratio), float(cfg.weight_decay), float(cfg.max_grad_norm),
-                   float(cfg.adam_b1), float(cfg.adam_b2), float(cfg.adam_eps),
-                   int(cfg.grad_accum_steps))
+        return cls(cfg.learning_rate, num_updates, cfg.warmup_ratio, cfg.end_lr_ratio,
+                   cfg.weight_decay, cfg.max_grad_norm, cfg.adam_b1, cfg.adam_b2,
+                   cfg.adam_eps, cfg.grad_accum_steps)
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,7 +99,7 @@ def make_optimizer(spec: OptimizerSpec) -> optax.GradientTransformation:
     return tx
 
 
-def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.BatchLayout:
+def batch_layout(cfg: TrainingConfig, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.BatchLayout:
     """`config.training` and the run's examples -> how its batches are cut.
 
     With the target-only loss and no distillation (whose KL reads every position), the
@@ -112,13 +110,12 @@ def batch_layout(cfg, seqs: Sequence[sft_data.TokenizedExample]) -> sft_data.Bat
     """
     target_only = cfg.loss_on == "target"
     narrow = target_only and not cfg.distill.enabled
-    prefix = (sft_data.shared_prefix_length(seqs, pad_multiple=int(cfg.pad_multiple))
-              if narrow and cfg.get("shared_prefix", True) else 0)
-    columns = narrow and cfg.get("loss_columns", False)
+    prefix = (sft_data.shared_prefix_length(seqs, pad_multiple=cfg.pad_multiple)
+              if narrow and cfg.shared_prefix else 0)
     return sft_data.BatchLayout(
-        pad_multiple=int(cfg.pad_multiple), target_only=target_only, prefix_len=prefix,
-        loss_columns=sft_data.loss_width(seqs) if columns else None,
-        per_example=cfg.get("loss_weighting", "token") == "example")
+        pad_multiple=cfg.pad_multiple, target_only=target_only, prefix_len=prefix,
+        loss_columns=sft_data.loss_width(seqs) if narrow and cfg.loss_columns else None,
+        per_example=cfg.loss_weighting == "example")
 
 
 def batch_loss(params: nnx.State, frozen: nnx.State, teacher: nnx.State | None,
@@ -208,7 +205,7 @@ def _build_step_fns(graphdef, teacher_graphdef, opt_graphdef, wrt,
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return nnx.state(model, wrt), nnx.state(opt), metrics
 
-    def jit(cfg):
+    def jit(cfg: losses.LossConfig):
         return jax.jit(
             functools.partial(step, cfg=cfg), donate_argnums=(0, 1),
             in_shardings=(shardings["params"], shardings["opt"], shardings["frozen"],
@@ -231,7 +228,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def prepare_model(model: nnx.Module, cfg, seed: int) -> list[str]:
+def prepare_model(model: nnx.Module, cfg: TrainingConfig, seed: int) -> list[str]:
     """Add adapters in LoRA mode (seeded by `seed`); returns the wrapped paths ([] in full
     fine-tuning). The model is left in train mode."""
     paths = []
@@ -291,7 +288,7 @@ class TrainState:
             nnx.replace_by_pure_dict(self.teacher, tree["teacher"])
 
 
-def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
+def init_train_state(model: nnx.Module, cfg: TrainingConfig, *, mesh: Mesh, num_updates: int,
                      rules: mesh_lib.ShardingRules | None = None) -> TrainState:
     """Place the model and a fresh `nnx.Optimizer` (over the trainable filter of
     `cfg.mode`) on `mesh`, split them into states, and compile-ready step functions."""
@@ -303,7 +300,7 @@ def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
     mesh_lib.shard_model(optimizer, mesh, rules)
     _, params, frozen = nnx.split(model, wrt, ...)
     # The step donates the trainable arrays; copy them so a model that shares its weights
-    # with a resident base (se_jax/sweep_engine.py) never loses the base's buffers.
+    # with a resident base (se_jax/pipeline/resident.py) never loses the base's buffers.
     params = _copy(params)
     _, opt_state = nnx.split(optimizer)
     loss_cfg = loss_config(cfg)
@@ -319,7 +316,7 @@ def init_train_state(model: nnx.Module, cfg, *, mesh: Mesh, num_updates: int,
                       shardings["batch"], shardings["prefix"])
 
 
-def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, workdir: str,
+def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: TrainingConfig, *, workdir: str,
           mesh: Mesh, seed: int = 0, rules: mesh_lib.ShardingRules | None = None,
           pad_id: int = 0) -> TrainResult:
     """Fine-tune `model` (already `prepare_model`d) on `seqs`, checkpointing to `workdir`.
@@ -332,15 +329,15 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
     """
     if not seqs:
         raise ValueError("no training examples")
-    batch_size = int(cfg.batch_size)
+    batch_size = cfg.batch_size
     shards = mesh_lib.batch_shards(mesh, rules or mesh_lib.ShardingRules())
     if batch_size % shards:
         raise ValueError(f"config.training.batch_size={batch_size} is not divisible by the "
                          f"mesh's {shards} batch shards")
     spe = steps_per_epoch(len(seqs), batch_size)
-    total = spe * int(cfg.epochs)
+    total = spe * cfg.epochs
     state = init_train_state(model, cfg, mesh=mesh, rules=rules,
-                             num_updates=total // max(int(cfg.grad_accum_steps), 1))
+                             num_updates=total // cfg.grad_accum_steps)
     use_kd = state.teacher is not None
 
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
@@ -351,8 +348,8 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
         start, tree = restored
         resumed_from = start
         state.restore(tree)
-    stop = total if cfg.max_steps <= 0 else min(total, start + int(cfg.max_steps))
-    teacher_step = int(cfg.distill.teacher_epoch) * spe
+    stop = total if cfg.max_steps <= 0 else min(total, start + cfg.max_steps)
+    teacher_step = cfg.distill.teacher_epoch * spe
     base_key = jax.random.key(seed)
     layout = batch_layout(cfg, seqs)
     prefix = layout.prefix(seqs)
@@ -390,7 +387,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg, *, 
         history.append(dict(metrics, step=step + 1))
         checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
         progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
-        if (step + 1) % max(cfg.log_every_steps, 1) == 0:
+        if (step + 1) % cfg.log_every_steps == 0:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
     manager.wait_until_finished()

@@ -1,6 +1,6 @@
 """The entropy stage: generations.jsonl -> uncertainty.jsonl (+ config.json, skipped.jsonl).
 
-Per question (WORKSPACE-notes.md, "Uncertainties"): the M x M equivalence matrix of the
+Per question (docs/contracts.md, "Uncertainties"): the M x M equivalence matrix of the
 sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
 discrete and likelihood-weighted semantic entropy, naive predictive entropy, the
 exact-string entropy and (where the samples carry token_logprobs) the first-token entropy;
@@ -22,11 +22,11 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.semantic import clustering
 from se_jax.semantic import entailment
 from se_jax.io import stage_io
 from se_jax.semantic import uncertainty
-from se_jax.config import validation
 from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 from se_jax.parallel.mesh import make_mesh
@@ -178,7 +178,7 @@ def _equivalence_json(equivalent: np.ndarray, known: np.ndarray) -> list[list[bo
             for er, kr in zip(equivalent, known)]
 
 
-def resolve_paths(config: Any) -> tuple[Path, Path]:
+def resolve_paths(config: RunConfig) -> tuple[Path, Path]:
     """(generations.jsonl, output directory) from config.entropy and config.workdir."""
     ec, default = config.entropy, standalone_paths(config)
     gen = Path(ec.generations or default["sample"])
@@ -189,7 +189,7 @@ def resolve_paths(config: Any) -> tuple[Path, Path]:
     return gen, Path(ec.out_dir or default["entropy"])
 
 
-def _load_backend(config: Any):
+def _load_backend(config: RunConfig):
     mesh = make_mesh(config.mesh)
     if config.entropy.backend != "llm_judge":
         return entailment.make_backend(config.entropy, mesh)
@@ -200,21 +200,22 @@ def _load_backend(config: Any):
                                    decoder_tokenizer=load_tokenizer(path), decoder_path=path)
 
 
-def _with_true_m(config: Any, items: Sequence[Item]) -> Any:
-    """`config` with sampling.num_samples set to the M the generations hold (-1 if mixed)."""
+def _with_true_m(config: RunConfig, items: Sequence[Item]) -> dict:
+    """`config` as config.json records it: sampling.num_samples is the M the generations
+    hold (-1 if mixed)."""
     ms = {len(it.texts) for it in items}
-    recorded = config.copy_and_resolve_references()
-    recorded.sampling.num_samples = ms.pop() if len(ms) == 1 else -1
-    if recorded.sampling.num_samples != config.sampling.num_samples:
+    m = ms.pop() if len(ms) == 1 else -1
+    recorded = config.to_dict()
+    recorded["sampling"]["num_samples"] = m
+    if m != config.sampling.num_samples:
         logging.warning("entropy: the generations hold M=%s samples per question "
                         "(config.sampling.num_samples=%s); config.json records M",
                         sorted({len(it.texts) for it in items}), config.sampling.num_samples)
     return recorded
 
 
-def run_entropy(config: Any) -> Path:
+def run_entropy(config: RunConfig) -> Path:
     """Run (or resume) the stage; returns the path of uncertainty.jsonl."""
-    validation.validate_stage(config, "entropy")
     gen_path, out_dir = resolve_paths(config)
     items, skipped = read_generations(gen_path, config.on_bad_input)
     # Record what the input really holds (its sha256, refused if it changes; its M).
@@ -234,7 +235,7 @@ def run_entropy(config: Any) -> Path:
             records, pairs = uncertainty_records(backend, shards[i],
                                                  strict=bool(config.entropy.strict),
                                                  cluster_rule=config.entropy.cluster_rule,
-                                                 pairs=config.entropy.get("pairs", "full"),
+                                                 pairs=config.entropy.pairs,
                                                  fallback=fallback)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])

@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 import jax
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
 from se_jax.io import stage_io
-from se_jax.config import validation
 from se_jax.parallel.distributed import barrier
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import NEUTRAL_KEYS
@@ -31,9 +31,9 @@ OUTCOMES = "outcomes"
 METRICS_FILE = "metrics.json"
 
 
-def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config: Any) -> list[str]:
+def prompt_texts(tokenizer: Any, questions: Sequence[Mapping[str, Any]], config: RunConfig) -> list[str]:
     """The prompts the sampler used (config.prompt), so evaluation asks exactly the same."""
-    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    kwargs = config.prompt.format_kwargs()
     return [prompt_lib.format_prompt(tokenizer, q["question"], **kwargs) for q in questions]
 
 
@@ -43,7 +43,7 @@ def read_metrics(out_dir: str | Path) -> dict | None:
 
 
 def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
-                   out_dir: str | Path, config: Any, *, judge: Any, model_tag: str,
+                   out_dir: str | Path, config: RunConfig, *, judge: Any, model_tag: str,
                    mesh: Any = None, same_as: str | Path | None = None) -> dict:
     """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
 
@@ -58,7 +58,6 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         model known to be this one (a sweep run whose training input equals another's):
         its outcomes are taken over (hard link) instead of answering again.
     """
-    validation.validate_stage(config, "evaluate")
     out_dir = Path(out_dir)
     ev = config.evaluation
     stage_config = {"model": model_tag, "judge": judge.name,
@@ -122,8 +121,8 @@ def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
     return read_metrics(out_dir)
 
 
-def _greedy_fn(model: Any, tokenizer: Any, config: Any, mesh: Any):
-    kwargs = sampling.sampling_kwargs(config.sampling)
+def _greedy_fn(model: Any, tokenizer: Any, config: RunConfig, mesh: Any):
+    kwargs = config.sampling.generate_kwargs()
     kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
     kwargs["batch_size"] = int(config.evaluation.batch_size)
     kwargs["max_seq_len"] = int(config.model.max_seq_len)

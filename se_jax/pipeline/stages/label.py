@@ -1,7 +1,7 @@
 """The label stage: generations.jsonl (+ uncertainty.jsonl) -> sft.jsonl (+ config.json,
 summary.json, skipped.jsonl) in `out_dir`.
 
-Reads the files of the sample and entropy stages (WORKSPACE-notes.md contracts), runs the
+Reads the files of the sample and entropy stages (docs/contracts.md), runs the
 labeller `config.labels.method` names (se_jax/abstention/labels.py) and writes one SFT record per kept
 question, in input order. Labelling is cheap and deterministic, so the stage simply redoes
 all of it; the output file is written atomically (a kill leaves the old file or none).
@@ -16,10 +16,10 @@ from typing import Any
 
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.abstention import judges
 from se_jax.abstention import labels
 from se_jax.io import stage_io
-from se_jax.config import validation
 from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 
@@ -27,7 +27,7 @@ METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
 SFT_FILE = "sft.jsonl"
 
 
-def _paths(config: Any) -> tuple[Path, Path, Path]:
+def _paths(config: RunConfig) -> tuple[Path, Path, Path]:
     lc, default = config.labels, standalone_paths(config)
     gen = Path(lc.generations or default["generations"])
     unc = Path(lc.uncertainty or default["uncertainty"])
@@ -65,7 +65,7 @@ def slick_records_from_generations(generations: list[dict]) -> list[dict]:
                  greedy=[g["most_likely"]], sampled=[g["samples"]]) for g in generations]
 
 
-def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
+def make_examples(config: RunConfig) -> tuple[list[labels.Example], dict]:
     """Run the configured labeller; returns (examples, summary fields)."""
     lc = config.labels
     gen_path, unc_path, _ = _paths(config)
@@ -103,9 +103,8 @@ def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
     return labels.r_tuning_u_labels(pairs, tau=float(lc.tau), phrase=phrase), info
 
 
-def run_label(config: Any) -> Path:
+def run_label(config: RunConfig) -> Path:
     """Write `sft.jsonl`, `summary.json` and `config.json` to the out dir; returns sft path."""
-    validation.validate_stage(config, "label")
     gen_path, unc_path, out_dir = _paths(config)
     lc = config.labels
     inputs = {"generations": gen_path}

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
 from se_jax.abstention import labels
 from se_jax.io import stage_io
@@ -25,7 +26,7 @@ from se_jax.pipeline import knowledge_report as kr
 
 
 def _most_likely_correct(generations: Sequence[Mapping[str, Any]], judge: Any,
-                         config: Any) -> np.ndarray:
+                         config: RunConfig) -> np.ndarray:
     """bool[n]: the most-likely answer is judged correct (an abstention is not correct)."""
     texts = [g["most_likely"]["text"] for g in generations]
     outcomes = evaluation.judge_outcomes(
@@ -34,7 +35,7 @@ def _most_likely_correct(generations: Sequence[Mapping[str, Any]], judge: Any,
     return np.asarray([o["correct"] for o in outcomes], bool)
 
 
-def uncertainty_analysis(config: Any, generations: Mapping[str, Path],
+def uncertainty_analysis(config: RunConfig, generations: Mapping[str, Path],
                          uncertainty: Mapping[str, Mapping[str, Path]], judge: Any
                          ) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Over all sampled splits (train + val) pooled.

@@ -1,6 +1,6 @@
 """The sample stage: questions JSONL -> generations.jsonl (+ config.json, skipped.jsonl).
 
-Per question (WORKSPACE-notes.md, "Generations"): the prompt, one low-temperature "most
+Per question (docs/contracts.md, "Generations"): the prompt, one low-temperature "most
 likely" answer and M samples, each with token ids and T=1 log-probabilities.
 
     run_sample(config)   # config.sampling.input -> config.sampling.out_dir
@@ -28,10 +28,10 @@ from typing import Any, Sequence
 
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.parallel import distributed
 from se_jax.generation import sampling
 from se_jax.io import stage_io
-from se_jax.config import validation
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
@@ -116,10 +116,10 @@ def read_questions(path: str | Path, tokenizer: Any, *, prompt_kwargs: dict[str,
 
 
 def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question],
-                       config: Any, mesh: Any = None) -> tuple[list[dict], int]:
+                       config: RunConfig, mesh: Any = None) -> tuple[list[dict], int]:
     """The output records of one batch of questions, and the answer tokens they hold."""
     sc = config.sampling
-    kwargs = sampling.sampling_kwargs(sc)
+    kwargs = sc.generate_kwargs()
     most_likely, samples = sampling.sample_answers(
         model, tokenizer, [q.prompt_ids for q in questions], [q.id for q in questions],
         num_samples=int(sc.num_samples), temperature=float(sc.temperature),
@@ -134,7 +134,7 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
     return records, tokens
 
 
-def resolve_paths(config: Any) -> tuple[Path, Path]:
+def resolve_paths(config: RunConfig) -> tuple[Path, Path]:
     """(questions JSONL, output directory) from config.sampling and config.workdir."""
     sc = config.sampling
     if not sc.input:
@@ -143,13 +143,12 @@ def resolve_paths(config: Any) -> tuple[Path, Path]:
     return Path(sc.input), Path(sc.out_dir or standalone_paths(config)["sample"])
 
 
-def run_sample(config: Any, resident: Any = None) -> Path:
+def run_sample(config: RunConfig, resident: Any = None) -> Path:
     """Run (or resume) the stage; returns the path of generations.jsonl.
 
     `resident`: the caller's loaded generator (se_jax.pipeline.resident.Resident); loaded here from
     config.model when None and there is work to do."""
 
-    validation.validate_stage(config, "sample")
     in_path, out_dir = resolve_paths(config)
     if not in_path.is_file():  # before the tokenizer loads
         raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
@@ -160,7 +159,7 @@ def run_sample(config: Any, resident: Any = None) -> Path:
     max_prompt = sampling.max_prompt_length(model_config, int(sc.max_new_tokens),
                                             int(config.model.max_seq_len))
     questions, bad = read_questions(in_path, tokenizer,
-                                    prompt_kwargs=prompt_lib.prompt_kwargs(config.prompt),
+                                    prompt_kwargs=config.prompt.format_kwargs(),
                                     max_prompt_tokens=max_prompt)
     if bad and config.on_bad_input == "error":
         shown = "\n  ".join(b["reason"] for b in bad[:20])
@@ -176,7 +175,7 @@ def run_sample(config: Any, resident: Any = None) -> Path:
         return _write(config, tokenizer, questions, bad, out_dir, writer, in_path, resident)
 
 
-def _write(config: Any, tokenizer: Any, questions: list[Question], bad: list[dict],
+def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: list[dict],
            out_dir: Path, writer: bool, in_path: Path, resident: Any) -> Path:
     """Compute the missing shards and merge them (process 0 writes)."""
     sc = config.sampling

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from absl import logging
 
+from se_jax.config.schema import RunConfig
 from se_jax.tuning import lora
 from se_jax.io import stage_io
 from se_jax.data import facts
@@ -27,12 +28,12 @@ from se_jax.pipeline.resident import Resident
 from se_jax.pipeline.stages import train
 
 
-def answer_styles(config: Any) -> tuple[str, ...]:
+def answer_styles(config: RunConfig) -> tuple[str, ...]:
     """The prompt styles the experiment samples with (its answer settings)."""
     return tuple(config.experiment.settings) or (str(config.prompt.style),)
 
 
-def teach_records(config: Any, splits: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+def teach_records(config: RunConfig, splits: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     """The teach SFT set: facts.teach_set for every answer style, tagged with it."""
     out = []
     for style in answer_styles(config):
@@ -42,23 +43,19 @@ def teach_records(config: Any, splits: Mapping[str, Sequence[Mapping]]) -> list[
     return out
 
 
-def teach_run_config(config: Any, out_dir: Path) -> Any:
+def teach_run_config(config: RunConfig, out_dir: Path) -> RunConfig:
     """config.training with the teach section's fields, reading teach.jsonl, exporting the
     merged model."""
-    cfg = config.copy_and_resolve_references()
-    cfg.training.update(config.teach.training)
-    cfg.training.sft = str(out_dir / "teach.jsonl")
-    cfg.training.out_dir = str(out_dir / "train")
-    cfg.training.export_adapter = False
-    cfg.training.export_merged = True
-    return cfg
+    return config.replace(training={
+        **config.teach.training, "sft": str(out_dir / "teach.jsonl"),
+        "out_dir": str(out_dir / "train"), "export_adapter": False, "export_merged": True})
 
 
 def taught_model_dir(out_dir: Path) -> Path:
     return out_dir / "train" / "merged"
 
 
-def run_teach(config: Any, base: Resident, splits: Mapping[str, Sequence[Mapping]],
+def run_teach(config: RunConfig, base: Resident, splits: Mapping[str, Sequence[Mapping]],
               out_dir: Path) -> Resident:
     """The taught base (`base` itself is not modified)."""
     cfg = teach_run_config(config, out_dir)

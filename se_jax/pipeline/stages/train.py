@@ -25,17 +25,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from absl import logging
 from flax import nnx
 
+from se_jax.config.schema import RunConfig
 from se_jax.parallel import distributed
 from se_jax.tuning import export
 from se_jax.io import stage_io
 from se_jax.tuning import training
-from se_jax.config import validation
-from se_jax.data import prompts as prompt_lib
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.tuning.sft_data import tokenize_example
@@ -51,7 +49,7 @@ INPUT_SECTIONS = ("seed", "model", "prompt", "training")
 RECORD_FIELDS = ("id", "question", "target", "prompt_style")   # what tokenize_example reads
 
 
-def _paths(config: Any) -> tuple[Path, Path]:
+def _paths(config: RunConfig) -> tuple[Path, Path]:
     tc, default = config.training, standalone_paths(config)
     return Path(tc.sft or default["sft"]), Path(tc.out_dir or default["train"])
 
@@ -76,7 +74,7 @@ def read_summary(out_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def input_fingerprint(config: Any) -> str:
+def input_fingerprint(config: RunConfig) -> str:
     """sha256 of everything a run's training reads: its SFT records' fields in file order
     and the config sections `INPUT_SECTIONS` less output paths and logging knobs
     (NEUTRAL_KEYS). Equal fingerprints train the same adapter (e.g. SE and R-Tuning-U labels
@@ -118,7 +116,7 @@ class Trained:
     summary: dict
     model: nnx.Module | None
 
-    def run_model(self, config: Any, resident: Resident) -> nnx.Module:
+    def run_model(self, config: RunConfig, resident: Resident) -> nnx.Module:
         """The run's model: the one trained by this call, or, when the run had finished
         before, rebuilt on `resident` from its last checkpoint."""
         if self.model is not None:
@@ -127,9 +125,8 @@ class Trained:
                                            self.out_dir / CHECKPOINTS)
 
 
-def run_train(config: Any, resident: Resident | None = None) -> Trained:
+def run_train(config: RunConfig, resident: Resident | None = None) -> Trained:
     """Train on the SFT set and export the adapter (see module doc)."""
-    validation.validate_stage(config, "train")
     tc = config.training
     sft_path, out_dir = _paths(config)
     stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
@@ -148,7 +145,7 @@ def run_train(config: Any, resident: Resident | None = None) -> Trained:
     if eos is None:
         raise ValueError(f"tokenizer of {config.model.path} has no eos token to end targets")
     # The prompt exactly as the sampler built it (config.prompt).
-    kwargs = prompt_lib.prompt_kwargs(config.prompt)
+    kwargs = config.prompt.format_kwargs()
     seqs = [tokenize_example(tokenizer, r, eos_id=eos, prompt_kwargs=kwargs) for r in records]
     model = resident.run_model(tc, int(config.seed))
     result = training.train(model, seqs, tc, workdir=str(out_dir / CHECKPOINTS), mesh=mesh,
