@@ -26,8 +26,9 @@ def main(argv):
     from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, {
         "entropy.generations": _GENERATIONS.value, "entropy.out_dir": _OUT.value})
+    from se_jax.pipeline.layout import entropy_paths
     from se_jax.pipeline.stages.entropy import run_entropy
-    print(run_entropy(config))
+    print(run_entropy(config, *entropy_paths(config)))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     from se_jax.abstention import labels
     from se_jax.io import stage_io
     from se_jax.parallel.mesh import make_mesh
+    from se_jax.pipeline import layout
     from se_jax.pipeline.resident import Resident
     from se_jax.pipeline.stages.entropy import run_entropy
     from se_jax.pipeline.stages.label import run_label
@@ -132,8 +133,8 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
     config = make_config(workdir, questions, num_samples=num_samples, mesh=mesh)
     # One load: the sampler, the trainer and the evaluation share the resident base.
     resident = Resident.load(config.model, make_mesh(config.mesh))
-    gen_path = run_sample(config, resident)
-    unc_path = run_entropy(config)
+    gen_path = run_sample(config, *layout.sample_paths(config), resident)
+    unc_path = run_entropy(config, *layout.entropy_paths(config))
     entropies = [u[config.labels.entropy] for u in stage_io.read_jsonl(unc_path)]
     # Label/train with the chosen tau and training options on a copy (see make_config).
     config = config.replace(
@@ -143,8 +144,9 @@ def finetune_and_measure(workdir: str | Path, *, num_questions: int, num_samples
                       pad_multiple=pad_multiple, out_dir=str(workdir / train_name),
                       lora=dict(rank=lora_rank, alpha=2.0 * lora_rank,
                                 target_modules=tuple(lora_targets))))
-    sft = [labels.Example(**r) for r in stage_io.read_jsonl(run_label(config))]
-    trained = run_train(config, resident)
+    sft_path = run_label(config, *layout.label_paths(config))
+    sft = [labels.Example(**r) for r in stage_io.read_jsonl(sft_path)]
+    trained = run_train(config, *layout.train_paths(config), resident)
     train_dir = trained.out_dir
     model = trained.run_model(config, resident)
 

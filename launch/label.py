@@ -16,8 +16,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value)
+    from se_jax.pipeline.layout import label_paths
     from se_jax.pipeline.stages.label import run_label
-    print(run_label(config))
+    print(run_label(config, *label_paths(config)))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value, {"sampling.input": _QUESTIONS.value,
-                                                        "sampling.out_dir": _OUT.value})
+                                              "sampling.out_dir": _OUT.value})
+    from se_jax.pipeline.layout import sample_paths
     from se_jax.pipeline.stages.sample import run_sample
-    print(run_sample(config))
+    print(run_sample(config, *sample_paths(config)))
 
 
 if __name__ == "__main__":

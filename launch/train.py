@@ -18,8 +18,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from se_jax.pipeline import cli
     config = cli.stage_config(_CONFIG.value)
+    from se_jax.pipeline.layout import train_paths
     from se_jax.pipeline.stages.train import run_train
-    print(run_train(config).out_dir)
+    print(run_train(config, *train_paths(config)).out_dir)
 
 
 if __name__ == "__main__":

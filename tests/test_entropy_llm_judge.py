@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from se_jax.pipeline.stages import entropy as stage
-from se_jax.config.schema import RunConfig
+import standalone
 from test_entropy_stage import GOOD, _config, _write
 
 
@@ -23,7 +22,7 @@ def _run(tmp_path, judge_dir, pairs, **kw):
     config = _config(tmp_path, gen, backend="llm_judge", judge_model=judge_dir,
                      judge_prompt="entailment_fewshot", judge_shots=1, pairs=pairs, **kw)
     config.mesh.data, config.mesh.tensor = 4, 2
-    path = stage.run_entropy(RunConfig.from_configdict(config))
+    path = standalone.entropy(config)
     out = [json.loads(line) for line in path.read_text().splitlines()]
     return out, json.loads((path.parent / "config.json").read_text())
 

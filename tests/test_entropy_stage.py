@@ -11,7 +11,7 @@ import pytest
 from deberta_fixtures import tiny_nli_dirs  # noqa: F401  (fixture)
 from configs.base import get_config
 from se_jax.pipeline.stages import entropy as stage
-from se_jax.config.schema import RunConfig
+import standalone
 
 CONTRACT = {"id", "backend", "checkpoint", "semantic_ids", "equivalence", "num_clusters",
             "discrete_semantic_entropy", "semantic_entropy", "naive_entropy", "exact_entropy"}
@@ -62,7 +62,7 @@ def _missing_lp() -> str:
 
 def test_lexical_stage_writes_the_contract(tmp_path):
     gen = _write(tmp_path / "generations.jsonl", GOOD, (_missing_lp(), "{not json"))
-    path = stage.run_entropy(_config(tmp_path, gen))
+    path = standalone.entropy(_config(tmp_path, gen))
     out = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in out] == [f"q{i}" for i in range(5)]
     for r, g in zip(out, GOOD):
@@ -98,7 +98,7 @@ def test_first_token_entropy_reads_each_samples_first_token(tmp_path):
     empty = _record(2, ["Oslo", "Bergen"])
     empty["samples"][1]["token_logprobs"] = []
     gen = _write(tmp_path / "g.jsonl", [rec, without, empty])
-    stage.run_entropy(_config(tmp_path, gen))
+    standalone.entropy(_config(tmp_path, gen))
     out = [json.loads(line) for line in (tmp_path / "out" / "uncertainty.jsonl").read_text()
            .splitlines()]
     assert [r["id"] for r in out] == ["q0", "q1"]
@@ -114,12 +114,12 @@ def test_bad_record_is_an_error_when_asked(tmp_path):
     config = _config(tmp_path, gen)
     config.on_bad_input = "error"
     with pytest.raises(stage.GenerationsError, match=r"g.jsonl:2: id='q9'.*mean_logprob"):
-        stage.run_entropy(RunConfig.from_configdict(config))
+        standalone.entropy(config)
 
 
 def test_resume_after_a_crash_gives_the_same_file(tmp_path, monkeypatch):
     gen = _write(tmp_path / "g.jsonl", GOOD)
-    reference = stage.run_entropy(_config(tmp_path / "a", gen)).read_text()
+    reference = standalone.entropy(_config(tmp_path / "a", gen)).read_text()
     real, calls = stage.uncertainty_records, []
 
     def crash_on_second_shard(backend, items, **kw):
@@ -131,15 +131,15 @@ def test_resume_after_a_crash_gives_the_same_file(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "uncertainty_records", crash_on_second_shard)
     config = _config(tmp_path / "b", gen)
     with pytest.raises(RuntimeError, match="killed"):
-        stage.run_entropy(RunConfig.from_configdict(config))
+        standalone.entropy(config)
     monkeypatch.setattr(stage, "uncertainty_records", real)
-    assert stage.run_entropy(RunConfig.from_configdict(config)).read_text() == reference
+    assert standalone.entropy(config).read_text() == reference
     assert calls == [["q0", "q1"], ["q2", "q3"]]       # the first shard was not redone
 
 
 def test_deberta_without_checkpoint_says_fallback_in_every_record(tmp_path):
     gen = _write(tmp_path / "g.jsonl", GOOD[:2])
-    path = stage.run_entropy(_config(tmp_path, gen, backend="deberta", nli_path=""))
+    path = standalone.entropy(_config(tmp_path, gen, backend="deberta", nli_path=""))
     for line in path.read_text().splitlines():
         r = json.loads(line)
         assert r["backend"] == "lexical" and "nli_path" in r["fallback"]
@@ -148,7 +148,7 @@ def test_deberta_without_checkpoint_says_fallback_in_every_record(tmp_path):
 def test_deberta_stage_on_a_tiny_checkpoint(tmp_path, tiny_nli_dirs):  # noqa: F811
     gen = _write(tmp_path / "g.jsonl", GOOD)
     nli = str(tiny_nli_dirs["v1"])
-    path = stage.run_entropy(_config(tmp_path, gen, backend="deberta", nli_path=nli,
+    path = standalone.entropy(_config(tmp_path, gen, backend="deberta", nli_path=nli,
                                      batch_size=8, buckets=(32, 64)))
     out = [json.loads(line) for line in path.read_text().splitlines()]
     assert all(r["backend"] == "deberta" and r["checkpoint"] == nli for r in out)

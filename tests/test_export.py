@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -14,6 +13,7 @@ from se_jax.tuning import export
 from se_jax.tuning import lora
 from se_jax.tuning import training
 from se_jax.models.loading import load_llama
+import typed_configs
 from tiny_models import load_torch_model, make_tiny_llama_dir
 
 TOL = 1e-4
@@ -27,8 +27,8 @@ def tiny_dir(tmp_path_factory) -> str:
 def _tuned_model(path: str, targets, top_layers: int = 0) -> tuple:
     """A model with adapters on `targets` (of the top `top_layers` layers when > 0) and
     random (non-zero) adapter weights."""
-    cfg = ml_collections.ConfigDict(dict(mode="lora", lora=dict(
-        rank=4, alpha=16.0, dropout=0.1, target_modules=targets, top_layers=top_layers)))
+    cfg = typed_configs.training(mode="lora", lora=dict(
+        rank=4, alpha=16.0, dropout=0.1, target_modules=targets, top_layers=top_layers))
     model = load_llama(path)
     training.prepare_model(model, cfg, seed=1)
     for i, (_, layer) in enumerate(lora.lora_layers(model)):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from se_jax.abstention import judges
+import typed_configs
 
 
 def test_alias_judge():
@@ -67,12 +68,11 @@ def test_llm_judge_from_config_matches_a_plain_forward(tiny_llama, prompt, shots
     """make_judge's verdicts == log p(yes) > log p(no) from one unpadded forward of each
     whole chat prompt (the reference's wording for correctness_reference)."""
     import jax.numpy as jnp
-    import ml_collections
     from se_jax.generation import scoring
     from se_jax.data import prompts as prompt_lib
     model, tokenizer = tiny_llama
-    cfg = ml_collections.ConfigDict(dict(judge="llm", f1_threshold=0.5, judge_batch_size=2,
-                                         judge_prompt=prompt, judge_shots=shots))
+    cfg = typed_configs.evaluation(judge="llm", f1_threshold=0.5, judge_batch_size=2,
+                                   judge_prompt=prompt, judge_shots=shots)
     j = judges.make_judge(cfg, model, tokenizer, model_name="tiny")
     preds, golds = ["Paris", "Lyon", "a much longer proposed answer " * 3], [["Paris"]] * 3
     qs = ["capital of France?", "capital?", "q?"]
@@ -93,6 +93,6 @@ def test_llm_judge_from_config_matches_a_plain_forward(tiny_llama, prompt, shots
         no = np.logaddexp.reduce(lp[np.asarray(owner) == 1])
         assert v == bool(yes > no)
     with pytest.raises(ValueError, match="'entailment' prompt"):
-        judges.make_judge(ml_collections.ConfigDict(dict(
+        judges.make_judge(typed_configs.evaluation(
             judge="llm", f1_threshold=0.5, judge_batch_size=2,
-            judge_prompt="entailment_fewshot", judge_shots=1)), model, tokenizer)
+            judge_prompt="entailment_fewshot", judge_shots=1), model, tokenizer)

@@ -27,6 +27,7 @@ from se_jax.pipeline import cli
 from se_jax.io import stage_io
 from se_jax.config.validation import ConfigError
 from se_jax.config.schema import RunConfig
+import standalone
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -266,32 +267,30 @@ ENTROPY_BAD_LINES = {
 
 @pytest.mark.parametrize("case", sorted(ENTROPY_BAD_LINES))
 def test_entropy_bad_record_skipped_with_file_line_or_refused(case, tmp_path):
-    from se_jax.pipeline.stages import entropy
     bad, reason = ENTROPY_BAD_LINES[case]
     gen = _write_lines(tmp_path / "g.jsonl", [_gen_record(0, ["Paris", "Lyon", "Paris"]), bad])
-    path = entropy.run_entropy(_entropy_config(tmp_path, gen))
+    path = standalone.entropy(_entropy_config(tmp_path, gen))
     out = stage_io.read_jsonl(path)
     skipped = stage_io.read_jsonl(tmp_path / "entropy" / "skipped.jsonl")
     assert [r["id"] for r in out] == ["q0"] and out[0]["num_clusters"] == 2
     assert len(skipped) == 1 and f"{gen}:2" in skipped[0]["reason"]
     assert reason in skipped[0]["reason"]
     with pytest.raises(ValueError, match=f"{gen}:2.*{reason}"):
-        entropy.run_entropy(_entropy_config(tmp_path / "strict", gen, on_bad_input="error"))
+        standalone.entropy(_entropy_config(tmp_path / "strict", gen, on_bad_input="error"))
 
 
 def test_entropy_records_the_true_m_and_refuses_a_changed_input(tmp_path):
-    from se_jax.pipeline.stages import entropy
     gen = _write_lines(tmp_path / "g.jsonl", [_gen_record(i, ["a", "b", "a"]) for i in range(3)])
     config = _entropy_config(tmp_path, gen)
     assert config.sampling.num_samples == 10
-    entropy.run_entropy(RunConfig.from_configdict(config))
+    standalone.entropy(config)
     written = json.loads((tmp_path / "entropy" / "config.json").read_text())
     assert written["sampling"]["num_samples"] == 3
     assert written["inputs"]["generations"]["sha256"] == stage_io.file_sha256(gen)
-    entropy.run_entropy(RunConfig.from_configdict(config))  # same input: resumes (nothing to do)
+    standalone.entropy(config)  # same input: resumes (nothing to do)
     _write_lines(gen, [_gen_record(i, ["a", "b", "c"]) for i in range(3)])
     with pytest.raises(stage_io.InputChangedError, match=f"input {gen} .*new output directory"):
-        entropy.run_entropy(RunConfig.from_configdict(config))
+        standalone.entropy(config)
 
 
 def _label_config(tmp: Path, **labels):
@@ -303,22 +302,20 @@ def _label_config(tmp: Path, **labels):
 
 
 def test_label_stage_refuses_changed_generations(tmp_path):
-    from se_jax.pipeline.stages import label
     (tmp_path / "sample" / "train").mkdir(parents=True)   # the stand-alone default input
     gen = _write_lines(tmp_path / "sample" / "train" / "generations.jsonl",
                        [_gen_record(i, ["Paris", "Paris"]) for i in range(2)])
     config = _label_config(tmp_path, method="rtuning")
-    sft = stage_io.read_jsonl(label.run_label(RunConfig.from_configdict(config)))
+    sft = stage_io.read_jsonl(standalone.label(config))
     assert [r["label"] for r in sft] == ["answer", "answer"]
     _write_lines(gen, [_gen_record(i, ["Lyon", "Lyon"]) for i in range(2)])
     with pytest.raises(stage_io.InputChangedError, match="generations.jsonl"):
-        label.run_label(RunConfig.from_configdict(config))
+        standalone.label(config)
 
 
 def test_label_stage_names_a_missing_input(tmp_path):
-    from se_jax.pipeline.stages import label
     with pytest.raises(FileNotFoundError, match="generations file .*generations.jsonl"):
-        label.run_label(_label_config(tmp_path, method="idk"))
+        standalone.label(_label_config(tmp_path, method="idk"))
 
 
 def _questions(path: Path, lines: list) -> Path:
@@ -337,18 +334,16 @@ def _sample_config(tmp: Path, model: str, questions: Path):
 
 def test_sample_rerun_after_the_questions_changed_is_refused(tmp_path, tiny_model):
     """The first run has only bad lines (no model load, no compute); the file then changes."""
-    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a"}, {"id": "b"}])  # no question: skipped
     config = _sample_config(tmp_path, tiny_model, q)
-    path = sample.run_sample(RunConfig.from_configdict(config))
+    path = standalone.sample(config)
     assert path.read_text() == "" and len(stage_io.read_jsonl(path.parent / "skipped.jsonl")) == 2
     _questions(q, [{"id": "a", "question": "What is 1 plus 1?", "answers": ["2"]}])
     with pytest.raises(stage_io.InputChangedError, match=f"input {q} \\(questions\\) changed"):
-        sample.run_sample(RunConfig.from_configdict(config))
+        standalone.sample(config)
 
 
 def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
-    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a"}])
     config = _sample_config(tmp_path, tiny_model, q)
     other = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
@@ -358,12 +353,12 @@ def test_second_writer_into_a_sample_dir_is_refused(tmp_path, tiny_model):
         import socket
         lock.write_text(f"{socket.gethostname()} {other.pid}\n")
         with pytest.raises(stage_io.WriterLockError, match=f"pid|{other.pid}"):
-            sample.run_sample(RunConfig.from_configdict(config))
+            standalone.sample(config)
         assert sorted(p.name for p in lock.parent.iterdir()) == [".writer.lock"]
     finally:
         other.kill()
         other.wait()
-    sample.run_sample(RunConfig.from_configdict(config))  # the holder died: its lock is taken over, the run completes
+    standalone.sample(config)  # the holder died: its lock is taken over, the run completes
     assert not lock.exists()
 
 
@@ -491,7 +486,6 @@ def test_experiment_dry_run_writes_nothing(tmp_path):
 
 def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_model, monkeypatch):
     from se_jax.models import loading
-    from se_jax.pipeline.stages import sample
     q = _questions(tmp_path / "q.jsonl", [{"id": "a", "question": "1+1?", "answers": ["2"]}])
     config = _sample_config(tmp_path, tiny_model, q)
     (tmp_path / "sample").mkdir()
@@ -501,7 +495,7 @@ def test_read_only_output_dir_refused_before_the_model_loads(tmp_path, tiny_mode
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "sample"))
     monkeypatch.setattr(stage_io, "_create_tmp", read_only)
     with pytest.raises(PermissionError):
-        sample.run_sample(RunConfig.from_configdict(config))
+        standalone.sample(config)
     assert cli.describe(PermissionError(errno.EACCES, "Permission denied", "/x")) == \
         "/x: Permission denied"
 

@@ -14,8 +14,8 @@ import pytest
 
 from configs import base
 from se_jax.pipeline.stages import sample
-from se_jax.config.schema import RunConfig
 from tiny_models import make_tiny_llama_dir
+import standalone
 
 REPO = Path(__file__).resolve().parents[1]
 M = 3
@@ -49,7 +49,7 @@ def _write_questions(path: Path, n: int, extra_lines: tuple[str, ...] = ()) -> P
 def test_generations_follow_the_contract(tiny_dir, tmp_path):
     questions = _write_questions(tmp_path / "q.jsonl", 3, extra_lines=(
         json.dumps({"id": 7, "question": "Single answer?", "answer": "yes"}),))
-    path = sample.run_sample(_config(tiny_dir, questions, tmp_path / "out"))
+    path = standalone.sample(_config(tiny_dir, questions, tmp_path / "out"))
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in records] == ["q0", "q1", "q2", "7"]
     assert records[3]["answers"] == ["yes"] and records[0]["answers"] == ["0"]
@@ -68,11 +68,11 @@ def test_generations_follow_the_contract(tiny_dir, tmp_path):
     assert not (tmp_path / "out" / "generations.parts").exists()
     # Rerun with a changed result-relevant setting into the same directory is refused...
     with pytest.raises(ValueError, match="sampling.num_samples"):
-        sample.run_sample(_config(tiny_dir, questions, tmp_path / "out", num_samples=M + 1))
+        standalone.sample(_config(tiny_dir, questions, tmp_path / "out", num_samples=M + 1))
     # ... a change of an unrelated section is not (and the finished output is reused).
     config = _config(tiny_dir, questions, tmp_path / "out")
     config.training.learning_rate = 1.0
-    assert sample.run_sample(RunConfig.from_configdict(config)).read_bytes() == path.read_bytes()
+    assert standalone.sample(config).read_bytes() == path.read_bytes()
 
 
 BAD_LINES = (
@@ -86,7 +86,7 @@ BAD_LINES = (
 
 def test_bad_input_is_skipped_and_listed(tiny_dir, tmp_path):
     questions = _write_questions(tmp_path / "q.jsonl", 2, extra_lines=BAD_LINES)
-    path = sample.run_sample(_config(tiny_dir, questions, tmp_path / "out"))
+    path = standalone.sample(_config(tiny_dir, questions, tmp_path / "out"))
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["q0", "q1"]
     skipped = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").open()]
     assert [s["line"] for s in skipped] == [3, 4, 5, 6, 7]
@@ -104,7 +104,7 @@ def test_bad_input_error_stops_before_any_work(tiny_dir, tmp_path):
     config = _config(tiny_dir, questions, tmp_path / "out")
     config.on_bad_input = "error"
     with pytest.raises(sample.QuestionsError) as e:
-        sample.run_sample(RunConfig.from_configdict(config))
+        standalone.sample(config)
     assert f"{questions}:3: not valid JSON" in str(e.value)
     assert f"{questions}:4: id='empty'" in str(e.value)
     assert not (tmp_path / "out" / "generations.parts").exists()
@@ -115,7 +115,7 @@ def test_kill_9_then_rerun_is_byte_identical(tiny_dir, tmp_path):
     n = 24
     questions = _write_questions(tmp_path / "q.jsonl", n)
     overrides = dict(batch_size=1, max_new_tokens=12)
-    ref = sample.run_sample(_config(tiny_dir, questions, tmp_path / "ref", **overrides))
+    ref = standalone.sample(_config(tiny_dir, questions, tmp_path / "ref", **overrides))
 
     out = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "launch" / "sample.py"),

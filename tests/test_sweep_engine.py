@@ -19,9 +19,9 @@ from se_jax.tuning import training
 from se_jax.data import prompts as prompt_lib
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
-from se_jax.pipeline.stages.train import run_train
 from se_jax.io.telemetry import Telemetry
 from se_jax.config.schema import RunConfig
+import standalone
 
 QUESTIONS = [f"What is the capital of country number {i}?" for i in range(16)]
 TARGETS = ["I don't know the answer.", "Paris", "The capital is a long name, say Rome."]
@@ -94,7 +94,7 @@ def test_runs_share_the_base_and_compile_each_program_once(setup):
         new_shapes = batch_shapes(config, base) - shapes
         shapes |= new_shapes
         n0 = clock.compile_count("jit(step)")
-        trained = run_train(RunConfig.from_configdict(config), resident=base)
+        trained = standalone.train(config, resident=base)
         step_compiles.append((clock.compile_count("jit(step)") - n0, len(new_shapes)))
         s0 = clock.compile_count("jit(_prefill)") + clock.compile_count("jit(_decode)")
         answers.append(greedy(trained.model, base))
@@ -127,9 +127,9 @@ def test_engine_run_equals_the_run_alone(setup):
     rebuilding it from its checkpoint gives the same answers again."""
     model_dir, sft, root = setup
     base = load_base(model_dir, sft, root)
-    run_train(run_config(model_dir, sft, root / "other", 4), resident=base)
-    engine = run_train(run_config(model_dir, sft, root / "engine", 5), resident=base)
-    run_train(run_config(model_dir, sft, root / "alone", 5))
+    standalone.train(run_config(model_dir, sft, root / "other", 4), resident=base)
+    engine = standalone.train(run_config(model_dir, sft, root / "engine", 5), resident=base)
+    standalone.train(run_config(model_dir, sft, root / "alone", 5))
 
     ours = load_file(str(root / "engine" / "adapter" / "adapter_model.safetensors"))
     ref = load_file(str(root / "alone" / "adapter" / "adapter_model.safetensors"))
@@ -144,7 +144,7 @@ def test_engine_run_equals_the_run_alone(setup):
 
     # A finished run is not trained again: its record stays, the model comes from Orbax.
     record = (root / "engine" / "summary.json").read_text()
-    again = run_train(run_config(model_dir, sft, root / "engine", 5), resident=base)
+    again = standalone.train(run_config(model_dir, sft, root / "engine", 5), resident=base)
     assert again.model is None and (root / "engine" / "summary.json").read_text() == record
     cfg = run_config(model_dir, sft, root / "engine", 5)
     restored = base.restored_run_model(cfg.training, 5, root / "engine" / "checkpoints")

@@ -11,7 +11,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,7 +19,9 @@ from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.tuning import sft_data
 from se_jax.tuning import training
+from se_jax.config.schema import TrainingConfig
 from se_jax.models.loading import load_llama
+import typed_configs
 from tiny_models import load_torch_model, make_tiny_llama_dir
 
 RANK, ALPHA, TAU = 4, 8.0, 0.5
@@ -39,10 +40,10 @@ def tied_dir(tmp_path_factory) -> str:
                                with_tokenizer=False)
 
 
-def _train_cfg(top_layers: int = 0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
+def _train_cfg(top_layers: int = 0) -> TrainingConfig:
+    return typed_configs.training(
         mode="lora", lora=dict(rank=RANK, alpha=ALPHA, dropout=0.0,
-                               target_modules=("q_proj", "v_proj"), top_layers=top_layers)))
+                               target_modules=("q_proj", "v_proj"), top_layers=top_layers))
 
 
 def _seqs(vocab: int, shared: int = 0) -> list[sft_data.TokenizedExample]:
@@ -143,9 +144,8 @@ def test_shared_prefix_and_loss_columns_match_peft_on_full_rows(tied_dir):
     supervised columns only) gives PEFT's loss and gradients on the whole, unshared rows."""
     model = _our_model(tied_dir)
     seqs = _seqs(model.config.vocab_size, shared=10)
-    cfg = ml_collections.ConfigDict(dict(loss_on="target", distill=dict(enabled=False),
-                                         shared_prefix=True, loss_columns=True,
-                                         pad_multiple=8))
+    cfg = typed_configs.training(loss_on="target", distill=dict(enabled=False),
+                                 shared_prefix=True, loss_columns=True, pad_multiple=8)
     layout = training.batch_layout(cfg, seqs)
     assert (layout.prefix_len, layout.loss_columns) == (8, 8)  # 10 shared -> 8; 6 targets -> 8
     batch = layout.batch(seqs, 4)
@@ -179,9 +179,9 @@ def test_per_example_weighting_is_the_mean_of_each_rows_own_loss(tied_dir):
         cfg=losses.LossConfig(chunk=16)), has_aux=True))
 
     def loss_and_grads(rows, weighting):
-        cfg = ml_collections.ConfigDict(dict(loss_on="target", distill=dict(enabled=False),
-                                             shared_prefix=True, loss_columns=True,
-                                             pad_multiple=8, loss_weighting=weighting))
+        cfg = typed_configs.training(loss_on="target", distill=dict(enabled=False),
+                                     shared_prefix=True, loss_columns=True, pad_multiple=8,
+                                     loss_weighting=weighting)
         layout = training.batch_layout(cfg, seqs)   # one layout: rows cut alike
         (loss, _), grads = loss_fn(params, frozen, None,
                                    jax.tree.map(jnp.asarray, layout.batch(rows, 4)),
@@ -233,13 +233,13 @@ def test_only_lora_params_are_trainable_and_freezing_modes_select_by_path(tiny_d
 def test_freezing_modes_update_only_their_parameters(tiny_dir, tmp_path, mode):
     model = load_llama(tiny_dir)
     before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
-    cfg = ml_collections.ConfigDict(dict(
+    cfg = typed_configs.training(
         mode=mode, learning_rate=1e-2, batch_size=4, epochs=1, grad_accum_steps=1,
         warmup_ratio=0.0, end_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, loss_on="target",
         distill=dict(enabled=False, weight=1.0, temperature=0.5, teacher_epoch=0),
         loss_chunk_tokens=1024, pad_multiple=16, bucket_batches=1, save_every=10, keep=1,
-        async_checkpoint=False, max_steps=-1, log_every_seconds=60.0, log_every_steps=1))
+        async_checkpoint=False, max_steps=-1, log_every_seconds=60.0, log_every_steps=1)
     training.prepare_model(model, cfg, seed=0)
     rng = np.random.default_rng(1)
     seqs = [sft_data.TokenizedExample(str(i), rng.integers(3, 1000, 12).astype(np.int32), 6)

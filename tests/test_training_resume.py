@@ -32,7 +32,7 @@ from se_jax.parallel import mesh as mesh_lib
 from se_jax.tuning import sft_data
 from se_jax.tuning import training
 from se_jax.models.loading import load_llama
-from se_jax.pipeline.stages.train import run_train
+import standalone
 from tiny_models import make_tiny_llama_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def _saved_steps(ckpt_dir: Path) -> list[int]:
 
 
 def test_sigkill_mid_run_then_restart_reaches_identical_weights(config_file, tmp_path):
-    reference = run_train(_load_config(config_file, tmp_path / "uninterrupted")).out_dir
+    reference = standalone.train(_load_config(config_file, tmp_path / "uninterrupted")).out_dir
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["resumed_from"] is None
 

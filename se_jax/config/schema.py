@@ -209,9 +209,9 @@ class LoraConfig:
         check_int("training.lora.rank", self.rank, minimum=1)
         check_float("training.lora.alpha", self.alpha, positive=True)
         check_float("training.lora.dropout", self.dropout, minimum=0.0, maximum=0.999)
-        if isinstance(self.target_modules, str) or not self.target_modules:
+        if not self.target_modules:
             fail("training.lora.target_modules", self.target_modules,
-                 "must be a non-empty list of projection names")
+                 "must be a non-empty list of projection names, or one regex (as PEFT's)")
         check_int("training.lora.top_layers", self.top_layers, minimum=0)
 
 

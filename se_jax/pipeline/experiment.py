@@ -151,10 +151,9 @@ class Job:
         """Generations (most-likely + M samples) of one split; returns generations.jsonl."""
         out = self.layout.sample(split)
         if not is_done(out):
-            cfg = self.config.replace(sampling=dict(input=str(self.questions[split]),
-                                                    out_dir=str(out)))
             with self.clock.phase(f"sample {split}"):
-                sample.run_sample(cfg, resident=self.resident())
+                sample.run_sample(self.config, self.questions[split], out,
+                                  resident=self.resident())
             mark_done(out)
         return out / "generations.jsonl"
 
@@ -162,10 +161,9 @@ class Job:
         """Uncertainties of one split with one equivalence backend; uncertainty.jsonl."""
         out = self.layout.entropy(backend, split)
         if not is_done(out):
-            cfg = self.config.replace(entropy=dict(backend=backend, generations=str(generations),
-                                                   out_dir=str(out)))
+            cfg = self.config.replace(entropy=dict(backend=backend))
             with self.clock.phase(f"entropy {backend} {split}"):
-                entropy.run_entropy(cfg)
+                entropy.run_entropy(cfg, generations, out)
             mark_done(out)
         return out / "uncertainty.jsonl"
 
@@ -177,20 +175,18 @@ class Job:
             labels = dict(
                 method="se" if backend else run.method,   # rtuning, rtuning_u, idk
                 tau=float(run.tau) if run.tau is not None else self.config.labels.tau,
-                backend=backend or "", generations=str(generations),
-                uncertainty=str(uncertainty[backend or next(iter(uncertainty))]),
-                out_dir=str(out))
+                backend=backend or "")
             ev = self.config.evaluation
             if ev.judge in ("alias", "f1"):  # label with the evaluation's judge
                 labels.update(judge=ev.judge, f1_threshold=ev.f1_threshold)
-            cfg = self.config.replace(labels=labels)
-            label.run_label(cfg)
+            label.run_label(self.config.replace(labels=labels), generations,
+                            uncertainty[backend or next(iter(uncertainty))], out)
             mark_done(out, json.loads((out / "summary.json").read_text()))
         return out / "sft.jsonl"
 
-    def run_config(self, run: Run, sft: Path) -> RunConfig:
-        """The train stage's config for `run` (its seed, arm, paths)."""
-        training: dict[str, Any] = dict(sft=str(sft), out_dir=str(self.layout.train(run)))
+    def run_config(self, run: Run) -> RunConfig:
+        """The train stage's config for `run` (its seed and arm)."""
+        training: dict[str, Any] = {}
         for key, value in run.training_overrides().items():
             section, *rest = key.split(".")
             if rest:
@@ -205,10 +201,10 @@ class Job:
         invocation had the same training input (SFT records, seed, config), that run's."""
         if run.tag in self._trained:
             return self._trained[run.tag]
-        cfg = self.run_config(run, sft)
+        cfg = self.run_config(run)
         base = self.resident()
         out = self.layout.train(run)
-        key = train.input_fingerprint(cfg)
+        key = train.input_fingerprint(cfg, sft)
         twin = self._by_input.get(key)
         if twin is not None and not is_done(out):
             logging.info("train: %s has the same SFT set, seed and config as %s: its "
@@ -217,7 +213,7 @@ class Job:
             barrier(f"adopted-{out}")
             self._same_as[run.tag] = twin.tag
         with self.clock.phase(f"train {run.tag}"):
-            trained = train.run_train(cfg, resident=base)
+            trained = train.run_train(cfg, sft, out, resident=base)
         if not is_done(out):
             mark_done(out, trained.summary)
         if twin is not None and twin.tag in self._trained:

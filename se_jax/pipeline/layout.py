@@ -106,5 +106,37 @@ def standalone_paths(config: RunConfig) -> dict[str, Path]:
             "train": layout.train(run)}
 
 
+def sample_paths(config: RunConfig) -> tuple[Path, Path]:
+    """(questions JSONL, output directory) of a stand-alone sample stage."""
+    sc = config.sampling
+    if not sc.input:
+        raise ValueError("sample stage: set config.sampling.input (launch/sample.py "
+                         "--questions) to a questions JSONL file")
+    return Path(sc.input), Path(sc.out_dir or standalone_paths(config)["sample"])
+
+
+def entropy_paths(config: RunConfig) -> tuple[Path, Path]:
+    """(generations.jsonl, output directory) of a stand-alone entropy stage;
+    `entropy.generations` may name the sample stage's directory."""
+    ec, default = config.entropy, standalone_paths(config)
+    gen = Path(ec.generations or default["sample"])
+    if gen.is_dir():
+        gen = gen / "generations.jsonl"
+    return gen, Path(ec.out_dir or default["entropy"])
+
+
+def label_paths(config: RunConfig) -> tuple[Path, Path, Path]:
+    """(generations.jsonl, uncertainty.jsonl, output directory) of a stand-alone label stage."""
+    lc, default = config.labels, standalone_paths(config)
+    return (Path(lc.generations or default["generations"]),
+            Path(lc.uncertainty or default["uncertainty"]), Path(lc.out_dir or default["label"]))
+
+
+def train_paths(config: RunConfig) -> tuple[Path, Path]:
+    """(sft.jsonl, output directory) of a stand-alone train stage."""
+    tc, default = config.training, standalone_paths(config)
+    return Path(tc.sft or default["sft"]), Path(tc.out_dir or default["train"])
+
+
 def is_done(path: Path) -> bool:
     return (path / DONE).exists()

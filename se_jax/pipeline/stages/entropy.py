@@ -27,7 +27,6 @@ from se_jax.semantic import clustering
 from se_jax.semantic import entailment
 from se_jax.io import stage_io
 from se_jax.semantic import uncertainty
-from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 from se_jax.parallel.mesh import make_mesh
 from se_jax.models.loading import load_llama, load_tokenizer
@@ -178,17 +177,6 @@ def _equivalence_json(equivalent: np.ndarray, known: np.ndarray) -> list[list[bo
             for er, kr in zip(equivalent, known)]
 
 
-def resolve_paths(config: RunConfig) -> tuple[Path, Path]:
-    """(generations.jsonl, output directory) from config.entropy and config.workdir."""
-    ec, default = config.entropy, standalone_paths(config)
-    gen = Path(ec.generations or default["sample"])
-    if gen.is_dir():
-        gen = gen / "generations.jsonl"
-    if not gen.is_file():
-        raise FileNotFoundError(f"entropy stage: generations file {gen} does not exist")
-    return gen, Path(ec.out_dir or default["entropy"])
-
-
 def _load_backend(config: RunConfig):
     mesh = make_mesh(config.mesh)
     if config.entropy.backend != "llm_judge":
@@ -214,15 +202,18 @@ def _with_true_m(config: RunConfig, items: Sequence[Item]) -> dict:
     return recorded
 
 
-def run_entropy(config: RunConfig) -> Path:
-    """Run (or resume) the stage; returns the path of uncertainty.jsonl."""
-    gen_path, out_dir = resolve_paths(config)
+def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path) -> Path:
+    """Run (or resume) the stage on generations.jsonl, writing to `out_dir`; returns the
+    path of uncertainty.jsonl."""
+    gen_path, out_dir = Path(generations), Path(out_dir)
+    if not gen_path.is_file():
+        raise FileNotFoundError(f"entropy stage: generations file {gen_path} does not exist")
     items, skipped = read_generations(gen_path, config.on_bad_input)
     # Record what the input really holds (its sha256, refused if it changes; its M).
     stage_io.write_config(out_dir, _with_true_m(config, items), ignore=NEUTRAL_KEYS,
                           depends_on=DEPENDS_ON["entropy"], inputs={"generations": gen_path})
     stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
-    per_shard = int(config.entropy.questions_per_shard)
+    per_shard = config.entropy.questions_per_shard
     shards = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "uncertainty", len(shards))
     pending = out.pending()
@@ -233,7 +224,7 @@ def run_entropy(config: RunConfig) -> Path:
                                      initial=done)
         for i in pending:
             records, pairs = uncertainty_records(backend, shards[i],
-                                                 strict=bool(config.entropy.strict),
+                                                 strict=config.entropy.strict,
                                                  cluster_rule=config.entropy.cluster_rule,
                                                  pairs=config.entropy.pairs,
                                                  fallback=fallback)

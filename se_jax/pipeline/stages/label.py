@@ -20,19 +20,10 @@ from se_jax.config.schema import RunConfig
 from se_jax.abstention import judges
 from se_jax.abstention import labels
 from se_jax.io import stage_io
-from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
 SFT_FILE = "sft.jsonl"
-
-
-def _paths(config: RunConfig) -> tuple[Path, Path, Path]:
-    lc, default = config.labels, standalone_paths(config)
-    gen = Path(lc.generations or default["generations"])
-    unc = Path(lc.uncertainty or default["uncertainty"])
-    out = Path(lc.out_dir or default["label"])
-    return gen, unc, out
 
 
 def _read(path: Path, what: str) -> list[dict]:
@@ -65,14 +56,15 @@ def slick_records_from_generations(generations: list[dict]) -> list[dict]:
                  greedy=[g["most_likely"]], sampled=[g["samples"]]) for g in generations]
 
 
-def make_examples(config: RunConfig) -> tuple[list[labels.Example], dict]:
-    """Run the configured labeller; returns (examples, summary fields)."""
+def make_examples(config: RunConfig, gen_path: Path, unc_path: Path
+                  ) -> tuple[list[labels.Example], dict]:
+    """Run the configured labeller on the sample and entropy stages' files; returns
+    (examples, summary fields)."""
     lc = config.labels
-    gen_path, unc_path, _ = _paths(config)
     method = lc.method
     if method not in METHODS:
         raise ValueError(f"config.labels.method={method!r} is not one of {METHODS}")
-    judge = judges.string_judge(lc.judge, float(lc.f1_threshold))
+    judge = judges.string_judge(lc.judge, lc.f1_threshold)
     phrase = lc.abstention_phrase
     info: dict[str, Any] = {"method": method, "generations": str(gen_path)}
     if method == "slick":
@@ -89,7 +81,7 @@ def make_examples(config: RunConfig) -> tuple[list[labels.Example], dict]:
         if method == "rtuning":
             return labels.r_tuning_labels(generations, judge=judge, phrase=phrase,
                                           answer_source=lc.answer_source), info
-        return labels.idk_labels(generations, judge=judge, threshold=float(lc.idk_threshold),
+        return labels.idk_labels(generations, judge=judge, threshold=lc.idk_threshold,
                                  phrase=phrase, answer_source=lc.answer_source), info
     uncertainties = _read(unc_path, "uncertainty")
     fallback = _check_backend(uncertainties, lc.backend, unc_path)
@@ -98,14 +90,17 @@ def make_examples(config: RunConfig) -> tuple[list[labels.Example], dict]:
     info["uncertainty"] = str(unc_path)
     pairs = labels.join_by_id(generations, uncertainties)
     if method == "se":
-        return labels.se_labels(pairs, tau=float(lc.tau), entropy_field=lc.entropy,
+        return labels.se_labels(pairs, tau=lc.tau, entropy_field=lc.entropy,
                                 phrase=phrase), info
-    return labels.r_tuning_u_labels(pairs, tau=float(lc.tau), phrase=phrase), info
+    return labels.r_tuning_u_labels(pairs, tau=lc.tau, phrase=phrase), info
 
 
-def run_label(config: RunConfig) -> Path:
-    """Write `sft.jsonl`, `summary.json` and `config.json` to the out dir; returns sft path."""
-    gen_path, unc_path, out_dir = _paths(config)
+def run_label(config: RunConfig, generations: str | Path, uncertainty: str | Path,
+              out_dir: str | Path) -> Path:
+    """Label the questions of generations.jsonl (with uncertainty.jsonl where the method
+    reads entropies); write `sft.jsonl`, `summary.json` and `config.json` to `out_dir`;
+    returns the sft path."""
+    gen_path, unc_path, out_dir = Path(generations), Path(uncertainty), Path(out_dir)
     lc = config.labels
     inputs = {"generations": gen_path}
     if lc.method in ("se", "rtuning_u"):
@@ -115,7 +110,7 @@ def run_label(config: RunConfig) -> Path:
     # Missing files are reported by make_examples; the present ones are fingerprinted.
     stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS, depends_on=DEPENDS_ON["label"],
                           inputs={k: p for k, p in inputs.items() if p.is_file()})
-    examples, info = make_examples(config)
+    examples, info = make_examples(config, gen_path, unc_path)
     # An empty target (the model's most-likely answer was empty) teaches nothing: skip it.
     skipped = [{"line": i + 1, "id": e.id, "reason": "empty target (empty most-likely answer)"}
                for i, e in enumerate(examples) if not e.target.strip()]

@@ -33,7 +33,6 @@ from se_jax.parallel import distributed
 from se_jax.generation import sampling
 from se_jax.io import stage_io
 from se_jax.data import prompts as prompt_lib
-from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
 from se_jax.parallel.mesh import make_mesh
@@ -134,22 +133,14 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
     return records, tokens
 
 
-def resolve_paths(config: RunConfig) -> tuple[Path, Path]:
-    """(questions JSONL, output directory) from config.sampling and config.workdir."""
-    sc = config.sampling
-    if not sc.input:
-        raise ValueError("sample stage: set config.sampling.input (launch/sample.py "
-                         "--questions) to a questions JSONL file")
-    return Path(sc.input), Path(sc.out_dir or standalone_paths(config)["sample"])
-
-
-def run_sample(config: RunConfig, resident: Any = None) -> Path:
-    """Run (or resume) the stage; returns the path of generations.jsonl.
+def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
+               resident: Any = None) -> Path:
+    """Run (or resume) the stage on the questions JSONL, writing to `out_dir`; returns the
+    path of generations.jsonl.
 
     `resident`: the caller's loaded generator (se_jax.pipeline.resident.Resident); loaded here from
     config.model when None and there is work to do."""
-
-    in_path, out_dir = resolve_paths(config)
+    in_path, out_dir = Path(questions), Path(out_dir)
     if not in_path.is_file():  # before the tokenizer loads
         raise FileNotFoundError(f"sample stage: questions file {in_path} does not exist")
     sc = config.sampling

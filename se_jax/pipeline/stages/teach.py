@@ -13,6 +13,7 @@ checkpoint; afterwards the experiment loads merged/ as its base (`taught_model_d
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -43,12 +44,10 @@ def teach_records(config: RunConfig, splits: Mapping[str, Sequence[Mapping]]) ->
     return out
 
 
-def teach_run_config(config: RunConfig, out_dir: Path) -> RunConfig:
-    """config.training with the teach section's fields, reading teach.jsonl, exporting the
-    merged model."""
-    return config.replace(training={
-        **config.teach.training, "sft": str(out_dir / "teach.jsonl"),
-        "out_dir": str(out_dir / "train"), "export_adapter": False, "export_merged": True})
+def teach_run_config(config: RunConfig) -> RunConfig:
+    """config.training with the teach section's fields, exporting the merged model."""
+    return config.replace(training={**config.teach.training, "export_adapter": False,
+                                    "export_merged": True})
 
 
 def taught_model_dir(out_dir: Path) -> Path:
@@ -58,18 +57,18 @@ def taught_model_dir(out_dir: Path) -> Path:
 def run_teach(config: RunConfig, base: Resident, splits: Mapping[str, Sequence[Mapping]],
               out_dir: Path) -> Resident:
     """The taught base (`base` itself is not modified)."""
-    cfg = teach_run_config(config, out_dir)
+    cfg = teach_run_config(config)
     records = teach_records(config, splits)
     if is_main_process() and not (out_dir / "teach.jsonl").exists():
         stage_io.write_jsonl(out_dir / "teach.jsonl", records)
     barrier(f"teach-set-{out_dir}")
     logging.info("teach: %d records (%d taught facts, %d phrasings, styles %s), mode %s",
                  len(records), len({r["fact_id"] for r in records}),
-                 int(config.facts.phrasings), list(answer_styles(config)), cfg.training.mode)
-    trained = train.run_train(cfg, resident=base)
+                 config.facts.phrasings, list(answer_styles(config)), cfg.training.mode)
+    trained = train.run_train(cfg, out_dir / "teach.jsonl", out_dir / "train", resident=base)
     if trained.model is None:   # finished by an earlier process: its export is the result
-        cfg.model.path, cfg.model.adapter = str(taught_model_dir(out_dir)), ""
-        return Resident.load(cfg.model, base.mesh)
+        return Resident.load(dataclasses.replace(
+            cfg.model, path=str(taught_model_dir(out_dir)), adapter=""), base.mesh)
     model = trained.model
     lora.merge_lora(model)   # LoRA mode: the run's own copy of the kernels; base untouched
     model.eval()

@@ -37,7 +37,6 @@ from se_jax.tuning import training
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.tuning.sft_data import tokenize_example
-from se_jax.pipeline.layout import standalone_paths
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 
 SUMMARY_FILE = "summary.json"
@@ -47,11 +46,6 @@ OUTPUT_DIRS = (CHECKPOINTS, "adapter", "merged")
 # records are compared themselves).
 INPUT_SECTIONS = ("seed", "model", "prompt", "training")
 RECORD_FIELDS = ("id", "question", "target", "prompt_style")   # what tokenize_example reads
-
-
-def _paths(config: RunConfig) -> tuple[Path, Path]:
-    tc, default = config.training, standalone_paths(config)
-    return Path(tc.sft or default["sft"]), Path(tc.out_dir or default["train"])
 
 
 def read_sft(path: Path) -> list[dict]:
@@ -74,13 +68,12 @@ def read_summary(out_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def input_fingerprint(config: RunConfig) -> str:
+def input_fingerprint(config: RunConfig, sft: str | Path) -> str:
     """sha256 of everything a run's training reads: its SFT records' fields in file order
     and the config sections `INPUT_SECTIONS` less output paths and logging knobs
     (NEUTRAL_KEYS). Equal fingerprints train the same adapter (e.g. SE and R-Tuning-U labels
     that coincide at one tau)."""
-    sft_path, _ = _paths(config)
-    records = [[r.get(k) for k in RECORD_FIELDS] for r in read_sft(sft_path)]
+    records = [[r.get(k) for k in RECORD_FIELDS] for r in read_sft(Path(sft))]
     settings = stage_io.config_subset(config, INPUT_SECTIONS, NEUTRAL_KEYS)
     text = json.dumps([records, settings], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -121,14 +114,15 @@ class Trained:
         before, rebuilt on `resident` from its last checkpoint."""
         if self.model is not None:
             return self.model
-        return resident.restored_run_model(config.training, int(config.seed),
+        return resident.restored_run_model(config.training, config.seed,
                                            self.out_dir / CHECKPOINTS)
 
 
-def run_train(config: RunConfig, resident: Resident | None = None) -> Trained:
-    """Train on the SFT set and export the adapter (see module doc)."""
+def run_train(config: RunConfig, sft: str | Path, out_dir: str | Path,
+              resident: Resident | None = None) -> Trained:
+    """Train on the SFT set into `out_dir` and export the adapter (see module doc)."""
     tc = config.training
-    sft_path, out_dir = _paths(config)
+    sft_path, out_dir = Path(sft), Path(out_dir)
     stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
                           depends_on=DEPENDS_ON["train"])
     done = read_summary(out_dir)
@@ -147,9 +141,9 @@ def run_train(config: RunConfig, resident: Resident | None = None) -> Trained:
     # The prompt exactly as the sampler built it (config.prompt).
     kwargs = config.prompt.format_kwargs()
     seqs = [tokenize_example(tokenizer, r, eos_id=eos, prompt_kwargs=kwargs) for r in records]
-    model = resident.run_model(tc, int(config.seed))
+    model = resident.run_model(tc, config.seed)
     result = training.train(model, seqs, tc, workdir=str(out_dir / CHECKPOINTS), mesh=mesh,
-                            seed=int(config.seed), pad_id=tokenizer.pad_token_id or 0)
+                            seed=config.seed, pad_id=tokenizer.pad_token_id or 0)
     total = training.steps_per_epoch(len(seqs), tc.batch_size) * tc.epochs
     summary = dict(steps=result.steps, total_steps=total, resumed_from=result.resumed_from,
                    examples=len(seqs), finished=result.steps == total,
