@@ -130,8 +130,9 @@ def test_top_k_top_p_never_leave_the_allowed_set(model, tokenizer, prompt_ids, t
 
 
 def test_sample_step_support_and_distribution():
-    """Math level: many draws from fixed logits; support respected, frequencies right."""
-    rows, vocab = 4000, 300
+    """Math level: many draws from fixed logits over three blocks; support respected,
+    frequencies those of the softmax (chi-square, `_chi_square_pvalue`)."""
+    rows, vocab = 20000, 300
     logits = np.random.default_rng(0).normal(size=(1, vocab)).astype(np.float32) * 2
     tiled = jnp.asarray(np.repeat(logits, rows, 0))
     keys = jax.random.split(jax.random.PRNGKey(1), rows)
@@ -142,16 +143,50 @@ def test_sample_step_support_and_distribution():
         toks = np.asarray(toks)
         allowed = _allowed_reference(logits[0], temperature, top_k, top_p)
         assert allowed[toks].all()
-        p = np.where(allowed, np.exp(logits[0] / temperature), 0.0)
-        p /= p.sum()
-        freq = np.bincount(toks, minlength=vocab) / rows
-        # Each frequency within 5 standard errors of its probability.
-        se = np.sqrt(p * (1 - p) / rows) + 1e-9
-        assert np.all(np.abs(freq - p) <= 5 * se + 1e-3), np.max(np.abs(freq - p) / se)
+        pvalue = _chi_square_pvalue(np.bincount(toks, minlength=vocab), logits[0],
+                                    temperature, allowed)
+        assert pvalue >= 1e-6, (temperature, top_k, top_p, pvalue)
     greedy, lp = step(tiled[:3], keys[:3], jnp.zeros((3,)))
     assert np.all(np.asarray(greedy) == np.argmax(logits[0]))
     np.testing.assert_allclose(lp, jax.nn.log_softmax(logits[0])[np.argmax(logits[0])],
                                atol=1e-6)
+
+
+def test_sample_step_draws_softmax_exactly_chi_square():
+    """Pearson's chi-square of 20000 draws per case against the softmax at T, renormalised
+    over the top-k / top-p set, on a vocabulary of 12 (one padded block; 300 ids over three
+    blocks: `test_sample_step_support_and_distribution`). Rejects only at p < 1e-6."""
+    rows, vocab = 20000, 12
+    logits = np.random.default_rng(12).normal(size=(1, vocab)).astype(np.float32)
+    tiled = jnp.asarray(np.repeat(logits, rows, 0))
+    step = jax.jit(sampling_math.sample_step, static_argnames=("top_k", "top_p"))
+    for case, (temperature, top_k, top_p) in enumerate(
+            [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.7),
+             (1.5, 8, 0.8)]):
+        keys = jax.random.split(jax.random.PRNGKey(case), rows)
+        toks, _ = step(tiled, keys, jnp.full((rows,), temperature), top_k=top_k, top_p=top_p)
+        allowed = _allowed_reference(logits[0], temperature, top_k, top_p)
+        counts = np.bincount(np.asarray(toks), minlength=vocab)
+        assert counts[~allowed].sum() == 0, (temperature, top_k, top_p)
+        pvalue = _chi_square_pvalue(counts, logits[0], temperature, allowed)
+        assert pvalue >= 1e-6, (temperature, top_k, top_p, pvalue)
+
+
+def _chi_square_pvalue(counts: np.ndarray, logits: np.ndarray, temperature: float,
+                       allowed: np.ndarray) -> float:
+    """p-value of Pearson's chi-square of draw counts [V] against softmax(logits / T)
+    renormalised over `allowed` (ids expected fewer than 5 times pooled into one bin, as
+    the chi-square approximation needs). Tests reject only at p < 1e-6: a true sampler
+    fails once in a million runs; one that skips the temperature fails with p ~ 0."""
+    from scipy import stats
+    z = logits.astype(np.float64)[allowed] / temperature
+    p = np.exp(z - z.max())
+    observed, expected = counts[allowed], counts.sum() * p / p.sum()
+    small = expected < 5
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    return float(stats.chisquare(observed, expected).pvalue)
 
 
 def test_first_max_index_takes_first_of_ties():
