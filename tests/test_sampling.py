@@ -1,10 +1,13 @@
 """The sampler on a tiny random Llama: greedy parity (ours and transformers), T=1
-log-probs against a teacher-forced forward, top-k/top-p support, stop strings, and the
-reproducibility guarantee: the same answers for 1 vs 8 data-parallel devices, other batch
-sizes and orders; on weight-sharded meshes the same log-probs (tolerance) and greedy answers
-(up to near-ties)."""
+log-probs against a teacher-forced forward, top-k/top-p support, the softmax distribution
+(chi-square), stop strings, and the reproducibility guarantee: for 1 vs 8 data-parallel
+devices, other batch sizes and orders, and weight-sharded meshes, the same keys, logits
+within float noise, and the same answers except where that measured noise moves a draw
+across a CDF boundary (a top-2 near-tie, greedy)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -132,8 +135,9 @@ def test_top_k_top_p_never_leave_the_allowed_set(model, tokenizer, prompt_ids, t
 
 
 def test_sample_step_support_and_distribution():
-    """Math level: many draws from fixed logits; support respected, frequencies right."""
-    rows, vocab = 4000, 300
+    """Math level: many draws from fixed logits over three blocks; support respected,
+    frequencies those of the softmax (chi-square, `_chi_square_pvalue`)."""
+    rows, vocab = 20000, 300
     logits = np.random.default_rng(0).normal(size=(1, vocab)).astype(np.float32) * 2
     tiled = jnp.asarray(np.repeat(logits, rows, 0))
     keys = jax.random.split(jax.random.PRNGKey(1), rows)
@@ -144,16 +148,50 @@ def test_sample_step_support_and_distribution():
         toks = np.asarray(toks)
         allowed = _allowed_reference(logits[0], temperature, top_k, top_p)
         assert allowed[toks].all()
-        p = np.where(allowed, np.exp(logits[0] / temperature), 0.0)
-        p /= p.sum()
-        freq = np.bincount(toks, minlength=vocab) / rows
-        # Each frequency within 5 standard errors of its probability.
-        se = np.sqrt(p * (1 - p) / rows) + 1e-9
-        assert np.all(np.abs(freq - p) <= 5 * se + 1e-3), np.max(np.abs(freq - p) / se)
+        pvalue = _chi_square_pvalue(np.bincount(toks, minlength=vocab), logits[0],
+                                    temperature, allowed)
+        assert pvalue >= 1e-6, (temperature, top_k, top_p, pvalue)
     greedy, lp = step(tiled[:3], keys[:3], jnp.zeros((3,)))
     assert np.all(np.asarray(greedy) == np.argmax(logits[0]))
     np.testing.assert_allclose(lp, jax.nn.log_softmax(logits[0])[np.argmax(logits[0])],
                                atol=1e-6)
+
+
+def test_sample_step_draws_softmax_exactly_chi_square():
+    """Pearson's chi-square of 20000 draws per case against the softmax at T, renormalised
+    over the top-k / top-p set, on a vocabulary of 12 (one padded block; 300 ids over three
+    blocks: `test_sample_step_support_and_distribution`). Rejects only at p < 1e-6."""
+    rows, vocab = 20000, 12
+    logits = np.random.default_rng(12).normal(size=(1, vocab)).astype(np.float32)
+    tiled = jnp.asarray(np.repeat(logits, rows, 0))
+    step = jax.jit(sampling_math.sample_step, static_argnames=("top_k", "top_p"))
+    for case, (temperature, top_k, top_p) in enumerate(
+            [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.7),
+             (1.5, 8, 0.8)]):
+        keys = jax.random.split(jax.random.PRNGKey(case), rows)
+        toks, _ = step(tiled, keys, jnp.full((rows,), temperature), top_k=top_k, top_p=top_p)
+        allowed = _allowed_reference(logits[0], temperature, top_k, top_p)
+        counts = np.bincount(np.asarray(toks), minlength=vocab)
+        assert counts[~allowed].sum() == 0, (temperature, top_k, top_p)
+        pvalue = _chi_square_pvalue(counts, logits[0], temperature, allowed)
+        assert pvalue >= 1e-6, (temperature, top_k, top_p, pvalue)
+
+
+def _chi_square_pvalue(counts: np.ndarray, logits: np.ndarray, temperature: float,
+                       allowed: np.ndarray) -> float:
+    """p-value of Pearson's chi-square of draw counts [V] against softmax(logits / T)
+    renormalised over `allowed` (ids expected fewer than 5 times pooled into one bin, as
+    the chi-square approximation needs). Tests reject only at p < 1e-6: a true sampler
+    fails once in a million runs; one that skips the temperature fails with p ~ 0."""
+    from scipy import stats
+    z = logits.astype(np.float64)[allowed] / temperature
+    p = np.exp(z - z.max())
+    observed, expected = counts[allowed], counts.sum() * p / p.sum()
+    small = expected < 5
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    return float(stats.chisquare(observed, expected).pvalue)
 
 
 def test_first_max_index_takes_first_of_ties():
@@ -166,62 +204,209 @@ def _token_ids(answers):
 
 
 # The reproducibility guarantee (docs/contracts.md, "Reproducibility"), on any CPU:
-# (1) data-parallel layouts, batch sizes and question orders give the same answers (tokens,
-#     and log-probabilities up to float tolerance): a row's random key depends only on
-#     (seed, id, index) and its numbers only on its own inputs, up to the last bits (XLA's
-#     kernels may block a matmul differently for another number of rows), which can move a
-#     draw to the neighbouring token id at a CDF step (`_assert_same_draws`);
-# (2) weight-sharded meshes (fsdp / tensor) change the order of float reductions, so they
-#     give the same log-probabilities within a tolerance and the same greedy answers except
-#     where the top-2 logits are a near-tie; sampled (T > 0) answers may then differ.
+# (1) a row's random key depends only on (seed, question id, sample index, step), so every
+#     layout, batch size and question order draws a row's step with the same uniform u;
+# (2) every draw is the inverse-CDF token of u under the logits the sampler saw: u lies in
+#     the token's interval [F(t - 1), F(t)] of the float64 CDF F of softmax(logits / T)
+#     (over ids) up to the float32 rounding of the sampler's sums, a relative error c of
+#     F (`_f32_rel_error`); greedy rows (T = 0) take the argmax;
+# (3) the same prefix gives the same logits up to float noise (other devices, meshes, batch
+#     shapes and CPUs block and reduce differently): at most LOGIT_ATOL apart.
+# The weights exp(logit / T) of two runs whose logits differ by at most delta differ by a
+# factor within exp(+-delta / T), so each F moves by at most F (1 - F) expm1(2 delta / T).
+# Two runs therefore give the same answers except where that shift moves a CDF boundary
+# across u (greedy: a top-2 pair within 2 delta), whatever the id order of the tokens: then
+# the reference's u lies within relative distance c exp(2 delta / T) + expm1(2 delta / T) of
+# the other run's token interval in the reference's F. The tests record every draw
+# (`recorded_draws`) and check (2) at every step of both runs, (3) at every step of a shared
+# prefix, and that bound, with the measured delta, at the first differing token; a key or a
+# prompt mixed up with another row fails (2) or (3) from the first token on. Differences
+# are rare (measured: `test_divergence_rate_1_vs_8_devices`, --runslow -s); the counts below
+# only guard against a systematic change.
 LOGPROB_ATOL = 1e-4
-NEAR_TIE = 1e-3   # logits: a top-2 margin below this may flip under another reduction order
+LOGIT_ATOL = 1e-4   # max |logit difference| of one step between two layouts (float noise)
+EPS32 = float(np.finfo(np.float32).eps)
 
 
-def _assert_same_draws(got, ref, context) -> None:
-    """Answers equal token for token with log-probabilities within LOGPROB_ATOL, except
-    where the last bits of a row's logits moved a draw across a step of the inverse CDF:
-    the two tokens are then neighbours in id order (the CDF runs over ids) and what follows
-    may differ. At most one answer in eight may do so; a wrong key or a row mixed up with
-    another changes whole answers, from their first token on."""
-    crossed = 0
+@dataclasses.dataclass
+class Draw:
+    """One draw of the decode loop: the float32 logits the sampler saw, its token and the
+    row's temperature."""
+    logits: np.ndarray
+    token: int
+    temperature: float
+
+
+@contextlib.contextmanager
+def recorded_draws(vocab: int):
+    """Inside the block `sampling.generate` records every draw: {step key bytes: Draw}.
+
+    `sampling_math.sample_step` is wrapped with a per-device host callback (partitioned: no
+    gather, so the sharded program is otherwise the one that runs; each device sends its
+    rows and, on a vocab-sharded mesh, its slice of the vocabulary with the slice's ids).
+    `_decode`'s compiled programs are dropped on entry and exit so that it traces the
+    wrapper (and later calls do not reuse the wrapped program).
+    """
+    draws: dict[bytes, Draw] = {}
+    shards = []   # converted after the run: a callback that waits for a device can deadlock
+    real = sampling_math.sample_step
+
+    def record(*arrays):
+        shards.append(arrays)
+
+    def spy(logits, keys, temperature, top_k=0, top_p=1.0):
+        tokens, logprobs = real(logits, keys, temperature, top_k, top_p)
+        ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1).astype(jnp.float32)
+        tagged = jnp.stack([logits.astype(jnp.float32), ids], axis=1)  # [R, 2, V]: one sharding
+        jax.debug.callback(record, keys, tagged, tokens, temperature, partitioned=True)
+        return tokens, logprobs
+
+    sampling._decode.clear_cache()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sampling_math, "sample_step", spy)
+            yield draws
+    finally:
+        sampling._decode.clear_cache()
+    for keys, tagged, tokens, temperature in shards:
+        keys, tagged, tokens, temperature = map(np.asarray, (keys, tagged, tokens, temperature))
+        assert len(keys) == len(tagged) == len(tokens) == len(temperature)
+        for key, (logits, ids), token, t in zip(keys, tagged, tokens, temperature):
+            d = draws.setdefault(key.tobytes(), Draw(np.full(vocab, np.nan, np.float32),
+                                                      int(token), float(t)))
+            d.logits[ids.astype(np.int64)] = logits
+
+
+def _cdf(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float64[V]: the normalised cumulative weight the inverse CDF runs over (ids order)."""
+    z = logits.astype(np.float64) / temperature
+    c = np.cumsum(np.exp(z - z.max()))
+    return c / c[-1]
+
+
+def _f32_rel_error(logits: np.ndarray, temperature: float) -> float:
+    """c: the sampler's float32 cumulative weight / total at any id lies within c F of the
+    float64 F. Sums of non-negative terms are within gamma_n of the exact sum, n = _BLOCK +
+    blocks + 1 (a block sum, a cumulative sum over the blocks, one addition): 2 gamma_n for
+    the ratio, one ulp for u * total; the weights exp((l - max) / T) are within rho = (2
+    spread / T + 4) ulps (subtraction, division, exp), which moves F by < 2 rho F (1 - F)."""
+    n = sampling_math._BLOCK + -(-logits.size // sampling_math._BLOCK) + 1
+    gamma = n * EPS32 / (1 - n * EPS32)
+    rho = (2 * float(logits.max() - logits.min()) / temperature + 4) * EPS32
+    return 2 * gamma + EPS32 + 2.1 * rho
+
+
+def _relative_distance(u: float, cdf: np.ndarray, token: int) -> float:
+    """How far u lies outside token's interval [F(token - 1), F(token)], relative to the
+    nearer end: (F(token - 1) - u) / F(token - 1) below it, (u - F(token)) / F(token) above."""
+    lo, hi = (cdf[token - 1] if token else 0.0), cdf[token]
+    return max((lo - u) / lo if u < lo else 0.0, (u - hi) / hi)
+
+
+def _uniforms(seed: int, ids, indices, steps: int) -> tuple[list[list[bytes]], np.ndarray]:
+    """Step keys (bytes) and uniforms float64[A, steps] of answers (ids[a], indices[a]),
+    derived here from (seed, id, index, step) as the decode loop must derive them."""
+    hashes = jnp.asarray([sampling.stable_hash(i) for i in ids], jnp.uint32)
+    keys = sampling_math.row_keys(seed, hashes, jnp.asarray(indices, jnp.int32))
+    per_step = [np.asarray(sampling_math.step_keys(keys, s)) for s in range(steps)]
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))
+    u = np.stack([np.asarray(uniform(k)) for k in per_step], axis=1).astype(np.float64)
+    return [[per_step[s][a].tobytes() for s in range(steps)] for a in range(len(ids))], u
+
+
+def _checked_draws(answers, ids, temperatures, draws, seed) -> list[list[tuple[Draw, float]]]:
+    """(Draw, u) of each answer's steps, flattened over questions then rows, after checking
+    that each token is the one the loop drew with the key of (seed, id, row, step), at the
+    row's temperature, and the inverse-CDF token of u (argmax at T=0) under its logits."""
+    flat = [(a, q, j) for q, rows in zip(ids, answers) for j, a in enumerate(rows)]
+    keys, u = _uniforms(seed, [q for _, q, _ in flat], [j for _, _, j in flat], NEW)
+    out = []
+    for (answer, q, j), row_keys, row_u in zip(flat, keys, u):
+        assert len(answer.token_ids) == NEW, (q, j)
+        steps = []
+        for s, (key, us) in enumerate(zip(row_keys, row_u)):
+            d = draws.get(key)
+            assert d is not None, ("no draw with the key of", q, j, s)
+            assert not np.isnan(d.logits).any(), (q, j, s)
+            assert (d.token, d.temperature) == (answer.token_ids[s], float(np.float32(temperatures[j]))), (
+                "the answer's token is not the one drawn with its key", q, j, s)
+            if d.temperature > 0:
+                dist = _relative_distance(us, _cdf(d.logits, d.temperature), d.token)
+                assert dist <= _f32_rel_error(d.logits, d.temperature), (
+                    "not the inverse-CDF token of the row's uniform", q, j, s, dist)
+            else:
+                assert d.token == int(np.argmax(d.logits)), (q, j, s)
+            steps.append((d, float(us)))
+        out.append(steps)
+    return out
+
+
+def _assert_same_draws(got, ref, context) -> tuple[int, float]:
+    """got, ref: `_checked_draws` of the same answers in two runs. Logits of every shared
+    step within LOGIT_ATOL; where the tokens first differ, the reference's u lies within the
+    bound derived from that step's measured delta (module comment). Returns (answers that
+    differ, largest delta)."""
+    crossed, worst = 0, 0.0
+    for row, (g, r) in enumerate(zip(got, ref, strict=True)):
+        for s, ((dg, _), (dr, u)) in enumerate(zip(g, r)):
+            delta = float(np.max(np.abs(dg.logits.astype(np.float64) - dr.logits)))
+            worst = max(worst, delta)
+            assert delta <= LOGIT_ATOL, (context, row, s, delta)
+            if dg.token == dr.token:
+                continue
+            a, b, t = dr.token, dg.token, dr.temperature
+            if t == 0:   # argmaxes: l1[a] >= l1[b] and lN[b] >= lN[a]
+                margin = float(dr.logits[a]) - float(dr.logits[b])
+                assert margin <= 2 * delta, (context, row, s, a, b, margin, delta)
+            else:   # u is in b's interval of the N-run's CDF, which moved <= expm1 F
+                shift = np.expm1(2 * delta / t)
+                bound = _f32_rel_error(dg.logits, t) * (1 + shift) + shift
+                dist = _relative_distance(u, _cdf(dr.logits, t), b)
+                assert dist <= bound, (context, row, s, a, b, u, dist, bound, delta)
+            crossed += 1
+            break
+    return crossed, worst
+
+
+def _assert_same_logprobs(got, ref, context) -> None:
+    """Answers with the same tokens have the same log-probabilities within LOGPROB_ATOL."""
     for g, r in zip(got, ref, strict=True):
         if g.token_ids == r.token_ids:
             np.testing.assert_allclose(g.sum_logprob, r.sum_logprob, atol=LOGPROB_ATOL,
                                        err_msg=str(context))
-            continue
-        first = next(j for j, (a, b) in enumerate(zip(g.token_ids, r.token_ids)) if a != b)
-        assert abs(g.token_ids[first] - r.token_ids[first]) == 1, (context, g, r)
-        crossed += 1
-    assert crossed <= len(ref) // 8, (context, crossed)
 
 
 def test_same_answers_for_1_or_8_data_parallel_devices_any_batch_size_and_order(
         tiny_dir, tokenizer, prompt_ids):
-    kwargs = dict(temperatures=(0.1, 1.0, 1.0, 1.0), max_new_tokens=NEW, seed=7, **NO_STOP)
+    temps = (0.1, 1.0, 1.0, 1.0)
+    kwargs = dict(temperatures=temps, max_new_tokens=NEW, seed=7, **NO_STOP)
     one = make_mesh({"data": 1}, devices=jax.devices()[:1])
     model1 = load_llama(tiny_dir, mesh=one)
-    ref = sampling.generate(model1, tokenizer, prompt_ids, IDS, batch_size=5, mesh=one,
-                            **kwargs)
+    vocab = model1.config.vocab_size
+    with recorded_draws(vocab) as draws:
+        ref = sampling.generate(model1, tokenizer, prompt_ids, IDS, batch_size=5, mesh=one,
+                                **kwargs)
+        # A different seed gives different samples (the same program: batches of 5).
+        other = sampling.generate(model1, tokenizer, prompt_ids[:1], IDS[:1], batch_size=5,
+                                  mesh=one, **dict(kwargs, seed=8))
+    assert _token_ids(other)[0][1:] != _token_ids(ref)[0][1:]
+    ref_draws = _checked_draws(ref, IDS, temps, draws, seed=7)
+    _checked_draws(other, IDS[:1], temps, draws, seed=8)
     mesh = make_mesh({"data": -1})
     assert mesh.devices.size == 8
     model8 = load_llama(tiny_dir, mesh=mesh)
     for batch_size, order in [(8, range(5)), (2, (4, 2, 0, 3, 1))]:
         order = list(order)
-        got = sampling.generate(model8, tokenizer, [prompt_ids[i] for i in order],
-                                [IDS[i] for i in order], batch_size=batch_size, mesh=mesh,
-                                **kwargs)
-        _assert_same_draws([a for rows in got for a in rows],
-                           [a for i in order for a in ref[i]], batch_size)
-    # A different seed gives different samples.
-    other = sampling.generate(model1, tokenizer, prompt_ids[:1], IDS[:1], batch_size=5,
-                              mesh=one, **dict(kwargs, seed=8))
-    assert _token_ids(other)[0][1:] != _token_ids(ref)[0][1:]
-
-
-def _top2_margin(logits: np.ndarray) -> float:
-    top = np.sort(logits)[-2:]
-    return float(top[1] - top[0])
+        ids = [IDS[i] for i in order]
+        with recorded_draws(vocab) as draws:
+            got = sampling.generate(model8, tokenizer, [prompt_ids[i] for i in order], ids,
+                                    batch_size=batch_size, mesh=mesh, **kwargs)
+        got_draws = _checked_draws(got, ids, temps, draws, seed=7)
+        want = [ref_draws[i * len(temps) + j] for i in order for j in range(len(temps))]
+        crossed, _ = _assert_same_draws(got_draws, want, batch_size)
+        _assert_same_logprobs([a for rows in got for a in rows],
+                              [a for i in order for a in ref[i]], batch_size)
+        assert crossed <= 3, (batch_size, crossed)   # expected ~0.2 (0.1-0.3% of draws)
 
 
 def test_weight_sharded_mesh_same_logprobs_and_greedy_answers_up_to_near_ties(
@@ -230,31 +415,59 @@ def test_weight_sharded_mesh_same_logprobs_and_greedy_answers_up_to_near_ties(
     model1 = load_llama(tiny_dir, mesh=one)
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     model8 = load_llama(tiny_dir, mesh=mesh)
-    kwargs = dict(temperatures=(0.0, 1.0), max_new_tokens=NEW, seed=7, **NO_STOP)
+    temps = (0.0, 1.0)
+    kwargs = dict(temperatures=temps, max_new_tokens=NEW, seed=7, **NO_STOP)
+    vocab = model1.config.vocab_size
     capfd.readouterr()
-    ref = sampling.generate(model1, tokenizer, prompt_ids, IDS, batch_size=5, mesh=one,
-                            **kwargs)
-    got = sampling.generate(model8, tokenizer, prompt_ids, IDS, batch_size=2, mesh=mesh,
-                            **kwargs)
+    with recorded_draws(vocab) as draws:
+        ref = sampling.generate(model1, tokenizer, prompt_ids, IDS, batch_size=5, mesh=one,
+                                **kwargs)
+    ref_draws = _checked_draws(ref, IDS, temps, draws, seed=7)
+    with recorded_draws(vocab) as draws:
+        got = sampling.generate(model8, tokenizer, prompt_ids, IDS, batch_size=2, mesh=mesh,
+                                **kwargs)
+    got_draws = _checked_draws(got, IDS, temps, draws, seed=7)
     # The sampler keeps the looked-up embeddings batch-split (no replicated activations).
     assert "Involuntary full rematerialization" not in capfd.readouterr().err
-    flips = 0
-    for ids, r, g in zip(prompt_ids, ref, got):
-        # Log-probabilities of the same sequences (both sampled ones) agree within tolerance.
-        for a in (r[1], g[1]):
-            seq = list(ids) + a.token_ids
-            lp1 = jax.nn.log_softmax(teacher_forced_logits(model1, seq), axis=-1)
-            lp8 = jax.nn.log_softmax(teacher_forced_logits(model8, seq), axis=-1)
-            np.testing.assert_allclose(lp8, lp1, atol=LOGPROB_ATOL)
-        # Greedy answers are identical up to the first near-tie of the reference.
-        want, have = r[0].token_ids, g[0].token_ids
-        if want != have:
-            t = next(k for k, (x, y) in enumerate(zip(want, have)) if x != y)
-            logits = teacher_forced_logits(model1, list(ids) + want)
-            margin = _top2_margin(logits[len(ids) - 1 + t])
-            assert margin < NEAR_TIE, (t, margin)
-            flips += 1
-    assert flips <= 1, flips   # near-ties are rare: most answers must agree exactly
+    # Greedy and sampled answers: the same tokens, logits within LOGIT_ATOL along the shared
+    # prefix, a differing token only within the measured bound (a top-2 within 2 delta).
+    crossed, _ = _assert_same_draws(got_draws, ref_draws, "data2 x fsdp2 x tensor2")
+    _assert_same_logprobs([a for rows in got for a in rows],
+                          [a for rows in ref for a in rows], "data2 x fsdp2 x tensor2")
+    assert crossed <= 3, crossed   # expected ~0.2 (0.1-0.3% of draws)
+
+
+@pytest.mark.slow
+def test_divergence_rate_1_vs_8_devices(tiny_dir, tokenizer, prompt_ids):
+    """The measured rate of answers that differ from the 1-device run (printed; run with
+    --runslow -s): 20 questions x 11 rows (T=0.1, then 10 at T=1; greedy rows on the
+    weight-sharded mesh) x 32 tokens, on 8 data-parallel devices and on data2 x fsdp2 x
+    tensor2. Tokens only (the bound itself is checked by the tests above). On this random
+    model the T=1 distributions are nearly flat over 49k ids, the worst case for the
+    inverse CDF: every interval is ~1e-5 wide, so float32 noise of ~1e-7 in the cumulative
+    sums moves a boundary across u in ~0.1-0.3% of draws."""
+    ids = [f"rate{i}" for i in range(20)]
+    prompts = [prompt_ids[i % len(prompt_ids)] for i in range(len(ids))]
+    one = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    model1 = load_llama(tiny_dir, mesh=one)
+    for shape, temps in [({"data": -1}, (0.1,) + (1.0,) * 10),
+                         ({"data": 2, "fsdp": 2, "tensor": 2}, (0.0,) + (1.0,) * 10)]:
+        kwargs = dict(temperatures=temps, max_new_tokens=32, seed=11, **NO_STOP)
+        ref = sampling.generate(model1, tokenizer, prompts, ids, batch_size=20, mesh=one,
+                                **kwargs)
+        mesh = make_mesh(shape)
+        got = sampling.generate(load_llama(tiny_dir, mesh=mesh), tokenizer, prompts, ids,
+                                batch_size=8, mesh=mesh, **kwargs)
+        pairs = [(g.token_ids, r.token_ids) for gs, rs in zip(got, ref)
+                 for g, r in zip(gs, rs)]
+        differ = sum(g != r for g, r in pairs)
+        # draws made from the same prefix in both runs (up to and including a first difference)
+        shared = sum(next((k + 1 for k, (x, y) in enumerate(zip(g, r)) if x != y), len(r))
+                     for g, r in pairs)
+        print(f"\n{shape}: {differ} of {len(pairs)} answers of 32 tokens differ "
+              f"({differ / len(pairs):.1%}); {differ} of {shared} draws from a shared prefix "
+              f"({differ / shared:.2%})")
+        assert differ <= shared // 100, (shape, differ, shared)
 
 
 def test_stop_strings_cut_answers_consistently(model, tokenizer, prompt_ids):
