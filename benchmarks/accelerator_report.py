@@ -317,8 +317,15 @@ class Report:
         s = self.size
         return s["train_batch"] * s["train_seq"]
 
+    def _round_train_batch(self) -> None:
+        """The step is data-parallel over every device: its batch a multiple of them."""
+        import jax
+        n = jax.device_count()
+        self.size = dict(self.size, train_batch=-(-self.size["train_batch"] // n) * n)
+
     def train_ours(self) -> dict:
         since = self.clock.snapshot()
+        self._round_train_batch()
         model = self.model()
         s = self.size
         step = bench_lora.lora_train_step(model, s["train_batch"], s["train_seq"])

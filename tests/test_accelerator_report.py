@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_report(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)   # one CPU device, as a user runs it (conftest simulates 8)
     out = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_report",
                           f"--out={tmp_path}", "--quick", "--budget_s=1000"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
