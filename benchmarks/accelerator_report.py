@@ -290,7 +290,12 @@ class Report:
 
     def model_torch(self, state: dict) -> None:
         s, b = self.size, self.size["batch"]
-        for rows, ours in state["ours"].items():
+        for rows, ours in sorted(state["ours"].items(), key=lambda kv: kv[0] != b):
+            if rows != b and self.budget.left() < 0:   # torch's small-batch decode can crawl
+                self.budget.skipped.append(dict(part=f"model torch, decode batch {rows}",
+                                                estimate_s=None, left_s=round(self.budget.left(), 1),
+                                                reason="budget spent inside the part"))
+                continue
             theirs = sides.prefill_decode_torch(state["model"], state["tokens"][rows], s["iters"],
                                                 pick_threads=rows == b)
             phases = [("decode", "decode")] + ([("prefill", "prefill")] if rows == b else [])
@@ -666,7 +671,7 @@ def main(argv):
             print("throughput table not updated: a kernel section was skipped")
         else:
             entry = dict(report.table_entry, backend=report.backend,
-                         measured=time.strftime("%Y-%m-%d"))
+                         measured=time.strftime("%Y-%m-%d"), load=load)
             throughput.update(report.kind, entry, _TABLE.value)
             print(f"throughput table updated for {report.kind!r}: "
                   f"{_TABLE.value or throughput.TABLE}")
