@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.10",
     # `configs` is a package so that config files can import configs.base.
     packages=find_packages(include=["se_jax", "se_jax.*", "configs"]),
-    package_data={"se_jax.data": ["demo_facts/*.jsonl", "demo_facts/*.md", "demo_facts/LICENSE"]},
+    package_data={"se_jax.data": ["demo_facts/*.jsonl", "demo_facts/*.md", "demo_facts/LICENSE"],
+                  "se_jax.io": ["throughput.json"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",

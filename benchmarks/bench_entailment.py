@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags, logging
 
+from benchmarks import sides
 from benchmarks import yardstick
 
 _QUICK = flags.DEFINE_bool("quick", False, "small reference sample (finishes in < 2 min)")
@@ -132,7 +133,6 @@ def main(argv):
     from tools import random_nli
     from se_jax.semantic import entailment
     from se_jax.parallel.mesh import make_mesh
-    from se_jax.models.deberta_loading import load_nli
     from se_jax.pipeline.stages.entropy import uncertainty_records
 
     watch = yardstick.LoadWatch.start()
@@ -151,12 +151,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         sentences = [f"{it.question} {t}" for it in workload for t in dict.fromkeys(it.texts)]
-        tokenizer = random_nli.train_tokenizer(sentences, vocab_size=8000)
-        torch_model = random_nli.build_torch_model(random_nli.BASE_V3, len(tokenizer), seed=0)
-        random_nli.calibrate_classifier(torch_model, tokenizer, sentences[::max(1, len(sentences) // 8)][:8])
-        torch_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        nli = load_nli(tmp)
+        tokenizer, torch_model, nli = sides.build_random_nli(tmp, sentences,
+                                                             random_nli.BASE_V3)
         n_params = sum(p.numel() for p in torch_model.parameters()) / 1e6
         print(f"model: DeBERTa-v3-base shape, {n_params:.0f}M parameters, random; "
               f"built+saved+loaded in "
@@ -217,27 +213,10 @@ def main(argv):
         ps = [uniques[k][0][i] for k, i, _ in where]
         hs = [uniques[k][0][j] for k, _, j in where]
         (ids, types), tokenize = timed(lambda: backend.encode(qs, ps, hs), repeats)
-        # Whole, full batches of the (a) run, spread evenly over its padded lengths.
         n_raw = _RAW_PAIRS.value or (64 if quick else 512)
-        full = [b for b in backend.batches(ids) if len(b[0]) == backend.batch_size]
-        want = max(1, min(len(full), -(-n_raw // backend.batch_size)))
-        chosen = [full[i] for i in ((np.arange(want) + 0.5) * len(full) / want).astype(int)]
-        sub_ids = [ids[i] for chunk, _ in chosen for i in chunk]
-        arrays = [entailment.pad_pairs([ids[i] for i in chunk],
-                                       None if types is None else [types[i] for i in chunk],
-                                       backend.batch_size, length, backend.pad_id)
-                  for chunk, length in chosen]
-
-        def ours_raw():
-            outs = [backend._classify(backend.state, t, m, ty) for t, m, ty in arrays]
-            return [np.asarray(o) for o in outs]
-
-        def torch_raw():
-            with torch.no_grad():
-                return [torch_model(input_ids=torch.from_numpy(t).long(),
-                                    attention_mask=torch.from_numpy(m).long(),
-                                    token_type_ids=torch.from_numpy(ty).long()
-                                    ).logits.argmax(-1).numpy() for t, m, ty in arrays]
+        picked, arrays = sides.raw_batches(backend, ids, types, n_raw)
+        sub_ids = [ids[i] for i in picked]
+        ours_raw, torch_raw = sides.raw_kernel_sides(backend, torch_model, arrays)
 
         ours_raw()  # compile
         _, ours_t = timed(ours_raw, repeats)

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-
 import numpy as np
 from absl import app, flags
 
 from benchmarks import yardstick
+from benchmarks.sides import judge_workload as workload, torch_scores, torch_twin
 
 _QUICK = flags.DEFINE_bool("quick", False, "32 pairs instead of --num_pairs")
 _PAIRS = flags.DEFINE_integer("num_pairs", 256, "pairs scored by every side")
@@ -47,61 +46,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "pairs per forward (every side)"
 _SHOTS = flags.DEFINE_integer("shots", 5, "few-shot examples in the prompt")
 _BUCKET = flags.DEFINE_integer("bucket", None, "our padded lengths are multiples of this "
                                "(default 16; --quick: 32, fewer shapes to compile)")
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def workload(n: int) -> list[dict[str, str]]:
-    """n (question, a, b) items from NQ-open dev, deterministic."""
-    from se_jax.io.stage_io import read_jsonl
-    rows = read_jsonl(REPO.parent / "shared" / "data" / "nq_open" / "NQ-open.dev.jsonl")
-    rng = np.random.default_rng(0)
-    items = []
-    for i in range(n):
-        row, other = rows[i % len(rows)], rows[(i * 7 + 3) % len(rows)]
-        gold = row["answer"][0]
-        pool = list(dict.fromkeys(row["answer"] + [f"I think it is {gold}.",
-                                                   other["answer"][0]]))
-        a, b = rng.choice(len(pool), 2, replace=len(pool) < 2)
-        items.append(dict(question=row["question"], a=pool[a], b=pool[b]))
-    return items
-
-
-def torch_twin(model):
-    """transformers' LlamaForCausalLM holding our model's weights (float32, eval)."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig as HFLlamaConfig
-    from se_jax.models.hf_checkpoint import hf_config_dict
-    from se_jax.models.loading import to_hf_state_dict
-    hf = AutoModelForCausalLM.from_config(HFLlamaConfig(**hf_config_dict(model.config)),
-                                          dtype=torch.float32)
-    state = {k: torch.from_numpy(np.array(v, np.float32))
-             for k, v in to_hf_state_dict(model).items()}
-    _, unexpected = hf.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    hf.tie_weights()
-    return hf.eval()
-
-
-def torch_scores(hf, full_ids, label_ids, owner, batch_size, pad_id):
-    """[N, 3] label log-probs from batched, left-padded PyTorch forwards."""
-    import torch
-    out = np.empty((len(full_ids), int(max(owner)) + 1), np.float32)
-    order = np.argsort([len(x) for x in full_ids], kind="stable")
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            t = max(len(full_ids[i]) for i in chunk)
-            ids = torch.full((len(chunk), t), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), t), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, t - len(full_ids[i]):] = torch.tensor(full_ids[i])
-                mask[r, t - len(full_ids[i]):] = 1
-            logits = hf(input_ids=ids, attention_mask=mask).logits[:, -1].float()
-            lp = torch.log_softmax(logits, -1)[:, label_ids].numpy()
-            for k in range(out.shape[1]):
-                out[chunk, k] = np.logaddexp.reduce(lp[:, np.asarray(owner) == k], axis=1)
-    return out
 
 
 def timed(fn):
@@ -143,7 +87,7 @@ def main(argv):
     got_shared, shared_s = timed(lambda: shared(items))
     _, unshared_cold = timed(lambda: unshared(items))
     got_unshared, unshared_s = timed(lambda: unshared(items))
-    hf = torch_twin(model)
+    hf = torch_twin(model, "float32")
     torch_scores(hf, full[:2], shared.label_ids, shared.owner, _BATCH.value, pad)  # warm-up
     got_torch, torch_s = timed(lambda: torch_scores(hf, full, shared.label_ids, shared.owner,
                                                     _BATCH.value, pad))

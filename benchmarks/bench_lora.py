@@ -78,3 +78,28 @@ def lora_train_step(model: Any, batch: int, seq: int, dropout: float = 0.0,
         jax.block_until_ready(metrics["loss"])
 
     return step
+
+
+def torch_lora_step(model: Any, ids, attention, labels, dropout: float = 0.0
+                    ) -> Callable[[], None]:
+    """transformers + peft's side of the same step: LoRA r=RANK, alpha=ALPHA on q_proj and
+    v_proj of `model` (a transformers causal LM, made a PeftModel here), AdamW at LR with
+    global-norm clipping at 1.0, on fixed int64 `ids`, `attention` and `labels` (-100: no
+    target); returns a call of one step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=dropout,
+                                             target_modules=["q_proj", "v_proj"]))
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
+
+    def step() -> None:
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step

@@ -21,13 +21,13 @@ followed by the load verdict (last line: "load ok" or "FIGURES UNRELIABLE").
 """
 from __future__ import annotations
 
-import dataclasses
-import statistics
 import time
 
 from absl import flags
 
 from benchmarks import yardstick
+from benchmarks.sides import (interleaved_medians, prefill_decode_ours as bench_ours,
+                              prefill_decode_torch as bench_torch, truncate_layers)
 
 _QUICK = flags.DEFINE_bool("quick", False, "small run: 8 layers, batch 4, 64 tokens, 3 iters")
 _MODEL = flags.DEFINE_string("model", "embedded", "checkpoint (embedded, HF dir, .gguf)")
@@ -36,107 +36,6 @@ _BATCH = flags.DEFINE_integer("batch", 8, "rows")
 _SEQ = flags.DEFINE_integer("seq_len", 256, "prompt tokens per row")
 _ITERS = flags.DEFINE_integer("iters", 5, "timed repetitions (median reported)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "params and compute")
-
-
-def interleaved_medians(fns: dict, iters: int) -> dict[str, float]:
-    """Median seconds of each timed callable, run alternately so that both sides see the same
-    machine load (the callables return their own measured seconds)."""
-    times = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            times[k].append(fn())
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def truncate_layers(model, n: int):
-    """Keep the first n layers (a matched smaller config with the same weights)."""
-    from flax import nnx
-    if 0 < n < len(model.layers):
-        model.layers = nnx.List(list(model.layers)[:n])
-        model.config = dataclasses.replace(model.config, num_hidden_layers=n)
-    return model
-
-
-def bench_ours(model, tokens, iters: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from se_jax.models.llama import KVCache
-
-    b, t = tokens.shape
-    graphdef, state = nnx.split(model)
-
-    def forward(state, tokens, positions, cache):
-        return nnx.merge(graphdef, state)(tokens, positions, cache)
-
-    step = jax.jit(forward, donate_argnums=3)
-    new_cache = lambda: KVCache.init(model.config, b, t + iters + 2)  # noqa: E731
-    tok, pos = jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    one_tok, one_pos = tok[:, :1], jnp.full((b, 1), t, jnp.int32)
-    start = time.perf_counter()
-    prefill = step.lower(state, tok, pos, new_cache()).compile()
-    decode = step.lower(state, one_tok, one_pos, new_cache()).compile()
-    compile_s = time.perf_counter() - start
-
-    def run_prefill() -> float:
-        cache = new_cache()
-        jax.block_until_ready(cache)
-        return yardstick.wall_seconds(lambda: jax.block_until_ready(prefill(state, tok, pos, cache)))
-
-    _, cache = prefill(state, tok, pos, new_cache())
-    box = [cache]
-
-    def run_decode() -> float:
-        def step():
-            logits, box[0] = decode(state, one_tok, one_pos, box[0])
-            jax.block_until_ready(logits)
-        return yardstick.wall_seconds(step)
-
-    run_prefill(), run_decode()  # warm-up
-    return dict(compile_s=compile_s, prefill=run_prefill, decode=run_decode,
-                prefill_cost=prefill.cost_analysis(), decode_cost=decode.cost_analysis())
-
-
-def bench_torch(model, tokens, iters: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig as HFLlamaConfig
-    from se_jax.models.hf_checkpoint import hf_config_dict
-    from se_jax.models.loading import to_hf_state_dict
-
-    dtype = getattr(torch, model.config.param_dtype)
-    hf = AutoModelForCausalLM.from_config(HFLlamaConfig(**hf_config_dict(model.config)),
-                                          dtype=dtype)
-    state = {k: torch.from_numpy(v.astype("float32")).to(dtype)
-             for k, v in to_hf_state_dict(model).items()}
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    assert not unexpected and all("lm_head" in m for m in missing), (missing, unexpected)
-    hf.tie_weights()
-    hf.eval()
-    ids = torch.from_numpy(tokens.astype("int64"))
-    with torch.inference_mode():
-        cache = hf(ids, use_cache=True).past_key_values
-    nxt = ids[:, :1]
-
-    @torch.inference_mode()
-    def run_prefill() -> float:
-        return yardstick.wall_seconds(lambda: hf(ids, use_cache=True))
-
-    @torch.inference_mode()
-    def run_decode() -> float:
-        # DynamicCache grows in place: the context ends up T + iters long, as ours does.
-        return yardstick.wall_seconds(lambda: hf(nxt, past_key_values=cache, use_cache=True))
-
-    # Torch's OpenMP threads spin-wait: on a loaded machine 1 thread can beat all cores many
-    # times over. Give torch whichever thread count is faster here (ours uses XLA's default).
-    trials = {}
-    for threads in sorted({1, torch.get_num_threads()}):
-        torch.set_num_threads(threads)
-        run_prefill(), run_decode()  # warm-up
-        trials[threads] = (statistics.median(run_prefill() for _ in range(2))
-                           + 8 * statistics.median(run_decode() for _ in range(3)))
-    torch.set_num_threads(min(trials, key=trials.get))
-    return dict(prefill=run_prefill, decode=run_decode, attn=hf.config._attn_implementation,
-                threads=torch.get_num_threads())
 
 
 def main(argv):

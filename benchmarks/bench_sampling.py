@@ -59,6 +59,8 @@ import time
 from absl import flags
 
 from benchmarks import yardstick
+from benchmarks.sides import (our_sampler_run as _our_run, prompt_ids as _prompt_ids,
+                              time_breakdown, torch_sampler)
 
 _QUICK = flags.DEFINE_bool("quick", False, "one timed repeat per side; no scaling run")
 _QUESTIONS = flags.DEFINE_integer("questions", 8, "questions per batch")
@@ -69,32 +71,9 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "our com
 _SCALING = flags.DEFINE_bool("scaling", True, "also measure 1 vs 8 simulated devices")
 _CHILD = flags.DEFINE_enum("child", None, ["torch", "ours", "scaling"], "internal: one side")
 
-QUESTIONS = ("What is the capital of France?", "Who wrote the novel Pride and Prejudice?",
-             "What is the boiling point of water in Celsius?",
-             "Which planet is known as the Red Planet?", "Who painted the Mona Lisa?",
-             "What is the largest ocean on Earth?", "In which year did World War II end?",
-             "What is the chemical symbol for gold?", "Who developed the theory of relativity?",
-             "What is the tallest mountain in the world?", "How many continents are there?",
-             "What language is spoken in Brazil?", "Who was the first president of the USA?",
-             "What is the square root of 144?", "Which gas do plants absorb?",
-             "What is the currency of Japan?")
-# Prompts padded to a multiple of 16 tokens (transformers pads to the longest prompt).
-BUCKETS = tuple(range(16, 513, 16))
-
-
-def _questions(n: int) -> list[str]:
-    return [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" ({i})")
-            for i in range(n)]
-
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
-    from se_jax.data import prompts
-    return [prompts.encode_prompt(tokenizer, prompts.format_prompt(tokenizer, q))
-            for q in _questions(n)]
 
 
 # ----------------------------------------------------------------------------- sides
@@ -110,18 +89,8 @@ def child_torch(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
                                                  dtype=getattr(torch, dtype)).eval()
     ids = _prompt_ids(tokenizer, n)
-    width = max(map(len, ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-
-    def run(num_new: int, forced: bool = True):
-        with torch.inference_mode():
-            return model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, num_return_sequences=m, max_new_tokens=num_new,
-                min_new_tokens=num_new if forced else 0, pad_token_id=pad)
-
+    run, width = torch_sampler(model, ids, m, pad)
     run(2)  # warm-up
     out = {}
     seqs = []
@@ -147,64 +116,6 @@ def _load_ours(dtype: str, mesh=None):
     from se_jax.models.loading import load_llama, load_tokenizer
     path = embedded_gguf_path()
     return load_llama(path, mesh=mesh, dtype=dtype, param_dtype=dtype), load_tokenizer(path)
-
-
-def _our_run(model, tokenizer, ids, m: int, new: int, mesh=None, natural: bool = False):
-    from se_jax.generation import sampling
-    from se_jax.generation import stopping
-    stop_strings = stopping.DEFAULT_STOP_STRINGS if natural else ()
-    eos = stopping.eos_ids(tokenizer) if natural else ()
-    tables = stopping.stop_tables(tokenizer, stop_strings, eos, model.config.vocab_size)
-    return sampling.decode_batch(model, ids, [str(i) for i in range(len(ids))],
-                                 temperatures=(1.0,) * m, batch_size=len(ids),
-                                 max_new_tokens=new, stop=tables, seed=0, buckets=BUCKETS,
-                                 mesh=mesh)
-
-
-def time_breakdown(model, tokenizer, ids, m: int, new: int) -> dict[str, float]:
-    """Seconds of one run of ours split into prefill, decode forwards, sampling maths and
-    host work, measured: the module's jitted `_prefill` and `_decode` are wrapped to wait for
-    their results and time themselves for this run; the sampling maths is the jitted
-    per-step sampling (keys, 49k-vocabulary softmax, inverse CDF, T=1 log-prob) on the same
-    [rows, vocab] shapes, timed alone, times the decode's steps."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from se_jax.generation import sampling
-    from se_jax.generation import sampling_math
-
-    seconds = {"prefill": 0.0, "decode": 0.0}
-    originals = {"prefill": sampling._prefill, "decode": sampling._decode}
-
-    def timed_program(name):
-        def run(*args, **kwargs):
-            start = time.perf_counter()
-            out = jax.block_until_ready(originals[name](*args, **kwargs))
-            seconds[name] += time.perf_counter() - start
-            return out
-        return run
-
-    sampling._prefill, sampling._decode = timed_program("prefill"), timed_program("decode")
-    try:
-        start = time.perf_counter()
-        raw = _our_run(model, tokenizer, ids, m, new)
-        total = time.perf_counter() - start
-    finally:
-        sampling._prefill, sampling._decode = originals["prefill"], originals["decode"]
-
-    rows, vocab = len(ids) * m, model.config.vocab_size
-    logits = jax.random.normal(jax.random.key(0), (rows, vocab), jnp.float32) * 4
-    keys = sampling_math.row_keys(0, jnp.arange(rows, dtype=jnp.uint32),
-                                  jnp.zeros((rows,), jnp.int32))
-    temperature = jnp.ones((rows,), jnp.float32)
-    maths = jax.jit(lambda lg, k, step: sampling_math.sample_step(
-        lg, sampling_math.step_keys(k, step), temperature))
-    per_step = yardstick.median_seconds(
-        lambda: jax.block_until_ready(maths(logits, keys, np.int32(1))), 5)
-    sampling_s = per_step * raw.steps
-    return dict(total=total, prefill=seconds["prefill"],
-                decode_forward=seconds["decode"] - sampling_s, sampling_maths=sampling_s,
-                host=total - seconds["prefill"] - seconds["decode"], steps=raw.steps)
 
 
 def child_ours(n: int, m: int, new: int, repeats: int, dtype: str) -> dict:

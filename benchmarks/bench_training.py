@@ -84,7 +84,6 @@ def run_jax(warmup: int, steps: int) -> dict:
 
 def run_torch(warmup: int, steps: int) -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     from se_jax.models.embedded import embedded_gguf_path
 
@@ -93,12 +92,6 @@ def run_torch(warmup: int, steps: int) -> dict:
                                                  gguf_file=os.path.basename(gguf),
                                                  dtype=getattr(torch, _DTYPE.value))
     loaded = _rss_mib()
-    model = get_peft_model(model, LoraConfig(r=bench_lora.RANK, lora_alpha=bench_lora.ALPHA,
-                                             lora_dropout=_DROPOUT.value,
-                                             target_modules=["q_proj", "v_proj"]))
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=bench_lora.LR, weight_decay=0.0)
     if _ROWS.value == "sft":      # right-padded rows, -100 where no target is read
         from se_jax.tuning import sft_data
         rows = bench_lora.sft_rows(_BATCH.value)
@@ -114,12 +107,7 @@ def run_torch(warmup: int, steps: int) -> dict:
             bench_lora.random_tokens(model.config.vocab_size, _BATCH.value, _SEQ.value)).long()
         attention, labels = torch.ones_like(ids), ids
 
-    def step():
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = bench_lora.torch_lora_step(model, ids, attention, labels, _DROPOUT.value)
 
     times = yardstick.timings(step, steps, warmup)
     return dict(side="torch", step_s=statistics.median(times), times=times, tokens=_tokens(rows),
