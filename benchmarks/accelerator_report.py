@@ -420,6 +420,7 @@ class Report:
     def job(self, out_dir: Path) -> None:
         from configs import demo
         from se_jax.models.loading import load_tokenizer, save_hf_checkpoint
+        from se_jax.config.schema import RunConfig
         from se_jax.pipeline import experiment
         config = demo.get_config()
         config.workdir = str(out_dir / "job")
@@ -457,7 +458,7 @@ class Report:
             what = "configs/demo.py as shipped"
         since = self.clock.snapshot()
         start = time.perf_counter()
-        experiment.run(config)
+        experiment.run(RunConfig.from_configdict(config))
         wall = time.perf_counter() - start
         snap = self.clock.snapshot(since)
         self.notes.append(f"main job: {what}")
