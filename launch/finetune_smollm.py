@@ -13,11 +13,7 @@ sample stage (the targets themselves), so no second base-model decode is needed.
 
     python launch/finetune_smollm.py --num_questions=300 --workdir=/tmp/smollm_ft
 
-Measured (2-core CPU, 300 questions, 6 samples, 8 epochs of batch 16 at lr 1e-3, LoRA r=16 on
-all seven projections; ~22 min of training on this CPU): abstains on 148/150 abstain-labelled questions
-(0.987) and keeps its own answer on 111/149 answer-labelled ones (0.745; abstains on 0.242).
-With the paper's adapter (r=8 on q_proj, v_proj; 6 epochs) the same set gave 0.853 and 0.101:
-it abstained on most questions, not on the labelled ones.
+What it showed, and with which flags: docs/experiments.md.
 
 tau defaults to the observed entropy value that splits the set closest to half abstain, half
 answer (`labels.balanced_tau`; the paper sweeps tau instead). Every stage is resumable:

@@ -10,8 +10,8 @@ from pathlib import Path
 # Must happen before JAX initialises its backend: tests see 8 CPU devices, so sharded
 # code paths run here exactly as on an 8-chip host. Single-device tests build 1-device meshes.
 # The tests compile hundreds of small programs and run each a few times: without LLVM's
-# optimisation passes XLA:CPU compiles them ~40% faster (matmuls call the same Eigen
-# kernels either way), which makes compile-bound test files 20-35% faster.
+# optimisation passes XLA:CPU compiles them faster (matmuls call the same Eigen kernels
+# either way; docs/log/2026-12-02-test-suite-speed.md).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                                    "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

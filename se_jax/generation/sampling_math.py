@@ -7,8 +7,8 @@
 - top-k / top-p (nucleus) restrict the support after temperature scaling, as Hugging Face
   `generate` does (temperature, then top-k, then top-p). Both are static. With top_k=0 and
   top_p=1 nothing is sorted or searched; top-k uses `lax.top_k`; top-p alone finds its
-  probability cut by bisection on the float bits (32 masked sums, no 49k-wide sort, which
-  costs ~1.5 s per step on a CPU); top-p after top-k works inside the k best.
+  probability cut by bisection on the float bits (32 masked sums: no vocabulary-wide sort,
+  which would dominate a CPU decode step); top-p after top-k works inside the k best.
 - The returned log-probability of each drawn token is under the model at T=1, unfiltered
   (log_softmax of the raw logits): the probability the entropy estimators need.
 

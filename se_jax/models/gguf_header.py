@@ -6,8 +6,9 @@
     info = header.tensors["blk.0.attn_q.weight"]  # TensorInfo(dims inner-first, type, ...)
     raw = data[info.start:info.start + info.nbytes]
 
-gguf's `GGUFReader` builds numpy views of every metadata string; on the embedded SmolLM2
-(98k vocabulary and merge strings) that takes ~2.4 s per load, this parser ~0.1 s. Tensor
+gguf's `GGUFReader` builds numpy views of every metadata string (the embedded SmolLM2 has
+98k vocabulary and merge strings), which makes each load seconds slower than this parser
+(docs/log/2026-12-02-test-suite-speed.md). Tensor
 data are not read here: `TensorInfo.start` and `.nbytes` locate them in the file, and
 `gguf.quants` dequantises them.
 
