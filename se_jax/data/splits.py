@@ -63,12 +63,12 @@ def plan(data_config: DataConfig, workdir: str | Path) -> SplitPlan:
     names = [ood_split_name(r) for r in ood]
     if len(set(names)) != len(names):
         raise catalog.DatasetError(f"out_of_distribution lists a dataset twice: {names}")
-    sizes = dict(train=int(data_config.train_size), val=int(data_config.val_size),
-                 test=int(data_config.test_size), ood=int(data_config.ood_size))
+    sizes = dict(train=data_config.train_size, val=data_config.val_size,
+                 test=data_config.test_size, ood=data_config.ood_size)
     bad = {k: v for k, v in sizes.items() if v < 0}
     if bad or sizes["train"] == 0:
         raise catalog.DatasetError(f"split sizes must be >= 0 and train_size > 0: {sizes}")
-    return SplitPlan(ind, ood, sizes, int(data_config.seed))
+    return SplitPlan(ind, ood, sizes, data_config.seed)
 
 
 def draw(records: Sequence[dict], n: int, seed: int, label: str,

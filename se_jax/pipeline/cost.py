@@ -34,7 +34,7 @@ def _model_numbers(config: RunConfig) -> tuple[int, int] | None:
     """(adapter parameters of one run, all parameters) from the checkpoint's config, or
     None when the config cannot be read without the network."""
     try:
-        model_config = load_config(open_checkpoint(str(config.model.path)))
+        model_config = load_config(open_checkpoint(config.model.path))
     except (OSError, ValueError, ImportError):
         return None
     spec = training.lora_spec(config.training)
@@ -54,20 +54,20 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
     loads = 1 + bool(config.evaluation.judge == "llm" and config.evaluation.judge_model)
     sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
-    shapes = max(1, math.ceil(int(config.model.max_seq_len) / max(int(tc.pad_multiple), 1)))
+    shapes = max(1, math.ceil(config.model.max_seq_len / tc.pad_multiple))
     programs = {"sampler (M+1 rows: prefill + decode)": 2,
                 "greedy evaluation, base model (prefill + decode)": 2,
                 "greedy evaluation, fine-tuned models (prefill + decode)": 2,
                 "training step (one per padded batch length)": shapes}
-    disk = {"generations": sampled * (int(sc.num_samples) + 1) * int(sc.max_new_tokens)
+    disk = {"generations": sampled * (sc.num_samples + 1) * sc.max_new_tokens
             * _BYTES_PER_TOKEN}
     numbers = _model_numbers(config)
     if numbers is not None:
         adapter, total = numbers
         trainable = adapter if tc.mode == "lora" else total
-        copies = 3 + bool(tc.distill.enabled)   # params, Adam mu and nu, teacher
+        copies = 3 + tc.distill.enabled   # params, Adam mu and nu, teacher
         disk["adapters"] = runs * adapter * _F32 if tc.mode == "lora" else 0
-        disk["resume state (Orbax)"] = runs * trainable * copies * _F32 * max(int(tc.keep), 1)
+        disk["resume state (Orbax)"] = runs * trainable * copies * _F32 * tc.keep
         if tc.export_merged:
             disk["merged checkpoints"] = runs * total * _F32
     evaluated = (sizes["val"] * (runs + 1) + (sizes["test"] + sizes["ood"] * num_ood)

@@ -340,7 +340,7 @@ def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | N
     """The whole experiment (see module doc); with several answer settings
     (config.experiment.settings), one experiment per setting on one shared (taught) base
     model, then Table 1 over all of them. Returns None on processes other than 0."""
-    settings = tuple(config.experiment.settings)
+    settings = config.experiment.settings
     if not settings:
         return run_setting(config)
     clock = Telemetry.install()
@@ -456,8 +456,8 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
                                                               else backends[0]],
             generations[SWEEP_SPLIT], tuned, example=(se, picked[se]) if se else None,
             entropy_field=config.labels.entropy,
-            num_samples=int(config.evaluation.bootstrap_samples),
-            confidence=float(config.evaluation.confidence))
+            num_samples=config.evaluation.bootstrap_samples,
+            confidence=config.evaluation.confidence)
     d = config.data
     data = (f"{d.in_distribution} (train {d.train_size}, val {d.val_size}, test "
             f"{d.test_size}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"

@@ -88,8 +88,8 @@ def standalone_run(config: RunConfig) -> Run:
     labels.method "se" with backend b is method "se_<b>"; tau where the method has one."""
     lc = config.labels
     method = (f"se_{lc.backend or config.entropy.backend}" if lc.method == "se"
-              else str(lc.method))
-    return Run(method, float(lc.tau) if uses_tau(method) else None, int(config.seed))
+              else lc.method)
+    return Run(method, lc.tau if uses_tau(method) else None, config.seed)
 
 
 def standalone_paths(config: RunConfig) -> dict[str, Path]:
@@ -100,7 +100,7 @@ def standalone_paths(config: RunConfig) -> dict[str, Path]:
     backend = config.labels.backend or config.entropy.backend
     return {"sample": layout.sample(),
             "generations": layout.sample() / "generations.jsonl",
-            "entropy": layout.entropy(str(config.entropy.backend)),
+            "entropy": layout.entropy(config.entropy.backend),
             "uncertainty": layout.entropy(str(backend)) / "uncertainty.jsonl",
             "label": layout.label(run), "sft": layout.label(run) / "sft.jsonl",
             "train": layout.train(run)}

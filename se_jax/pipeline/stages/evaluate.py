@@ -75,7 +75,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     barrier(f"evaluate-config-{out_dir}")
     if same_as is not None and read_metrics(same_as) is not None:
         return _adopt(Path(same_as), out_dir, model_tag)
-    shard_size = max(int(ev.batch_size), 1)   # one batch per shard
+    shard_size = max(ev.batch_size, 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
     mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
@@ -87,7 +87,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         predictions = answer_fn(prompt_texts(tokenizer, chunk, config),
                                 [q["id"] for q in chunk])
         out.write_shard(i, evaluation.judge_outcomes(
-            chunk, predictions, judge, abstention_variants=tuple(ev.abstention_variants),
+            chunk, predictions, judge, abstention_variants=ev.abstention_variants,
             abstention_phrase=config.labels.abstention_phrase))
         progress.update(len(chunk))
     logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
@@ -123,9 +123,9 @@ def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
 
 def _greedy_fn(model: Any, tokenizer: Any, config: RunConfig, mesh: Any):
     kwargs = config.sampling.generate_kwargs()
-    kwargs["max_new_tokens"] = int(config.evaluation.max_new_tokens)
-    kwargs["batch_size"] = int(config.evaluation.batch_size)
-    kwargs["max_seq_len"] = int(config.model.max_seq_len)
+    kwargs["max_new_tokens"] = config.evaluation.max_new_tokens
+    kwargs["batch_size"] = config.evaluation.batch_size
+    kwargs["max_seq_len"] = config.model.max_seq_len
 
     def answer(prompts: list[str], ids: list[str]) -> list[str]:
         return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,

@@ -30,7 +30,7 @@ def _most_likely_correct(generations: Sequence[Mapping[str, Any]], judge: Any,
     """bool[n]: the most-likely answer is judged correct (an abstention is not correct)."""
     texts = [g["most_likely"]["text"] for g in generations]
     outcomes = evaluation.judge_outcomes(
-        generations, texts, judge, abstention_variants=tuple(config.evaluation.abstention_variants),
+        generations, texts, judge, abstention_variants=config.evaluation.abstention_variants,
         abstention_phrase=config.labels.abstention_phrase)
     return np.asarray([o["correct"] for o in outcomes], bool)
 
@@ -64,8 +64,8 @@ def uncertainty_analysis(config: RunConfig, generations: Mapping[str, Path],
             label = name if free else f"{name} ({backend})"
             scores = np.asarray([float(by_key[k][field]) for k in gens])
             metrics[label] = evaluation.uncertainty_metrics(
-                scores, incorrect, num_samples=int(ev.bootstrap_samples),
-                confidence=float(ev.confidence), seed=int(config.seed))
+                scores, incorrect, num_samples=ev.bootstrap_samples,
+                confidence=ev.confidence, seed=config.seed)
             if field == "discrete_semantic_entropy":
                 hist[label] = (scores, ~incorrect)
     return metrics, hist

@@ -121,9 +121,9 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
     kwargs = sc.generate_kwargs()
     most_likely, samples = sampling.sample_answers(
         model, tokenizer, [q.prompt_ids for q in questions], [q.id for q in questions],
-        num_samples=int(sc.num_samples), temperature=float(sc.temperature),
-        low_temperature=float(sc.low_temperature), seed=int(config.seed),
-        max_seq_len=int(config.model.max_seq_len), mesh=mesh, **kwargs)
+        num_samples=sc.num_samples, temperature=sc.temperature,
+        low_temperature=sc.low_temperature, seed=config.seed,
+        max_seq_len=config.model.max_seq_len, mesh=mesh, **kwargs)
     records, tokens = [], 0
     for q, ml, ss in zip(questions, most_likely, samples):
         records.append(dict(id=q.id, question=q.question, answers=list(q.answers),
@@ -147,8 +147,8 @@ def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
     tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
     model_config = (resident.model.config if resident
                     else load_config(open_checkpoint(config.model.path)))
-    max_prompt = sampling.max_prompt_length(model_config, int(sc.max_new_tokens),
-                                            int(config.model.max_seq_len))
+    max_prompt = sampling.max_prompt_length(model_config, sc.max_new_tokens,
+                                            config.model.max_seq_len)
     questions, bad = read_questions(in_path, tokenizer,
                                     prompt_kwargs=config.prompt.format_kwargs(),
                                     max_prompt_tokens=max_prompt)
@@ -175,7 +175,7 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
         stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
                               depends_on=DEPENDS_ON["sample"], inputs={"questions": in_path})
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
-    per_shard = int(sc.batch_size)
+    per_shard = sc.batch_size
     shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "generations", len(shards))
     pending = out.pending()

@@ -31,7 +31,7 @@ from se_jax.pipeline.stages import train
 
 def answer_styles(config: RunConfig) -> tuple[str, ...]:
     """The prompt styles the experiment samples with (its answer settings)."""
-    return tuple(config.experiment.settings) or (str(config.prompt.style),)
+    return config.experiment.settings or (config.prompt.style,)
 
 
 def teach_records(config: RunConfig, splits: Mapping[str, Sequence[Mapping]]) -> list[dict]:
