@@ -25,10 +25,11 @@ from absl import logging
 from se_jax.semantic import clustering
 from se_jax.semantic import entailment
 from se_jax.io import stage_io
+from se_jax.parallel import preemption
 from se_jax.semantic import uncertainty
 from se_jax.config import validation
 from se_jax.pipeline.layout import standalone_paths
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 from se_jax.parallel.mesh import make_mesh
 from se_jax.models.loading import load_llama, load_tokenizer
 
@@ -212,6 +213,7 @@ def _with_true_m(config: Any, items: Sequence[Item]) -> Any:
     return recorded
 
 
+@claimed(lambda config: resolve_paths(config)[1])
 def run_entropy(config: Any) -> Path:
     """Run (or resume) the stage; returns the path of uncertainty.jsonl."""
     validation.validate_stage(config, "entropy")
@@ -239,6 +241,7 @@ def run_entropy(config: Any) -> Path:
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
             progress.update(len(shards[i]), pairs=pairs, pairs_before_dedup=all_pairs)
+            preemption.check(f"entropy shard {i + 1} of {len(shards)} in {out_dir}")
         logging.info("entropy: %s", progress.line())
     path = out.finalize()
     logging.info("entropy: wrote %s (%d questions, %d skipped)", path, len(items), len(skipped))

@@ -21,7 +21,7 @@ from se_jax.abstention import labels
 from se_jax.io import stage_io
 from se_jax.config import validation
 from se_jax.pipeline.layout import standalone_paths
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 
 METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
 SFT_FILE = "sft.jsonl"
@@ -103,6 +103,7 @@ def make_examples(config: Any) -> tuple[list[labels.Example], dict]:
     return labels.r_tuning_u_labels(pairs, tau=float(lc.tau), phrase=phrase), info
 
 
+@claimed(lambda config: _paths(config)[2])
 def run_label(config: Any) -> Path:
     """Write `sft.jsonl`, `summary.json` and `config.json` to the out dir; returns sft path."""
     validation.validate_stage(config, "label")

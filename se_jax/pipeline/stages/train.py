@@ -40,7 +40,7 @@ from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.tuning.sft_data import tokenize_example
 from se_jax.pipeline.layout import standalone_paths
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"   # the Orbax state under out_dir
@@ -127,6 +127,7 @@ class Trained:
                                            self.out_dir / CHECKPOINTS)
 
 
+@claimed(lambda config, resident=None: _paths(config)[1])
 def run_train(config: Any, resident: Resident | None = None) -> Trained:
     """Train on the SFT set and export the adapter (see module doc)."""
     validation.validate_stage(config, "train")
