@@ -35,8 +35,9 @@ def initialize() -> None:
     """Join the multi-process runtime described by the environment (see module docstring)."""
     if jax.distributed.is_initialized():
         return
-    # A dead peer is declared lost after this many seconds (heartbeats, our waits).
-    timeouts = dict(heartbeat_timeout_seconds=int(preemption.peer_timeout()),
+    # A dead peer: our waits name it after peer_timeout(); the runtime's heartbeat check
+    # (which aborts the process with its own message) is the backstop a little later.
+    timeouts = dict(heartbeat_timeout_seconds=int(preemption.peer_timeout()) + 30,
                     shutdown_timeout_seconds=int(min(preemption.peer_timeout(), 60)))
     if os.environ.get(ENV_MODE) == "auto":
         jax.distributed.initialize(**timeouts)

@@ -24,7 +24,7 @@ at their next boundary or in `distributed.barrier`.
 
 A dead peer: every wait for other processes (the exchange, the barriers) gives up after
 `peer_timeout()` seconds (SE_JAX_PEER_TIMEOUT, default 300) with `PeerLostError` naming the
-processes that did not arrive; the same value is jax.distributed's heartbeat timeout.
+processes that did not arrive; jax.distributed's heartbeat timeout, 30 s longer, is the backstop.
 """
 from __future__ import annotations
 
@@ -217,3 +217,30 @@ def barrier_key(name: str) -> str:
     """A key unique to this call of barrier `name` (the same on every process)."""
     _counters[f"barrier/{name}"] += 1
     return f"barrier/{name}/{_counters[f'barrier/{name}']}"
+
+
+_PEER_ERRORS = ("gloo", "connection reset", "connection closed", "socket closed",
+                "unavailable", "heartbeat", "coordination", "deadline")
+
+
+def peer_error(error: BaseException) -> bool:
+    """`error` may come from a peer process that went away (multi-process runs only)."""
+    text = str(error).lower()
+    return (_client() is not None and not isinstance(error, (Preempted, PeerLostError))
+            and any(k in text for k in _PEER_ERRORS))
+
+
+def lost_peer(error: BaseException) -> PeerLostError | None:
+    """After a runtime error of a multi-process run (a collective failing because a peer's
+    connection dropped, say): a PeerLostError naming the processes that do not answer
+    within peer_timeout(), or None when all of them do (the error is something else)."""
+    client = _client()
+    if client is None or isinstance(error, (Preempted, PeerLostError)):
+        return None
+    _counters["alive"] += 1
+    try:
+        wait_for_all(client, f"alive/{_counters['alive']}",
+                     f"a liveness check after: {str(error).splitlines()[0][:160]}")
+    except PeerLostError as e:
+        return e
+    return None

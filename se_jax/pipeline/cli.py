@@ -109,6 +109,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(describe(e))
 
 
+def _named_lost_peer(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
+    """main(argv); an error of a multi-process run caused by a lost peer process (a
+    collective's connection reset, say) becomes one line naming it, exit status 76."""
+    try:
+        return main(argv)
+    except Exception as e:
+        peer = preemption.lost_peer(e) if preemption.peer_error(e) else None
+        if peer is None:
+            raise
+        print(f"error: {one_line(str(peer))}", file=sys.stderr, flush=True)
+        # Not sys.exit: jax.distributed's exit handler would wait for the lost peer.
+        os._exit(EXIT_PEER_LOST)
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
     """absl.app.run(main) with one-line errors for USER_ERRORS (exit 2) unless --verbose."""
     if "verbose" not in flags.FLAGS:
@@ -121,7 +135,7 @@ def run(main: Callable[[list[str]], Any]) -> None:
         runtime.setup(library_logs=flags.FLAGS.library_logs)
         preemption.install()
         try:
-            return main(argv)
+            return _named_lost_peer(main, argv)
         except preemption.Preempted as e:
             print(one_line(f"preempted ({e.reason}): stopped after {e.where}; everything up "
                            f"to there is saved; resume: {resume_command()}"),
