@@ -77,13 +77,14 @@ def commands(s: dict, root: Path) -> dict:
                          "--config.training.epochs=2", "--config.training.save_every=1000",
                          "--config.training.async_checkpoint=False",
                          "--config.training.lora.rank=2", "--config.training.export_merged=False"]
-    tiny = lambda out: ["--config=configs/tiny.py", f"--config.model.path={s['model']}",  # noqa
-                        f"--config.data.source_dir={s['data']}", f"--config.workdir={out}",
-                        "--config.mesh.num_devices=1"]
+    tiny = lambda out, one=True: [  # noqa: E731 (one process: a 1-device mesh)
+        "--config=configs/tiny.py", f"--config.model.path={s['model']}",
+        f"--config.data.source_dir={s['data']}", f"--config.workdir={out}",
+        *(["--config.mesh.num_devices=1"] if one else [])]
     evaluate = lambda out: [PY, "launch/stage.py", *tiny(out), "--stage=evaluate",  # noqa
                             "--method=original", "--split=test",
                             "--config.evaluation.batch_size=1"]
-    experiment = lambda out: [PY, "launch/experiment.py", *tiny(out),  # noqa
+    experiment = lambda out, one=True: [PY, "launch/experiment.py", *tiny(out, one),  # noqa
                               "--config.experiment.methods=('se_lexical', 'rtuning')",
                               "--config.experiment.arms=()"]
     multi = lambda cmd: [PY, "launch/multihost.py", "--num_processes=2", "--", *cmd]  # noqa
@@ -94,7 +95,8 @@ def commands(s: dict, root: Path) -> dict:
         "evaluate": (evaluate, "evaluate/f1_0.5/original/test/outcomes.jsonl"),
         "experiment": (experiment, "report/results.csv"),
         "sample_2proc": (lambda out: multi(sample(out, 2)), "generations.jsonl"),
-        "experiment_2proc": (lambda out: multi(experiment(out)), "report/results.csv"),
+        "experiment_2proc": (lambda out: multi(experiment(out, one=False)),
+                             "report/results.csv"),
     }
 
 
