@@ -455,11 +455,18 @@ class ShardedJsonl:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"{self.parts_dir}: shards {missing[:5]} not written yet")
-        text = "".join(self.shard_path(i).read_text(encoding="utf-8")
-                       for i in range(self.num_shards))
+        try:
+            text = "".join(self.shard_path(i).read_text(encoding="utf-8")
+                           for i in range(self.num_shards))
+        except FileNotFoundError:
+            # Another process of a multi-process run (which computed the same shards)
+            # finalized first and removed them.
+            if self.final_path.exists():
+                return self.final_path
+            raise
         atomic_write_text(self.final_path, text)
         for i in range(self.num_shards):
-            self.shard_path(i).unlink()
+            self.shard_path(i).unlink(missing_ok=True)
         try:
             self.parts_dir.rmdir()
         except OSError:
