@@ -6,7 +6,10 @@
 Each child gets SE_JAX_COORDINATOR=localhost:<free port>, SE_JAX_NUM_PROCESSES and
 SE_JAX_PROCESS_ID; entry points call se_jax.parallel.distributed.initialize(), which joins them into
 one runtime whose jax.devices() spans all processes. Output lines are prefixed "[p<i>]".
-The exit status is the first non-zero child status (others are then stopped), else 0.
+The exit status is the first non-zero child status (others are then stopped with SIGTERM,
+then SIGKILL after --grace seconds), else 0. A SIGTERM to this launcher is passed to every
+child (each stops at its next boundary, saved, exit 75: se_jax/parallel/preemption.py).
+--nostop_others leaves the others running when one dies (to see them detect the lost peer).
 
 On a TPU pod slice do not use this: run the same command on every host with
 SE_JAX_DISTRIBUTED=auto (JAX reads the pod environment).
@@ -14,6 +17,7 @@ SE_JAX_DISTRIBUTED=auto (JAX reads the pod environment).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +31,8 @@ from se_jax.parallel import distributed
 _NUM = flags.DEFINE_integer("num_processes", 2, "local processes to start")
 _LOCAL = flags.DEFINE_integer("local_devices", 1, "simulated CPU devices per process")
 _TIMEOUT = flags.DEFINE_float("timeout", 600, "seconds before all children are stopped")
+_STOP_OTHERS = flags.DEFINE_bool("stop_others", True, "stop the other children when one fails")
+_GRACE = flags.DEFINE_float("grace", 120, "seconds a stopped child gets before SIGKILL")
 
 
 def _free_port() -> int:
@@ -41,7 +47,21 @@ def _forward(proc: subprocess.Popen, prefix: str) -> None:
         sys.stdout.flush()
 
 
-def run(command: list[str], num_processes: int, local_devices: int, timeout: float) -> int:
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
+    """SIGTERM every running child; SIGKILL those still running after `grace` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
+def run(command: list[str], num_processes: int, local_devices: int, timeout: float,
+        stop_others: bool = True, grace: float = 120) -> int:
     """Start `command` as `num_processes` processes; wait; return the combined exit status."""
     coordinator = f"localhost:{_free_port()}"
     procs, threads = [], []
@@ -57,14 +77,17 @@ def run(command: list[str], num_processes: int, local_devices: int, timeout: flo
         procs.append(p)
         threads.append(threading.Thread(target=_forward, args=(p, f"[p{i}]"), daemon=True))
         threads[-1].start()
+    terminated = []
+    signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
     deadline, status = time.monotonic() + timeout, 0
     while any(p.poll() is None for p in procs):
         failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-        if failed or time.monotonic() > deadline:
+        if terminated:   # preemption: every child saves and stops at its next boundary
+            _stop(procs, grace)
+            break
+        if (failed and stop_others) or time.monotonic() > deadline:
             status = failed[0] if failed else 124
-            for p in procs:  # a failed peer would leave the others waiting on collectives
-                if p.poll() is None:
-                    p.terminate()
+            _stop(procs, grace)  # a failed peer would leave the others waiting on collectives
             break
         time.sleep(0.2)
     for p in procs:
@@ -78,7 +101,8 @@ def main(argv: list[str]) -> None:
     command = argv[1:]
     if not command:
         raise app.UsageError("give the command after --, e.g. -- python launch/smoke.py")
-    sys.exit(run(command, _NUM.value, _LOCAL.value, _TIMEOUT.value))
+    sys.exit(run(command, _NUM.value, _LOCAL.value, _TIMEOUT.value, _STOP_OTHERS.value,
+                 _GRACE.value))
 
 
 if __name__ == "__main__":

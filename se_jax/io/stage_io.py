@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -143,45 +144,155 @@ def _check_inputs(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) ->
 
 # ----------------------------------------------------------------------------- writer lock
 
-@contextlib.contextmanager
-def writer_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold `<out_dir>/.writer.lock` while writing: a second live writer is refused.
+ENV_CLAIM_WAIT = "SE_JAX_CLAIM_WAIT"     # seconds a second launcher waits (default 0: exit)
+ENV_CLAIM_STALE = "SE_JAX_CLAIM_STALE"   # seconds without a refresh before a claim is stale
+DEFAULT_CLAIM_STALE = 600.0
 
-    The lock names the holder's host and pid. A lock left by a dead process on this host
-    (kill -9) is taken over, so resuming after a crash needs nothing; a lock of another host
-    cannot be checked and is refused with how to clear it.
+
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot; Linux), None if unknown:
+    tells a live owner from another process that got its pid later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_claim(lock: Path) -> dict | None:
+    """The claim's {host, pid, start, since} (the old "host pid" form read too), None if
+    there is none."""
+    try:
+        text = lock.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        claim = json.loads(text)
+        if isinstance(claim, dict):
+            return claim
+    except json.JSONDecodeError:
+        pass
+    host, _, pid = text.rpartition(" ")
+    return {"host": host, "pid": int(pid) if pid.isdigit() else None}
+
+
+def _stale(lock: Path, claim: dict, stale_after: float) -> str | None:
+    """Why the claim's owner is gone (None: it may be alive)."""
+    pid = claim.get("pid")
+    if claim.get("host") == socket.gethostname() and isinstance(pid, int):
+        if not _alive(pid):
+            return f"process {pid} is gone"
+        if claim.get("start") and _start_time(pid) not in (None, claim["start"]):
+            return f"process {pid} is gone (its pid now belongs to another process)"
+        return None
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return "released"
+    if age > stale_after:
+        return (f"not refreshed for {age:.0f}s (> {ENV_CLAIM_STALE}={stale_after:.0f}s); "
+                f"its owner on {claim.get('host')} is presumed gone")
+    return None
+
+
+def _holder(claim: dict) -> str:
+    since = claim.get("since")
+    when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if since else ""
+    return f"host {claim.get('host')} pid {claim.get('pid')}{when}"
+
+
+def _take_over(lock: Path, claim: dict) -> bool:
+    """Remove the stale `claim` unless another contender replaced it meanwhile."""
+    aside = lock.with_name(f"{lock.name}.{os.getpid()}.{secrets.token_hex(4)}.stale")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return True
+    if _read_claim(aside) == claim:
+        aside.unlink(missing_ok=True)
+        return True
+    try:   # we moved a fresh claim: put it back (unless yet another one appeared)
+        os.link(aside, lock)
+    except FileExistsError:
+        pass
+    aside.unlink(missing_ok=True)
+    return False
+
+
+@contextlib.contextmanager
+def writer_lock(out_dir: str | os.PathLike, wait: float | None = None,
+                stale_after: float | None = None) -> Iterator[Path]:
+    """Claim `<out_dir>/.writer.lock` while writing: one writer per directory at a time.
+
+    The claim is created atomically, whole (a link of a finished temp file), and names the
+    owner's host, pid, process start time and claim time; the owner refreshes its mtime
+    every `stale_after / 4` seconds. A second launcher waits up to `wait` seconds
+    (SE_JAX_CLAIM_WAIT, default 0) for the claim, then raises WriterLockError naming the
+    holder. A stale claim is taken over: on this host when its process is gone (pid dead,
+    or reused by another process); from another host when not refreshed for
+    `stale_after` seconds (SE_JAX_CLAIM_STALE, default 600). So a rerun after a crash
+    needs nothing, and duplicate tasks of a scheduler never write one directory at once.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = out_dir / ".writer.lock"
-    me = f"{socket.gethostname()} {os.getpid()}"
+    wait = _env_seconds(ENV_CLAIM_WAIT, 0.0) if wait is None else wait
+    stale_after = (_env_seconds(ENV_CLAIM_STALE, DEFAULT_CLAIM_STALE) if stale_after is None
+                   else stale_after)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "start": _start_time(os.getpid()), "since": round(time.time(), 3)}
+    deadline, told = time.monotonic() + wait, False
     while True:
+        tmp = _create_tmp(lock)
+        tmp.write_text(json.dumps(me, sort_keys=True) + "\n", encoding="utf-8")
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.link(tmp, lock)
+            break
         except FileExistsError:
-            holder = lock.read_text(encoding="utf-8", errors="replace").strip() if \
-                lock.exists() else ""
-            host, _, pid = holder.rpartition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                logging.warning("%s: taking over the lock of dead process %s", lock, pid)
-                lock.unlink(missing_ok=True)
-                continue
-            if not holder:  # being written right now, or emptied: let its writer finish
-                time.sleep(0.05)
-                if lock.exists() and not lock.read_text().strip():
-                    lock.unlink(missing_ok=True)
-                continue
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        claim = _read_claim(lock)
+        if claim is None:
+            continue
+        why = _stale(lock, claim, stale_after)
+        if why:
+            logging.warning("%s: taking over the claim of %s: %s", lock, _holder(claim), why)
+            _take_over(lock, claim)
+            continue
+        if time.monotonic() >= deadline:
             raise WriterLockError(
-                f"{out_dir} is being written by another process ({holder}, lock {lock}); "
-                f"wait for it to finish, or delete {lock} if that process is gone") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me + "\n")
-        break
+                f"{out_dir} is being written by another process ({_holder(claim)}, lock "
+                f"{lock}); wait for it to finish (or set {ENV_CLAIM_WAIT}=<seconds> to wait), "
+                f"or delete {lock} if that process is gone") from None
+        if not told:
+            logging.warning("%s: waiting up to %.0fs for %s", out_dir, wait, _holder(claim))
+            told = True
+        time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
+    done = threading.Event()
+
+    def refresh() -> None:
+        while not done.wait(max(stale_after / 4, 0.5)):
+            try:
+                os.utime(lock)
+            except OSError:
+                pass
+    refresher = threading.Thread(target=refresh, daemon=True, name="writer-lock-refresh")
+    refresher.start()
     try:
         yield lock
     finally:
-        if lock.exists() and lock.read_text().strip() == me:
-            lock.unlink()
+        done.set()
+        if _read_claim(lock) == me:
+            lock.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -349,11 +460,18 @@ class ShardedJsonl:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"{self.parts_dir}: shards {missing[:5]} not written yet")
-        text = "".join(self.shard_path(i).read_text(encoding="utf-8")
-                       for i in range(self.num_shards))
+        try:
+            text = "".join(self.shard_path(i).read_text(encoding="utf-8")
+                           for i in range(self.num_shards))
+        except FileNotFoundError:
+            # Another process of a multi-process run (which computed the same shards)
+            # finalized first and removed them.
+            if self.final_path.exists():
+                return self.final_path
+            raise
         atomic_write_text(self.final_path, text)
         for i in range(self.num_shards):
-            self.shard_path(i).unlink()
+            self.shard_path(i).unlink(missing_ok=True)
         try:
             self.parts_dir.rmdir()
         except OSError:

@@ -20,6 +20,8 @@ import os
 import jax
 import numpy as np
 
+from se_jax.parallel import preemption
+
 ENV_MODE = "SE_JAX_DISTRIBUTED"          # "auto": the cluster environment says everything
 ENV_COORDINATOR = "SE_JAX_COORDINATOR"   # host:port of process 0
 ENV_NUM_PROCESSES = "SE_JAX_NUM_PROCESSES"
@@ -33,8 +35,12 @@ def initialize() -> None:
     """Join the multi-process runtime described by the environment (see module docstring)."""
     if jax.distributed.is_initialized():
         return
+    # A dead peer: our waits name it after peer_timeout(); the runtime's heartbeat check
+    # (which aborts the process with its own message) is the backstop a little later.
+    timeouts = dict(heartbeat_timeout_seconds=int(preemption.peer_timeout()) + 30,
+                    shutdown_timeout_seconds=int(min(preemption.peer_timeout(), 60)))
     if os.environ.get(ENV_MODE) == "auto":
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     elif ENV_COORDINATOR in os.environ:
         local_devices = os.environ.get(ENV_LOCAL_DEVICES)
         if local_devices:
@@ -45,9 +51,10 @@ def initialize() -> None:
             coordinator_address=os.environ[ENV_COORDINATOR],
             num_processes=int(os.environ[ENV_NUM_PROCESSES]),
             process_id=int(os.environ[ENV_PROCESS_ID]),
-            initialization_timeout=120)
+            initialization_timeout=120, **timeouts)
     else:
         return
+    preemption.install()   # SIGTERM stays ours (the runtime's notifier may have taken it)
     log.info("process %d/%d: %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
 
@@ -59,10 +66,19 @@ def is_main_process() -> bool:
 
 def barrier(name: str) -> None:
     """All processes reach this point (no-op in a single process). The one convention for
-    shared outputs: every process computes, process 0 writes, then all pass a barrier."""
+    shared outputs: every process computes, process 0 writes, then all pass a barrier.
+
+    Bounded: PeerLostError naming the absent processes after SE_JAX_PEER_TIMEOUT seconds;
+    Preempted when another process stopped for a preemption instead of coming here."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+        from jax._src import distributed as jax_distributed
+        client = jax_distributed.global_state.client
+        if client is None:   # not started through initialize(): the device-level sync
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(name)
+            return
+        preemption.wait_for_all(client, preemption.barrier_key(name), f"barrier {name!r}",
+                                stop_aware=True)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -7,11 +7,18 @@ Known user errors (a bad flag or config field, a bad input file, a missing path,
 malformed checkpoint, a busy output directory) print one line, `error: <message>`, and
 exit with status 2; `--verbose` shows the traceback instead. Anything else is a bug and
 keeps its traceback.
+
+SIGTERM (preemption, a scheduler's stop) makes the run stop at its next step or shard
+boundary, saved, with one line `preempted: stopped after <where> ...; resume: <command>`
+and exit status 75 (se_jax/parallel/preemption.py). A lost peer process of a multi-process
+run: `error: process <i> ... did not reach ...`, exit status 76.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import shlex
 import sys
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
@@ -19,15 +26,24 @@ from absl import app, flags
 from se_jax.config.schema import RunConfig
 from se_jax.io import runtime
 from se_jax.parallel import distributed
+from se_jax.parallel import preemption
+from se_jax.io.stage_io import WriterLockError
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = preemption.EXIT_PREEMPTED     # 75: stopped and saved; rerun to resume
+EXIT_PEER_LOST = preemption.EXIT_PEER_LOST     # 76: another process of the run is gone
 MAX_MESSAGE = 600   # characters of the one-line message
 
 # Errors a user can cause and fix: ValueError covers ConfigError, DatasetError,
 # UnicodeDecodeError, JSON errors and the checkpoint readers' errors; OSError covers
 # FileNotFoundError, PermissionError and a full disk.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, OSError, pickle.UnpicklingError, app.UsageError)
+    ValueError, OSError, pickle.UnpicklingError, app.UsageError, WriterLockError)
+
+
+def resume_command() -> str:
+    """The command line that resumes this run (the same command)."""
+    return shlex.join([os.path.basename(sys.executable), *sys.argv])
 
 
 def one_line(message: str) -> str:
@@ -93,6 +109,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(describe(e))
 
 
+def _named_lost_peer(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
+    """main(argv); an error of a multi-process run caused by a lost peer process (a
+    collective's connection reset, say) becomes one line naming it, exit status 76."""
+    try:
+        return main(argv)
+    except Exception as e:
+        peer = preemption.lost_peer(e) if preemption.peer_error(e) else None
+        if peer is None:
+            raise
+        print(f"error: {one_line(str(peer))}", file=sys.stderr, flush=True)
+        # Not sys.exit: jax.distributed's exit handler would wait for the lost peer.
+        os._exit(EXIT_PEER_LOST)
+
+
 def run(main: Callable[[list[str]], Any]) -> None:
     """absl.app.run(main) with one-line errors for USER_ERRORS (exit 2) unless --verbose."""
     if "verbose" not in flags.FLAGS:
@@ -103,8 +133,18 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
     def guarded(argv: list[str]) -> Any:
         runtime.setup(library_logs=flags.FLAGS.library_logs)
+        preemption.install()
         try:
-            return main(argv)
+            return _named_lost_peer(main, argv)
+        except preemption.Preempted as e:
+            print(one_line(f"preempted ({e.reason}): stopped after {e.where}; everything up "
+                           f"to there is saved; resume: {resume_command()}"),
+                  file=sys.stderr, flush=True)
+            sys.exit(EXIT_PREEMPTED)
+        except preemption.PeerLostError as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+            # Not sys.exit: jax.distributed's exit handler would wait for the lost peer.
+            os._exit(EXIT_PEER_LOST)
         except USER_ERRORS as e:
             if flags.FLAGS.verbose:
                 raise

@@ -32,6 +32,7 @@ from se_jax.tuning import checkpointing
 from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.parallel import mesh as mesh_lib
+from se_jax.parallel import preemption
 from se_jax.tuning import sft_data
 from se_jax.config.schema import TrainingConfig
 from se_jax.io.stage_io import Progress
@@ -385,11 +386,17 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                 f"step {step + 1} (epoch {epoch}, batch {index}); stopped without saving it. "
                 f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
         history.append(dict(metrics, step=step + 1))
-        checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
+        stopping = preemption.should_stop(f"train step {step + 1} of {total}")  # SIGTERM
+        checkpointing.save(manager, step + 1, state.checkpoint(),
+                           force=(step + 1 == stop) or stopping)
         progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
         if (step + 1) % cfg.log_every_steps == 0:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
+        if stopping:   # saved above: a rerun resumes from this step
+            manager.wait_until_finished()
+            raise preemption.Preempted(f"train step {step + 1} of {total} (checkpoint in "
+                                       f"{manager.directory})")
     manager.wait_until_finished()
     manager.close()
     nnx.update(model, state.params)

@@ -3,7 +3,35 @@
 Each stage writes the whole config beside its outputs and, on a rerun into the same
 directory, refuses a config that differs in a section its results depend on
 (`stage_io.write_config(..., depends_on=DEPENDS_ON[stage], ignore=NEUTRAL_KEYS)`).
+
+Each stage claims its output directory while it runs (`claimed`, stage_io.writer_lock):
+a duplicate task of a scheduler writing the same directory at once is refused (or waits,
+SE_JAX_CLAIM_WAIT), so the directory holds one run's results.
 """
+import contextlib
+import functools
+import inspect
+from typing import Callable
+
+from se_jax.io import stage_io
+from se_jax.parallel import distributed
+
+
+def claimed(fn: Callable) -> Callable:
+    """Decorate a stage function with an `out_dir` argument: process 0 holds
+    `stage_io.writer_lock(out_dir)` while it runs (the other processes follow it through
+    barriers)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        out_dir = signature.bind(*args, **kwargs).arguments["out_dir"]
+        lock = (stage_io.writer_lock(out_dir)
+                if distributed.is_main_process() else contextlib.nullcontext())
+        with lock:
+            return fn(*args, **kwargs)
+    return run
+
 
 # Config sections each stage's results depend on (its own and every upstream stage's).
 _SAMPLE = ("seed", "on_bad_input", "model", "prompt", "sampling")

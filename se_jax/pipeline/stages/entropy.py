@@ -26,8 +26,9 @@ from se_jax.config.schema import RunConfig
 from se_jax.semantic import clustering
 from se_jax.semantic import entailment
 from se_jax.io import stage_io
+from se_jax.parallel import preemption
 from se_jax.semantic import uncertainty
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 from se_jax.parallel.mesh import make_mesh
 from se_jax.models.loading import load_llama, load_tokenizer
 
@@ -202,6 +203,7 @@ def _with_true_m(config: RunConfig, items: Sequence[Item]) -> dict:
     return recorded
 
 
+@claimed
 def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path) -> Path:
     """Run (or resume) the stage on generations.jsonl, writing to `out_dir`; returns the
     path of uncertainty.jsonl."""
@@ -231,6 +233,7 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
             progress.update(len(shards[i]), pairs=pairs, pairs_before_dedup=all_pairs)
+            preemption.check(f"entropy shard {i + 1} of {len(shards)} in {out_dir}")
         logging.info("entropy: %s", progress.line())
     path = out.finalize()
     logging.info("entropy: wrote %s (%d questions, %d skipped)", path, len(items), len(skipped))

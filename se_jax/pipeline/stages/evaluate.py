@@ -23,8 +23,9 @@ from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier
+from se_jax.parallel import preemption
 from se_jax.data import prompts as prompt_lib
-from se_jax.pipeline.stages import NEUTRAL_KEYS
+from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed
 from se_jax.generation import sampling
 
 OUTCOMES = "outcomes"
@@ -42,6 +43,7 @@ def read_metrics(out_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@claimed
 def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
                    out_dir: str | Path, config: RunConfig, *, judge: Any, model_tag: str,
                    mesh: Any = None, same_as: str | Path | None = None) -> dict:
@@ -90,6 +92,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
             chunk, predictions, judge, abstention_variants=ev.abstention_variants,
             abstention_phrase=config.labels.abstention_phrase))
         progress.update(len(chunk))
+        # Processes answer different shards here: a stop is seen at the next shard or barrier.
+        preemption.check(f"evaluate shard {i + 1} of {num_shards} in {out_dir}", lockstep=False)
     logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
                  jax.process_index(), len(mine), num_shards)
     barrier(f"evaluate-shards-{out_dir}")

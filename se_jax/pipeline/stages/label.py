@@ -20,7 +20,7 @@ from se_jax.config.schema import RunConfig
 from se_jax.abstention import judges
 from se_jax.abstention import labels
 from se_jax.io import stage_io
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 
 METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
 SFT_FILE = "sft.jsonl"
@@ -95,6 +95,7 @@ def make_examples(config: RunConfig, gen_path: Path, unc_path: Path
     return labels.r_tuning_u_labels(pairs, tau=lc.tau, phrase=phrase), info
 
 
+@claimed
 def run_label(config: RunConfig, generations: str | Path, uncertainty: str | Path,
               out_dir: str | Path) -> Path:
     """Label the questions of generations.jsonl (with uncertainty.jsonl where the method

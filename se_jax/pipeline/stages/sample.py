@@ -30,6 +30,7 @@ from absl import logging
 
 from se_jax.config.schema import RunConfig
 from se_jax.parallel import distributed
+from se_jax.parallel import preemption
 from se_jax.generation import sampling
 from se_jax.io import stage_io
 from se_jax.data import prompts as prompt_lib
@@ -195,6 +196,7 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
             if writer:
                 out.write_shard(i, records)
             progress.update(len(shards[i]), answer_tokens=tokens)
+            preemption.check(f"sample shard {i + 1} of {len(shards)} in {out_dir}")
         logging.info("sample: %s", progress.line())
     path = out.finalize() if writer else out.final_path
     logging.info("sample: wrote %s (%d questions, %d skipped)", path, len(questions), len(bad))

@@ -37,7 +37,7 @@ from se_jax.tuning import training
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.tuning.sft_data import tokenize_example
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 
 SUMMARY_FILE = "summary.json"
 CHECKPOINTS = "checkpoints"   # the Orbax state under out_dir
@@ -118,6 +118,7 @@ class Trained:
                                            self.out_dir / CHECKPOINTS)
 
 
+@claimed
 def run_train(config: RunConfig, sft: str | Path, out_dir: str | Path,
               resident: Resident | None = None) -> Trained:
     """Train on the SFT set into `out_dir` and export the adapter (see module doc)."""

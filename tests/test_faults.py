@@ -1,0 +1,220 @@
+"""Faults of real launcher processes (se_jax/parallel/preemption.py, stage_io.writer_lock):
+
+* SIGTERM (preemption): the launcher stops at its next step or shard boundary, saved, prints
+  one `preempted ...; resume: <command>` line and exits 75 within a bound; the rerun's output
+  is byte-identical to an uninterrupted run's (train: the adapter; sample: generations).
+* A dead peer: one of 2 processes killed mid-stage; the other exits 76 naming it within
+  SE_JAX_PEER_TIMEOUT; the rerun completes identically.
+* Duplicate launchers of one unit at once: one result, identical, no stray files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiny_models import make_tiny_llama_dir
+
+REPO = Path(__file__).resolve().parents[1]
+EXIT_PREEMPTED, EXIT_PEER_LOST = 75, 76
+BOUND_S = 60     # one step (or shard) plus a save, with room for a contended 2-core CPU
+
+TRAIN_CONFIG = '''
+from configs.base import get_config as base_config
+
+def get_config():
+    c = base_config()
+    c.model.path = {model!r}
+    c.training.update(dict(
+        batch_size=8, epochs=2, learning_rate=1e-3, warmup_ratio=0.2, keep=2,
+        save_every=1000,   # no periodic save: what a rerun finds is the SIGTERM's save
+        lora=dict(rank=4, alpha=8.0, dropout=0.1, target_modules=("q_proj", "v_proj")),
+        sft={sft!r}, export_merged=False, log_every_steps=1, async_checkpoint=False))
+    return c
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    model = make_tiny_llama_dir(root / "model")
+    rng = np.random.default_rng(0)
+    words = ["river", "capital", "author", "born", "king", "song", "planet", "war"]
+    sft = root / "sft.jsonl"
+    sft.write_text("".join(json.dumps(
+        {"id": f"q{i}", "question": f"Which {' '.join(rng.choice(words, 1 + i % 5))}?",
+         "target": "I don't know." if i % 3 == 0 else " ".join(rng.choice(words, 1 + i % 4)),
+         "label": "answer", "reason": {}}) + "\n" for i in range(32)))
+    config = root / "train_config.py"
+    config.write_text(TRAIN_CONFIG.format(model=model, sft=str(sft)))
+    questions = root / "q.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} plus {i}?",
+                                             "answers": [str(2 * i)]}) + "\n" for i in range(12)))
+    return dict(root=root, model=model, config=config, questions=questions)
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **extra)
+    env.pop("XLA_FLAGS", None)   # one CPU device per process
+    return env
+
+
+def _train_cmd(setup, out: Path) -> list[str]:
+    return [sys.executable, str(REPO / "launch" / "train.py"), f"--config={setup['config']}",
+            f"--config.training.out_dir={out}"]
+
+
+def _sample_cmd(setup, out: Path, batch_size: int = 1) -> list[str]:
+    return [sys.executable, str(REPO / "launch" / "sample.py"),
+            f"--questions={setup['questions']}", f"--out={out}",
+            f"--config.model.path={setup['model']}", "--config.model.max_seq_len=160",
+            "--config.sampling.num_samples=3", "--config.sampling.max_new_tokens=8",
+            f"--config.sampling.batch_size={batch_size}", "--config.sampling.buckets=(64, 96)"]
+
+
+def _multihost(cmd: list[str], *flags: str) -> list[str]:
+    return [sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
+            *flags, "--", *cmd]
+
+
+def _run(cmd, **env) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=REPO, env=_env(**env), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out
+
+
+def _signal_when(cmd, ready, sig=signal.SIGTERM, target=None, **env):
+    """Start `cmd`; once `ready(output so far)`, send `sig` (to `target(proc)`'s pid, default
+    the process); returns (returncode, output, seconds from the signal to the exit)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ready("".join(lines)):
+        time.sleep(0.02)
+    assert proc.poll() is None, "".join(lines)[-3000:]
+    os.kill(target(proc) if target else proc.pid, sig)
+    sent = time.monotonic()
+    proc.wait(timeout=300)
+    seconds = time.monotonic() - sent
+    reader.join(timeout=10)
+    return proc.returncode, "".join(lines), seconds
+
+
+def _child_1(proc) -> int:
+    """The pid of the second process a launch/multihost.py started."""
+    import psutil
+    return sorted(c.pid for c in psutil.Process(proc.pid).children())[-1]
+
+
+def _files(path: Path, pattern: str = "*.jsonl") -> int:
+    return len(list(path.glob(pattern))) if path.is_dir() else 0
+
+
+def _preempted_line(output: str) -> str:
+    lines = [x for x in output.splitlines() if "preempted (" in x]
+    assert lines, output[-3000:]
+    return lines[-1]
+
+
+def test_sigterm_mid_training_saves_exits_75_and_resumes_identically(setup, tmp_path):
+    ref = tmp_path / "ref"
+    _run(_train_cmd(setup, ref))
+    out = tmp_path / "term"
+    code, output, seconds = _signal_when(_train_cmd(setup, out),
+                                         lambda log: "train: step 2 " in log)
+    assert code == EXIT_PREEMPTED, output[-3000:]
+    assert seconds < BOUND_S
+    line = _preempted_line(output)
+    assert "stopped after train step" in line and "resume: " in line and "train.py" in line
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert 2 <= steps[-1] < 8, steps   # saved at the stop, though save_every=1000
+    assert not (out / "summary.json").exists() and not (out / ".writer.lock").exists()
+    _run(_train_cmd(setup, out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == steps[-1] and summary["finished"]
+    name = Path("adapter") / "adapter_model.safetensors"
+    assert (out / name).read_bytes() == (ref / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(setup) -> bytes:
+    """generations.jsonl of an uninterrupted 2-process run (its mesh spans 2 devices)."""
+    ref = setup["root"] / "ref_2proc"
+    _run(_multihost(_sample_cmd(setup, ref, batch_size=2)))
+    return (ref / "generations.jsonl").read_bytes()
+
+
+def test_sigterm_to_one_of_two_sample_processes_stops_both_at_one_shard(
+        setup, tmp_path, two_process_reference):
+    """SIGTERM reaches process 1 only: both stop after the same shard (their flags meet in
+    the coordination service), exit 75, and the rerun is byte-identical to an
+    uninterrupted 2-process run."""
+    out = tmp_path / "term"
+    parts = out / "generations.parts"
+
+    code, output, seconds = _signal_when(
+        _multihost(_sample_cmd(setup, out, batch_size=2), "--nostop_others"),
+        lambda log: _files(parts) >= 1, target=_child_1)
+    assert code == EXIT_PREEMPTED, output[-3000:]
+    assert seconds < BOUND_S
+    p0 = [x for x in output.splitlines() if x.startswith("[p0] preempted (")]
+    p1 = [x for x in output.splitlines() if x.startswith("[p1] preempted (")]
+    assert p0 and p1, output[-3000:]
+    assert "another process's stop request" in p0[0] and "(SIGTERM)" in p1[0]
+    shard = p1[0].split("stopped after ")[1].split(";")[0]
+    assert shard in p0[0]      # the same boundary
+    assert not (out / "generations.jsonl").exists()
+    _run(_multihost(_sample_cmd(setup, out, batch_size=2)))
+    assert (out / "generations.jsonl").read_bytes() == two_process_reference
+
+
+def test_a_killed_process_is_named_by_the_other_within_the_timeout(setup, tmp_path,
+                                                                  two_process_reference):
+    out = tmp_path / "dead"
+    parts = out / "generations.parts"
+    timeout = 10
+
+    code, output, seconds = _signal_when(
+        _multihost(_sample_cmd(setup, out, batch_size=2), "--nostop_others"),
+        lambda log: _files(parts) >= 1, sig=signal.SIGKILL, target=_child_1,
+        SE_JAX_PEER_TIMEOUT=str(timeout))
+    assert code == EXIT_PEER_LOST, output[-3000:]
+    assert seconds < timeout + 20
+    errors = [x for x in output.splitlines() if x.startswith("[p0] error: ")]
+    assert errors and "process 1 of 2 did not reach" in errors[0], output[-3000:]
+    _run(_multihost(_sample_cmd(setup, out, batch_size=2)))
+    assert (out / "generations.jsonl").read_bytes() == two_process_reference
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_two_launchers_of_one_unit_give_one_result(setup, tmp_path, trial):
+    """Both start at once: one writes, the other is refused with one line (exit 2) or, if it
+    came after, finds the work done; the file is the single launcher's, nothing stray."""
+    ref = tmp_path / "ref"
+    _run(_sample_cmd(setup, ref))
+    out = tmp_path / "dup"
+    procs = [subprocess.Popen(_sample_cmd(setup, out), cwd=REPO, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    codes = sorted(c for c, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        if code == 2:
+            line = err.strip().splitlines()[-1]
+            assert line.startswith("error: ") and "is being written by another process" in line
+    assert (out / "generations.jsonl").read_bytes() == (ref / "generations.jsonl").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generations.jsonl",
+                                                     "skipped.jsonl"]
