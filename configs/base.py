@@ -193,8 +193,8 @@ def training_config() -> ml_collections.ConfigDict:
 def entropy_config() -> ml_collections.ConfigDict:
     """The entropy stage: generations -> semantic ids, equivalence, entropies (se_jax/semantic/entailment.py)."""
     return ml_collections.ConfigDict(dict(
-        # deberta | llm_judge | lexical. deberta without nli_path falls back to lexical,
-        # loudly, and the output records say so (no NLI checkpoint can be downloaded here).
+        # deberta | llm_judge | lexical. deberta needs nli_path: without it the stage and the
+        # experiment stop before any work (no backend is ever replaced by another).
         backend="deberta",
         strict=False,                 # True: both directions ENTAILMENT; False: reference's
         condition_on_question=True,   # deberta: classify "{question} {answer}" pairs

@@ -44,6 +44,10 @@ def test_rtuning_u_alone_with_an_unrunnable_default_backend_refuses():
 
 def test_what_each_method_uses_is_listed(tmp_path):
     from se_jax.pipeline import plan
+    with pytest.raises(ConfigError, match="not an HF DeBERTa NLI directory"):
+        plan.method_uses(_paper(entropy=dict(nli_path=str(tmp_path / "nli"))))
+    (tmp_path / "nli").mkdir()
+    (tmp_path / "nli" / "config.json").write_text("{}")
     cfg = _paper(entropy=dict(nli_path=str(tmp_path / "nli")))
     uses = plan.method_uses(cfg)
     assert str(tmp_path / "nli") in uses["se_deberta"]

@@ -29,7 +29,7 @@ from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import (ORIGINAL, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
-                         pick_taus, result_row, se_backend, validate)
+                         method_uses, pick_taus, result_row, se_backend, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
@@ -283,6 +283,8 @@ def describe_plan(config: RunConfig) -> str:
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
         f"seeds {list(sweep.seeds)})",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
+        "what each method will really use:",
+        *(f"  {m}: {what}" for m, what in method_uses(config).items()),
         cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
                                     settings=settings))])
 

@@ -4,8 +4,9 @@ Per question (docs/contracts.md, "Uncertainties"): the M x M equivalence matrix 
 sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
 discrete and likelihood-weighted semantic entropy, naive predictive entropy, the
 exact-string entropy and (where the samples carry token_logprobs) the first-token entropy;
-plus the backend and checkpoint that produced them. When the configured backend is
-unavailable and a fallback ran, every record says so.
+plus the backend and checkpoint that produced them. A backend that cannot run as named
+(deberta without entropy.nli_path) stops the stage before any work; none is replaced by
+another.
 
 Questions are processed in shards of `entropy.questions_per_shard` (each shard: one backend
 call over all its pairs, one jitted clustering call) written atomically, so a killed run
@@ -206,6 +207,7 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path)
     """Run (or resume) the stage on generations.jsonl, writing to `out_dir`; returns the
     path of uncertainty.jsonl."""
     gen_path, out_dir = Path(generations), Path(out_dir)
+    entailment.check_runnable(config.entropy)   # before any work: no stand-in backend
     if not gen_path.is_file():
         raise FileNotFoundError(f"entropy stage: generations file {gen_path} does not exist")
     items, skipped = read_generations(gen_path, config.on_bad_input)
