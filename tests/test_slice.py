@@ -60,6 +60,7 @@ def test_what_each_method_uses_is_listed(tmp_path):
 
 @dataclasses.dataclass
 class _FakeResident:
+    path: str = "/models/llama3-8b"
     model: object = "generator"
     tokenizer: object = "tokenizer"
     mesh: object = None

@@ -136,6 +136,18 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
     return model
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model paths name the same checkpoint (trailing slashes aside)."""
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def judge_dtypes(dtype: str) -> dict[str, str]:
+    """load_llama's dtypes for an inference-only model beside the generator (a judge): the
+    generator's compute dtype, weights stored in it too (no float32 copy of a 70B judge)."""
+    compute = precision.resolve_dtype(dtype)
+    return dict(dtype=compute, param_dtype=compute)
+
+
 def load_tokenizer(path_or_id: str):
     """The transformers tokenizer (with chat template) of a directory, a .gguf file or a hub id."""
     path = resolve_model_path(str(path_or_id))

@@ -36,7 +36,7 @@ from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.pipeline.stages import teach
 from se_jax.abstention import judges
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 from se_jax.pipeline.stages import sample
 from se_jax.pipeline.stages import entropy
 from se_jax.pipeline.stages import label
@@ -134,13 +134,17 @@ class Job:
             ev = self.config.evaluation
             if ev.judge != "llm":
                 self._judge = judges.make_judge(ev)
-            elif ev.judge_model:
-                base = self.resident()
-                model = load_llama(ev.judge_model, mesh=base.mesh)
+                return self._judge
+            base = self.resident()
+            # model.path names the generator (with teach.enabled: the taught one, resident).
+            if ev.judge_model and not same_model(ev.judge_model, self.config.model.path):
+                # Inference only: weights stored in the compute dtype (a 70B judge in
+                # float32 would be ~280 GB).
+                model = load_llama(ev.judge_model, mesh=base.mesh,
+                                   **judge_dtypes(self.config.model.dtype))
                 self._judge = judges.make_judge(ev, model, load_tokenizer(ev.judge_model),
                                                 model_name=ev.judge_model)
-            else:
-                base = self.resident()
+            else:   # the judge is the generator: the resident model, no second copy
                 self._judge = judges.make_judge(ev, base.model, base.tokenizer,
                                                 model_name=str(self.config.model.path))
         return self._judge
@@ -163,7 +167,9 @@ class Job:
         if not is_done(out):
             cfg = self.config.replace(entropy=dict(backend=backend))
             with self.clock.phase(f"entropy {backend} {split}"):
-                entropy.run_entropy(cfg, generations, out)
+                # An LLM entailment judge that is the generator runs on the resident model.
+                entropy.run_entropy(cfg, generations, out, resident=(
+                    self.resident() if backend == "llm_judge" else None))
             mark_done(out)
         return out / "uncertainty.jsonl"
 

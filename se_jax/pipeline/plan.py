@@ -134,7 +134,7 @@ def validate(config: RunConfig) -> None:
     method_uses(config)   # a method that cannot run as named stops here, before any work
 
 
-def _same_model(a: str, b: str) -> bool:
+def _same_model(a: str, b: str) -> bool:   # = models.loading.same_model (JAX-free here)
     return str(a).rstrip("/") == str(b).rstrip("/")
 
 
@@ -156,8 +156,8 @@ def backend_uses(config: RunConfig, backend: str, who: str) -> str:
         same = _same_model(judge, config.model.path)
         return (f"LLM entailment judge {judge}"
                 + (" (the generator, resident: no second load)" if same else
-                   f" (loaded in {config.model.dtype}, sharded over every device, freed "
-                   f"after the stage)")
+                   f" (loaded with weights in the compute dtype {config.model.dtype}, on "
+                   f"the generator's mesh)")
                 + f", prompt {ec.judge_prompt!r}")
     return f"lexical content-word F1 >= {ec.lexical_threshold}"
 
@@ -187,7 +187,8 @@ def method_uses(config: RunConfig) -> dict[str, str]:
         uses["judge"] = (f"LLM yes/no judge {judge}"
                          + (" (the generator, resident: no second load)"
                             if _same_model(judge, config.model.path) else
-                            f" (loaded in {config.model.dtype}, sharded over every device)"))
+                            f" (loaded with weights in the compute dtype {config.model.dtype}, "
+                            f"on the generator's mesh)"))
     else:
         uses["judge"] = f"{ev.judge} judge (no model)"
     return uses

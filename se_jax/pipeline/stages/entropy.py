@@ -30,7 +30,7 @@ from se_jax.io import stage_io
 from se_jax.semantic import uncertainty
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 from se_jax.parallel.mesh import make_mesh
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 
 
 class GenerationsError(ValueError):
@@ -178,13 +178,19 @@ def _equivalence_json(equivalent: np.ndarray, known: np.ndarray) -> list[list[bo
             for er, kr in zip(equivalent, known)]
 
 
-def _load_backend(config: RunConfig):
-    mesh = make_mesh(config.mesh)
+def _load_backend(config: RunConfig, resident: Any = None):
+    """The backend; an LLM judge that is the generator (model.path; in the experiment with
+    teach.enabled the taught one) runs on the `resident` model when one is given, any
+    other judge loads with weights in the compute dtype (judge_dtypes)."""
     if config.entropy.backend != "llm_judge":
-        return entailment.make_backend(config.entropy, mesh)
+        return entailment.make_backend(config.entropy, make_mesh(config.mesh))
     path = config.entropy.judge_model or config.model.path
-    model = load_llama(path, mesh=mesh, dtype=config.model.dtype,
-                       param_dtype=config.model.param_dtype)
+    if resident is not None and same_model(path, config.model.path):
+        return entailment.make_backend(config.entropy, resident.mesh, decoder=resident.model,
+                                       decoder_tokenizer=resident.tokenizer,
+                                       decoder_path=path)
+    mesh = make_mesh(config.mesh)
+    model = load_llama(path, mesh=mesh, **judge_dtypes(config.model.dtype))
     return entailment.make_backend(config.entropy, mesh, decoder=model,
                                    decoder_tokenizer=load_tokenizer(path), decoder_path=path)
 
@@ -203,9 +209,11 @@ def _with_true_m(config: RunConfig, items: Sequence[Item]) -> dict:
     return recorded
 
 
-def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path) -> Path:
+def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path,
+                resident: Any = None) -> Path:
     """Run (or resume) the stage on generations.jsonl, writing to `out_dir`; returns the
-    path of uncertainty.jsonl."""
+    path of uncertainty.jsonl. `resident`: the loaded generator (pipeline/resident.py),
+    which an LLM judge of the same path runs on instead of loading a second copy."""
     gen_path, out_dir = Path(generations), Path(out_dir)
     entailment.check_runnable(config.entropy)   # before any work: no stand-in backend
     if not gen_path.is_file():
@@ -220,7 +228,7 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path)
     out = stage_io.ShardedJsonl(out_dir, "uncertainty", len(shards))
     pending = out.pending()
     if pending:
-        backend, fallback = _load_backend(config)
+        backend, fallback = _load_backend(config, resident)
         done = sum(len(s) for i, s in enumerate(shards) if i not in set(pending))
         progress = stage_io.Progress("entropy", total=len(items), unit="questions",
                                      initial=done)
