@@ -117,3 +117,19 @@ def test_entropy_llm_judge_reuses_the_resident_generator(tmp_path, monkeypatch):
                  entropy=dict(backend="llm_judge", judge_model=""))
     entropy._load_backend(cfg, resident=_FakeResident())
     assert loads == [] and got["d"] == "generator"
+
+
+# ----------------------------------------------------------------------------- item 7
+
+def test_scan_layers_is_set_from_the_config(tmp_path):
+    import jax
+    from se_jax.parallel.mesh import make_mesh
+    from se_jax.pipeline.resident import Resident
+    from tiny_models import write_tiny_llama_dir
+    path = write_tiny_llama_dir(tmp_path / "model")
+    for scan in (False, True):
+        mc = BASE.replace(model=dict(path=str(path), scan_layers=scan)).model
+        base = Resident.load(mc, make_mesh({"data": 1}, jax.devices()[:1]))
+        assert base.model.config.scan_layers is scan
+    with pytest.raises(ConfigError, match="model.scan_layers"):
+        BASE.replace(model=dict(scan_layers="yes"))

@@ -38,6 +38,7 @@ class ModelConfig:
     dtype: str           # compute dtype: float32 | bfloat16 | auto (precision.py)
     param_dtype: str     # storage dtype of the weights
     max_seq_len: int     # KV-cache length: prompt + generated tokens
+    scan_layers: bool    # the layers as one lax.scan (compile once per program, not per layer)
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
@@ -46,6 +47,8 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, (*precision.DTYPES, precision.AUTO))
         check_choice("model.param_dtype", self.param_dtype, precision.DTYPES)
         check_int("model.max_seq_len", self.max_seq_len, minimum=2)
+        if not isinstance(self.scan_layers, bool):
+            fail("model.scan_layers", self.scan_layers, "must be True or False")
 
 
 @_section

@@ -141,7 +141,8 @@ class Job:
                 # Inference only: weights stored in the compute dtype (a 70B judge in
                 # float32 would be ~280 GB).
                 model = load_llama(ev.judge_model, mesh=base.mesh,
-                                   **judge_dtypes(self.config.model.dtype))
+                                   **judge_dtypes(self.config.model.dtype),
+                                   scan_layers=self.config.model.scan_layers)
                 self._judge = judges.make_judge(ev, model, load_tokenizer(ev.judge_model),
                                                 model_name=ev.judge_model)
             else:   # the judge is the generator: the resident model, no second copy

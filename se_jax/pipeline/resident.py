@@ -40,7 +40,8 @@ class Resident:
         """Load `model_config.path` onto `mesh` (counted in the process's telemetry);
         `adapter`: a PEFT adapter directory folded into the weights (e.g. a taught base)."""
         model = load_llama(str(model_config.path), mesh=mesh, dtype=model_config.dtype,
-                           param_dtype=model_config.param_dtype)
+                           param_dtype=model_config.param_dtype,
+                           scan_layers=model_config.scan_layers)
         Telemetry.install().count_load()
         if adapter:
             export.load_peft_adapter(model, adapter, merge=True)

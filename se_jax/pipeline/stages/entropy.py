@@ -190,7 +190,8 @@ def _load_backend(config: RunConfig, resident: Any = None):
                                        decoder_tokenizer=resident.tokenizer,
                                        decoder_path=path)
     mesh = make_mesh(config.mesh)
-    model = load_llama(path, mesh=mesh, **judge_dtypes(config.model.dtype))
+    model = load_llama(path, mesh=mesh, **judge_dtypes(config.model.dtype),
+                       scan_layers=config.model.scan_layers)
     return entailment.make_backend(config.entropy, mesh, decoder=model,
                                    decoder_tokenizer=load_tokenizer(path), decoder_path=path)
 
