@@ -133,3 +133,66 @@ def test_scan_layers_is_set_from_the_config(tmp_path):
         assert base.model.config.scan_layers is scan
     with pytest.raises(ConfigError, match="model.scan_layers"):
         BASE.replace(model=dict(scan_layers="yes"))
+
+
+# ----------------------------------------------------------------------------- dry run
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _dry_run(config: str, target: str, *overrides: str):
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "launch/experiment.py", f"--config=configs/{config}.py",
+         "--config.workdir=/tmp/se_jax_never_written",
+         f"--config.model.path={FIXTURES / 'llama3_8b'}",
+         f"--config.entropy.nli_path={FIXTURES / 'llama3_8b'}",   # any dir with config.json
+         "--dry_run", f"--target={target}", *overrides],
+        capture_output=True, text=True, cwd=repo, timeout=300)
+
+
+def _gib(out: str, part: str) -> float:
+    line = next(x for x in out.splitlines() if x.strip().startswith(part + ":"))
+    return float(line.split(":")[1].split()[0])
+
+
+def test_paper_config_and_gpu_variant_dry_runs_with_real_shapes():
+    """Real Llama-3-8B / 70B shapes (config.json only): per-device memory under each
+    device's; the 70B judge fits 8 GPUs at tensor=8 and is refused on one GPU; a batch that
+    does not divide the batch shards is refused before any work."""
+    from se_jax.pipeline import cost
+    assert not Path("/tmp/se_jax_never_written").exists()
+    paper = _dry_run("paper_llama3_8b", "v5e-32")
+    assert paper.returncode == 0, paper.stderr[-2000:]
+    assert "fits" in paper.stdout and "se_deberta: SE labels from DeBERTa NLI" in paper.stdout
+    total = _gib(paper.stdout, "total")
+    assert total < 16.0 and _gib(paper.stdout, "weights") == pytest.approx(
+        8.03e9 * 2 / 4 / 2**30, rel=0.01)       # bfloat16 over tensor=4
+    one_gpu = _dry_run("paper_llama3_8b_gpu", "h100x1")
+    assert one_gpu.returncode == 0, one_gpu.stderr[-2000:]
+    assert _gib(one_gpu.stdout, "weights") == pytest.approx(8.03e9 * 2 / 2**30, rel=0.01)
+    assert _gib(one_gpu.stdout, "total") < cost.TARGETS["h100x1"].memory_gib
+    judge70 = (f"--config.evaluation.judge_model={FIXTURES / 'llama3_70b'}",)
+    eight = _dry_run("paper_llama3_8b_gpu", "h100x8", "--config.mesh.data=1",
+                     "--config.mesh.tensor=8", *judge70)
+    assert eight.returncode == 0, eight.stderr[-2000:]
+    assert _gib(eight.stdout, "evaluation judge weights (71B)") == pytest.approx(
+        70.55e9 * 2 / 8 / 2**30, rel=0.01)
+    too_big = _dry_run("paper_llama3_8b_gpu", "h100x1", *judge70)
+    assert too_big.returncode == 2 and "GiB per device" in too_big.stderr
+    odd = _dry_run("paper_llama3_8b_gpu", "h100x8", "--config.training.batch_size=50")
+    assert odd.returncode == 2 and "not divisible by the 8 batch shards" in odd.stderr
+    bad_mesh = _dry_run("paper_llama3_8b", "h100x1")   # tensor=4 on one GPU
+    assert bad_mesh.returncode == 2 and "config.mesh" in bad_mesh.stderr
+    gs = _dry_run("paper_llama3_8b", "v4-32", "--config.workdir=gs://bucket/runs")
+    assert gs.returncode == 2 and "config.workdir='gs://bucket/runs': URLs" in gs.stderr
+
+
+def test_compile_cache_url_is_not_made_a_local_folder(monkeypatch):
+    from se_jax.io import runtime
+    monkeypatch.setenv(runtime.CACHE_ENV, "gs://bucket/xla")
+    assert runtime.compile_cache_dir() == "gs://bucket/xla"
+    monkeypatch.setenv(runtime.CACHE_ENV, "/tmp/xla")
+    assert runtime.compile_cache_dir() == Path("/tmp/xla")

@@ -266,9 +266,14 @@ class ExperimentResult:
     picked: dict[str, float | None]
 
 
-def describe_plan(config: RunConfig) -> str:
-    """What a run would do and cost (validates config and datasets; loads no model)."""
+def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
+    """What a run would do and cost (validates config and datasets; loads no model), with
+    the per-device memory on `target` (default: this machine); ConfigError when the mesh
+    does not fit the target, a batch does not divide its shards, or the memory exceeds a
+    device's."""
     sweep = Sweep.from_config(config)
+    target = target or cost.local_target()
+    mem = cost.memory(config, sweep, target)
     if config.data.source == "facts":
         sizes, num_ood = split_lib.fact_split_sizes(config.facts), 1
         data = [f"data: knowledge-controlled facts, {sizes} (half taught, half not)",
@@ -283,7 +288,7 @@ def describe_plan(config: RunConfig) -> str:
                 f"({sizes['ood']} each)"]
     backends = backends_needed(sweep.methods, config.entropy.backend)
     settings = max(len(config.experiment.settings), 1)
-    return "\n".join([
+    text = "\n".join([
         f"workdir: {config.workdir}", *data,
         f"entropy backends: {backends}",
         f"fine-tuning runs in the sweep: {len(sweep.runs)} "
@@ -293,7 +298,17 @@ def describe_plan(config: RunConfig) -> str:
         "what each method will really use:",
         *(f"  {m}: {what}" for m, what in method_uses(config).items()),
         cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
-                                    settings=settings))])
+                                    settings=settings)),
+        cost.describe_memory(mem) if mem else
+        f"memory: the shapes of {config.model.path} cannot be read here (no config.json)"])
+    if mem and mem.target.memory_gib and mem.total > mem.target.memory_gib * 2**30:
+        parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in mem.parts.items())
+        raise ConfigError(f"the plan needs {mem.total / 2**30:.1f} GiB per device ({parts}) "
+                          f"on {mem.target.name}, whose devices hold "
+                          f"{mem.target.memory_gib:.1f} GiB (mesh {mem.mesh}): shard more "
+                          f"(config.mesh.tensor / fsdp) or use smaller sampling / evaluation "
+                          f"batches")
+    return text
 
 
 @dataclasses.dataclass
