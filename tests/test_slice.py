@@ -196,3 +196,40 @@ def test_compile_cache_url_is_not_made_a_local_folder(monkeypatch):
     assert runtime.compile_cache_dir() == "gs://bucket/xla"
     monkeypatch.setenv(runtime.CACHE_ENV, "/tmp/xla")
     assert runtime.compile_cache_dir() == Path("/tmp/xla")
+
+
+# ----------------------------------------------------------------------------- item 5
+
+def test_small_lr_step_changes_bfloat16_stored_attention_weights(tmp_path):
+    """precision.py: weights an optimizer updates stay float32. The attention-only arm on
+    bfloat16-stored weights at lr 3e-5: the step must move (nearly) every attention weight
+    (in bfloat16 an update of ~lr rounds to zero), and never touch the base's arrays."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from se_jax.models.loading import load_llama
+    from se_jax.parallel import mesh as mesh_lib
+    from se_jax.tuning import sft_data, training
+    from tests.typed_configs import training as training_cfg
+    from tiny_models import write_tiny_llama_dir
+    base = load_llama(write_tiny_llama_dir(tmp_path / "m"), dtype="bfloat16",
+                      param_dtype="bfloat16")
+    before = {k: np.asarray(v, np.float32) for k, v in
+              nnx.to_flat_state(nnx.state(base, nnx.PathContains("self_attn")))}
+    model = nnx.clone(base)
+    tc = training_cfg(mode="attention", learning_rate=3e-5, warmup_ratio=0.0, batch_size=4,
+                      max_steps=1, epochs=1, distill=dict(enabled=False))
+    training.prepare_model(model, tc, seed=0)
+    rng = np.random.default_rng(0)
+    seqs = [sft_data.TokenizedExample(str(i), rng.integers(3, 1000, 20).astype(np.int32), 10)
+            for i in range(4)]
+    mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+    training.train(model, seqs, tc, workdir=str(tmp_path / "ckpt"), mesh=mesh, seed=0)
+    after = dict(nnx.to_flat_state(nnx.state(model, nnx.PathContains("self_attn"))))
+    moved = [np.mean(np.asarray(after[k], np.float32) != w) for k, w in before.items()
+             if w.ndim == 2]
+    assert min(moved) > 0.9, moved
+    assert all(after[k].dtype == jax.numpy.float32 for k in before)
+    for k, v in nnx.to_flat_state(nnx.state(base, nnx.PathContains("self_attn"))):
+        assert v.dtype == jax.numpy.bfloat16 and np.array_equal(np.asarray(v, np.float32),
+                                                                before[k])
