@@ -288,12 +288,28 @@ class TrainState:
             nnx.replace_by_pure_dict(self.teacher, tree["teacher"])
 
 
+def float32_trainable(model: nnx.Module, wrt) -> int:
+    """Trainable parameters stored below float32 (bfloat16 base weights of an
+    attention-only or full run) become float32 in `model`, so the parameters and Adam's
+    moments update in float32 (config/precision.py: weights an optimizer updates stay
+    float32; in bfloat16 an update of ~lr 3e-5 rounds to zero). The model's Variables get
+    new arrays: a resident base sharing the old ones keeps them. Returns how many."""
+    changed = 0
+    for _, var in nnx.to_flat_state(nnx.state(model, wrt)):
+        value = var.get_value()
+        if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != jnp.float32:
+            var.set_value(value.astype(jnp.float32))
+            changed += 1
+    return changed
+
+
 def init_train_state(model: nnx.Module, cfg: TrainingConfig, *, mesh: Mesh, num_updates: int,
                      rules: mesh_lib.ShardingRules | None = None) -> TrainState:
     """Place the model and a fresh `nnx.Optimizer` (over the trainable filter of
     `cfg.mode`) on `mesh`, split them into states, and compile-ready step functions."""
     rules = rules or mesh_lib.ShardingRules()
     wrt = lora.trainable_filter(cfg.mode)
+    float32_trainable(model, wrt)
     optimizer = nnx.Optimizer(
         model, make_optimizer(OptimizerSpec.from_config(cfg, max(num_updates, 1))), wrt=wrt)
     mesh_lib.shard_model(model, mesh, rules)
