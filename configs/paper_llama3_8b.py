@@ -30,7 +30,10 @@ def get_config():
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "bfloat16"
     config.model.max_seq_len = 512
-    config.model.scan_layers = True    # compile each program's layer body once, not 32 times
+    # scan_layers=True compiles the sampler's layer body once instead of 32 times, but the
+    # train step (up to 16 padded lengths) compiles and runs slower with it on CPU
+    # (docs/benchmarks.md, bench_compile); off until measured on the slice.
+    config.model.scan_layers = False
     # A v4-32 / v5e-32 slice, mesh over each host's 4 chips: weights and KV heads split 4
     # ways over `tensor` (8 GQA heads), so decoding all-reduces activations instead of
     # all-gathering fsdp-sharded weights every step; an 8B model in bfloat16 plus the
