@@ -224,9 +224,10 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
              f"tokens each; optimizer: {trainable / 1e6:.1f}M trainable x {copies} float32 "
              f"copies (largest run)"]
     if target.hosts > 1:
-        notes.append(f"each of the {target.hosts} hosts runs the whole job on its own "
-                     f"{target.devices_per_host} devices: today every host repeats the same "
-                     f"work (issue 37 item 2: spreading it over the hosts is not built)")
+        notes.append(f"each of the {target.hosts} hosts works on its own "
+                     f"{target.devices_per_host} devices: sample, entropy and evaluate shards "
+                     f"are spread over the hosts; every host still trains every run of the "
+                     f"sweep (spreading the runs is not built: issue 37 item 2)")
     judge = ev.judge_model if ev.judge == "llm" else ""
     for who, path in (("evaluation judge", judge), ("entropy judge",
                       config.entropy.judge_model if any(
