@@ -380,6 +380,26 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                  sum(x.size for x in jax.tree.leaves(state.params)), layout.prefix_len,
                  layout.loss_columns or "all")
     history, batches, epoch_of_batches = [], None, -1
+    # Metrics stay on the devices until a step that saves or logs (or the last): then one
+    # fetch checks every held step in order, so a non-finite step is still named exactly
+    # and never saved, without a host sync per step.
+    held: list[tuple[int, int, int, Any]] = []
+
+    def flush() -> dict:
+        fetched = jax.device_get([m for *_, m in held])
+        for (at, ep, ix, _), m in zip(held, fetched):
+            m = {k: float(v) for k, v in m.items()}
+            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"non-finite loss={m['loss']} / grad_norm={m['grad_norm']} at "
+                    f"step {at + 1} (epoch {ep}, batch {ix}); stopped without saving it. "
+                    f"Last good checkpoint: step {manager.latest_step()} in "
+                    f"{manager.directory}")
+            history.append(dict(m, step=at + 1))
+        held.clear()
+        return history[-1]
+
     for step in range(start, stop):
         epoch, index = divmod(step, spe)
         if epoch != epoch_of_batches:
@@ -393,17 +413,13 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
         metrics = state.apply_step(global_batch(arrays, state.batch_sharding),
                                    jax.random.fold_in(base_key, step),
                                    distill=use_kd and step >= teacher_step, prefix=prefix)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-            manager.wait_until_finished()
-            raise NonFiniteLossError(
-                f"non-finite loss={metrics['loss']} / grad_norm={metrics['grad_norm']} at "
-                f"step {step + 1} (epoch {epoch}, batch {index}); stopped without saving it. "
-                f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
-        history.append(dict(metrics, step=step + 1))
+        held.append((step, epoch, index, metrics))
+        logs = (step + 1) % cfg.log_every_steps == 0
+        if logs or step + 1 == stop or manager.should_save(step + 1):
+            metrics = flush()
         checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
         progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
-        if (step + 1) % cfg.log_every_steps == 0:
+        if logs:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
     manager.wait_until_finished()
