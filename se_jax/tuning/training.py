@@ -32,6 +32,7 @@ from se_jax.tuning import checkpointing
 from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.parallel import mesh as mesh_lib
+from se_jax.parallel.distributed import barrier
 from se_jax.tuning import sft_data
 from se_jax.config.schema import TrainingConfig
 from se_jax.io.stage_io import Progress
@@ -356,14 +357,20 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                              num_updates=total // cfg.grad_accum_steps)
     use_kd = state.teacher is not None
 
+    # Several processes, each on its own devices (the experiment's per-process mesh): each
+    # trains the same run; process 0 alone saves, in Orbax's single-process mode.
+    solo = jax.process_count() > 1 and mesh_lib.process_local(mesh)
+    writes = not solo or jax.process_index() == 0
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
-                                         async_save=cfg.async_checkpoint)
+                                         async_save=cfg.async_checkpoint, solo=solo)
     start, resumed_from = 0, None
     restored = checkpointing.restore_latest(manager, state.checkpoint())
     if restored is not None:
         start, tree = restored
         resumed_from = start
         state.restore(tree)
+    if solo:   # every process has read the checkpoints before process 0 writes new ones
+        barrier(f"train-restored-{workdir}")
     stop = total if cfg.max_steps <= 0 else min(total, start + cfg.max_steps)
     teacher_step = cfg.distill.teacher_epoch * spe
     base_key = jax.random.key(seed)
@@ -417,13 +424,17 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
         logs = (step + 1) % cfg.log_every_steps == 0
         if logs or step + 1 == stop or manager.should_save(step + 1):
             metrics = flush()
-        checkpointing.save(manager, step + 1, state.checkpoint(), force=(step + 1 == stop))
+        if writes:
+            checkpointing.save(manager, step + 1, state.checkpoint(),
+                               force=(step + 1 == stop))
         progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
         if logs:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
     manager.wait_until_finished()
     manager.close()
+    if solo:
+        barrier(f"train-saved-{workdir}")   # process 0's last checkpoint is complete
     nnx.update(model, state.params)
     model.eval()
     return TrainResult(steps=stop, resumed_from=resumed_from, history=history)
