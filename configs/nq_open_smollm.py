@@ -28,7 +28,7 @@ def get_config():
 
     config.sampling.num_samples = 10
     config.sampling.max_new_tokens = 24      # short answers; the stop strings end most sooner
-    config.entropy.backend = "lexical"       # no NLI checkpoint offline (deberta would fall back)
+    config.entropy.backend = "lexical"       # no NLI checkpoint offline (deberta would refuse)
 
     # SmolLM2-135M answers in sentences even when asked to be brief; SQuAD F1 would count
     # "The capital of France is Paris." wrong against "Paris". The alias judge (a gold alias

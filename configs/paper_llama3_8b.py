@@ -5,12 +5,18 @@ T=1.0 plus a T=0.1 answer, SE with the DeBERTa NLI kernel and the LLM-judge vari
 the full tau sweep 0.25..2.25 against R-Tuning, R-Tuning-U and Idk, three seeds, LoRA
 r=8 on q/v, lr 3e-5, batch 48, 7 epochs. Run the same command on every host:
 
-    python launch/experiment.py --config=configs/paper_llama3_8b.py \\
+    SE_JAX_DISTRIBUTED=auto python launch/experiment.py --config=configs/paper_llama3_8b.py \\
         --config.workdir=/mnt/shared/runs/llama3_nq \\
-        --config.model.path=/mnt/models/Meta-Llama-3-8B-Instruct
+        --config.model.path=/mnt/models/Meta-Llama-3-8B-Instruct \\
+        --config.entropy.nli_path=/mnt/models/deberta-v2-xlarge-mnli
 
-`workdir` must be on storage every host sees. TriviaQA / SQuAD come from the TFDS catalog
-(prepared in array_record under data.tfds_dir, or data.download=True with internet).
+Check it first, without a model or accelerator: the same command with `--dry_run
+--target=v5e-32` (or v4-32) prints what each method will use and the per-device memory.
+se_deberta needs entropy.nli_path (the run stops before any work without it). `workdir`
+must be on storage every host sees (a mounted path; gs:// URLs are refused: mount the
+bucket with gcsfuse). TriviaQA / SQuAD come from the TFDS catalog (prepared in array_record
+under data.tfds_dir, or data.download=True with internet). One GPU or a GPU node:
+configs/paper_llama3_8b_gpu.py.
 """
 from __future__ import annotations
 
@@ -24,8 +30,16 @@ def get_config():
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "bfloat16"
     config.model.max_seq_len = 512
-    # A v4-32 / v5e-32 slice: batches over data x fsdp, weights sharded over fsdp x tensor.
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 4, 1
+    # scan_layers=True compiles the sampler's layer body once instead of 32 times, but the
+    # train step (up to 16 padded lengths) compiles and runs slower with it on CPU
+    # (docs/benchmarks.md, bench_compile); off until measured on the slice.
+    config.model.scan_layers = False
+    # A v4-32 / v5e-32 slice, mesh over each host's 4 chips: weights and KV heads split 4
+    # ways over `tensor` (8 GQA heads), so decoding all-reduces activations instead of
+    # all-gathering fsdp-sharded weights every step; an 8B model in bfloat16 plus the
+    # attention-only arm's float32 optimizer state fit a 16 GiB v5e chip that way
+    # (--dry_run --target=v5e-32 prints the figures). Batches over data x fsdp (here 1).
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 4
 
     d = config.data
     d.in_distribution = "trivia_qa"

@@ -5,8 +5,9 @@ matrices, discrete/weighted semantic entropy, naive and exact-string entropy).
         --out=runs/demo/entropy --config.entropy.backend=deberta \\
         --config.entropy.nli_path=/models/deberta-v2-xlarge-mnli
 
-Without --config.entropy.nli_path the deberta backend falls back to the lexical one (logged
-loudly, and written into every record). Rerunning the same command resumes.
+Without --config.entropy.nli_path the deberta backend stops before any work, naming the
+missing field (choose --config.entropy.backend=lexical by name instead). Rerunning the same
+command resumes.
 """
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "experiment config")
+_TARGET = flags.DEFINE_string(
+    "target", "", "with --dry_run: plan the memory for this hardware instead of this machine "
+    "(v4-8, v4-32, v5e-8, v5e-32, h100x1, h100x8, a100x8)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "validate the config and the datasets, "
                              "print the plan and its cost, and stop before loading any model")
 
@@ -33,7 +36,10 @@ def main(argv):
     distributed.initialize()
     start = time.perf_counter()
     if _DRY_RUN.value:
-        print(experiment.describe_plan(config))
+        from se_jax.pipeline import cost
+        if _TARGET.value and _TARGET.value not in cost.TARGETS:
+            raise app.UsageError(f"--target={_TARGET.value}: choose from {sorted(cost.TARGETS)}")
+        print(experiment.describe_plan(config, cost.TARGETS.get(_TARGET.value)))
         return
     result = experiment.run(config)
     if result is None:   # not process 0: the report is written once

@@ -178,14 +178,15 @@ def test_llm_judge_backend_with_a_loaded_decoder(tmp_path):
                          num_shots=None)
 
 
-def test_deberta_without_checkpoint_falls_back_loudly(caplog):
-    import ml_collections
+def test_deberta_without_checkpoint_refuses():
+    """Never a stand-in (issue 37): the default deberta backend without nli_path stops."""
     from configs.base import entropy_config
-    cfg = entropy_config()
+    from se_jax.config.schema import EntropyConfig
+    from se_jax.config.validation import ConfigError
+    cfg = EntropyConfig(**entropy_config().to_dict())
     assert cfg.backend == "deberta" and not cfg.nli_path
-    backend, reason = E.make_backend(cfg, make_mesh({"data": 1}, jax.devices()[:1]))
-    assert isinstance(backend, E.LexicalBackend) and "lexical" in reason
-    assert isinstance(cfg, ml_collections.ConfigDict)
+    with pytest.raises(ConfigError, match="needs entropy.nli_path"):
+        E.make_backend(cfg, make_mesh({"data": 1}, jax.devices()[:1]))
 
 
 def test_config_buckets_are_the_backend_default():

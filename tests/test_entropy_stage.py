@@ -137,12 +137,14 @@ def test_resume_after_a_crash_gives_the_same_file(tmp_path, monkeypatch):
     assert calls == [["q0", "q1"], ["q2", "q3"]]       # the first shard was not redone
 
 
-def test_deberta_without_checkpoint_says_fallback_in_every_record(tmp_path):
+def test_deberta_without_checkpoint_stops_before_any_work(tmp_path):
+    """No stand-in backend (issue 37): one line naming the missing field, nothing written."""
+    from se_jax.config.validation import ConfigError
     gen = _write(tmp_path / "g.jsonl", GOOD[:2])
-    path = standalone.entropy(_config(tmp_path, gen, backend="deberta", nli_path=""))
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        assert r["backend"] == "lexical" and "nli_path" in r["fallback"]
+    cfg = _config(tmp_path, gen, backend="deberta", nli_path="")
+    with pytest.raises(ConfigError, match="entropy.backend=deberta needs entropy.nli_path"):
+        standalone.entropy(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_deberta_stage_on_a_tiny_checkpoint(tmp_path, tiny_nli_dirs):  # noqa: F811

@@ -31,9 +31,15 @@ def test_validate_config_names_the_bad_field(field, value, message):
         plan.validate(RunConfig.from_configdict(config))
 
 
-def test_validate_config_judge_and_shipped_configs():
-    for module in (base, demo, nq_open_smollm, tiny, paper_llama3_8b):
+def test_validate_config_judge_and_shipped_configs(tmp_path):
+    for module in (base, demo, nq_open_smollm, tiny):
         plan.validate(module.get_config())
+    paper = paper_llama3_8b.get_config()
+    with pytest.raises(plan.ConfigError, match="se_deberta needs entropy.nli_path"):
+        plan.validate(paper)
+    (tmp_path / "config.json").write_text("{}")
+    paper.entropy.nli_path = str(tmp_path)
+    plan.validate(paper)
     config = tiny.get_config()
     config.evaluation.judge = "exact"
     with pytest.raises(plan.ConfigError, match="evaluation.judge.*'exact'"):

@@ -56,3 +56,79 @@ def test_two_processes_write_the_same_artifacts_as_one(tiny_inputs, tmp_path):
         assert (one / "data" / f"{split}.jsonl").read_text() == \
             (two / "data" / f"{split}.jsonl").read_text()
     assert not (two / rel / "outcomes.parts").exists()
+
+
+def test_two_processes_prepare_splits_sample_and_entropy_work_once(tiny_inputs, tmp_path):
+    """Issue 37: `--stage=prepare` (splits, samples and entropies of train and val, the
+    original model on val and test) as 2 local processes, each on its own device, gives the
+    1-process files byte for byte (same keys, same batches: the sampling guarantee's
+    equal case), every sample / entropy shard is computed by exactly one process, and each
+    output is merged once (no shard files left)."""
+    import re
+    model_dir, data_dir = tiny_inputs
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def command(workdir):
+        cmd = _stage_command(model_dir, data_dir, workdir)[:-3] + ["--stage=prepare"]
+        return cmd + ["--config.sampling.batch_size=2", "--config.entropy.questions_per_shard=2"]
+    _run(command(one), devices=1)
+    log = _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
+                "--local_devices=1", "--", *command(two)])
+    for stage in ("sample", "entropy"):
+        found = re.findall(rf"\[p(\d)\].*{stage}: process (\d) computed shards \[([\d, ]*)\] "
+                           rf"of (\d+) in (\S+)", log)
+        per_dir: dict[str, list] = {}
+        for prefix, pid, shards, total, where in found:
+            assert prefix == pid
+            per_dir.setdefault(where, []).append(
+                (int(pid), [int(s) for s in shards.split(",") if s.strip()], int(total)))
+        assert per_dir, (stage, log[-3000:])
+        for where, computed in per_dir.items():
+            # Both processes report once per directory; their shards partition its shards.
+            assert sorted(pid for pid, _, _ in computed) == [0, 1], (where, computed)
+            merged = sorted(i for _, s, _ in computed for i in s)
+            assert merged == list(range(computed[0][2])), (where, computed)
+    for rel in ("sample/train/generations.jsonl", "sample/val/generations.jsonl",
+                "entropy/lexical/train/uncertainty.jsonl", "entropy/lexical/val/uncertainty.jsonl",
+                "evaluate/f1_0.5/original/test/outcomes.jsonl"):
+        assert (one / rel).read_text() == (two / rel).read_text(), rel
+    assert not list(two.rglob("*.parts/*"))
+
+
+def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tmp_path):
+    """Issue 37: the whole tiny experiment (configs/tiny.py, the end-to-end test's methods)
+    as 2 local processes, each on its own device: every output a result depends on
+    (generations, uncertainties, SFT sets, adapters, outcomes, metrics, results.csv,
+    sweep.csv) is byte-identical to a 1-process run; sample and entropy shards are each
+    computed by one process; Orbax checkpoints are saved by process 0 only (in its
+    single-process mode: the arrays live on each process's own devices)."""
+    import re
+    model_dir, data_dir = tiny_inputs
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def command(workdir):
+        return [sys.executable, str(REPO / "launch" / "experiment.py"), "--config=configs/tiny.py",
+                f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
+                f"--config.workdir={workdir}",
+                "--config.experiment.methods=('se_lexical','rtuning','rtuning_u')"]
+    _run(command(one), devices=1)
+    log = _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
+                "--local_devices=1", "--", *command(two)])
+    for stage in ("sample", "entropy"):
+        per_dir: dict[str, list] = {}
+        for pid, shards, where in re.findall(
+                rf"\[p\d\].*{stage}: process (\d) computed shards \[([\d, ]*)\] of \d+ in (\S+)",
+                log):
+            per_dir.setdefault(where, []).extend(int(s) for s in shards.split(",") if s.strip())
+        assert per_dir and all(len(v) == len(set(v)) for v in per_dir.values()), per_dir
+    saves = re.findall(r"\[p(\d)\].*checkpoint: saving step", log)
+    assert saves and set(saves) == {"0"}, saves
+    compared = 0
+    for path in sorted(one.rglob("*")):
+        rel = path.relative_to(one)
+        if path.is_file() and (path.suffix in (".jsonl", ".csv", ".safetensors")
+                               or path.name == "metrics.json"):
+            assert (two / rel).read_bytes() == path.read_bytes(), rel
+            compared += 1
+    assert compared > 40
+    assert not list(two.rglob("*.parts/*"))

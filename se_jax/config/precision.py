@@ -6,7 +6,9 @@ emulates bfloat16 products and they run slower than float32. Measured on a 2-cor
 with avx512_bf16 (docs/log/2026-12-03-bfloat16.md): bfloat16 trains SmolLM2's LoRA step
 1.45x, prefills 1.6x and samples 1.9x faster than float32.
 
-Storage (`param_dtype`) is not chosen here: weights that an optimizer updates stay float32.
+Storage (`param_dtype`) is not chosen here: weights that an optimizer updates stay float32
+(`se_jax.tuning.training.float32_trainable` makes a run's trainable parameters float32,
+and so Adam's moments, whatever the storage dtype of the base weights).
 Importing this module does not import JAX (config validation reads its names before JAX
 starts).
 """

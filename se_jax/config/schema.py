@@ -16,6 +16,7 @@ unchanged and workdirs written before the typed config resume.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Mapping
 
 from se_jax.config import precision
@@ -38,6 +39,7 @@ class ModelConfig:
     dtype: str           # compute dtype: float32 | bfloat16 | auto (precision.py)
     param_dtype: str     # storage dtype of the weights
     max_seq_len: int     # KV-cache length: prompt + generated tokens
+    scan_layers: bool    # the layers as one lax.scan (compile once per program, not per layer)
 
     def __post_init__(self):
         if not isinstance(self.path, str) or not self.path:
@@ -46,6 +48,8 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, (*precision.DTYPES, precision.AUTO))
         check_choice("model.param_dtype", self.param_dtype, precision.DTYPES)
         check_int("model.max_seq_len", self.max_seq_len, minimum=2)
+        if not isinstance(self.scan_layers, bool):
+            fail("model.scan_layers", self.scan_layers, "must be True or False")
 
 
 @_section
@@ -443,6 +447,12 @@ class RunConfig:
 
     def __post_init__(self):
         check_int("seed", self.seed, minimum=0)
+        for where, value in _path_fields(self):
+            if _URL.match(value):
+                fail(where, value, "URLs are not supported for files se_jax reads or writes "
+                     "(stage outputs are written atomically with local renames): mount the "
+                     "bucket (e.g. gcsfuse on every host) and give the mount's path; the "
+                     "compile cache alone takes gs:// (SE_JAX_COMPILE_CACHE)")
         check_choice("on_bad_input", self.on_bad_input, ("skip", "error"))
 
     @classmethod
@@ -478,6 +488,24 @@ class RunConfig:
             else:
                 changes[name] = value
         return dataclasses.replace(self, **changes)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PATH_NAMES = re.compile(r"(^|_)(path|dir|workdir|input|sft|generations|uncertainty|"
+                         r"slick_answers|adapter|judge_model|nli_path)$")
+
+
+def _path_fields(config: RunConfig):
+    """(config.<section>.<field>, value) of every string field that names a file or a
+    directory."""
+    if isinstance(config.workdir, str):
+        yield "workdir", config.workdir
+    for name in SECTIONS:
+        section = getattr(config, name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, str) and _PATH_NAMES.search(f.name):
+                yield f"{name}.{f.name}", value
 
 
 def _build(cls: type, where: str, values: Mapping[str, Any], typed: set[str] = frozenset()):

@@ -96,11 +96,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("SE_JAX_CACHE") or Path.home() / ".cache" / "se_jax")
 
 
-def compile_cache_dir() -> Path | None:
-    """Where compiled programs are kept, or None when disabled."""
+def compile_cache_dir() -> Path | str | None:
+    """Where compiled programs are kept, or None when disabled. A URL (gs://bucket/xla) is
+    kept as the string JAX's cache opens through etils.epath (gcsfs on every host), never
+    turned into a local `gs:/` folder."""
     value = os.environ.get(CACHE_ENV, "")
     if value.lower() in ("off", "0", "none", "false"):
         return None
+    if "://" in value:
+        return value
     return Path(value) if value else cache_root() / "xla"
 
 
@@ -127,7 +131,8 @@ def setup(*, library_logs: bool = False) -> Telemetry:
     import jax
     cache = compile_cache_dir()
     if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
+        if isinstance(cache, Path):
+            cache.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache))
         # Keep every program that took a second or more to compile; small ones are cheap.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

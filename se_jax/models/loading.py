@@ -100,17 +100,20 @@ def check_tensors(reader: HFDirectory | GGUFCheckpoint, config: LlamaConfig) -> 
 
 
 def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRules | None = None,
-               dtype: str = "float32", param_dtype: str = "float32") -> Llama:
+               dtype: str = "float32", param_dtype: str = "float32",
+               scan_layers: bool = False) -> Llama:
     """A `Llama` with the checkpoint's weights, sharded on `mesh` by `rules`.
 
     Without a mesh the weights go to the first local device. `dtype` is the compute dtype
     ("auto": `precision.resolve_dtype`, bfloat16 where the hardware multiplies it natively),
     `param_dtype` the storage dtype (weights are cast on the host, one slice at a time).
+    `scan_layers`: run the layers as one `lax.scan` (LlamaConfig.scan_layers).
     """
     start = time.perf_counter()
     dtype = precision.resolve_dtype(dtype)
     reader = open_checkpoint(path_or_id)
-    config = load_config(reader, dtype=dtype, param_dtype=param_dtype)
+    config = load_config(reader, dtype=dtype, param_dtype=param_dtype,
+                         scan_layers=bool(scan_layers))
     check_tensors(reader, config)
     rules = rules or ShardingRules()
     abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
@@ -134,6 +137,18 @@ def load_llama(path_or_id: str, *, mesh: Mesh | None = None, rules: ShardingRule
              reader.source, config.num_hidden_layers, config.hidden_size, dtype, param_dtype,
              time.perf_counter() - start)
     return model
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model paths name the same checkpoint (trailing slashes aside)."""
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def judge_dtypes(dtype: str) -> dict[str, str]:
+    """load_llama's dtypes for an inference-only model beside the generator (a judge): the
+    generator's compute dtype, weights stored in it too (no float32 copy of a 70B judge)."""
+    compute = precision.resolve_dtype(dtype)
+    return dict(dtype=compute, param_dtype=compute)
 
 
 def load_tokenizer(path_or_id: str):

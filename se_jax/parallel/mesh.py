@@ -156,6 +156,19 @@ def batch_shards(mesh: Mesh | None, rules: ShardingRules) -> int:
     return math.prod(mesh.shape[a] for a in axes if a and a in mesh.shape)
 
 
+def process_local(mesh: Mesh | None) -> bool:
+    """Whether every device of `mesh` belongs to this process (no cross-host collective):
+    then several processes each compute their own share of a stage's shards."""
+    return mesh is None or all(d.process_index == jax.process_index()
+                               for d in mesh.devices.flat)
+
+
+def my_shards(pending: Sequence[int]) -> list[int]:
+    """The shards of `pending` this process computes when work is spread over processes:
+    shard i is process i % P's (the same split whatever each process's `pending` saw)."""
+    return [i for i in pending if i % jax.process_count() == jax.process_index()]
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -9,13 +9,18 @@ parameters and Adam's two moments (and the distillation teacher); generations ta
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Mapping
 
 from se_jax.config.schema import RunConfig
+from se_jax.config.validation import ConfigError
+from se_jax.config import precision
 from se_jax.pipeline.plan import Sweep
 from se_jax.tuning import training
 from se_jax.models.hf_names import param_specs
+from se_jax.models.llama import LlamaConfig
 from se_jax.models.loading import load_config, open_checkpoint
 
 _BYTES_PER_TOKEN = 40
@@ -30,12 +35,24 @@ class Cost:
     disk_bytes: dict[str, int]    # output kind -> bytes
 
 
+def read_shapes(path: str) -> LlamaConfig | None:
+    """The model's shapes from its config alone (a directory's config.json is enough: no
+    weight file is opened), or None when they cannot be read without the network."""
+    config_json = os.path.join(str(path), "config.json")
+    try:
+        if os.path.isfile(config_json):
+            with open(config_json) as f:
+                return LlamaConfig.from_hf_dict(json.load(f))
+        return load_config(open_checkpoint(str(path)))
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
+
+
 def _model_numbers(config: RunConfig) -> tuple[int, int] | None:
     """(adapter parameters of one run, all parameters) from the checkpoint's config, or
     None when the config cannot be read without the network."""
-    try:
-        model_config = load_config(open_checkpoint(config.model.path))
-    except (OSError, ValueError, ImportError):
+    model_config = read_shapes(str(config.model.path))
+    if model_config is None:
         return None
     spec = training.lora_spec(config.training)
     specs = param_specs(model_config)
@@ -85,4 +102,157 @@ def describe(cost: Cost) -> str:
     total = sum(cost.disk_bytes.values())
     lines.append(f"disk: ~{total / 2**20:.0f} MiB (" + ", ".join(
         f"{k} {v / 2**20:.1f} MiB" for k, v in cost.disk_bytes.items()) + ")")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- memory
+
+_GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The hardware a dry run plans for: hosts x devices per host, memory per device."""
+    name: str
+    hosts: int
+    devices_per_host: int
+    memory_gib: float | None      # None: unknown (a CPU)
+
+
+# What `--target` names (HBM per chip: TPU v4 32 GiB, v5e 16 GiB; H100 80 GB; A100 80 GB).
+TARGETS = {t.name: t for t in (
+    Target("v4-8", 1, 4, 32.0), Target("v4-32", 4, 4, 32.0),
+    Target("v5e-8", 1, 8, 16.0), Target("v5e-32", 8, 4, 16.0),
+    Target("h100x1", 1, 1, 79.6), Target("h100x8", 1, 8, 79.6),
+    Target("a100x8", 1, 8, 79.6))}
+
+
+def local_target() -> Target:
+    """This machine: its processes' devices and, where the backend says, their memory."""
+    import jax
+    devices = jax.local_devices()
+    stats = getattr(devices[0], "memory_stats", lambda: None)() or {}
+    limit = stats.get("bytes_limit")
+    return Target(f"this machine ({len(devices)} {devices[0].platform} device(s) per "
+                  f"process, {jax.process_count()} process(es))", jax.process_count(),
+                  len(devices), limit / _GIB if limit else None)
+
+
+def mesh_axes(config: RunConfig, devices: int) -> dict[str, int]:
+    """config.mesh resolved over `devices` (the -1 axis takes the rest); ConfigError when
+    the sizes do not fit."""
+    axes = config.mesh.axes()
+    n = config.mesh.num_devices or devices
+    if n > devices:
+        raise ConfigError(f"config.mesh.num_devices={n}: the target has {devices} devices")
+    known = math.prod(v for v in axes.values() if v != -1)
+    if -1 in axes.values():
+        if n % known:
+            raise ConfigError(f"config.mesh={axes}: {n} devices are not divisible by the "
+                              f"fixed axes' product {known}")
+        axes = {k: (n // known if v == -1 else v) for k, v in axes.items()}
+    if math.prod(axes.values()) != n:
+        raise ConfigError(f"config.mesh={axes} needs {math.prod(axes.values())} devices; the "
+                          f"target has {n} per mesh")
+    return axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """Per-device bytes of each resident part, the device's memory, and the mesh."""
+    target: Target
+    mesh: dict[str, int]
+    parts: dict[str, int]
+    notes: tuple[str, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+
+def _bytes(dtype: str) -> int:
+    return 2 if precision.resolve_dtype(dtype) == "bfloat16" else 4
+
+
+def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
+    """Per-device memory of the generator's weights, its KV caches (sampler and greedy
+    evaluation), the largest run's optimizer state (float32 master copy and Adam moments
+    of whatever a run trains: precision.py), and a separate judge's weights; None when the
+    model's shapes cannot be read. ConfigError when the mesh does not fit the target or a
+    batch size does not divide the batch shards.
+
+    The experiment builds its mesh over each host's own devices (every host runs the whole
+    job on its share of the slice), so the mesh is resolved over `devices_per_host`.
+    Approximate: weights divide by fsdp x tensor, the KV cache by the batch shards and the
+    KV heads' tensor shards; activations and XLA's scratch are not counted."""
+    shapes = read_shapes(str(config.model.path))
+    if shapes is None:
+        return None
+    axes = mesh_axes(config, target.devices_per_host)
+    batch_shards = axes["data"] * axes["fsdp"]
+    model_shards = axes["fsdp"] * axes["tensor"]
+    tc, sc, ev = config.training, config.sampling, config.evaluation
+    if tc.batch_size % batch_shards:
+        raise ConfigError(f"config.training.batch_size={tc.batch_size} is not divisible by "
+                          f"the {batch_shards} batch shards (mesh {axes} on {target.name}); "
+                          f"choose a multiple of {batch_shards} or change config.mesh")
+    specs = param_specs(shapes)
+    total = sum(math.prod(s.hf_shape) for s in specs)
+    weights = total * _bytes(config.model.param_dtype) // model_shards
+    kv_token = (2 * shapes.num_hidden_layers * shapes.num_key_value_heads * shapes.head_dim
+                * _bytes(config.model.dtype))
+    kv_split = batch_shards * min(axes["tensor"], shapes.num_key_value_heads)
+
+    def rows(prompts: int, per_prompt: int) -> int:
+        return -(-prompts // batch_shards) * batch_shards * per_prompt
+    sample_rows = rows(sc.batch_size, sc.num_samples + 1)
+    eval_rows = rows(ev.batch_size, 1)
+    kv = max(sample_rows, eval_rows) * config.model.max_seq_len * kv_token // kv_split
+    adapter = (_model_numbers(config) or (0, 0))[0]
+    # (trainable parameters, float32 copies): the float32 master (or the parameter) and
+    # Adam's two moments; a self-distilled LoRA run also keeps its teacher's adapters.
+    runs = [({"lora": adapter, "full": total}.get(tc.mode, 0),
+             3 + bool(tc.distill.enabled or "self_distill" in sweep.arms))]
+    if "attention_only" in sweep.arms or tc.mode == "attention":
+        runs.append((sum(math.prod(s.hf_shape) for s in specs if "self_attn" in s.hf_name), 3))
+    trainable, copies = max(runs, key=lambda r: r[0] * r[1])
+    optimizer = trainable * copies * _F32 // model_shards
+    parts = {"weights": weights, "KV cache": kv, "optimizer state": optimizer}
+    notes = [f"mesh {axes} over each host's {target.devices_per_host} device(s); batch "
+             f"shards {batch_shards}; sampler {sample_rows} rows ({sc.batch_size} prompts x "
+             f"{sc.num_samples + 1}), evaluation {eval_rows} rows, {config.model.max_seq_len} "
+             f"tokens each; optimizer: {trainable / 1e6:.1f}M trainable x {copies} float32 "
+             f"copies (largest run)"]
+    if target.hosts > 1:
+        notes.append(f"each of the {target.hosts} hosts works on its own "
+                     f"{target.devices_per_host} devices: sample, entropy and evaluate shards "
+                     f"are spread over the hosts; every host still trains every run of the "
+                     f"sweep (spreading the runs is not built: issue 37 item 2)")
+    judge = ev.judge_model if ev.judge == "llm" else ""
+    for who, path in (("evaluation judge", judge), ("entropy judge",
+                      config.entropy.judge_model if any(
+                          m == "se_llm_judge" for m in sweep.methods) else "")):
+        if path and path.rstrip("/") != str(config.model.path).rstrip("/"):
+            js = read_shapes(path)
+            if js is None:
+                notes.append(f"{who} {path}: shapes unreadable, not counted")
+                continue
+            jt = sum(math.prod(s.hf_shape) for s in param_specs(js))
+            parts[f"{who} weights ({jt / 1e9:.0f}B)"] = (
+                jt * _bytes(config.model.dtype) // model_shards)
+    return Memory(target, axes, parts, tuple(notes))
+
+
+def describe_memory(mem: Memory) -> str:
+    cap = mem.target.memory_gib
+    lines = [f"memory per device on {mem.target.name} ({mem.target.hosts} host(s) x "
+             f"{mem.target.devices_per_host} device(s), "
+             + (f"{cap:.1f} GiB each):" if cap else "memory unknown):")]
+    lines += [f"  {k}: {v / _GIB:.2f} GiB" for k, v in mem.parts.items()]
+    total = mem.total / _GIB
+    verdict = ("" if cap is None else
+               f" of {cap:.1f} GiB: fits" if total <= cap else f" of {cap:.1f} GiB: DOES NOT FIT")
+    lines.append(f"  total: {total:.2f} GiB{verdict} (activations and XLA scratch not "
+                 f"counted)")
+    lines += [f"  {n}" for n in mem.notes]
     return "\n".join(lines)

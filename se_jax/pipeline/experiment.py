@@ -29,14 +29,14 @@ from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import (ORIGINAL, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
-                         pick_taus, result_row, se_backend, validate)
+                         method_uses, pick_taus, result_row, se_backend, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.pipeline.stages import teach
 from se_jax.abstention import judges
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 from se_jax.pipeline.stages import sample
 from se_jax.pipeline.stages import entropy
 from se_jax.pipeline.stages import label
@@ -134,13 +134,18 @@ class Job:
             ev = self.config.evaluation
             if ev.judge != "llm":
                 self._judge = judges.make_judge(ev)
-            elif ev.judge_model:
-                base = self.resident()
-                model = load_llama(ev.judge_model, mesh=base.mesh)
+                return self._judge
+            base = self.resident()
+            # model.path names the generator (with teach.enabled: the taught one, resident).
+            if ev.judge_model and not same_model(ev.judge_model, self.config.model.path):
+                # Inference only: weights stored in the compute dtype (a 70B judge in
+                # float32 would be ~280 GB).
+                model = load_llama(ev.judge_model, mesh=base.mesh,
+                                   **judge_dtypes(self.config.model.dtype),
+                                   scan_layers=self.config.model.scan_layers)
                 self._judge = judges.make_judge(ev, model, load_tokenizer(ev.judge_model),
                                                 model_name=ev.judge_model)
-            else:
-                base = self.resident()
+            else:   # the judge is the generator: the resident model, no second copy
                 self._judge = judges.make_judge(ev, base.model, base.tokenizer,
                                                 model_name=str(self.config.model.path))
         return self._judge
@@ -163,7 +168,9 @@ class Job:
         if not is_done(out):
             cfg = self.config.replace(entropy=dict(backend=backend))
             with self.clock.phase(f"entropy {backend} {split}"):
-                entropy.run_entropy(cfg, generations, out)
+                # An LLM entailment judge that is the generator runs on the resident model.
+                entropy.run_entropy(cfg, generations, out, resident=(
+                    self.resident() if backend == "llm_judge" else None))
             mark_done(out)
         return out / "uncertainty.jsonl"
 
@@ -259,9 +266,14 @@ class ExperimentResult:
     picked: dict[str, float | None]
 
 
-def describe_plan(config: RunConfig) -> str:
-    """What a run would do and cost (validates config and datasets; loads no model)."""
+def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
+    """What a run would do and cost (validates config and datasets; loads no model), with
+    the per-device memory on `target` (default: this machine); ConfigError when the mesh
+    does not fit the target, a batch does not divide its shards, or the memory exceeds a
+    device's."""
     sweep = Sweep.from_config(config)
+    target = target or cost.local_target()
+    mem = cost.memory(config, sweep, target)
     if config.data.source == "facts":
         sizes, num_ood = split_lib.fact_split_sizes(config.facts), 1
         data = [f"data: knowledge-controlled facts, {sizes} (half taught, half not)",
@@ -276,15 +288,27 @@ def describe_plan(config: RunConfig) -> str:
                 f"({sizes['ood']} each)"]
     backends = backends_needed(sweep.methods, config.entropy.backend)
     settings = max(len(config.experiment.settings), 1)
-    return "\n".join([
+    text = "\n".join([
         f"workdir: {config.workdir}", *data,
         f"entropy backends: {backends}",
         f"fine-tuning runs in the sweep: {len(sweep.runs)} "
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
         f"seeds {list(sweep.seeds)})",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
+        "what each method will really use:",
+        *(f"  {m}: {what}" for m, what in method_uses(config).items()),
         cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
-                                    settings=settings))])
+                                    settings=settings)),
+        cost.describe_memory(mem) if mem else
+        f"memory: the shapes of {config.model.path} cannot be read here (no config.json)"])
+    if mem and mem.target.memory_gib and mem.total > mem.target.memory_gib * 2**30:
+        parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in mem.parts.items())
+        raise ConfigError(f"the plan needs {mem.total / 2**30:.1f} GiB per device ({parts}) "
+                          f"on {mem.target.name}, whose devices hold "
+                          f"{mem.target.memory_gib:.1f} GiB (mesh {mem.mesh}): shard more "
+                          f"(config.mesh.tensor / fsdp) or use smaller sampling / evaluation "
+                          f"batches")
+    return text
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from se_jax.config.validation import ConfigError  # the one config error type; re-exported
@@ -130,6 +131,67 @@ def validate(config: RunConfig) -> None:
                               f"{list(ARMS)}")
     if ex.arms and not any(se_backend(m) for m in methods):
         raise ConfigError("config.experiment.arms need an SE method in experiment.methods")
+    method_uses(config)   # a method that cannot run as named stops here, before any work
+
+
+def _same_model(a: str, b: str) -> bool:   # = models.loading.same_model (JAX-free here)
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def backend_uses(config: RunConfig, backend: str, who: str) -> str:
+    """What equivalence backend `backend` will really run, for `who` (a method's name or
+    `entropy.backend=...`); ConfigError with one line when it cannot run as named."""
+    ec = config.entropy
+    if backend == "deberta":
+        if not ec.nli_path:
+            raise ConfigError(f"{who} needs entropy.nli_path (an HF DeBERTa NLI directory, "
+                              f"e.g. microsoft/deberta-v2-xlarge-mnli); set it, or choose "
+                              f"the lexical backend (se_lexical) by name")
+        if not (Path(ec.nli_path) / "config.json").is_file():
+            raise ConfigError(f"{who}: entropy.nli_path={ec.nli_path!r} is not an HF DeBERTa "
+                              f"NLI directory (no config.json there)")
+        return f"DeBERTa NLI {ec.nli_path} ({ec.nli_dtype})"
+    if backend == "llm_judge":
+        judge = ec.judge_model or config.model.path
+        same = _same_model(judge, config.model.path)
+        return (f"LLM entailment judge {judge}"
+                + (" (the generator, resident: no second load)" if same else
+                   f" (loaded with weights in the compute dtype {config.model.dtype}, on "
+                   f"the generator's mesh)")
+                + f", prompt {ec.judge_prompt!r}")
+    return f"lexical content-word F1 >= {ec.lexical_threshold}"
+
+
+def method_uses(config: RunConfig) -> dict[str, str]:
+    """{method (and 'judge'): what it will really run}; ConfigError naming what is missing
+    for the first one that cannot run as named (no method ever becomes another)."""
+    methods = list(config.experiment.methods)
+    uses: dict[str, str] = {}
+    for m in methods:
+        b = se_backend(m)
+        if b is not None:
+            uses[m] = "SE labels from " + backend_uses(config, b, m)
+    if not any(se_backend(m) for m in methods):   # the default backend still runs
+        default = config.entropy.backend
+        uses["entropies"] = backend_uses(config, default, f"entropy.backend={default}")
+    if "rtuning_u" in methods:
+        uses["rtuning_u"] = ("R-Tuning-U labels from the exact-string entropy of the "
+                             "M samples (no equivalence backend)")
+    for m in ("rtuning", "idk"):
+        if m in methods:
+            uses[m] = {"rtuning": "R-Tuning labels (the greedy answer judged correct or not)",
+                       "idk": "Idk labels (the fraction of samples judged correct)"}[m]
+    ev = config.evaluation
+    if ev.judge == "llm":
+        judge = ev.judge_model or config.model.path
+        uses["judge"] = (f"LLM yes/no judge {judge}"
+                         + (" (the generator, resident: no second load)"
+                            if _same_model(judge, config.model.path) else
+                            f" (loaded with weights in the compute dtype {config.model.dtype}, "
+                            f"on the generator's mesh)"))
+    else:
+        uses["judge"] = f"{ev.judge} judge (no model)"
+    return uses
 
 
 def pick_taus(sweep: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:

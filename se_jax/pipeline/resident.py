@@ -18,11 +18,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
 
 from se_jax.config.schema import ModelConfig, TrainingConfig
 from se_jax.io.telemetry import Telemetry
+from se_jax.parallel import mesh as mesh_lib
 from se_jax.models.loading import load_llama, load_tokenizer
 from se_jax.tuning import checkpointing, export, lora, training
 
@@ -40,7 +42,8 @@ class Resident:
         """Load `model_config.path` onto `mesh` (counted in the process's telemetry);
         `adapter`: a PEFT adapter directory folded into the weights (e.g. a taught base)."""
         model = load_llama(str(model_config.path), mesh=mesh, dtype=model_config.dtype,
-                           param_dtype=model_config.param_dtype)
+                           param_dtype=model_config.param_dtype,
+                           scan_layers=model_config.scan_layers)
         Telemetry.install().count_load()
         if adapter:
             export.load_peft_adapter(model, adapter, merge=True)
@@ -73,8 +76,9 @@ class Resident:
         """The model of a finished run, rebuilt from its last checkpoint (no training)."""
         model = self.run_model(training_config, seed)
         params = training.trainable_state(model, training_config.mode)
-        manager = checkpointing.make_manager(checkpoints, save_every=1, keep=1,
-                                             async_save=False)
+        manager = checkpointing.make_manager(
+            checkpoints, save_every=1, keep=1, async_save=False,
+            solo=jax.process_count() > 1 and mesh_lib.process_local(self.mesh))
         try:
             restored = checkpointing.restore_latest_params(manager, nnx.to_pure_dict(params))
         finally:

@@ -15,7 +15,7 @@ CONTRADICTION / NEUTRAL / ENTAILMENT, many pairs per call:
 - `lexical`: SQuAD token F1 of the answers' content words (text.content_tokens: without
   the question's words and function words); ENTAILMENT when >= threshold, else NEUTRAL
   (F1 is symmetric, so "both ways" holds by construction).
-  The offline fallback when no NLI checkpoint is configured.
+  Chosen by name only (entropy.backend=lexical, method se_lexical); never a stand-in.
 
 Equivalence of a and b combines both directions as jlko/semantic_uncertainty does:
 strict = both ENTAILMENT; non-strict = no CONTRADICTION and not both NEUTRAL.
@@ -44,6 +44,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from se_jax.config.schema import EntropyConfig
+from se_jax.config.validation import ConfigError
 from se_jax.semantic import clustering
 from se_jax.generation import scoring
 from se_jax.parallel import mesh as mesh_lib
@@ -376,24 +377,33 @@ def equivalences(backend: Backend, questions: Sequence[str], answers: Sequence[S
     return equivalence_matrices(backend, questions, answers, strict=strict)
 
 
+def missing_nli_path(what: str) -> str:
+    """The one line a DeBERTa backend without a checkpoint stops with."""
+    return (f"{what} needs entropy.nli_path (an HF DeBERTa NLI directory, e.g. "
+            f"microsoft/deberta-v2-xlarge-mnli); set it, or choose the lexical backend "
+            f"(se_lexical) by name")
+
+
+def check_runnable(entropy_config: EntropyConfig) -> None:
+    """ConfigError (one line) when the configured backend cannot run as named."""
+    if entropy_config.backend == "deberta" and not entropy_config.nli_path:
+        raise ConfigError(missing_nli_path("entropy.backend=deberta"))
+
+
 def make_backend(entropy_config: EntropyConfig, mesh: Mesh, *, decoder: Any = None,
                  decoder_tokenizer: Any = None, decoder_path: str | None = None
                  ) -> tuple[Backend, str | None]:
-    """The configured backend and, when it is a fallback, why (written into the outputs).
-
-    `deberta` without `nli_path` falls back to `lexical`, loudly: it changes the method.
+    """The configured backend, and None (the slot where a fallback reason once went: no
+    backend is ever replaced by another; one that cannot run as named raises ConfigError
+    naming what is missing, before any work).
     """
     name = entropy_config.backend
     if name not in BACKENDS:
         raise ValueError(f"entropy.backend={name!r}; choose from {BACKENDS}")
     if name == "lexical":
         return LexicalBackend(entropy_config.lexical_threshold), None
+    check_runnable(entropy_config)
     if name == "deberta":
-        if not entropy_config.nli_path:
-            reason = ("entropy.nli_path is not set (no NLI checkpoint available): using the "
-                      "lexical token-F1 backend instead of DeBERTa entailment")
-            logging.warning("=" * 20 + " FALLBACK " + "=" * 20 + "\n%s", reason)
-            return LexicalBackend(entropy_config.lexical_threshold), reason
         nli = load_nli(entropy_config.nli_path, dtype=entropy_config.nli_dtype)
         return DebertaBackend(nli, mesh, batch_size=entropy_config.batch_size,
                               buckets=entropy_config.buckets,

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -19,17 +20,36 @@ PyTree = Any
 
 
 def make_manager(directory: str | os.PathLike, *, save_every: int, keep: int,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-    """A manager that saves on multiples of `save_every` (and on `force`), keeping `keep`."""
+                 async_save: bool = True, solo: bool = False) -> ocp.CheckpointManager:
+    """A manager that saves on multiples of `save_every` (and on `force`), keeping `keep`.
+
+    `solo`: this process alone (Orbax's single-process mode within a multi-process job),
+    for arrays on this process's own devices (a per-process mesh): the default mode
+    expects every process to hold a slice of global arrays and rejects host-local ones."""
+    multiprocessing = ocp.options.MultiprocessingOptions()
+    if solo:   # Orbax does not create the root in this mode
+        os.makedirs(os.path.abspath(directory), exist_ok=True)
+        pid = jax.process_index()
+        multiprocessing = ocp.options.MultiprocessingOptions(
+            primary_host=pid, active_processes={pid}, barrier_sync_key_prefix=f"solo{pid}")
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(save_every), 1), max_to_keep=max(int(keep), 1),
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=not solo,
+        multiprocessing_options=multiprocessing)
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    manager.se_jax_solo = solo   # save/restore go through host numpy arrays (see save)
+    return manager
+
+
+def _solo(manager: ocp.CheckpointManager) -> bool:
+    return bool(getattr(manager, "se_jax_solo", False))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
          force: bool = False) -> bool:
     """Save `state` (a pytree of arrays) at `step` if the policy says so (or `force`)."""
+    if _solo(manager):   # Orbax refuses host-local jax.Arrays in a multi-process job
+        state = jax.device_get(state)
     saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                          force=force)
     if saved:
@@ -43,6 +63,14 @@ def restore_latest(manager: ocp.CheckpointManager, like: PyTree) -> tuple[int, P
     step = manager.latest_step()
     if step is None:
         return None
+    if _solo(manager):   # numpy on the host, then onto `like`'s devices
+        host = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(host)))
+        state = jax.tree.map(lambda r, x: jax.device_put(np.asarray(r, x.dtype), x.sharding),
+                             restored.state, like)
+        logging.info("checkpoint: restored step %d from %s", step, manager.directory)
+        return step, state
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
@@ -56,6 +84,12 @@ def restore_latest_params(manager: ocp.CheckpointManager, like: PyTree) -> PyTre
     step = manager.latest_step()
     if step is None:
         return None
+    if _solo(manager):
+        host = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), like)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": host}, partial_restore=True)))
+        return jax.tree.map(lambda r, x: jax.device_put(np.asarray(r, x.dtype), x.sharding),
+                            restored.state["params"], like)
     restore_args = jax.tree.map(
         lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
                                        dtype=x.dtype), like)

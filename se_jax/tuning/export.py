@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from se_jax.parallel.distributed import to_host
 from se_jax.tuning import lora
 from se_jax.models.hf_names import param_specs
 from se_jax.models.loading import save_hf_checkpoint
@@ -47,7 +48,9 @@ def adapter_tensors(model) -> dict[str, np.ndarray]:
         if key not in names:
             raise ValueError(f"LoRA layer {path} has no Hugging Face name")
         prefix = f"base_model.model.{names[key]}"
-        a, b = jax.device_get((layer.lora.lora_a[...], layer.lora.lora_b[...]))
+        # to_host: an fsdp-sharded adapter spanning several hosts is gathered first
+        # (jax.device_get fails on an array this host does not fully address).
+        a, b = to_host(layer.lora.lora_a[...]), to_host(layer.lora.lora_b[...])
         out[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(np.asarray(a, np.float32).T)
         out[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(np.asarray(b, np.float32).T)
     if not out:

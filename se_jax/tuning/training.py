@@ -33,6 +33,7 @@ from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.parallel import mesh as mesh_lib
 from se_jax.parallel import preemption
+from se_jax.parallel.distributed import barrier
 from se_jax.tuning import sft_data
 from se_jax.config.schema import TrainingConfig
 from se_jax.io.stage_io import Progress
@@ -289,12 +290,28 @@ class TrainState:
             nnx.replace_by_pure_dict(self.teacher, tree["teacher"])
 
 
+def float32_trainable(model: nnx.Module, wrt) -> int:
+    """Trainable parameters stored below float32 (bfloat16 base weights of an
+    attention-only or full run) become float32 in `model`, so the parameters and Adam's
+    moments update in float32 (config/precision.py: weights an optimizer updates stay
+    float32; in bfloat16 an update of ~lr 3e-5 rounds to zero). The model's Variables get
+    new arrays: a resident base sharing the old ones keeps them. Returns how many."""
+    changed = 0
+    for _, var in nnx.to_flat_state(nnx.state(model, wrt)):
+        value = var.get_value()
+        if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != jnp.float32:
+            var.set_value(value.astype(jnp.float32))
+            changed += 1
+    return changed
+
+
 def init_train_state(model: nnx.Module, cfg: TrainingConfig, *, mesh: Mesh, num_updates: int,
                      rules: mesh_lib.ShardingRules | None = None) -> TrainState:
     """Place the model and a fresh `nnx.Optimizer` (over the trainable filter of
     `cfg.mode`) on `mesh`, split them into states, and compile-ready step functions."""
     rules = rules or mesh_lib.ShardingRules()
     wrt = lora.trainable_filter(cfg.mode)
+    float32_trainable(model, wrt)
     optimizer = nnx.Optimizer(
         model, make_optimizer(OptimizerSpec.from_config(cfg, max(num_updates, 1))), wrt=wrt)
     mesh_lib.shard_model(model, mesh, rules)
@@ -341,14 +358,20 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                              num_updates=total // cfg.grad_accum_steps)
     use_kd = state.teacher is not None
 
+    # Several processes, each on its own devices (the experiment's per-process mesh): each
+    # trains the same run; process 0 alone saves, in Orbax's single-process mode.
+    solo = jax.process_count() > 1 and mesh_lib.process_local(mesh)
+    writes = not solo or jax.process_index() == 0
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
-                                         async_save=cfg.async_checkpoint)
+                                         async_save=cfg.async_checkpoint, solo=solo)
     start, resumed_from = 0, None
     restored = checkpointing.restore_latest(manager, state.checkpoint())
     if restored is not None:
         start, tree = restored
         resumed_from = start
         state.restore(tree)
+    if solo:   # every process has read the checkpoints before process 0 writes new ones
+        barrier(f"train-restored-{workdir}")
     stop = total if cfg.max_steps <= 0 else min(total, start + cfg.max_steps)
     teacher_step = cfg.distill.teacher_epoch * spe
     base_key = jax.random.key(seed)
@@ -365,6 +388,26 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                  sum(x.size for x in jax.tree.leaves(state.params)), layout.prefix_len,
                  layout.loss_columns or "all")
     history, batches, epoch_of_batches = [], None, -1
+    # Metrics stay on the devices until a step that saves or logs (or the last): then one
+    # fetch checks every held step in order, so a non-finite step is still named exactly
+    # and never saved, without a host sync per step.
+    held: list[tuple[int, int, int, Any]] = []
+
+    def flush() -> dict:
+        fetched = jax.device_get([m for *_, m in held])
+        for (at, ep, ix, _), m in zip(held, fetched):
+            m = {k: float(v) for k, v in m.items()}
+            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+                manager.wait_until_finished()
+                raise NonFiniteLossError(
+                    f"non-finite loss={m['loss']} / grad_norm={m['grad_norm']} at "
+                    f"step {at + 1} (epoch {ep}, batch {ix}); stopped without saving it. "
+                    f"Last good checkpoint: step {manager.latest_step()} in "
+                    f"{manager.directory}")
+            history.append(dict(m, step=at + 1))
+        held.clear()
+        return history[-1]
+
     for step in range(start, stop):
         epoch, index = divmod(step, spe)
         if epoch != epoch_of_batches:
@@ -378,19 +421,16 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
         metrics = state.apply_step(global_batch(arrays, state.batch_sharding),
                                    jax.random.fold_in(base_key, step),
                                    distill=use_kd and step >= teacher_step, prefix=prefix)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-            manager.wait_until_finished()
-            raise NonFiniteLossError(
-                f"non-finite loss={metrics['loss']} / grad_norm={metrics['grad_norm']} at "
-                f"step {step + 1} (epoch {epoch}, batch {index}); stopped without saving it. "
-                f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
-        history.append(dict(metrics, step=step + 1))
+        held.append((step, epoch, index, metrics))
         stopping = preemption.should_stop(f"train step {step + 1} of {total}")  # SIGTERM
-        checkpointing.save(manager, step + 1, state.checkpoint(),
-                           force=(step + 1 == stop) or stopping)
+        logs = (step + 1) % cfg.log_every_steps == 0
+        if logs or stopping or step + 1 == stop or manager.should_save(step + 1):
+            metrics = flush()   # checks every held step before anything is saved
+        if writes:
+            checkpointing.save(manager, step + 1, state.checkpoint(),
+                               force=(step + 1 == stop) or stopping)
         progress.update(1, tokens=float(arrays["valid"].sum()) + layout.prefix_len * len(rows))
-        if (step + 1) % cfg.log_every_steps == 0:
+        if logs:
             logging.info("train: step %d loss %.4f ce %.4f kl %.4f grad_norm %.3f", step + 1,
                          metrics["loss"], metrics["ce"], metrics["kl"], metrics["grad_norm"])
         if stopping:   # saved above: a rerun resumes from this step
@@ -399,6 +439,8 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                                        f"{manager.directory})")
     manager.wait_until_finished()
     manager.close()
+    if solo:
+        barrier(f"train-saved-{workdir}")   # process 0's last checkpoint is complete
     nnx.update(model, state.params)
     model.eval()
     return TrainResult(steps=stop, resumed_from=resumed_from, history=history)

@@ -43,6 +43,7 @@ DEPENDS_ON = dict(sample=_SAMPLE, entropy=_ENTROPY, label=_LABEL, train=_TRAIN)
 # Keys within those sections that never change results: output/input paths, batching and
 # logging knobs. A run resumes, and a downstream stage reuses upstream outputs, across them.
 NEUTRAL_KEYS = (
+    "model.scan_layers",
     "sampling.input", "sampling.out_dir",
     "entropy.generations", "entropy.out_dir", "entropy.batch_size", "entropy.buckets", "entropy.llm_batch_size",
     "labels.out_dir", "labels.generations", "labels.uncertainty", "labels.slick_answers",

@@ -4,12 +4,15 @@ Per question (docs/contracts.md, "Uncertainties"): the M x M equivalence matrix 
 sampled answers, their semantic ids (the reference's greedy rule), and every estimator:
 discrete and likelihood-weighted semantic entropy, naive predictive entropy, the
 exact-string entropy and (where the samples carry token_logprobs) the first-token entropy;
-plus the backend and checkpoint that produced them. When the configured backend is
-unavailable and a fallback ran, every record says so.
+plus the backend and checkpoint that produced them. A backend that cannot run as named
+(deberta without entropy.nli_path) stops the stage before any work; none is replaced by
+another.
 
 Questions are processed in shards of `entropy.questions_per_shard` (each shard: one backend
 call over all its pairs, one jitted clustering call) written atomically, so a killed run
-resumes where it stopped and produces the same file.
+resumes where it stopped and produces the same file. With several processes, shard i is
+computed and written by process i % P on its own devices (the backend's mesh is local);
+process 0 writes config.json and, after a barrier, merges the shards once.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -29,8 +33,9 @@ from se_jax.io import stage_io
 from se_jax.parallel import preemption
 from se_jax.semantic import uncertainty
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
-from se_jax.parallel.mesh import make_mesh
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.parallel.distributed import barrier
+from se_jax.parallel.mesh import make_mesh, my_shards
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 
 
 class GenerationsError(ValueError):
@@ -178,13 +183,28 @@ def _equivalence_json(equivalent: np.ndarray, known: np.ndarray) -> list[list[bo
             for er, kr in zip(equivalent, known)]
 
 
-def _load_backend(config: RunConfig):
-    mesh = make_mesh(config.mesh)
-    if config.entropy.backend != "llm_judge":
-        return entailment.make_backend(config.entropy, mesh)
+def _local_mesh(config: RunConfig, axes: Any = None):
+    """A mesh over this process's own devices: the entropy stage spreads its shards over
+    processes, each on its devices (no cross-host collective, host arrays stay local)."""
+    return make_mesh(axes or config.mesh, devices=jax.local_devices())
+
+
+def _load_backend(config: RunConfig, resident: Any = None):
+    """The backend; an LLM judge that is the generator (model.path; in the experiment with
+    teach.enabled the taught one) runs on the `resident` model when one is given, any
+    other judge loads with weights in the compute dtype (judge_dtypes)."""
+    if config.entropy.backend == "lexical":
+        return entailment.make_backend(config.entropy, None)
+    if config.entropy.backend == "deberta":   # small: replicated, pairs over every device
+        return entailment.make_backend(config.entropy, _local_mesh(config, {"data": -1}))
     path = config.entropy.judge_model or config.model.path
-    model = load_llama(path, mesh=mesh, dtype=config.model.dtype,
-                       param_dtype=config.model.param_dtype)
+    if resident is not None and same_model(path, config.model.path):
+        return entailment.make_backend(config.entropy, resident.mesh, decoder=resident.model,
+                                       decoder_tokenizer=resident.tokenizer,
+                                       decoder_path=path)
+    mesh = _local_mesh(config)
+    model = load_llama(path, mesh=mesh, **judge_dtypes(config.model.dtype),
+                       scan_layers=config.model.scan_layers)
     return entailment.make_backend(config.entropy, mesh, decoder=model,
                                    decoder_tokenizer=load_tokenizer(path), decoder_path=path)
 
@@ -204,23 +224,29 @@ def _with_true_m(config: RunConfig, items: Sequence[Item]) -> dict:
 
 
 @claimed
-def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path) -> Path:
+def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path,
+                resident: Any = None) -> Path:
     """Run (or resume) the stage on generations.jsonl, writing to `out_dir`; returns the
-    path of uncertainty.jsonl."""
+    path of uncertainty.jsonl. `resident`: the loaded generator (pipeline/resident.py),
+    which an LLM judge of the same path runs on instead of loading a second copy."""
     gen_path, out_dir = Path(generations), Path(out_dir)
+    entailment.check_runnable(config.entropy)   # before any work: no stand-in backend
     if not gen_path.is_file():
         raise FileNotFoundError(f"entropy stage: generations file {gen_path} does not exist")
     items, skipped = read_generations(gen_path, config.on_bad_input)
     # Record what the input really holds (its sha256, refused if it changes; its M).
-    stage_io.write_config(out_dir, _with_true_m(config, items), ignore=NEUTRAL_KEYS,
-                          depends_on=DEPENDS_ON["entropy"], inputs={"generations": gen_path})
-    stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
+    if jax.process_index() == 0:   # one writer of the directory's own files
+        stage_io.write_config(out_dir, _with_true_m(config, items), ignore=NEUTRAL_KEYS,
+                              depends_on=DEPENDS_ON["entropy"], inputs={"generations": gen_path})
+        stage_io.write_jsonl(out_dir / "skipped.jsonl", skipped)
+    barrier(f"entropy-config-{out_dir}")
     per_shard = config.entropy.questions_per_shard
     shards = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "uncertainty", len(shards))
-    pending = out.pending()
+    # Shard i is computed and written by process i % P alone (each on its own devices).
+    pending = my_shards(out.pending())
     if pending:
-        backend, fallback = _load_backend(config)
+        backend, fallback = _load_backend(config, resident)
         done = sum(len(s) for i, s in enumerate(shards) if i not in set(pending))
         progress = stage_io.Progress("entropy", total=len(items), unit="questions",
                                      initial=done)
@@ -233,8 +259,14 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
             progress.update(len(shards[i]), pairs=pairs, pairs_before_dedup=all_pairs)
-            preemption.check(f"entropy shard {i + 1} of {len(shards)} in {out_dir}")
+            # Each process its own shards: loops of different lengths, no lockstep exchange.
+            preemption.check(f"entropy shard {i + 1} of {len(shards)} in {out_dir}",
+                             lockstep=False)
         logging.info("entropy: %s", progress.line())
-    path = out.finalize()
+    logging.info("entropy: process %d computed shards %s of %d in %s", jax.process_index(),
+                 pending, len(shards), out_dir)
+    barrier(f"entropy-shards-{out_dir}")
+    path = out.finalize() if jax.process_index() == 0 else out.final_path
+    barrier(f"entropy-final-{out_dir}")
     logging.info("entropy: wrote %s (%d questions, %d skipped)", path, len(items), len(skipped))
     return path

@@ -17,6 +17,11 @@ Resumable: the valid questions, in input order, are cut into shards of
 computes only the missing shards and yields a byte-identical generations.jsonl, because
 each shard is the same batch computed by the same program, and each answer's random key
 depends only on (seed, question id, sample index).
+
+Several processes (hosts of a slice, or launch/multihost.py): with the experiment's mesh of
+each process's own devices, shard i is computed and written by process i % P alone; after
+a barrier process 0 merges them (once). With a mesh spanning every process, all take part
+in each shard and process 0 writes it.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 from absl import logging
 
 from se_jax.config.schema import RunConfig
@@ -36,6 +42,7 @@ from se_jax.io import stage_io
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
 from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
+from se_jax.parallel import mesh as mesh_lib
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 
@@ -176,6 +183,7 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
         stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
                               depends_on=DEPENDS_ON["sample"], inputs={"questions": in_path})
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
+    distributed.barrier(f"sample-config-{out_dir}")   # checked before anyone writes shards
     per_shard = sc.batch_size
     shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "generations", len(shards))
@@ -185,6 +193,12 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
             resident = Resident.load(config.model, make_mesh(config.mesh),
                                      adapter=config.model.adapter)
         model, mesh = resident.model, resident.mesh
+        # A mesh of this process's own devices (the experiment's): each process computes
+        # and writes its share of the shards. A mesh over every process's devices: every
+        # process takes part in every shard, process 0 writes it.
+        spread = mesh_lib.process_local(mesh)
+        if spread:
+            pending = mesh_lib.my_shards(pending)
         done = len(questions) - sum(len(shards[i]) for i in pending)
         if len(pending) < len(shards):
             logging.info("sample: resuming: %d of %d shards already done in %s",
@@ -193,11 +207,17 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
                                      initial=done)
         for i in pending:
             records, tokens = generation_records(model, tokenizer, shards[i], config, mesh)
-            if writer:
+            if writer or spread:
                 out.write_shard(i, records)
             progress.update(len(shards[i]), answer_tokens=tokens)
-            preemption.check(f"sample shard {i + 1} of {len(shards)} in {out_dir}")
+            # Spread shards: the processes' loops differ in length, so no lockstep exchange.
+            preemption.check(f"sample shard {i + 1} of {len(shards)} in {out_dir}",
+                             lockstep=not spread)
         logging.info("sample: %s", progress.line())
+        logging.info("sample: process %d computed shards %s of %d in %s",
+                     jax.process_index(), list(pending), len(shards), out_dir)
+    distributed.barrier(f"sample-shards-{out_dir}")
     path = out.finalize() if writer else out.final_path
+    distributed.barrier(f"sample-final-{out_dir}")
     logging.info("sample: wrote %s (%d questions, %d skipped)", path, len(questions), len(bad))
     return path

@@ -34,6 +34,7 @@ from se_jax.parallel import distributed
 from se_jax.tuning import export
 from se_jax.io import stage_io
 from se_jax.tuning import training
+from se_jax.parallel import mesh as mesh_lib
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident
 from se_jax.tuning.sft_data import tokenize_example
@@ -124,8 +125,10 @@ def run_train(config: RunConfig, sft: str | Path, out_dir: str | Path,
     """Train on the SFT set into `out_dir` and export the adapter (see module doc)."""
     tc = config.training
     sft_path, out_dir = Path(sft), Path(out_dir)
-    stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
-                          depends_on=DEPENDS_ON["train"])
+    if distributed.is_main_process():
+        stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
+                              depends_on=DEPENDS_ON["train"])
+    distributed.barrier(f"train-config-{out_dir}")
     done = read_summary(out_dir)
     if done is not None and done.get("finished"):
         logging.info("train: %s finished before (%d steps); nothing to do", out_dir,
@@ -150,7 +153,10 @@ def run_train(config: RunConfig, sft: str | Path, out_dir: str | Path,
                    examples=len(seqs), finished=result.steps == total,
                    last_loss=result.history[-1]["loss"] if result.history else None,
                    first_loss=result.history[0]["loss"] if result.history else None)
-    if result.steps == total:
+    # Written once: by process 0 when each process holds the whole model (a per-process
+    # mesh); with a mesh over every process, all take part in gathering the weights.
+    if result.steps == total and (distributed.is_main_process()
+                                  or not mesh_lib.process_local(mesh)):
         if tc.mode == "lora" and tc.export_adapter:
             export.export_peft_adapter(model, training.lora_spec(tc), str(out_dir / "adapter"),
                                        base_model=str(config.model.path))
