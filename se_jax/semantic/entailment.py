@@ -39,7 +39,6 @@ from typing import Any, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
