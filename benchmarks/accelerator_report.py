@@ -77,11 +77,12 @@ _TABLE = flags.DEFINE_string("table", None, "throughput table path (default "
                              "se_jax/io/throughput.json)")
 
 # Seconds per part on the reference machine (2-core AMD EPYC, avx512_bf16, shared), quick
-# and full sizes; full = the sizes of SIZES["full"]. Measured with this script.
+# and full sizes; full = the sizes of SIZES["full"]. Measured with this script (quick:
+# 2026-12-06 with others using 1.5 of the 2 cores, the probes included).
 ESTIMATES = {
-    "roofline": (7, 15), "model ours": (15, 60), "sampler ours": (13, 45),
-    "train ours": (11, 60), "job": (66, 240), "model torch": (14, 30),
-    "sampler torch": (3, 40), "train torch": (4, 45), "nli": (12, 90), "judge": (10, 120),
+    "roofline": (13, 15), "model ours": (20, 60), "sampler ours": (19, 45),
+    "train ours": (15, 60), "job": (61, 240), "model torch": (16, 30),
+    "sampler torch": (3, 40), "train torch": (8, 45), "nli": (10, 90), "judge": (17, 120),
 }
 ACCELERATOR_SCALE = 0.5   # first guess of an accelerator's time against the CPU table
 RATIO_BOUNDS = (0.25, 8.0)  # the running actual/estimated ratio is clamped to these

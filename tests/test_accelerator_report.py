@@ -62,7 +62,7 @@ def test_bfloat16_is_bounded_by_the_faster_peak():
 def test_budget_skips_what_would_overrun_and_says_why():
     budget = accelerator_report.Budget(total=5.0, quick=True)
     assert budget.run("roofline", lambda: "ran", force=True) == "ran"
-    assert budget.run("job", lambda: "ran") is None           # 66 s estimated > 5 s
+    assert budget.run("job", lambda: "ran") is None           # 61 s estimated > 5 s
     assert budget.skipped[0]["part"] == "job" and "left" in budget.skipped[0]["reason"]
     # a failing part is reported, not fatal
     budget.total = 1e6
