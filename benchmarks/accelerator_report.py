@@ -2,7 +2,7 @@
 roofline and against PyTorch, the main job end to end, and each program's compile time.
 
     python -m benchmarks.accelerator_report --out=/tmp/accel            # budget 420 s
-    python -m benchmarks.accelerator_report --out=/tmp/accel --quick    # toy sizes, < 3 min on a CPU
+    python -m benchmarks.accelerator_report --out=/tmp/accel --quick    # toy sizes, 3-5 min on a loaded 2-core CPU
     python -m benchmarks.accelerator_report --out=DIR --update_table    # also write se_jax/io/throughput.json
 
 On whatever backend JAX sees, in one process (PyTorch sides in-process too, after ours):
@@ -64,7 +64,7 @@ from benchmarks import sides
 from benchmarks import yardstick
 
 _OUT = flags.DEFINE_string("out", None, "directory for report.json and report.md")
-_QUICK = flags.DEFINE_bool("quick", False, "every section at toy sizes (< 3 min on a CPU)")
+_QUICK = flags.DEFINE_bool("quick", False, "every section at toy sizes (3-5 min on a loaded 2-core CPU)")
 _BUDGET = flags.DEFINE_float("budget_s", 420.0, "seconds of work; parts that would overrun "
                              "are skipped (and listed)")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],

@@ -1,5 +1,5 @@
 """benchmarks/accelerator_report.py cannot rot: its --quick run (every section at toy sizes,
-< 3 minutes on a 2-core CPU) writes a report.json of the documented schema with every
+3-5 minutes on a loaded 2-core CPU) writes a report.json of the documented schema with every
 section present and every share of a roofline in (0, 1.2]; and the GPU settings of
 se_jax/io/runtime.py set nothing where the backend is the CPU."""
 import json
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_quick_report(tmp_path):
-    """~2.5-3 min on the 2-core reference CPU under others' load (docs/benchmarks.md)."""
+    """3-5 min on the 2-core reference CPU under others' load (docs/benchmarks.md)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)   # one CPU device, as a user runs it (conftest simulates 8)
     out = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_report",
