@@ -2,13 +2,15 @@
 roofline and against PyTorch, the main job end to end, and each program's compile time.
 
     python -m benchmarks.accelerator_report --out=/tmp/accel            # budget 420 s
-    python -m benchmarks.accelerator_report --out=/tmp/accel --quick    # toy sizes, < 3 min on a CPU
+    python -m benchmarks.accelerator_report --out=/tmp/accel --quick    # toy sizes, 3-5 min on a loaded 2-core CPU
     python -m benchmarks.accelerator_report --out=DIR --update_table    # also write se_jax/io/throughput.json
 
 On whatever backend JAX sees, in one process (PyTorch sides in-process too, after ours):
   roofline  dense matmul peak in float32 and bfloat16 (2048^3, the faster of JAX's and
-            torch's) and memory bandwidth (256 MiB matrix-vector product / sum), medians
-            (benchmarks/yardstick.py);
+            torch's) and memory bandwidth (256 MiB matrix-vector product / sum;
+            benchmarks/yardstick.py), each the fastest of its calls, read at the start and
+            again at the end of the run; the higher reading is the roofline (a shared
+            host's speed drifts, so one reading under-reads the hardware);
   model     prefill [B, T] and one decode step at several batch sizes (bench_model's
             programs, benchmarks/sides.py), tokens/s;
   train     the LoRA train step (bench_lora / bench_training's step; torch: PEFT);
@@ -21,8 +23,10 @@ On whatever backend JAX sees, in one process (PyTorch sides in-process too, afte
             (bench_entailment's raw kernel);
   judge     LLM-judge scoring on the embedded model with the shared prefix (bench_judge's).
 Every kernel figure is given as a share of the roofline that bounds it: the compute
-roofline (useful FLOPs / the matmul peak in its dtype) or, for decode, the lower of that
-and the memory-bandwidth roofline (weights + KV read per step). PyTorch's figures (the
+roofline (the matmul peak a program in its dtype can reach: float32's for float32, the
+higher of the two peaks for bfloat16, / useful FLOPs, those the timed calls execute) or,
+for decode and the sampler, the lower of that and the memory-bandwidth roofline (weights
++ KV read per step). Shares are computed once the end readings are in. PyTorch's figures (the
 same device: torch runs on the CPU only, so on an accelerator its figures are skipped
 unless torch sees the same device) are given beside ours as ours/torch. Compile seconds
 of every program come from JAX's own compile events (se_jax/io/telemetry.py); the
@@ -35,7 +39,7 @@ NLI, judge). Each part has a fixed estimate (ESTIMATES: seconds measured on the 
 so far overran or underran theirs (sum of actual / sum of estimated seconds, clamped to
 RATIO_BOUNDS; the first parts on an accelerator start at ACCELERATOR_SCALE); a part whose scaled estimate exceeds
 what is left of the budget is skipped, and both outputs list it with its estimate and the
-time left. The roofline always runs.
+time left. The roofline (both readings) always runs.
 
 Writes --out/report.json (one record per figure: section, name, side, value, unit,
 device kind, backend, dtype, batch, roofline, roofline_value, share, vs_torch) and
@@ -44,6 +48,7 @@ device kind, backend, dtype, batch, roofline, roofline_value, share, vs_torch) a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -59,7 +64,7 @@ from benchmarks import sides
 from benchmarks import yardstick
 
 _OUT = flags.DEFINE_string("out", None, "directory for report.json and report.md")
-_QUICK = flags.DEFINE_bool("quick", False, "every section at toy sizes (< 3 min on a CPU)")
+_QUICK = flags.DEFINE_bool("quick", False, "every section at toy sizes (3-5 min on a loaded 2-core CPU)")
 _BUDGET = flags.DEFINE_float("budget_s", 420.0, "seconds of work; parts that would overrun "
                              "are skipped (and listed)")
 _DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"],
@@ -72,20 +77,21 @@ _TABLE = flags.DEFINE_string("table", None, "throughput table path (default "
                              "se_jax/io/throughput.json)")
 
 # Seconds per part on the reference machine (2-core AMD EPYC, avx512_bf16, shared), quick
-# and full sizes; full = the sizes of SIZES["full"]. Measured with this script.
+# and full sizes; full = the sizes of SIZES["full"]. Measured with this script (quick:
+# 2026-12-06 with others using 1.5 of the 2 cores, the probes included).
 ESTIMATES = {
-    "roofline": (4, 15), "model ours": (15, 60), "sampler ours": (13, 45),
-    "train ours": (11, 60), "job": (66, 240), "model torch": (14, 30),
-    "sampler torch": (3, 40), "train torch": (4, 45), "nli": (12, 90), "judge": (10, 120),
+    "roofline": (13, 15), "model ours": (20, 60), "sampler ours": (19, 45),
+    "train ours": (15, 60), "job": (61, 240), "model torch": (16, 30),
+    "sampler torch": (3, 40), "train torch": (8, 45), "nli": (10, 90), "judge": (17, 120),
 }
 ACCELERATOR_SCALE = 0.5   # first guess of an accelerator's time against the CPU table
 RATIO_BOUNDS = (0.25, 8.0)  # the running actual/estimated ratio is clamped to these
 SIZES = {
     # layers 0: all; decode batches at context `seq`; train batch x train_seq; sampler
     # questions x M x new tokens; NLI pairs (batch); judge pairs (batch, shots)
-    "quick": dict(layers=2, batch=2, seq=32, decode_batches=(1, 4), iters=3, train_batch=2,
+    "quick": dict(layers=1, batch=2, seq=32, decode_batches=(1, 2), iters=3, train_batch=2,
                   train_seq=32, warmup=1, steps=2, questions=2, samples=10, new_tokens=8,
-                  repeats=1, nli_pairs=32, nli_batch=16, judge_pairs=8, judge_batch=4,
+                  repeats=1, nli_pairs=32, nli_batch=16, judge_pairs=4, judge_batch=4,
                   shots=1),
     "full": dict(layers=0, batch=8, seq=256, decode_batches=(1, 8, 80), iters=5,
                  train_batch=8, train_seq=64, warmup=3, steps=10, questions=8, samples=10,
@@ -113,6 +119,63 @@ class Figure:
     share: float | None = None
     vs_torch: float | None = None      # ours / torch (ours' record only)
     note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Roof:
+    """What bounds a figure, in its unit: `flops` useful FLOPs per item at the matmul peak
+    that a program in `dtype` can reach, and (decode, sampler) `per_bandwidth(GB/s)` ->
+    items/s; the lower of the two. Evaluated against the run's final peaks (`finish`)."""
+    flops: float
+    dtype: str
+    per_bandwidth: Callable[[float], float] | None = None
+
+    def bound(self, report: "Report") -> tuple[str, float]:
+        comp = report.compute_roofline(self.flops, self.dtype)
+        if self.per_bandwidth is not None:
+            bw = self.per_bandwidth(report.bandwidth)
+            if bw < comp:
+                return "bandwidth", bw
+        return "compute", comp
+
+
+class Probe:
+    """The roofline's programs compiled once, read with one call each: JAX's and torch's
+    n^3 matmul in float32 and bfloat16, JAX's matrix-vector product over `mib` MiB."""
+
+    def __init__(self, n: int, mib: int, with_torch: bool):
+        import jax
+        import jax.numpy as jnp
+        self.n, self.calls = n, {}
+        mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+        for dt in ("float32", "bfloat16"):
+            a = jax.random.normal(jax.random.key(0), (n, n), dt)
+            self.calls[dt] = [lambda a=a: mm(a, a).block_until_ready()]
+            if with_torch:
+                import torch
+                t = torch.randn(n, n, dtype=getattr(torch, dt))
+                self.calls[dt].append(lambda t=t: t @ t)
+        cols = 4096
+        rows = mib * 2 ** 20 // 4 // cols
+        w, v = jnp.ones((rows, cols), jnp.float32), jnp.ones((cols,), jnp.float32)
+        mv = jax.jit(jnp.matmul)
+        self.bytes = rows * cols * 4
+        self.calls["memory bandwidth"] = [lambda: mv(w, v).block_until_ready()]
+        for fns in self.calls.values():   # compile
+            for fn in fns:
+                fn()
+
+    def read(self) -> dict[str, float]:
+        """{'matmul peak float32': GFLOP/s, 'matmul peak bfloat16': ..., 'memory
+        bandwidth': GB/s}, the faster library's."""
+        out = {}
+        for key, fns in self.calls.items():
+            sec = min(yardstick.wall_seconds(fn) for fn in fns)
+            if key == "memory bandwidth":
+                out[key] = self.bytes / sec / 1e9
+            else:
+                out[f"matmul peak {key}"] = 2.0 * self.n ** 3 / sec / 1e9
+        return out
 
 
 @dataclasses.dataclass
@@ -195,17 +258,34 @@ class Report:
         self.clock = Telemetry.install()
         self.torch = _TORCH.value and torch_on_device(self.backend)
         self.peaks: dict[str, float] = {}
+        self.readings: dict[str, list[str]] = {}
+        self.roof_figures: dict[str, Figure] = {}
+        self.roofs: dict[int, Roof] = {}
         self.bandwidth = 0.0
+        self.prober: Probe | None = None
         self.table_entry: dict[str, Any] = {}
 
-    def add(self, section: str, name: str, value: float, unit: str, **kw) -> Figure:
+    def add(self, section: str, name: str, value: float, unit: str,
+            roof: Roof | None = None, **kw) -> Figure:
         kw.setdefault("dtype", self.dtype)
         fig = Figure(section, name, float(value), unit, device_kind=self.kind,
                      backend=self.backend, **kw)
-        if fig.roofline_value:
-            fig.share = fig.value / fig.roofline_value
         self.figures.append(fig)
+        if roof is not None:
+            self.roofs[id(fig)] = roof
+            self._bound(fig)
         return fig
+
+    def _bound(self, fig: Figure) -> None:
+        fig.roofline, fig.roofline_value = self.roofs[id(fig)].bound(self)
+        fig.share = fig.value / fig.roofline_value
+
+    def finish(self) -> None:
+        """Every share against the run's final rooflines (the best reading of each, start
+        and end: `roofline`)."""
+        for fig in self.figures:
+            if id(fig) in self.roofs:
+                self._bound(fig)
 
     def compiles(self, section: str, since: dict, dtype: str | None = None) -> None:
         """A figure per program compiled since `since` (seconds, summed over its shapes)."""
@@ -222,23 +302,58 @@ class Report:
 
     # -- rooflines
     def roofline(self) -> None:
-        # 2048^3 in quick too: 1024^3 read ~20% below this CPU's peak (shares > 100%)
-        n, mib = (2048, 64) if self.quick else (2048, 256)
+        """The peaks, read first as the fastest of several calls each (the faster of JAX's
+        and torch's), then again by `probe` right after every kernel is timed; each
+        roofline is the highest reading. A host shared with others drifts within seconds:
+        one reading at the start under-reads the hardware (40-88 GFLOP/s float32 here
+        under others' load, 157-199 quiet), and a kernel timed in a quieter second then
+        reads above 100% of it (quick prefill read 124% with start and end readings
+        alone)."""
+        n, mib, reps = (2048, 64, 3) if self.quick else (2048, 256, 5)
         for dt in ("float32", "bfloat16"):
-            jax_gf = yardstick.jax_matmul_gflops(n, 5, dt)
+            jax_gf = yardstick.jax_matmul_gflops(n, reps, dt, stat=min)
             torch_gf = 0.0
             if self.torch:
-                torch_gf = yardstick.torch_matmul_gflops(n, 5, dt)
-            self.peaks[dt] = max(jax_gf, torch_gf)
-            self.add("roofline", f"matmul peak {dt} ({n}^3)", self.peaks[dt], "GFLOP/s",
-                     dtype=dt, note=f"jax {jax_gf:.1f}, torch {torch_gf:.1f}")
-        self.bandwidth = yardstick.bandwidth_gbs(mib) if self.torch else _jax_bandwidth(mib)
-        self.add("roofline", f"memory bandwidth ({mib} MiB read)", self.bandwidth, "GB/s",
-                 dtype="float32")
+                torch_gf = yardstick.torch_matmul_gflops(n, reps, dt, stat=min)
+            self._reading(f"matmul peak {dt} ({n}^3, best reading)", dt,
+                          max(jax_gf, torch_gf), "GFLOP/s",
+                          f"first: jax {jax_gf:.1f}, torch {torch_gf:.1f}")
+        bw = (yardstick.bandwidth_gbs(mib, stat=min) if self.torch
+              else _jax_bandwidth(mib))
+        self._reading(f"memory bandwidth ({mib} MiB read, best reading)", "float32", bw,
+                      "GB/s", f"first: {bw:.1f}")
+        self.prober = Probe(n, mib, self.torch)
+
+    def probe(self) -> None:
+        """One more reading of each peak (one call per library and dtype, ~1 s on a
+        loaded 2-core CPU), taken beside the kernel just timed."""
+        if self.prober is None:
+            return
+        for name, value in self.prober.read().items():
+            fig = self.roof_figures[next(k for k in self.roof_figures if k.startswith(name))]
+            self._reading(fig.name, fig.dtype, value, fig.unit, "")
+
+    def _reading(self, name: str, dtype: str, value: float, unit: str, note: str) -> None:
+        fig = self.roof_figures.get(name)
+        if fig is None:
+            fig = self.roof_figures[name] = self.add("roofline", name, value, unit,
+                                                     dtype=dtype, note=note)
+            self.readings[name] = [value]
+        else:
+            self.readings[name].append(value)
+            fig.value = max(fig.value, value)
+            first = fig.note.split(";")[0]
+            r = self.readings[name][1:]
+            fig.note = (f"{first}; {len(r)} readings beside the kernels: "
+                        f"{min(r):.1f}-{max(r):.1f}")
+        if unit == "GB/s":
+            self.bandwidth = fig.value
+        else:
+            self.peaks[dtype] = fig.value
 
     def compute_roofline(self, flops_per_item: float, dtype: str) -> float:
-        """Items/s at the matmul peak of `dtype`."""
-        return self.peaks[dtype] * 1e9 / flops_per_item
+        """Items/s at the matmul peak a program in `dtype` can reach (`peak_for`)."""
+        return peak_for(self.peaks, dtype) * 1e9 / flops_per_item
 
     # -- prefill and decode
     def model_ours(self) -> dict:
@@ -259,20 +374,20 @@ class Report:
             out["tokens"][rows], out["ours"][rows] = tokens, ours
             kv = yardstick.kv_bytes_per_row(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                             cfg.head_dim, t + s["iters"], itemsize)
-            bw = yardstick.decode_roofline(self.bandwidth, n_params * itemsize, kv, rows)
-            comp = self.compute_roofline(per_token, self.dtype)
             sec = statistics.median(ours["decode"]() for _ in range(s["iters"]))
+            self.probe()
             ours["decode_s"] = sec
             self.add("model", f"decode step, context {t}", rows / sec, "tokens/s",
-                     batch=rows, roofline="bandwidth" if bw < comp else "compute",
-                     roofline_value=min(bw, comp))
+                     batch=rows, roof=Roof(per_token, self.dtype, functools.partial(
+                         _decode_bound, weights=n_params * itemsize, kv=kv, rows=rows)))
             self.add("compile", f"model: decode step, batch {rows}", ours["decode_compile_s"],
                      "s", batch=rows)
             if with_prefill:
                 sec = statistics.median(ours["prefill"]() for _ in range(s["iters"]))
+                self.probe()
                 ours["prefill_s"] = sec
                 self.add("model", f"prefill {b}x{t}", b * t / sec, "tokens/s", batch=b,
-                         roofline="compute", roofline_value=comp)
+                         roof=Roof(per_token, self.dtype))
                 self.add("compile", f"model: prefill {b}x{t}", ours["prefill_compile_s"], "s",
                          batch=b)
         out["n_params"] = n_params
@@ -303,13 +418,13 @@ class Report:
             for phase, _ in phases:
                 med = sides.interleaved_medians({"ours": ours[phase], "torch": theirs[phase]},
                                                 s["iters"])
+                self.probe()
                 n = rows * (s["seq"] if phase == "prefill" else 1)
                 name = (f"prefill {b}x{s['seq']}" if phase == "prefill"
                         else f"decode step, context {s['seq']}")
                 ours_fig = self._find("model", name, rows)
                 fig = self.add("model", name, n / med["torch"], "tokens/s", side="torch",
-                               batch=rows, roofline=ours_fig.roofline,
-                               roofline_value=ours_fig.roofline_value,
+                               batch=rows, roof=self.roofs[id(ours_fig)],
                                note=f"{theirs['threads']} thread(s), {theirs['attn']}")
                 ours_fig.vs_torch = med["torch"] / med["ours"]
                 del fig
@@ -338,12 +453,13 @@ class Report:
         first = yardstick.wall_seconds(step)
         times = yardstick.timings(step, s["steps"], max(s["warmup"] - 1, 0))
         sec = statistics.median(times)
+        self.probe()
         tokens = self._train_tokens()
         per_token = yardstick.flops_per_token(yardstick.llama_matmul_params(model.config),
                                               "lora_train")
         self.add("train", f"LoRA step {s['train_batch']}x{s['train_seq']} (r=8 q,v; AdamW)",
-                 tokens / sec, "tokens/s", batch=s["train_batch"], roofline="compute",
-                 roofline_value=self.compute_roofline(per_token, self.dtype))
+                 tokens / sec, "tokens/s", batch=s["train_batch"],
+                 roof=Roof(per_token, self.dtype))
         self.add("compile", "train: first step (trace + compile + run) - warm step",
                  first - sec, "s", batch=s["train_batch"])
         self.compiles("train", since)
@@ -360,11 +476,12 @@ class Report:
                                                         s["train_batch"], s["train_seq"])).long()
         step = bench_lora.torch_lora_step(hf, ids, torch.ones_like(ids), ids)
         sec = statistics.median(yardstick.timings(step, s["steps"], s["warmup"]))
+        self.probe()
         name = f"LoRA step {s['train_batch']}x{s['train_seq']} (r=8 q,v; AdamW)"
         ours_fig = self._find("train", name, s["train_batch"])
         self.add("train", name, self._train_tokens() / sec, "tokens/s", side="torch",
-                 batch=s["train_batch"], roofline="compute",
-                 roofline_value=ours_fig.roofline_value, note="transformers + peft")
+                 batch=s["train_batch"], roof=self.roofs[id(ours_fig)],
+                 note="transformers + peft")
         ours_fig.vs_torch = sec / ours["step_s"]
 
     # -- sampler
@@ -378,23 +495,23 @@ class Report:
         first = yardstick.wall_seconds(lambda: sides.our_sampler_run(model, tokenizer, ids, m, new))
         sec = statistics.median(yardstick.timings(
             lambda: sides.our_sampler_run(model, tokenizer, ids, m, new), s["repeats"]))
+        self.probe()
         cfg = model.config
         n_params = yardstick.llama_matmul_params(cfg)
         itemsize = 2 if self.dtype == "bfloat16" else 4
         context = sum(map(len, ids)) / len(ids) + new / 2
         kv = yardstick.kv_bytes_per_row(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                         cfg.head_dim, round(context), itemsize)
-        bw = yardstick.decode_roofline(self.bandwidth, n_params * itemsize, kv, n * m)
         generated = n * m * new
         # FLOPs of the whole call per generated token: every generated token through the
         # layers and the head; the prompts once per question, the head at their last token
         head = cfg.hidden_size * cfg.vocab_size
         flops = (yardstick.flops_per_token(n_params, "forward") * (generated + n)
                  + yardstick.flops_per_token(n_params - head, "forward") * sum(map(len, ids)))
-        comp = self.compute_roofline(flops / generated, self.dtype)
         self.add("sampler", f"sampler {n} questions x M={m} x {new} tokens", generated / sec,
-                 "tokens/s", batch=n * m, roofline="bandwidth" if bw < comp else "compute",
-                 roofline_value=min(bw, comp))
+                 "tokens/s", batch=n * m, roof=Roof(flops / generated, self.dtype,
+                                                    functools.partial(
+                     _decode_bound, weights=n_params * itemsize, kv=kv, rows=n * m)))
         self.add("compile", "sampler: first call - warm call", first - sec, "s", batch=n * m)
         self.compiles("sampler", since)
         self.table_entry["sample"] = dict(tokens_per_s=generated / sec, questions=n, M=m,
@@ -409,11 +526,11 @@ class Report:
         run, _ = sides.torch_sampler(sides.torch_twin(ours["model"]), ours["ids"], m, pad)
         run(2)  # warm-up
         sec = statistics.median(yardstick.timings(lambda: run(new), s["repeats"]))
+        self.probe()
         name = f"sampler {n} questions x M={m} x {new} tokens"
         ours_fig = self._find("sampler", name, n * m)
         self.add("sampler", name, n * m * new / sec, "tokens/s", side="torch", batch=n * m,
-                 roofline=ours_fig.roofline, roofline_value=ours_fig.roofline_value,
-                 note="transformers generate")
+                 roof=self.roofs[id(ours_fig)], note="transformers generate")
         ours_fig.vs_torch = sec / ours["seconds"]
 
     # -- the main job
@@ -436,16 +553,18 @@ class Report:
             c.teach.training.epochs = 1
             if self.quick:
                 model_dir = out_dir / "job_model"
+                # 2 layers: 1 answers nothing the labels keep (no SFT records)
                 save_hf_checkpoint(self.model(layers=2, dtype="float32"), str(model_dir),
                                    load_tokenizer("embedded"))
                 c.model.path, c.model.max_seq_len = str(model_dir), 192
                 c.teach.enabled = False
+                c.experiment.methods = ("se_lexical",)   # one run trained and evaluated
                 c.facts.n_known = c.facts.n_unknown = 8
                 c.facts.n_ood_known = c.facts.n_ood_unknown = 4
                 c.sampling.num_samples, c.sampling.max_new_tokens = 2, 4
                 c.evaluation.max_new_tokens = 4
                 what = ("quick: configs/demo.py at toy sizes (embedded SmolLM2 cut to 2 layers, "
-                        "no teach, 16+8 facts, M=2, 4 tokens, 1 setting, 2 methods)")
+                        "no teach, 16+8 facts, M=2, 4 tokens, 1 setting, se_lexical only)")
             else:
                 c.facts.n_known = c.facts.n_unknown = 16
                 c.facts.n_ood_known = c.facts.n_ood_unknown = 4
@@ -493,6 +612,7 @@ class Report:
             first = yardstick.wall_seconds(ours)
             reps = 1 if self.quick else 3
             sec = statistics.median(yardstick.timings(ours, reps))
+            self.probe()
             matmul_params = sum(p.numel() for n, p in torch_model.named_parameters()
                                 if "embeddings" not in n)
             slots = sum(a[0].size for a in arrays)
@@ -500,17 +620,17 @@ class Report:
             name = (f"NLI forward, random DeBERTa {'tiny' if self.quick else 'v3-base'} "
                     f"({matmul_params / 1e6:.1f}M matmul params)")
             fig = self.add("nli", name, len(picked) / sec, "pairs/s", dtype="float32",
-                           batch=backend.batch_size, roofline="compute",
-                           roofline_value=self.compute_roofline(per_pair, "float32"),
+                           batch=backend.batch_size, roof=Roof(per_pair, "float32"),
                            note=f"{len(picked)} pairs, {len(arrays)} batches")
             self.add("compile", "nli: first call - warm call", first - sec, "s",
                      dtype="float32", batch=backend.batch_size)
             self.compiles("nli", since, "float32")
             if self.torch:
                 tsec = statistics.median(yardstick.timings(theirs, reps, 1))
+                self.probe()
                 self.add("nli", name, len(picked) / tsec, "pairs/s", side="torch",
-                         dtype="float32", batch=backend.batch_size, roofline="compute",
-                         roofline_value=fig.roofline_value, note="transformers batched")
+                         dtype="float32", batch=backend.batch_size,
+                         roof=self.roofs[id(fig)], note="transformers batched")
                 fig.vs_torch = tsec / sec
 
     # -- LLM judge
@@ -533,6 +653,7 @@ class Report:
         lengths, p, n = [len(f) for f in full], shared.prefix.length, len(items)
         first = yardstick.wall_seconds(lambda: shared(items))
         sec = yardstick.wall_seconds(lambda: shared(items))
+        self.probe()
         # the timed calls process each pair's suffix (the prefix was prefilled, untimed, at
         # construction) through the layers; the head only at each pair's last token
         cfg = model.config
@@ -543,8 +664,7 @@ class Report:
         name = (f"LLM judge, shared prefix ({np.mean(lengths):.0f} tokens/pair, prefix {p}, "
                 f"{s['shots']} shots)")
         fig = self.add("judge", name, n / sec, "pairs/s", dtype="float32",
-                       batch=base.batch_size, roofline="compute",
-                       roofline_value=self.compute_roofline(per_pair, "float32"),
+                       batch=base.batch_size, roof=Roof(per_pair, "float32"),
                        note=f"{n} pairs")
         self.add("compile", "judge: first call - warm call", first - sec, "s",
                  dtype="float32", batch=base.batch_size)
@@ -554,9 +674,9 @@ class Report:
             sides.torch_scores(hf, full[:2], shared.label_ids, shared.owner, s["judge_batch"], pad)
             tsec = yardstick.wall_seconds(lambda: sides.torch_scores(
                 hf, full, shared.label_ids, shared.owner, s["judge_batch"], pad))
+            self.probe()
             self.add("judge", name, n / tsec, "pairs/s", side="torch", dtype="float32",
-                     batch=base.batch_size, roofline="compute",
-                     roofline_value=fig.roofline_value,
+                     batch=base.batch_size, roof=self.roofs[id(fig)],
                      note="transformers batched, full prompts")
             fig.vs_torch = tsec / sec
 
@@ -582,6 +702,19 @@ class Report:
                                  "not importable or not on this device"))
         b.run("nli", self.nli)
         b.run("judge", self.judge)
+        self.finish()
+
+
+def peak_for(peaks: dict[str, float], dtype: str) -> float:
+    """The matmul peak (GFLOP/s) that bounds a program computing in `dtype`: float32's for
+    float32; for bfloat16 the higher of the two (a bfloat16 product is exact in float32,
+    so where the float32 path is the faster, e.g. a CPU without AVX512-BF16, it bounds a
+    bfloat16 program too)."""
+    return peaks["float32"] if dtype == "float32" else max(peaks.values())
+
+
+def _decode_bound(bandwidth_gbs: float, *, weights: float, kv: float, rows: int) -> float:
+    return yardstick.decode_roofline(bandwidth_gbs, weights, kv, rows)
 
 
 def _jax_bandwidth(mib: int) -> float:
@@ -591,7 +724,7 @@ def _jax_bandwidth(mib: int) -> float:
     rows = mib * 2 ** 20 // 4 // cols
     w, v = jnp.ones((rows, cols), jnp.float32), jnp.ones((cols,), jnp.float32)
     mv = jax.jit(jnp.matmul)
-    sec = yardstick.median_seconds(lambda: mv(w, v).block_until_ready(), 5)
+    sec = yardstick.median_seconds(lambda: mv(w, v).block_until_ready(), 5, min)
     return rows * cols * 4 / sec / 1e9
 
 

@@ -154,26 +154,31 @@ def timings(fn: Callable[[], object], repeats: int, warmup: int = 0) -> list[flo
     return [wall_seconds(fn) for _ in range(repeats)]
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of `fn()` over `repeats` calls, after one untimed call."""
-    return statistics.median(timings(fn, repeats, warmup=1))
+def median_seconds(fn: Callable[[], object], repeats: int,
+                   stat: Callable[[list[float]], float] = statistics.median) -> float:
+    """Median wall seconds of `fn()` over `repeats` calls, after one untimed call
+    (stat=min: the fastest call, the best reading of a peak on a host whose speed drifts)."""
+    return stat(timings(fn, repeats, warmup=1))
 
 
-def jax_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+def jax_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32",
+                      stat: Callable[[list[float]], float] = statistics.median) -> float:
     """A jitted n^3 matmul in `dtype`, summed in float32 (as se_jax's projections are)."""
     import jax
     import jax.numpy as jnp
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-    return 2.0 * n ** 3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats) / 1e9
+    return 2.0 * n ** 3 / median_seconds(lambda: mm(a, b).block_until_ready(), repeats,
+                                         stat) / 1e9
 
 
-def torch_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32") -> float:
+def torch_matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = "float32",
+                        stat: Callable[[list[float]], float] = statistics.median) -> float:
     import torch
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
-    return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
+    return 2.0 * n ** 3 / median_seconds(lambda: a @ b, repeats, stat) / 1e9
 
 
 def matmul_peaks(dtype: str = "float32") -> tuple[float, float]:
@@ -257,7 +262,8 @@ def ceiling_line(what: str, rows: int, ceiling: float, peak: float,
             f"GFLOP/s = {share(ceiling, peak):.0%} of peak; of that: {sides}")
 
 
-def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
+def bandwidth_gbs(mib: int = 256, repeats: int = 5,
+                  stat: Callable[[list[float]], float] = statistics.median) -> float:
     """The faster of JAX's matrix-vector product and torch's sum over `mib` MiB, GB/s."""
     import jax
     import jax.numpy as jnp
@@ -268,12 +274,12 @@ def bandwidth_gbs(mib: int = 256, repeats: int = 5) -> float:
     v = jnp.ones((cols,), jnp.float32)
     mv = jax.jit(jnp.matmul)
     nbytes = rows * cols * 4
-    best = nbytes / median_seconds(lambda: mv(w, v).block_until_ready(), repeats)
+    best = nbytes / median_seconds(lambda: mv(w, v).block_until_ready(), repeats, stat)
     w = None   # free it before torch allocates its copy
     try:
         import torch
         t = torch.ones(rows * cols)
-        best = max(best, nbytes / median_seconds(lambda: t.sum(), repeats))
+        best = max(best, nbytes / median_seconds(lambda: t.sum(), repeats, stat))
     except ImportError:
         pass
     return best / 1e9
