@@ -136,7 +136,10 @@ def labels_config() -> ml_collections.ConfigDict:
         abstention_phrase="I don't know the answer.",
         judge="alias",              # rtuning / idk / slick correctness: alias | f1
         f1_threshold=0.5,
-        answer_source="gold",       # rtuning / idk "correct" target: gold | model
+        # rtuning / idk "correct" target. model (default): the most-likely answer the judge
+        # accepted, as the paper ran R-Tuning (Section 6: "L [gets] the standard response of
+        # the model"); gold: the first gold alias, as Zhang et al.'s original R-Tuning.
+        answer_source="model",
         idk_threshold=1.0,          # idk: fraction of samples judged correct to answer
         # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024, read
         # from `slick_answers`); what an Unknown question becomes: drop | abstain | keep.
