@@ -120,6 +120,10 @@ def experiment_config() -> ml_collections.ConfigDict:
         # Answer settings run by one command, each a prompt style (prompts.py): e.g.
         # ("short", "sentence") = the paper's Short-QA and Long-QA; () = prompt.style only.
         settings=(),
+        # Which runs train (se_jax/pipeline/plan.py). paper: the paper's Best-Threshold
+        # Evaluation (Section 6): every tau at the first seed, the tau picked on validation
+        # (and the methods without tau) at the remaining seeds; grid: every tau at every seed.
+        protocol="grid",
         out_dir="",             # report.md, results.csv, plots; "" = <workdir>/report
     ))
 

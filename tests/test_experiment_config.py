@@ -53,6 +53,27 @@ def test_sweep_runs_and_tags():
         "deberta", "lexical"]
 
 
+def test_paper_protocol_sweeps_taus_at_the_first_seed_only():
+    methods = ("se_deberta", "se_llm_judge", "rtuning", "rtuning_u")
+    taus = tuple(round(0.25 * k, 2) for k in range(1, 10))
+    paper = plan.Sweep(methods, taus, (0, 1, 2), (), "paper")
+    grid = plan.Sweep(methods, taus, (0, 1, 2), (), "grid")
+    assert {r.seed for r in paper.runs} == {0}
+    assert len(paper.runs) == 3 * 9 + 1
+    # The final runs at seed 0 are sweep runs; seeds 1, 2 add one run per method.
+    final = paper.final_runs({"se_deberta": 0.5, "se_llm_judge": 1.0, "rtuning": None,
+                              "rtuning_u": 2.25})
+    distinct = {r.tag for r in paper.runs} | {r.tag for r in final}
+    assert len(distinct) == paper.num_trainings == 3 * (9 + 2) + 3 == 36
+    assert grid.num_trainings == len(grid.runs) == 3 * 9 * 3 + 3 == 84
+    assert paper.count_formula().endswith("= 36")
+    config = paper_llama3_8b.get_config()
+    assert RunConfig.from_configdict(config).experiment.protocol == "paper"
+    config.experiment.protocol = "best"
+    with pytest.raises(plan.ConfigError, match="experiment.protocol"):
+        RunConfig.from_configdict(config)
+
+
 def test_pick_taus_by_mean_validation_aed():
     rows = [dict(method="se_lexical", tau=0.5, split="val", seed=0, aed=0.40),
             dict(method="se_lexical", tau=0.5, split="val", seed=1, aed=0.30),   # mean .35

@@ -23,6 +23,9 @@ from se_jax.config.validation import (JUDGE_NAMES, ConfigError, check_choice, ch
                                       check_int, check_sizes, fail)
 
 STYLES = ("short", "sentence")
+# How runs are chosen (se_jax/pipeline/plan.py): the paper's Best-Threshold Evaluation, or the
+# full tau x seed product.
+PROTOCOLS = ("paper", "grid")
 
 
 def _section(cls):
@@ -400,9 +403,11 @@ class ExperimentConfig:
     arms: tuple[str, ...]
     slick_breakdown: bool
     settings: tuple[str, ...]
+    protocol: str        # paper: taus swept at the first seed, the pick at the rest | grid
     out_dir: str
 
     def __post_init__(self):
+        check_choice("experiment.protocol", self.protocol, PROTOCOLS)
         for i, style in enumerate(self.settings):
             check_choice(f"experiment.settings[{i}]", style, STYLES)
         for i, t in enumerate(self.taus):

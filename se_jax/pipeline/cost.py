@@ -50,7 +50,7 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
     """Upper bounds for one invocation on an empty workdir (`settings` answer settings,
     each a whole experiment on the same base model)."""
     tc, sc = config.training, config.sampling
-    runs = (len(sweep.runs) + len(sweep.arms) * len(sweep.seeds)) * settings
+    runs = sweep.num_trainings * settings
     loads = 1 + bool(config.evaluation.judge == "llm" and config.evaluation.judge_model)
     sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
@@ -70,9 +70,9 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
         disk["resume state (Orbax)"] = runs * trainable * copies * _F32 * max(int(tc.keep), 1)
         if tc.export_merged:
             disk["merged checkpoints"] = runs * total * _F32
-    evaluated = (sizes["val"] * (runs + 1) + (sizes["test"] + sizes["ood"] * num_ood)
-                 * (len(sweep.methods) * len(sweep.seeds) + runs // settings
-                    - len(sweep.runs) + 1)) * settings
+    final = (len(sweep.methods) + len(sweep.arms)) * len(sweep.seeds) + 1   # + original
+    evaluated = (sizes["val"] * (runs // settings + 1)
+                 + (sizes["test"] + sizes["ood"] * num_ood) * final) * settings
     disk["evaluations"] = evaluated * 300   # one outcome line per question
     return Cost(runs, loads, programs, disk)
 

@@ -28,7 +28,7 @@ from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
-from se_jax.pipeline.plan import (ORIGINAL, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
+from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
                          pick_taus, result_row, se_backend, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
@@ -279,9 +279,11 @@ def describe_plan(config: RunConfig) -> str:
     return "\n".join([
         f"workdir: {config.workdir}", *data,
         f"entropy backends: {backends}",
+        f"protocol: {PROTOCOL_NAMES[sweep.protocol]}",
         f"fine-tuning runs in the sweep: {len(sweep.runs)} "
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
-        f"seeds {list(sweep.seeds)})",
+        f"seeds {list(sweep.sweep_seeds)}); in all, per answer setting: "
+        f"{sweep.count_formula()}",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
         cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
                                     settings=settings))])
@@ -469,7 +471,7 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
     header = (f"Model: `{config.model.path}`; data: {data}; prompt style "
               f"{config.prompt.style!r}; M={config.sampling.num_samples} samples; "
               f"equivalence backend(s): {backends}; taus {list(sweep.taus)}; seeds "
-              f"{list(sweep.seeds)}; picked tau: "
+              f"{list(sweep.seeds)}; protocol: {PROTOCOL_NAMES[sweep.protocol]}; picked tau: "
               + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
               + f". Wall time of this invocation: {wall_s:.0f}s.")
     paths = report.write_report(job.layout.report_dir, results=results, sweep=rows,
