@@ -32,9 +32,12 @@ def data_config() -> ml_collections.ConfigDict:
     """Datasets (se_jax/data/catalog.py names them) and the paper's fixed-seed splits."""
     return ml_collections.ConfigDict(dict(
         # `<name>` or `<name>:<split>`: nq_open, entity_questions, entity_questions_ood,
-        # trivia_qa, natural_questions_open, squad, or jsonl:<file of {"question","answers"}>.
+        # trivia_qa, natural_questions_open, squad, bioasq, or jsonl:<file of
+        # {"question","answers"}>.
         source="catalog",   # catalog (the datasets below) | facts (config.facts)
-        in_distribution="nq_open",
+        # One name, or several as a tuple: ("trivia_qa", "bioasq", "nq_open") is the paper's
+        # "Mult" (train / val / test = the unions of each dataset's own draw).
+        in_distribution=ml_collections.FieldReference("nq_open", field_type=object),
         out_of_distribution=("entity_questions_ood",),
         train_size=2000, val_size=500,  # the paper's 2,500 per dataset
         test_size=500,                  # held-out in-distribution test (same dataset)

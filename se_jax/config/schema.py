@@ -297,7 +297,9 @@ class TrainingConfig:
 class DataConfig:
     """Datasets (se_jax/data/catalog.py names them) and the paper's fixed-seed splits."""
     source: str
-    in_distribution: str
+    # One dataset name, or several (the paper's "Mult": train and validation are the unions
+    # of each dataset's own draws); config.json keeps whichever form the config gave.
+    in_distribution: str | tuple[str, ...]
     out_of_distribution: tuple[str, ...]
     train_size: int
     val_size: int
@@ -316,8 +318,24 @@ class DataConfig:
             check_int(f"data.{name}", getattr(self, name),
                       minimum=1 if name == "train_size" else 0)
         check_int("data.seed", self.seed, minimum=0)
-        if not isinstance(self.in_distribution, str) or not self.in_distribution:
-            fail("data.in_distribution", self.in_distribution, "must name a dataset")
+        names = self.in_distribution_names
+        if not names or not all(isinstance(n, str) and n for n in names):
+            fail("data.in_distribution", self.in_distribution,
+                 "must name a dataset, or several as a tuple of names")
+        if len(set(names)) != len(names):
+            fail("data.in_distribution", self.in_distribution, "lists a dataset twice")
+
+    @property
+    def in_distribution_names(self) -> tuple[str, ...]:
+        """The in-distribution dataset names, one or several."""
+        ind = self.in_distribution
+        return (ind,) if isinstance(ind, str) else tuple(ind)
+
+    @property
+    def in_distribution_label(self) -> str:
+        """How reports name the in-distribution data: the dataset, or "Mult (a + b + c)"."""
+        names = self.in_distribution_names
+        return names[0] if len(names) == 1 else f"Mult ({' + '.join(names)})"
 
 
 @_section

@@ -270,7 +270,7 @@ def describe_plan(config: RunConfig) -> str:
     else:
         plan = split_lib.plan(config.data, config.workdir)
         sizes, num_ood = plan.sizes, len(plan.out_of_distribution)
-        data = [f"in-distribution: {plan.in_distribution.label} (train {sizes['train']}, "
+        data = [f"in-distribution: {plan.in_distribution_label} (train {sizes['train']}, "
                 f"val {sizes['val']}, test {sizes['test']})",
                 f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
                 f"({sizes['ood']} each)"]
@@ -336,6 +336,8 @@ def start(config: RunConfig, setting: str = "", base: SharedBase | None = None,
 
 
 SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
+ANSWER_SOURCES = {"model": "the model's standard response (R-Tuning as the paper ran it)",
+                  "gold": "the gold answer (Zhang et al.'s original R-Tuning)"}
 
 
 def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | None:
@@ -461,8 +463,9 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             num_samples=int(config.evaluation.bootstrap_samples),
             confidence=float(config.evaluation.confidence))
     d = config.data
-    data = (f"{d.in_distribution} (train {d.train_size}, val {d.val_size}, test "
-            f"{d.test_size}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
+    each = " each" if len(d.in_distribution_names) > 1 else ""
+    data = (f"{d.in_distribution_label} (train {d.train_size}, val {d.val_size}, test "
+            f"{d.test_size}{each}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
             if d.source != "facts" else
             f"knowledge-controlled EntityQuestions facts (relations "
             f"{list(config.facts.relations)}, OOD {list(config.facts.ood_relations)}; draw "
@@ -473,6 +476,8 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
               f"equivalence backend(s): {backends}; taus {list(sweep.taus)}; seeds "
               f"{list(sweep.seeds)}; protocol: {PROTOCOL_NAMES[sweep.protocol]}; picked tau: "
               + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
+              + ". R-Tuning / Idk targets of correct questions: "
+              + ANSWER_SOURCES[config.labels.answer_source]
               + f". Wall time of this invocation: {wall_s:.0f}s.")
     paths = report.write_report(job.layout.report_dir, results=results, sweep=rows,
                                 splits=job.test_splits, judge=judge.name, uncertainty=unc,
