@@ -293,6 +293,12 @@ class TrainingConfig:
         check_int("training.log_every_steps", self.log_every_steps, minimum=1)
 
 
+def dataset_names(in_distribution: str | tuple[str, ...]) -> tuple[str, ...]:
+    """`data.in_distribution` as a tuple of names (a single name is a one-name tuple)."""
+    return ((in_distribution,) if isinstance(in_distribution, str)
+            else tuple(in_distribution))
+
+
 @_section
 class DataConfig:
     """Datasets (se_jax/data/catalog.py names them) and the paper's fixed-seed splits."""
@@ -328,8 +334,7 @@ class DataConfig:
     @property
     def in_distribution_names(self) -> tuple[str, ...]:
         """The in-distribution dataset names, one or several."""
-        ind = self.in_distribution
-        return (ind,) if isinstance(ind, str) else tuple(ind)
+        return dataset_names(self.in_distribution)
 
     @property
     def in_distribution_label(self) -> str:

@@ -73,7 +73,8 @@ def plan(data_config: DataConfig, workdir: str | Path) -> SplitPlan:
     Reads only the source files' names: builds no TFDS data and writes nothing (dry runs).
     """
     where = locations(data_config, workdir)
-    ind = tuple(catalog.parse_name(n) for n in data_config.in_distribution_names)
+    ind = tuple(catalog.parse_name(n)
+                for n in schema.dataset_names(data_config.in_distribution))
     ood = tuple(catalog.parse_name(n) for n in data_config.out_of_distribution)
     for ref in (*ind, *ood):
         catalog.check(ref, where, build=False)
