@@ -45,6 +45,20 @@ def _model_numbers(config: RunConfig) -> tuple[int, int] | None:
     return adapter, sum(math.prod(s.hf_shape) for s in specs)
 
 
+def matmul_params(config: RunConfig) -> int | None:
+    """Parameters the forward multiplies (every 2-D weight; the input embedding only when
+    it is also the tied output head), as the throughput table counts them; None when the
+    model's config cannot be read without the network."""
+    try:
+        model_config = load_config(open_checkpoint(str(config.model.path)))
+    except (OSError, ValueError, ImportError):
+        return None
+    specs = param_specs(model_config)
+    tied = not any(s.hf_name == "lm_head.weight" for s in specs)
+    return sum(math.prod(s.hf_shape) for s in specs if len(s.hf_shape) == 2
+               and (tied or s.hf_name != "model.embed_tokens.weight"))
+
+
 def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood: int,
              settings: int = 1) -> Cost:
     """Upper bounds for one invocation on an empty workdir (`settings` answer settings,

@@ -340,16 +340,18 @@ ANSWER_SOURCES = {"model": "the model's standard response (R-Tuning as the paper
                   "gold": "the gold answer (Zhang et al.'s original R-Tuning)"}
 
 
-def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | None:
+def run(config: RunConfig, base: SharedBase | None = None
+        ) -> ExperimentResult | dict[str, ExperimentResult] | None:
     """The whole experiment (see module doc); with several answer settings
     (config.experiment.settings), one experiment per setting on one shared (taught) base
-    model, then Table 1 over all of them. Returns None on processes other than 0."""
+    model, then Table 1 over all of them. Returns None on processes other than 0.
+    `base`: the generator shared with other experiments of this process (`run_grid`)."""
     settings = tuple(config.experiment.settings)
-    if not settings:
-        return run_setting(config)
     clock = Telemetry.install()
     since = clock.snapshot()
-    base = SharedBase(config, Layout.from_config(config), clock)
+    base = base or SharedBase(config, Layout.from_config(config), clock)
+    if not settings:
+        return run_setting(config, base=base, since=since)
     results = {}
     for style in settings:
         sub = config.replace(prompt=dict(style=style), experiment=dict(settings=()))
@@ -359,6 +361,19 @@ def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | N
         return None
     write_settings_report(Layout.from_config(config).report_dir, results)
     return results
+
+
+def run_grid(configs: Sequence[RunConfig]) -> None:
+    """Several experiments (a grid's training sets) in this process, on one loaded base
+    model when they share its config (model and mesh) and teach nothing; else one each."""
+    shared: dict = {}
+    for config in configs:
+        key = (config.model, config.mesh)
+        if config.teach.enabled or key not in shared:
+            base = SharedBase(config, Layout.from_config(config), Telemetry.install())
+            if not config.teach.enabled:
+                shared[key] = base
+        run(config, base=shared.get(key) if not config.teach.enabled else base)
 
 
 def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]) -> Path:
