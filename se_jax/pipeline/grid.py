@@ -48,7 +48,14 @@ class Point:
 
 
 def _rows(path: Path) -> list[dict] | None:
-    return report.read_results_csv(path) if path.is_file() else None
+    """results.csv / sweep.csv rows, with empty metric cells (no answers) as NaN."""
+    if not path.is_file():
+        return None
+    rows = report.read_results_csv(path)
+    for r in rows:
+        for k in ("aed", "accuracy", "engagement"):
+            r[k] = float(r[k]) if r.get(k) not in ("", None) else math.nan
+    return rows
 
 
 def status(point: Point) -> dict[str, dict[str, Any]]:
