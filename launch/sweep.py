@@ -104,12 +104,15 @@ def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]
     base = [_flag(k, v) for k, v in overrides.items() if k != "name"] + _passthrough()
     stage = [sys.executable, str(REPO / "launch" / "stage.py"), f"--config={config_path}"]
     cfg = point_config(config, overrides)
-    runs = plan.Sweep.from_config(RunConfig.from_configdict(cfg)).runs
+    typed = RunConfig.from_configdict(cfg)
+    runs = plan.Sweep.from_config(typed).runs
+    settings = [[f"--setting={s}"] for s in typed.experiment.settings] or [[]]
     jobs = [stage + ["--stage=run", f"--method={r.method}", f"--seed={r.seed}"]
-            + ([f"--tau={r.tau}"] if r.tau is not None else []) + base for r in runs]
+            + ([f"--tau={r.tau}"] if r.tau is not None else []) + st + base
+            for st in settings for r in runs]
     final = [sys.executable, str(REPO / "launch" / "experiment.py"),
              f"--config={config_path}"] + base
-    return [[stage + ["--stage=prepare"] + base], jobs, [final]]
+    return [[stage + ["--stage=prepare"] + st + base for st in settings], jobs, [final]]
 
 
 def _run(cmd: list[str]) -> int:
