@@ -133,7 +133,11 @@ def main(argv):
             try:
                 print(f"== {p.name}\n{experiment.describe_plan(p.config)}\n")
             except ValueError as e:   # a dataset not here yet: the cost still counts it
-                print(f"== {p.name}\nNOT READY: {e}\n")
+                from se_jax.pipeline import plan
+                sweep = plan.Sweep.from_config(p.config)
+                print(f"== {p.name}\nNOT READY: {e}\nprotocol: "
+                      f"{plan.PROTOCOL_NAMES[sweep.protocol]}\nfine-tuning runs per answer "
+                      f"setting: {sweep.count_formula()}\n")
         print(grid.describe_grid_cost(points, one_process=_ONE.value))
         return
     if _REPORT.value:
