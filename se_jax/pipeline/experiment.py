@@ -28,8 +28,9 @@ from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
-from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
-                         pick_taus, result_row, se_backend, validate)
+from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
+                                  Sweep, backends_needed, pick_taus, result_row, se_backend,
+                                  validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
