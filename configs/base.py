@@ -37,9 +37,12 @@ def data_config() -> ml_collections.ConfigDict:
     """Datasets (se_jax/data/catalog.py names them) and the paper's fixed-seed splits."""
     return ml_collections.ConfigDict(dict(
         # `<name>` or `<name>:<split>`: nq_open, entity_questions, entity_questions_ood,
-        # trivia_qa, natural_questions_open, squad, or jsonl:<file of {"question","answers"}>.
+        # trivia_qa, natural_questions_open, squad, bioasq, or jsonl:<file of
+        # {"question","answers"}>.
         source="catalog",   # catalog (the datasets below) | facts (config.facts)
-        in_distribution="nq_open",
+        # One name, or several as a tuple: ("trivia_qa", "bioasq", "nq_open") is the paper's
+        # "Mult" (train / val / test = the unions of each dataset's own draw).
+        in_distribution=ml_collections.FieldReference("nq_open", field_type=object),
         out_of_distribution=("entity_questions_ood",),
         train_size=2000, val_size=500,  # the paper's 2,500 per dataset
         test_size=500,                  # held-out in-distribution test (same dataset)
@@ -125,6 +128,10 @@ def experiment_config() -> ml_collections.ConfigDict:
         # Answer settings run by one command, each a prompt style (prompts.py): e.g.
         # ("short", "sentence") = the paper's Short-QA and Long-QA; () = prompt.style only.
         settings=(),
+        # Which runs train (se_jax/pipeline/plan.py). paper: the paper's Best-Threshold
+        # Evaluation (Section 6): every tau at the first seed, the tau picked on validation
+        # (and the methods without tau) at the remaining seeds; grid: every tau at every seed.
+        protocol="grid",
         out_dir="",             # report.md, results.csv, plots; "" = <workdir>/report
     ))
 
@@ -141,7 +148,10 @@ def labels_config() -> ml_collections.ConfigDict:
         abstention_phrase="I don't know the answer.",
         judge="alias",              # rtuning / idk / slick correctness: alias | f1
         f1_threshold=0.5,
-        answer_source="gold",       # rtuning / idk "correct" target: gold | model
+        # rtuning / idk "correct" target. model (default): the most-likely answer the judge
+        # accepted, as the paper ran R-Tuning (Section 6: "L [gets] the standard response of
+        # the model"); gold: the first gold alias, as Zhang et al.'s original R-Tuning.
+        answer_source="model",
         idk_threshold=1.0,          # idk: fraction of samples judged correct to answer
         # slick: categories from few-shot greedy/sampled answers (Gekhman et al. 2024, read
         # from `slick_answers`); what an Unknown question becomes: drop | abstain | keep.

@@ -31,6 +31,8 @@ _ARM = flags.DEFINE_string("arm", "", "train/run/evaluate: optional arm "
 _SPLIT = flags.DEFINE_string("split", "val", "sample/entropy/evaluate: the split")
 _BACKEND = flags.DEFINE_string("backend", None, "entropy: equivalence backend "
                                "(default config.entropy.backend)")
+_SETTING = flags.DEFINE_string("setting", "", "with config.experiment.settings: the answer "
+                               "setting (prompt style) this stage runs, in <workdir>/<setting>")
 flags.mark_flag_as_required("stage")
 
 
@@ -64,7 +66,16 @@ def main(argv):
     stage = _STAGE.value
     run = _run_of_flags() if stage in ("label", "train", "run") or (
         stage == "evaluate" and _METHOD.value != ORIGINAL) else None
-    job, sweep = ex.start(config)
+    setting = _SETTING.value
+    if setting:
+        if setting not in config.experiment.settings:
+            raise app.UsageError(f"--setting={setting} is not one of "
+                                 f"config.experiment.settings={config.experiment.settings}")
+        config = config.replace(prompt=dict(style=setting), experiment=dict(settings=()))
+    elif config.experiment.settings:
+        raise app.UsageError(f"config.experiment.settings={config.experiment.settings}: name "
+                             f"the answer setting with --setting")
+    job, sweep = ex.start(config, setting)
     if stage == "splits":
         print("\n".join(f"{k}: {v}" for k, v in job.questions.items()))
     elif stage == "prepare":

@@ -11,13 +11,24 @@ Per experiment:
 
     python launch/sweep.py --config=configs/sweep.py --max_parallel=2
     python launch/sweep.py --config=configs/demo.py --print_only
-A config file with `get_sweep()` (configs/sweep.py) lists experiments as dicts of dotted
-overrides; without it the config itself is the one experiment. Extra --config.x=y flags
-apply to every job.
+    python launch/sweep.py --config=configs/paper_grid.py --one_process   # the paper's grid
+    python launch/sweep.py --config=configs/paper_grid.py --dry_run       # its cost
+    python launch/sweep.py --config=configs/paper_grid.py --report_only   # Table 1 so far
+A config file with `get_sweep()` (configs/sweep.py, configs/paper_grid.py; it may take the
+config as its argument) lists experiments as dicts of dotted overrides (a "name" key names
+the training set in the grid report); without it the config itself is the one experiment.
+Extra --config.x=y flags apply to every job. After the experiments, the grid report
+(se_jax/pipeline/grid.py) goes to <workdir>/report: Table 1 averaged over the experiments,
+per-experiment tables, what is done and what is missing.
+
+With experiment.protocol="paper", the fanned-out jobs are the tau sweep at the first seed;
+the last phase (launch/experiment.py per experiment) trains the picked tau at the other
+seeds. `--one_process` runs every experiment in this process on one loaded base model.
 """
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import shlex
 import subprocess
 import sys
@@ -25,20 +36,54 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sweep.py", "sweep config")
 _PRINT = flags.DEFINE_bool("print_only", False, "print the commands instead of running")
 _PARALLEL = flags.DEFINE_integer("max_parallel", 1, "sweep jobs run at once on this machine")
+_ONE = flags.DEFINE_bool("one_process", False, "run every experiment in this process (one "
+                         "base-model load), then the grid report")
+_REPORT = flags.DEFINE_bool("report_only", False, "write the grid report of what is done")
+_DRY = flags.DEFINE_bool("dry_run", False, "print the grid's plan and total cost; run nothing")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sweep_points(config_path: str) -> list[dict]:
+def _sweep_points(config_path: str, config=None) -> list[dict]:
     spec = importlib.util.spec_from_file_location("sweep_config", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_sweep() if hasattr(module, "get_sweep") else [{}]
+    if not hasattr(module, "get_sweep"):
+        return [{}]
+    takes_config = inspect.signature(module.get_sweep).parameters
+    return module.get_sweep(config) if takes_config else module.get_sweep()
+
+
+def point_config(config, overrides: dict):
+    """The ConfigDict of one experiment: the config with its dotted overrides."""
+    # Not type-safe: an override may change a field's type (one dataset name -> several).
+    cfg = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    for k, v in overrides.items():
+        if k == "name":
+            continue
+        node = cfg
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return cfg
+
+
+def grid_points(config, config_path: str):
+    """[grid.Point] of the sweep config (typed, checked)."""
+    from se_jax.config.schema import RunConfig
+    from se_jax.pipeline import grid
+    points = []
+    for i, o in enumerate(_sweep_points(config_path, config)):
+        cfg = RunConfig.from_configdict(point_config(config, o))
+        points.append(grid.Point(o.get("name") or Path(cfg.workdir).name or str(i), cfg))
+    return points
 
 
 def _flag(key: str, value) -> str:
@@ -56,21 +101,18 @@ def commands(config, config_path: str, overrides: dict) -> list[list[list[str]]]
     """Phases of one experiment: [[prepare], [run jobs...], [experiment]]."""
     from se_jax.config.schema import RunConfig
     from se_jax.pipeline import plan
-    base = [_flag(k, v) for k, v in overrides.items()] + _passthrough()
+    base = [_flag(k, v) for k, v in overrides.items() if k != "name"] + _passthrough()
     stage = [sys.executable, str(REPO / "launch" / "stage.py"), f"--config={config_path}"]
-    cfg = config.copy_and_resolve_references()
-    for k, v in overrides.items():
-        node = cfg
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    runs = plan.Sweep.from_config(RunConfig.from_configdict(cfg)).runs
+    cfg = point_config(config, overrides)
+    typed = RunConfig.from_configdict(cfg)
+    runs = plan.Sweep.from_config(typed).runs
+    settings = [[f"--setting={s}"] for s in typed.experiment.settings] or [[]]
     jobs = [stage + ["--stage=run", f"--method={r.method}", f"--seed={r.seed}"]
-            + ([f"--tau={r.tau}"] if r.tau is not None else []) + base for r in runs]
+            + ([f"--tau={r.tau}"] if r.tau is not None else []) + st + base
+            for st in settings for r in runs]
     final = [sys.executable, str(REPO / "launch" / "experiment.py"),
              f"--config={config_path}"] + base
-    return [[stage + ["--stage=prepare"] + base], jobs, [final]]
+    return [[stage + ["--stage=prepare"] + st + base for st in settings], jobs, [final]]
 
 
 def _run(cmd: list[str]) -> int:
@@ -82,7 +124,34 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config_path = flags.FLAGS["config"].config_filename
-    for overrides in _sweep_points(config_path):
+    from se_jax.pipeline import grid
+    points = grid_points(_CONFIG.value, config_path)   # every experiment checked first
+    report_dir = Path(_CONFIG.value.workdir) / "report"
+    if _DRY.value:
+        from se_jax.pipeline import experiment
+        for p in points:
+            try:
+                print(f"== {p.name}\n{experiment.describe_plan(p.config)}\n")
+            except ValueError as e:   # a dataset not here yet: the cost still counts it
+                from se_jax.pipeline import plan
+                sweep = plan.Sweep.from_config(p.config)
+                print(f"== {p.name}\nNOT READY: {e}\nprotocol: "
+                      f"{plan.PROTOCOL_NAMES[sweep.protocol]}\nfine-tuning runs per answer "
+                      f"setting: {sweep.count_formula()}\n")
+        print(grid.describe_grid_cost(points, one_process=_ONE.value))
+        return
+    if _REPORT.value:
+        print(grid.write_grid_report(points, report_dir))
+        return
+    if _ONE.value:
+        from se_jax.pipeline import experiment
+        from se_jax.parallel.distributed import initialize, is_main_process
+        initialize()
+        experiment.run_grid([p.config for p in points])
+        if is_main_process():
+            print(grid.write_grid_report(points, report_dir))
+        return
+    for overrides in _sweep_points(config_path, _CONFIG.value):
         phases = commands(_CONFIG.value, config_path, overrides)
         for phase in phases:
             if _PRINT.value:
@@ -94,6 +163,12 @@ def main(argv):
             failed = [shlex.join(c) for c, rc in zip(phase, codes) if rc != 0]
             if failed:
                 raise SystemExit(f"sweep: {len(failed)} job(s) failed, first: {failed[0]}")
+    report_cmd = [sys.executable, str(REPO / "launch" / "sweep.py"), f"--config={config_path}",
+                  "--report_only"] + _passthrough()
+    if _PRINT.value:
+        print(shlex.join(report_cmd))
+    else:
+        print(grid.write_grid_report(points, report_dir))
 
 
 if __name__ == "__main__":

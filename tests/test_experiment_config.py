@@ -59,6 +59,27 @@ def test_sweep_runs_and_tags():
         "deberta", "lexical"]
 
 
+def test_paper_protocol_sweeps_taus_at_the_first_seed_only():
+    methods = ("se_deberta", "se_llm_judge", "rtuning", "rtuning_u")
+    taus = tuple(round(0.25 * k, 2) for k in range(1, 10))
+    paper = plan.Sweep(methods, taus, (0, 1, 2), (), "paper")
+    grid = plan.Sweep(methods, taus, (0, 1, 2), (), "grid")
+    assert {r.seed for r in paper.runs} == {0}
+    assert len(paper.runs) == 3 * 9 + 1
+    # The final runs at seed 0 are sweep runs; seeds 1, 2 add one run per method.
+    final = paper.final_runs({"se_deberta": 0.5, "se_llm_judge": 1.0, "rtuning": None,
+                              "rtuning_u": 2.25})
+    distinct = {r.tag for r in paper.runs} | {r.tag for r in final}
+    assert len(distinct) == paper.num_trainings == 3 * (9 + 2) + 3 == 36
+    assert grid.num_trainings == len(grid.runs) == 3 * 9 * 3 + 3 == 84
+    assert paper.count_formula().endswith("= 36")
+    config = paper_llama3_8b.get_config()
+    assert RunConfig.from_configdict(config).experiment.protocol == "paper"
+    config.experiment.protocol = "best"
+    with pytest.raises(plan.ConfigError, match="experiment.protocol"):
+        RunConfig.from_configdict(config)
+
+
 def test_pick_taus_by_mean_validation_aed():
     rows = [dict(method="se_lexical", tau=0.5, split="val", seed=0, aed=0.40),
             dict(method="se_lexical", tau=0.5, split="val", seed=1, aed=0.30),   # mean .35
@@ -120,3 +141,36 @@ def test_dry_run_counts_adapters_on_the_adapted_layers_only(tmp_path):
     config.training.lora.top_layers = 1
     top_layer, same_total = cost._model_numbers(config)
     assert every_layer > 0 and top_layer * 2 == every_layer and same_total == total
+
+
+LLAMA3_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+             "intermediate_size": 14336, "num_attention_heads": 32, "num_hidden_layers": 32,
+             "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0,
+             "max_position_embeddings": 8192, "rms_norm_eps": 1e-05,
+             "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 128000,
+             "eos_token_id": 128009}
+
+
+def test_paper_grid_dry_run_counts_the_grid(tmp_path):
+    """configs/paper_grid.py --dry_run on Llama-3-8B's sizes (config only, no weights):
+    5 training sets x 2 settings x (3 methods x (9 taus + 2 seeds) + R-Tuning x 3) runs."""
+    import json
+    model = tmp_path / "llama3_8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA3_8B))
+    (model / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"),
+                          "--config=configs/paper_grid.py", f"--config.model.path={model}",
+                          f"--config.workdir={tmp_path / 'grid'}",
+                          f"--config.data.source_dir={tmp_path / 'nodata'}", "--dry_run"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert f"fine-tuning runs: {5 * 2 * (3 * (9 + 2) + 3)}" in text       # 360
+    assert "questions evaluated (greedy): 519,000" in text
+    assert "rescaled to 7.50B parameters" in text
+    assert "NVIDIA H100/H200): not estimated" in text
+    assert text.count("NOT READY") == 5 and not (tmp_path / "grid").exists()   # no data here
+    assert text.count("protocol: paper (Best-Threshold") == 5
+    assert text.count("3 methods with tau x (9 taus + 2 more seeds) + 1 without x 3 seeds "
+                      "= 36") == 5

@@ -8,7 +8,8 @@ Methods (one function each):
 - `se_labels`: semantic entropy > tau -> abstain; else the model's own most-likely answer
   (never the gold answer: the method needs no labels).
 - `r_tuning_labels` (Zhang et al. 2024): most-likely answer judged incorrect -> abstain,
-  correct -> the answer.
+  correct -> the gold answer (Zhang et al.) or, with answer_source="model", the model's
+  standard response, as the paper ran it (Section 6) and the default of configs/base.py.
 - `r_tuning_u_labels`: as `se_labels` with the exact-string entropy of the same samples.
 - `idk_labels` (Cheng et al. 2024): fraction of the M samples judged correct >= threshold
   -> a correct answer, else abstain.

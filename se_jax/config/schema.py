@@ -24,6 +24,9 @@ from se_jax.config.validation import (JUDGE_NAMES, ConfigError, check_choice, ch
                                       check_int, check_sizes, fail)
 
 STYLES = ("short", "sentence")
+# How runs are chosen (se_jax/pipeline/plan.py): the paper's Best-Threshold Evaluation, or the
+# full tau x seed product.
+PROTOCOLS = ("paper", "grid")
 
 
 def _section(cls):
@@ -294,11 +297,19 @@ class TrainingConfig:
         check_int("training.log_every_steps", self.log_every_steps, minimum=1)
 
 
+def dataset_names(in_distribution: str | tuple[str, ...]) -> tuple[str, ...]:
+    """`data.in_distribution` as a tuple of names (a single name is a one-name tuple)."""
+    return ((in_distribution,) if isinstance(in_distribution, str)
+            else tuple(in_distribution))
+
+
 @_section
 class DataConfig:
     """Datasets (se_jax/data/catalog.py names them) and the paper's fixed-seed splits."""
     source: str
-    in_distribution: str
+    # One dataset name, or several (the paper's "Mult": train and validation are the unions
+    # of each dataset's own draws); config.json keeps whichever form the config gave.
+    in_distribution: str | tuple[str, ...]
     out_of_distribution: tuple[str, ...]
     train_size: int
     val_size: int
@@ -317,8 +328,23 @@ class DataConfig:
             check_int(f"data.{name}", getattr(self, name),
                       minimum=1 if name == "train_size" else 0)
         check_int("data.seed", self.seed, minimum=0)
-        if not isinstance(self.in_distribution, str) or not self.in_distribution:
-            fail("data.in_distribution", self.in_distribution, "must name a dataset")
+        names = self.in_distribution_names
+        if not names or not all(isinstance(n, str) and n for n in names):
+            fail("data.in_distribution", self.in_distribution,
+                 "must name a dataset, or several as a tuple of names")
+        if len(set(names)) != len(names):
+            fail("data.in_distribution", self.in_distribution, "lists a dataset twice")
+
+    @property
+    def in_distribution_names(self) -> tuple[str, ...]:
+        """The in-distribution dataset names, one or several."""
+        return dataset_names(self.in_distribution)
+
+    @property
+    def in_distribution_label(self) -> str:
+        """How reports name the in-distribution data: the dataset, or "Mult (a + b + c)"."""
+        names = self.in_distribution_names
+        return names[0] if len(names) == 1 else f"Mult ({' + '.join(names)})"
 
 
 @_section
@@ -404,9 +430,11 @@ class ExperimentConfig:
     arms: tuple[str, ...]
     slick_breakdown: bool
     settings: tuple[str, ...]
+    protocol: str        # paper: taus swept at the first seed, the pick at the rest | grid
     out_dir: str
 
     def __post_init__(self):
+        check_choice("experiment.protocol", self.protocol, PROTOCOLS)
         for i, style in enumerate(self.settings):
             check_choice(f"experiment.settings[{i}]", style, STYLES)
         for i, t in enumerate(self.taus):

@@ -1,4 +1,5 @@
-"""TFDS builders for the local QA data: NQ-open JSONL, EntityQuestions, any QA JSONL.
+"""TFDS builders for the local QA data: NQ-open JSONL, EntityQuestions, BioASQ Task B
+training JSON, any QA JSONL.
 
 Each builder writes array_record files, which `tfds.data_source` reads with random access
 and without TensorFlow. The source location is part of the builder config, and the config
@@ -110,6 +111,8 @@ def planned_splits(builder_name: str, source: str | Path,
         return tuple(nq_open_files(source))
     if builder_name == "entity_questions":
         return tuple(entity_question_splits(source, tuple(sorted(folders))))
+    if builder_name == "bioasq_json":
+        return ("train",)
     return ("full",)
 
 
@@ -157,6 +160,32 @@ class EntityQuestions(_LocalBuilder, skip_registration=True):
         yield from sources.read_entity_questions(root, split, relations)
 
 
+class BioAsqJson(_LocalBuilder, skip_registration=True):
+    """BioASQ Task B training sets (Tsatsaronis et al. 2015), as the user downloads them
+    from bioasq.org: every `*.json` of the folder ({"questions": [...]}) as one split,
+    "train"; questions with an `exact_answer` (factoid, list, yes/no), read by
+    `sources.read_bioasq`."""
+    name = "bioasq_json"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _info(self, "BioASQ Task B questions with exact answers, closed-book.")
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(self.builder_config.source)}
+
+    def _generate_examples(self, root: str):
+        yield from sources.read_bioasq(bioasq_files(Path(root)))
+
+
+def bioasq_files(folder: Path) -> list[Path]:
+    """The BioASQ training JSON files in `folder`."""
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no BioASQ training *.json files (download "
+                                f"Task B's training set from bioasq.org into this folder)")
+    return files
+
+
 class QaJsonl(_LocalBuilder, skip_registration=True):
     """Any JSONL file of {"question", "answers"} (or "answer") as one split, "full"
     ("all" is reserved by TFDS)."""
@@ -173,7 +202,7 @@ class QaJsonl(_LocalBuilder, skip_registration=True):
 
 
 LOCAL_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    b.name: b for b in (NqOpenJsonl, EntityQuestions, QaJsonl)}
+    b.name: b for b in (NqOpenJsonl, EntityQuestions, BioAsqJson, QaJsonl)}
 
 
 def _source_files(builder_name: str, source: Path, folders: tuple[str, ...]) -> list[Path]:
@@ -185,6 +214,8 @@ def _source_files(builder_name: str, source: Path, folders: tuple[str, ...]) -> 
         raise FileNotFoundError(f"{source}: {builder_name} source folder not found")
     if builder_name == "nq_open_jsonl":
         pattern, files = "NQ-open*.jsonl", sorted(source.glob("NQ-open*.jsonl"))
+    elif builder_name == "bioasq_json":
+        pattern, files = "*.json", bioasq_files(source)
     else:
         pattern = "{" + ",".join(folders or ("train", "dev", "test")) + "}/P*.json"
         files = sorted(f for d in (folders or ("train", "dev", "test"))

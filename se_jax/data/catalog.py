@@ -7,6 +7,7 @@ A dataset is named in the config as `<name>` or `<name>:<split>`:
 | `nq_open` | local NQ-open JSONL files (project builder `nq_open_jsonl`) | `dev` |
 | `entity_questions` | local EntityQuestions folders (builder `entity_questions`) | `train_in_distribution` |
 | `entity_questions_ood` | the same builder, SliCK's out-of-distribution relations | `test_out_of_distribution` |
+| `bioasq` | local BioASQ Task B training JSON files the user downloads (builder `bioasq_json`) | `train` |
 | `trivia_qa` | TFDS catalog `trivia_qa/rc.nocontext` | `validation` |
 | `natural_questions_open` | TFDS catalog `natural_questions_open` | `validation` |
 | `squad` | TFDS catalog `squad/v2.0`, answerable questions only, closed-book | `validation` |
@@ -80,6 +81,7 @@ DATASETS: dict[str, DatasetSpec] = {
                                     source="entity_questions"),
     "entity_questions_ood": DatasetSpec("entity_questions", "test_out_of_distribution",
                                         _from_local, source="entity_questions"),
+    "bioasq": DatasetSpec("bioasq_json", "train", _from_local, source="bioasq"),
     "trivia_qa": DatasetSpec("trivia_qa/rc.nocontext", "validation", _from_trivia_qa,
                              catalog_splits=("train", "validation", "test")),
     "natural_questions_open": DatasetSpec("natural_questions_open", "validation",

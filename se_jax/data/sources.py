@@ -106,6 +106,69 @@ def read_entity_questions(root: str | os.PathLike, split: str,
             yield ident, _record(str(path), f"[{index}]", raw, ident, relation)
 
 
+BIOASQ_TYPES = ("factoid", "list", "yesno", "summary")
+
+
+def _bioasq_aliases(answer: object, where: str) -> list[str]:
+    """BioASQ's exact_answer as a flat alias list: yes/no a string; factoid a list of
+    synonyms, possibly nested ([["a", "b"]]); list questions a list of items, each a list
+    of synonyms (any synonym of any item counts as a correct answer)."""
+    if isinstance(answer, str):
+        return [answer.strip()] if answer.strip() else []
+    if isinstance(answer, list):
+        return [a for item in answer for a in _bioasq_aliases(item, where)]
+    raise ValueError(f"{where}: 'exact_answer' holds {type(answer).__name__} {answer!r}, "
+                     f"expected a string or (nested) lists of strings")
+
+
+def read_bioasq(paths: list[Path]) -> Iterator[tuple[str, QaRecord]]:
+    """BioASQ Task B training JSON files ({"questions": [{"id", "body", "type",
+    "exact_answer", ...}]}, downloaded by the user): the questions with an `exact_answer`
+    (summary questions have none), ids f"bioasq-{id}", relation = the question type.
+    A question id in several files (BioASQ's training sets are cumulative) is read once when
+    its body and answers agree, else ValueError naming both files."""
+    seen: dict[str, tuple[str, QaRecord]] = {}
+    for path in sorted(paths):
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
+        questions = data.get("questions") if isinstance(data, dict) else None
+        if not isinstance(questions, list):
+            raise ValueError(f"{path}: expected a BioASQ training file, a JSON object with a "
+                             f"'questions' list")
+        for index, q in enumerate(questions):
+            where = f"{path}: question [{index}]"
+            if not isinstance(q, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(q).__name__}")
+            qid = q.get("id")
+            if not isinstance(qid, str) or not qid.strip():
+                raise ValueError(f"{where}: field 'id' is missing or not a string")
+            where = f"{path}: question id={qid!r}"
+            body, qtype = q.get("body"), q.get("type")
+            if not isinstance(body, str) or not body.strip():
+                raise ValueError(f"{where}: field 'body' is missing or empty")
+            if qtype not in BIOASQ_TYPES:
+                raise ValueError(f"{where}: field 'type' is {qtype!r}, expected one of "
+                                 f"{list(BIOASQ_TYPES)}")
+            if "exact_answer" not in q:
+                continue
+            answers = list(dict.fromkeys(_bioasq_aliases(q["exact_answer"], where)))
+            if not answers:
+                raise ValueError(f"{where}: 'exact_answer' holds no answer text")
+            record = {"id": f"bioasq-{qid.strip()}", "question": body.strip(),
+                      "answers": answers, "relation": qtype}
+            if record["id"] in seen:
+                first, old = seen[record["id"]]
+                if old != record:
+                    raise ValueError(f"{where}: differs from the same id in {first}")
+                continue
+            seen[record["id"]] = (str(path), record)
+            yield record["id"], record
+
+
 def source_fingerprint(paths: list[Path]) -> str:
     """A short hash of the files' paths, sizes and mtimes: a changed source gets a new build."""
     import hashlib

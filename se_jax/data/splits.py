@@ -6,6 +6,12 @@ In-distribution dataset: a seeded permutation of its (id-sorted) pool; the first
 out-of-distribution dataset: the first `ood_size` of its own permutation, without any
 question already drawn. With the paper's sizes, 2,000 + 500 = 2,500 per dataset.
 
+Several in-distribution datasets (the paper's "Mult", `data.in_distribution=("trivia_qa",
+"bioasq", "nq_open")`): each is drawn exactly as it is alone (its own permutation of its own
+pool, `train_size` / `val_size` / `test_size` each), and train, val and test are the unions
+in the order the config lists them; so Mult's train set is the union of the single-dataset
+experiments' train sets, as in the paper ("combining the training splits").
+
 `prepare_splits` writes `<out_dir>/<split>.jsonl` ({"id", "question", "answers",
 "relation", "dataset"}), the input format of the sample stage, and config.json; a rerun with
 the same config reuses them.
@@ -31,10 +37,21 @@ IN_DISTRIBUTION_SPLITS = ("train", "val", "test")
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
     """What to draw: names already parsed and checked."""
-    in_distribution: catalog.DatasetRef
+    in_distribution: tuple[catalog.DatasetRef, ...]
     out_of_distribution: tuple[catalog.DatasetRef, ...]
-    sizes: dict[str, int]  # train/val/test/ood
+    per_dataset: dict[str, int]  # train/val/test per in-distribution dataset; ood per OOD one
     seed: int
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Split sizes: train/val/test over all in-distribution datasets; ood per dataset."""
+        k = len(self.in_distribution)
+        return {name: n * (k if name != "ood" else 1) for name, n in self.per_dataset.items()}
+
+    @property
+    def in_distribution_label(self) -> str:
+        labels = [r.label for r in self.in_distribution]
+        return labels[0] if len(labels) == 1 else f"Mult ({' + '.join(labels)})"
 
 
 def ood_split_name(ref: catalog.DatasetRef) -> str:
@@ -56,9 +73,10 @@ def plan(data_config: DataConfig, workdir: str | Path) -> SplitPlan:
     Reads only the source files' names: builds no TFDS data and writes nothing (dry runs).
     """
     where = locations(data_config, workdir)
-    ind = catalog.parse_name(data_config.in_distribution)
+    ind = tuple(catalog.parse_name(n)
+                for n in schema.dataset_names(data_config.in_distribution))
     ood = tuple(catalog.parse_name(n) for n in data_config.out_of_distribution)
-    for ref in (ind, *ood):
+    for ref in (*ind, *ood):
         catalog.check(ref, where, build=False)
     names = [ood_split_name(r) for r in ood]
     if len(set(names)) != len(names):
@@ -85,14 +103,20 @@ def draw(records: Sequence[dict], n: int, seed: int, label: str,
 
 def draw_splits(p: SplitPlan, where: catalog.DataLocations) -> dict[str, list[dict]]:
     """{"train", "val", "test", "ood_<name>"...: records}; deterministic in (config, data)."""
-    s = p.sizes
-    ind = catalog.load_records(p.in_distribution, where)
+    s = p.per_dataset
     n_ind = s["train"] + s["val"] + s["test"]
-    drawn = draw(ind, n_ind, p.seed, p.in_distribution.label)
-    out = {"train": drawn[:s["train"]],
-           "val": drawn[s["train"]:s["train"] + s["val"]],
-           "test": drawn[s["train"] + s["val"]:]}
-    used = {r["id"] for r in drawn}
+    out: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    used: set[str] = set()
+    for ref in p.in_distribution:   # each drawn as it is alone; the splits are the unions
+        drawn = draw(catalog.load_records(ref, where), n_ind, p.seed, ref.label)
+        out["train"] += drawn[:s["train"]]
+        out["val"] += drawn[s["train"]:s["train"] + s["val"]]
+        out["test"] += drawn[s["train"] + s["val"]:]
+        clash = used & {r["id"] for r in drawn}
+        if clash:
+            raise catalog.DatasetError(f"in_distribution datasets share question id "
+                                       f"{sorted(clash)[0]!r} ({ref.label})")
+        used |= {r["id"] for r in drawn}
     for ref in p.out_of_distribution:
         records = catalog.load_records(ref, where)
         out[ood_split_name(ref)] = draw(records, s["ood"], p.seed, ref.label, exclude=used)

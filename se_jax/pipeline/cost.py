@@ -62,12 +62,26 @@ def _model_numbers(config: RunConfig) -> tuple[int, int] | None:
     return adapter, sum(math.prod(s.hf_shape) for s in specs)
 
 
+def matmul_params(config: RunConfig) -> int | None:
+    """Parameters the forward multiplies (every 2-D weight; the input embedding only when
+    it is also the tied output head), as the throughput table counts them; None when the
+    model's config cannot be read without the network."""
+    try:
+        model_config = load_config(open_checkpoint(str(config.model.path)))
+    except (OSError, ValueError, ImportError):
+        return None
+    specs = param_specs(model_config)
+    tied = not any(s.hf_name == "lm_head.weight" for s in specs)
+    return sum(math.prod(s.hf_shape) for s in specs if len(s.hf_shape) == 2
+               and (tied or s.hf_name != "model.embed_tokens.weight"))
+
+
 def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood: int,
              settings: int = 1) -> Cost:
     """Upper bounds for one invocation on an empty workdir (`settings` answer settings,
     each a whole experiment on the same base model)."""
     tc, sc = config.training, config.sampling
-    runs = (len(sweep.runs) + len(sweep.arms) * len(sweep.seeds)) * settings
+    runs = sweep.num_trainings * settings
     loads = 1 + bool(config.evaluation.judge == "llm" and config.evaluation.judge_model)
     sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
@@ -87,9 +101,9 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
         disk["resume state (Orbax)"] = runs * trainable * copies * _F32 * tc.keep
         if tc.export_merged:
             disk["merged checkpoints"] = runs * total * _F32
-    evaluated = (sizes["val"] * (runs + 1) + (sizes["test"] + sizes["ood"] * num_ood)
-                 * (len(sweep.methods) * len(sweep.seeds) + runs // settings
-                    - len(sweep.runs) + 1)) * settings
+    final = (len(sweep.methods) + len(sweep.arms)) * len(sweep.seeds) + 1   # + original
+    evaluated = (sizes["val"] * (runs // settings + 1)
+                 + (sizes["test"] + sizes["ood"] * num_ood) * final) * settings
     disk["evaluations"] = evaluated * 300   # one outcome line per question
     return Cost(runs, loads, programs, disk)
 

@@ -28,8 +28,9 @@ from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
-from se_jax.pipeline.plan import (ORIGINAL, SWEEP_SPLIT, ConfigError, Run, Sweep, backends_needed,
-                         method_uses, pick_taus, result_row, se_backend, validate)
+from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
+                                  Sweep, backends_needed, method_uses, pick_taus, result_row,
+                                  se_backend, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
@@ -282,7 +283,7 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
     else:
         plan = split_lib.plan(config.data, config.workdir)
         sizes, num_ood = plan.sizes, len(plan.out_of_distribution)
-        data = [f"in-distribution: {plan.in_distribution.label} (train {sizes['train']}, "
+        data = [f"in-distribution: {plan.in_distribution_label} (train {sizes['train']}, "
                 f"val {sizes['val']}, test {sizes['test']})",
                 f"out-of-distribution: {[r.label for r in plan.out_of_distribution]} "
                 f"({sizes['ood']} each)"]
@@ -291,9 +292,11 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
     text = "\n".join([
         f"workdir: {config.workdir}", *data,
         f"entropy backends: {backends}",
+        f"protocol: {PROTOCOL_NAMES[sweep.protocol]}",
         f"fine-tuning runs in the sweep: {len(sweep.runs)} "
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
-        f"seeds {list(sweep.seeds)})",
+        f"seeds {list(sweep.sweep_seeds)}); in all, per answer setting: "
+        f"{sweep.count_formula()}",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
         "what each method will really use:",
         *(f"  {m}: {what}" for m, what in method_uses(config).items()),
@@ -358,18 +361,22 @@ def start(config: RunConfig, setting: str = "", base: SharedBase | None = None,
 
 
 SETTING_NAMES = {"short": "Short-QA", "sentence": "Long-QA"}
+ANSWER_SOURCES = {"model": "the model's standard response (R-Tuning as the paper ran it)",
+                  "gold": "the gold answer (Zhang et al.'s original R-Tuning)"}
 
 
-def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | None:
+def run(config: RunConfig, base: SharedBase | None = None
+        ) -> ExperimentResult | dict[str, ExperimentResult] | None:
     """The whole experiment (see module doc); with several answer settings
     (config.experiment.settings), one experiment per setting on one shared (taught) base
-    model, then Table 1 over all of them. Returns None on processes other than 0."""
+    model, then Table 1 over all of them. Returns None on processes other than 0.
+    `base`: the generator shared with other experiments of this process (`run_grid`)."""
     settings = config.experiment.settings
-    if not settings:
-        return run_setting(config)
     clock = Telemetry.install()
     since = clock.snapshot()
-    base = SharedBase(config, Layout.from_config(config), clock)
+    base = base or SharedBase(config, Layout.from_config(config), clock)
+    if not settings:
+        return run_setting(config, base=base, since=since)
     results = {}
     for style in settings:
         sub = config.replace(prompt=dict(style=style), experiment=dict(settings=()))
@@ -379,6 +386,19 @@ def run(config: RunConfig) -> ExperimentResult | dict[str, ExperimentResult] | N
         return None
     write_settings_report(Layout.from_config(config).report_dir, results)
     return results
+
+
+def run_grid(configs: Sequence[RunConfig]) -> None:
+    """Several experiments (a grid's training sets) in this process, on one loaded base
+    model when they share its config (model and mesh) and teach nothing; else one each."""
+    shared: dict = {}
+    for config in configs:
+        key = (config.model, config.mesh)
+        if config.teach.enabled or key not in shared:
+            base = SharedBase(config, Layout.from_config(config), Telemetry.install())
+            if not config.teach.enabled:
+                shared[key] = base
+        run(config, base=shared.get(key) if not config.teach.enabled else base)
 
 
 def write_settings_report(out_dir: Path, results: Mapping[str, ExperimentResult]) -> Path:
@@ -483,8 +503,9 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             num_samples=config.evaluation.bootstrap_samples,
             confidence=config.evaluation.confidence)
     d = config.data
-    data = (f"{d.in_distribution} (train {d.train_size}, val {d.val_size}, test "
-            f"{d.test_size}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
+    each = " each" if len(d.in_distribution_names) > 1 else ""
+    data = (f"{d.in_distribution_label} (train {d.train_size}, val {d.val_size}, test "
+            f"{d.test_size}{each}), OOD {list(d.out_of_distribution)} ({d.ood_size} each)"
             if d.source != "facts" else
             f"knowledge-controlled EntityQuestions facts (relations "
             f"{list(config.facts.relations)}, OOD {list(config.facts.ood_relations)}; draw "
@@ -493,8 +514,10 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
     header = (f"Model: `{config.model.path}`; data: {data}; prompt style "
               f"{config.prompt.style!r}; M={config.sampling.num_samples} samples; "
               f"equivalence backend(s): {backends}; taus {list(sweep.taus)}; seeds "
-              f"{list(sweep.seeds)}; picked tau: "
+              f"{list(sweep.seeds)}; protocol: {PROTOCOL_NAMES[sweep.protocol]}; picked tau: "
               + ", ".join(f"{m}={'-' if t is None else t}" for m, t in picked.items())
+              + ". R-Tuning / Idk targets of correct questions: "
+              + ANSWER_SOURCES[config.labels.answer_source]
               + f". Wall time of this invocation: {wall_s:.0f}s.")
     paths = report.write_report(job.layout.report_dir, results=results, sweep=rows,
                                 splits=job.test_splits, judge=judge.name, uncertainty=unc,

@@ -5,6 +5,14 @@ Methods: `se_<backend>` (SE labels from the discrete semantic entropy of that eq
 backend), `rtuning`, `rtuning_u`, `idk`; the original model is always evaluated as the
 reference. Optional arms retrain the first SE method at its picked tau with
 self-distillation ("self_distill") or attention-only full fine-tuning ("attention_only").
+
+Protocols (`experiment.protocol`):
+- "paper", the paper's Best-Threshold Evaluation (Section 6): every method with a tau is
+  trained once per tau at the first seed; the tau with the lowest validation AED is then
+  trained at the remaining seeds; R-Tuning (and Idk) at every seed. Per method with a tau
+  that is len(taus) + len(seeds) - 1 runs, per method without one len(seeds).
+- "grid": every tau at every seed (len(taus) x len(seeds) runs per method with a tau);
+  the tau is picked on the mean over seeds.
 """
 from __future__ import annotations
 
@@ -22,6 +30,10 @@ ARMS = ("self_distill", "attention_only")
 ENTROPY_BACKENDS = ("deberta", "llm_judge", "lexical")
 ORIGINAL = "original"
 SWEEP_SPLIT = "val"
+PROTOCOL_NAMES = {
+    "paper": "paper (Best-Threshold Evaluation: every tau at the first seed, the picked tau "
+             "and the methods without tau at every seed)",
+    "grid": "grid (every tau at every seed; tau picked on the mean over seeds)"}
 
 
 def se_backend(method: str) -> str | None:
@@ -76,18 +88,43 @@ class Sweep:
     taus: tuple[float, ...]
     seeds: tuple[int, ...]
     arms: tuple[str, ...]
+    protocol: str = "grid"
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "Sweep":
         validate(config)
         ex = config.experiment
-        return cls(ex.methods, ex.taus, ex.seeds, ex.arms)
+        return cls(ex.methods, ex.taus, ex.seeds, ex.arms, ex.protocol)
+
+    @property
+    def sweep_seeds(self) -> tuple[int, ...]:
+        """The seeds the taus are swept at: the first one (paper) or all (grid)."""
+        return self.seeds[:1] if self.protocol == "paper" else self.seeds
 
     @property
     def runs(self) -> list[Run]:
-        """The validation sweep: every method x tau (where it has one) x seed."""
+        """The validation sweep: every method x tau (where it has one) x sweep seed."""
         return [Run(m, t, s) for m in self.methods
-                for t in (self.taus if uses_tau(m) else (None,)) for s in self.seeds]
+                for t in (self.taus if uses_tau(m) else (None,)) for s in self.sweep_seeds]
+
+    @property
+    def num_trainings(self) -> int:
+        """Distinct fine-tuning runs the protocol trains, sweep and final runs together
+        (known before any tau is picked: the final runs at the sweep seeds are sweep runs)."""
+        extra = len(self.seeds) - len(self.sweep_seeds)
+        return len(self.runs) + len(self.methods) * extra + len(self.arms) * len(self.seeds)
+
+    def count_formula(self) -> str:
+        """num_trainings as the sum it is, for the plan and --dry_run."""
+        tau_methods = sum(uses_tau(m) for m in self.methods)
+        other = len(self.methods) - tau_methods
+        T, S = len(self.taus), len(self.seeds)
+        arms = f" + {len(self.arms)} arms x {S} seeds" if self.arms else ""
+        if self.protocol == "paper":
+            return (f"{tau_methods} methods with tau x ({T} taus + {S - 1} more seeds) + "
+                    f"{other} without x {S} seeds{arms} = {self.num_trainings}")
+        return (f"{tau_methods} methods with tau x {T} taus x {S} seeds + {other} without x "
+                f"{S} seeds{arms} = {self.num_trainings}")
 
     @property
     def first_se(self) -> str | None:
