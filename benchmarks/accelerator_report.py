@@ -287,6 +287,19 @@ class Report:
             if id(fig) in self.roofs:
                 self._bound(fig)
 
+    def kernel(self, section: str, name: str, rate: float, unit: str, *, batch: int,
+               roof: Roof, compile_s: float, since: dict, dtype: str | None = None,
+               note: str = "") -> Figure:
+        """Our side's figure of one kernel, its compile time (first call - warm call), and
+        a figure per program it built since `since`."""
+        dtype = dtype or self.dtype
+        fig = self.add(section, name, rate, unit, dtype=dtype, batch=batch, roof=roof,
+                       note=note)
+        self.add("compile", f"{section}: first call - warm call", compile_s, "s",
+                 dtype=dtype, batch=batch)
+        self.compiles(section, since, dtype)
+        return fig
+
     def compiles(self, section: str, since: dict, dtype: str | None = None) -> None:
         """A figure per program compiled since `since` (seconds, summed over its shapes)."""
         for name, (count, seconds) in self.clock.snapshot(since)["compilations"].items():
@@ -508,12 +521,11 @@ class Report:
         head = cfg.hidden_size * cfg.vocab_size
         flops = (yardstick.flops_per_token(n_params, "forward") * (generated + n)
                  + yardstick.flops_per_token(n_params - head, "forward") * sum(map(len, ids)))
-        self.add("sampler", f"sampler {n} questions x M={m} x {new} tokens", generated / sec,
-                 "tokens/s", batch=n * m, roof=Roof(flops / generated, self.dtype,
-                                                    functools.partial(
-                     _decode_bound, weights=n_params * itemsize, kv=kv, rows=n * m)))
-        self.add("compile", "sampler: first call - warm call", first - sec, "s", batch=n * m)
-        self.compiles("sampler", since)
+        self.kernel("sampler", f"sampler {n} questions x M={m} x {new} tokens",
+                    generated / sec, "tokens/s", batch=n * m,
+                    roof=Roof(flops / generated, self.dtype, functools.partial(
+                        _decode_bound, weights=n_params * itemsize, kv=kv, rows=n * m)),
+                    compile_s=first - sec, since=since)
         self.table_entry["sample"] = dict(tokens_per_s=generated / sec, questions=n, M=m,
                                           new_tokens=new)
         return dict(model=model, tokenizer=tokenizer, ids=ids, seconds=sec)
@@ -619,12 +631,10 @@ class Report:
             per_pair = yardstick.flops_per_token(matmul_params, "forward") * slots / len(picked)
             name = (f"NLI forward, random DeBERTa {'tiny' if self.quick else 'v3-base'} "
                     f"({matmul_params / 1e6:.1f}M matmul params)")
-            fig = self.add("nli", name, len(picked) / sec, "pairs/s", dtype="float32",
-                           batch=backend.batch_size, roof=Roof(per_pair, "float32"),
-                           note=f"{len(picked)} pairs, {len(arrays)} batches")
-            self.add("compile", "nli: first call - warm call", first - sec, "s",
-                     dtype="float32", batch=backend.batch_size)
-            self.compiles("nli", since, "float32")
+            fig = self.kernel("nli", name, len(picked) / sec, "pairs/s",
+                              batch=backend.batch_size, roof=Roof(per_pair, "float32"),
+                              compile_s=first - sec, since=since, dtype="float32",
+                              note=f"{len(picked)} pairs, {len(arrays)} batches")
             if self.torch:
                 tsec = statistics.median(yardstick.timings(theirs, reps, 1))
                 self.probe()
@@ -663,12 +673,9 @@ class Report:
                     + yardstick.flops_per_token(head, "forward") * n) / n
         name = (f"LLM judge, shared prefix ({np.mean(lengths):.0f} tokens/pair, prefix {p}, "
                 f"{s['shots']} shots)")
-        fig = self.add("judge", name, n / sec, "pairs/s", dtype="float32",
-                       batch=base.batch_size, roof=Roof(per_pair, "float32"),
-                       note=f"{n} pairs")
-        self.add("compile", "judge: first call - warm call", first - sec, "s",
-                 dtype="float32", batch=base.batch_size)
-        self.compiles("judge", since, "float32")
+        fig = self.kernel("judge", name, n / sec, "pairs/s", batch=base.batch_size,
+                          roof=Roof(per_pair, "float32"), compile_s=first - sec, since=since,
+                          dtype="float32", note=f"{n} pairs")
         if self.torch:
             hf = sides.torch_twin(model, "float32")
             sides.torch_scores(hf, full[:2], shared.label_ids, shared.owner, s["judge_batch"], pad)
