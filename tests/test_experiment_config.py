@@ -159,8 +159,12 @@ def test_paper_grid_dry_run_counts_the_grid(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps(LLAMA3_8B))
     (model / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    nli = tmp_path / "deberta_nli"   # se_deberta runs only with an NLI directory named
+    nli.mkdir()
+    (nli / "config.json").write_text("{}")
     out = subprocess.run([sys.executable, str(REPO / "launch" / "sweep.py"),
                           "--config=configs/paper_grid.py", f"--config.model.path={model}",
+                          f"--config.entropy.nli_path={nli}",
                           f"--config.workdir={tmp_path / 'grid'}",
                           f"--config.data.source_dir={tmp_path / 'nodata'}", "--dry_run"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
