@@ -112,7 +112,7 @@ def test_entropy_llm_judge_reuses_the_resident_generator(tmp_path, monkeypatch):
     got = {}
     monkeypatch.setattr(entropy.entailment, "make_backend",
                         lambda ec, mesh, decoder=None, **kw: got.setdefault("d", decoder)
-                        or ("backend", None))
+                        or "backend")
     cfg = _paper(model=dict(path="/models/llama3-8b"),
                  entropy=dict(backend="llm_judge", judge_model=""))
     entropy._load_backend(cfg, resident=_FakeResident())

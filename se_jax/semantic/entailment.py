@@ -391,25 +391,23 @@ def check_runnable(entropy_config: EntropyConfig) -> None:
 
 def make_backend(entropy_config: EntropyConfig, mesh: Mesh, *, decoder: Any = None,
                  decoder_tokenizer: Any = None, decoder_path: str | None = None
-                 ) -> tuple[Backend, str | None]:
-    """The configured backend, and None (the slot where a fallback reason once went: no
-    backend is ever replaced by another; one that cannot run as named raises ConfigError
-    naming what is missing, before any work).
-    """
+                 ) -> Backend:
+    """The configured backend. None is ever replaced by another: one that cannot run as
+    named raises ConfigError naming what is missing, before any work."""
     name = entropy_config.backend
     if name not in BACKENDS:
         raise ValueError(f"entropy.backend={name!r}; choose from {BACKENDS}")
     if name == "lexical":
-        return LexicalBackend(entropy_config.lexical_threshold), None
+        return LexicalBackend(entropy_config.lexical_threshold)
     check_runnable(entropy_config)
     if name == "deberta":
         nli = load_nli(entropy_config.nli_path, dtype=entropy_config.nli_dtype)
         return DebertaBackend(nli, mesh, batch_size=entropy_config.batch_size,
                               buckets=entropy_config.buckets,
-                              condition_on_question=entropy_config.condition_on_question), None
+                              condition_on_question=entropy_config.condition_on_question)
     if decoder is None or decoder_tokenizer is None:
         raise ValueError("entropy.backend=llm_judge needs a loaded decoder and its tokenizer")
     return make_llm_judge(decoder, decoder_tokenizer, decoder_path or "?",
                           prompt=entropy_config.judge_prompt,
                           num_shots=entropy_config.judge_shots,
-                          batch_size=entropy_config.llm_batch_size, mesh=mesh), None
+                          batch_size=entropy_config.llm_batch_size, mesh=mesh)

@@ -130,7 +130,7 @@ def _padded(rows: Sequence[Sequence[Any]], width: int, fill: Any, dtype) -> np.n
 
 
 def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, strict: bool,
-                        fallback: str | None = None, cluster_rule: str = "reference",
+                        cluster_rule: str = "reference",
                         pairs: str = "full") -> tuple[list[dict], int]:
     """The output records of a batch of questions, and the number of pairs labelled.
 
@@ -171,8 +171,6 @@ def uncertainty_records(backend: entailment.Backend, items: Sequence[Item], *, s
                       **{k: float(v[i]) for k, v in columns.items()
                          if k != "first_token_entropy" or it.first_logprobs is not None})
         record.update(getattr(backend, "record_fields", {}))
-        if fallback:
-            record["fallback"] = fallback
         records.append(record)
     return records, eq.pairs_labelled
 
@@ -246,7 +244,7 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path,
     # Shard i is computed and written by process i % P alone (each on its own devices).
     pending = my_shards(out.pending())
     if pending:
-        backend, fallback = _load_backend(config, resident)
+        backend = _load_backend(config, resident)
         done = sum(len(s) for i, s in enumerate(shards) if i not in set(pending))
         progress = stage_io.Progress("entropy", total=len(items), unit="questions",
                                      initial=done)
@@ -254,8 +252,7 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path,
             records, pairs = uncertainty_records(backend, shards[i],
                                                  strict=config.entropy.strict,
                                                  cluster_rule=config.entropy.cluster_rule,
-                                                 pairs=config.entropy.pairs,
-                                                 fallback=fallback)
+                                                 pairs=config.entropy.pairs)
             out.write_shard(i, records)
             all_pairs = sum(len(it.texts) ** 2 for it in shards[i])
             progress.update(len(shards[i]), pairs=pairs, pairs_before_dedup=all_pairs)
