@@ -247,6 +247,21 @@ def prompt_config() -> ml_collections.ConfigDict:
     ))
 
 
+def probes_config() -> ml_collections.ConfigDict:
+    """Semantic entropy probes (Kossen et al. 2024): the residual stream the sample stage keeps
+    from its own forward passes (se_jax/io/hidden_states.py), and the probes fitted on it."""
+    return ml_collections.ConfigDict(dict(
+        # Decoder layers whose residual stream is kept (0 = the embeddings' output, i = the
+        # output of layer i, -1 = the final normed stream); () = off: the sampler computes
+        # and returns nothing more.
+        layers=(),
+        # tbg: the last prompt token (before generation); slt: the second-to-last token of
+        # the greedy (low-temperature) answer.
+        positions=("tbg", "slt"),
+        dtype="float16",   # storage dtype of hidden_states.npz: float16 | float32
+    ))
+
+
 def sampling_config() -> ml_collections.ConfigDict:
     """The sample stage: 1 low-temperature + M sampled answers per question (se_jax/generation/sampling.py)."""
     return ml_collections.ConfigDict(dict(
@@ -275,6 +290,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = mesh_config()
     config.prompt = prompt_config()
     config.sampling = sampling_config()
+    config.probes = probes_config()
     config.entropy = entropy_config()
     config.data = data_config()
     config.evaluation = evaluation_config()

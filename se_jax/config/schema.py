@@ -135,6 +135,30 @@ class SamplingConfig:
 
 
 @_section
+class ProbesConfig:
+    """Hidden states for semantic entropy probes (se_jax/io/hidden_states.py); () = off."""
+    layers: tuple[int, ...]      # 0 = embeddings' output, i = layer i's output, -1 = final norm
+    positions: tuple[str, ...]   # tbg (last prompt token) | slt (2nd-to-last greedy token)
+    dtype: str                   # storage dtype of hidden_states.npz
+
+    def __post_init__(self):
+        if not isinstance(self.layers, tuple) or not all(
+                isinstance(l, int) and not isinstance(l, bool) and l >= -1 for l in self.layers):
+            fail("probes.layers", self.layers, "must be a tuple of layer indices >= -1")
+        if len(set(self.layers)) != len(self.layers):
+            fail("probes.layers", self.layers, "names a layer twice")
+        if not self.positions or any(p not in ("tbg", "slt") for p in self.positions) \
+                or len(set(self.positions)) != len(self.positions):
+            fail("probes.positions", self.positions,
+                 "must be a non-empty tuple of distinct 'tbg' / 'slt'")
+        check_choice("probes.dtype", self.dtype, ("float16", "float32"))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.layers)
+
+
+@_section
 class EntropyConfig:
     """The entropy stage: equivalence backend, clustering rule, batching."""
     backend: str
@@ -447,6 +471,7 @@ class ExperimentConfig:
 
 SECTIONS: Mapping[str, type] = dict(
     model=ModelConfig, mesh=MeshConfig, prompt=PromptConfig, sampling=SamplingConfig,
+    probes=ProbesConfig,
     entropy=EntropyConfig, data=DataConfig, evaluation=EvaluationConfig,
     experiment=ExperimentConfig, labels=LabelsConfig, training=TrainingConfig,
     facts=FactsConfig, teach=TeachConfig)
@@ -464,6 +489,7 @@ class RunConfig:
     mesh: MeshConfig
     prompt: PromptConfig
     sampling: SamplingConfig
+    probes: ProbesConfig
     entropy: EntropyConfig
     data: DataConfig
     evaluation: EvaluationConfig
