@@ -531,6 +531,32 @@ class Llama(nnx.Module):
             ceil(P / T) extra rows before each shard's rows (`HeadRows`), so every layer
             runs one set of projections over all tokens. Only the rows' states return.
         """
+        h, cache, _ = self._forward(tokens, positions, cache, context, prefix, keep=())
+        return h, cache
+
+    def hidden_states(self, tokens: jax.Array, positions: jax.Array, layers: tuple[int, ...],
+                      cache: KVCache | None = None, context: KVCache | None = None
+                      ) -> tuple[jax.Array, KVCache | None, jax.Array]:
+        """`hidden`, plus the residual stream at the last position at `layers`:
+        (h [B, T, E], cache, states [B, len(layers), E]).
+
+        Layer numbers as Hugging Face's `hidden_states`: 0 = the embeddings' output, i = the
+        output of decoder layer i (1-based, before the final norm), -1 = the final normed
+        stream (h[:, -1]). Only the last position is kept, one [B, E] per layer, never
+        [B, T, L, E]: the sampler needs the last prompt token (prefill) and the one token
+        of each decode step.
+        """
+        bad = [l for l in layers if not -1 <= l <= self.config.num_hidden_layers]
+        if bad or not layers:
+            raise ValueError(f"hidden_states: layers {layers!r} must be a non-empty tuple of "
+                             f"-1..{self.config.num_hidden_layers}")
+        return self._forward(tokens, positions, cache, context, None, keep=tuple(layers))
+
+    def _forward(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None,
+                 context: KVCache | None, prefix: jax.Array | None, keep: tuple[int, ...]
+                 ) -> tuple[jax.Array, KVCache | None, jax.Array | None]:
+        """`hidden` and, when `keep` names layers, `hidden_states`' states (else None).
+        With keep=() it traces exactly the ops `hidden` always traced."""
         if prefix is not None and (context is not None or cache is not None):
             raise ValueError("hidden() takes a prefix alone, without a cache or context")
         fold = None
@@ -551,6 +577,7 @@ class Llama(nnx.Module):
         mask = attention_mask(positions, k_pos)
         cos, sin = rope_tables(self.config, positions)
         x = self._constrain(self._embed(tokens))
+        embedded = x[:, -1] if keep else None   # layer 0; nothing traced when not kept
 
         layers = list(self.layers)
         graphdef = layer_scan.stack_graphdef(layers) if self.config.scan_layers else None
@@ -558,26 +585,41 @@ class Llama(nnx.Module):
             cache = cache.stacked() if cache is not None else None
             context = context.stacked() if context is not None else None
 
+        # Decoder layers whose output is kept (1-based); [K, B, E] slots filled as they pass.
+        inner = tuple(l for l in keep if l > 0)
+
         def body(layer: DecoderLayer, i, carry):
-            x, cache = carry
+            x, cache = carry[:2]
             ctx = fold if context is None else context.layer(i)
             x, cache = layer(x, cos, sin, mask, cache, i, ctx)
-            return self._constrain(x), cache
+            x = self._constrain(x)
+            if not inner:
+                return x, cache
+            # i may be traced (layer scan): a select, not a Python branch.
+            hit = jnp.asarray(inner, jnp.int32) == i + 1
+            return x, cache, jnp.where(hit[:, None, None], x[None, :, -1], carry[2])
 
         carry = (x, cache)
+        if inner:
+            carry += (jnp.zeros((len(inner), x.shape[0], x.shape[2]), x.dtype),)
         if graphdef is not None:
             carry = layer_scan.scan_layers(layers, graphdef, body, carry)
         else:  # layers differ (e.g. LoRA on some only) or scanning is off
             for i, layer in enumerate(layers):
                 carry = body(layer, i, carry)
-        x, cache = carry
+        x, cache = carry[:2]
         if graphdef is not None and cache is not None:
             cache = cache.unstacked()
         if cache is not None:
             cache = dataclasses.replace(cache, length=cache.length + tokens.shape[1])
         if fold is not None:
             x = self._constrain(fold.unfold(x))
-        return self.norm(x), cache
+        h = self.norm(x)
+        if not keep:
+            return h, cache, None
+        by_layer = {0: embedded, -1: h[:, -1], **{l: carry[2][k] for k, l in enumerate(inner)}}
+        states = jnp.stack([by_layer[l].astype(x.dtype) for l in keep], axis=1)
+        return h, cache, self._constrain(states)
 
     def _fold_head(self, prefix: jax.Array, tokens: jax.Array, positions: jax.Array
                    ) -> tuple[HeadRows, jax.Array, jax.Array, jax.Array]:
