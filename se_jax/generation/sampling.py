@@ -11,6 +11,12 @@ API (other stages import these):
     # most_likely[i] is key index 0; samples[i][m] is key index m + 1
     greedy = greedy_answers(model, tokenizer, prompts, ids)                    # evaluation
 
+    keep = KeepHidden(layers=(8, 16, -1), positions=("tbg", "slt"))
+    most_likely, samples, states = sample_answers_and_states(..., keep=keep)
+    greedy, states = greedy_answers_and_states(..., keep=keep)
+    # states float32[N, P, L, E]: prompt i's residual stream at keep.positions x keep.layers
+    # (tbg: last prompt token; slt: row 0's answer, see `slt_step`): semantic entropy probes
+
     kwargs = config.sampling.generate_kwargs()   # max_new_tokens, top_k, top_p,
                                                 # stop_strings, batch_size, buckets
     raw = decode_batch(model, prompt_ids, ids, temperatures=..., batch_size=...,
@@ -43,6 +49,12 @@ How (one batch of B prompts, rows R = B * len(temperatures)):
 Batch dims are sharded over the mesh's batch axes (NamedSharding); the model keeps the
 sharding it was loaded with (tensor/fsdp).
 
+Hidden states (`KeepHidden`, off by default): the prefill keeps the residual stream of the
+last prompt token (TBG) at the chosen layers; for SLT the decode loop also writes row 0 of
+each prompt at every step into a [B, max_new_tokens, L, E] buffer on the devices, and after
+the host has cut the answers one gather fetches the [B, P, L, E] that are kept. No second
+forward pass. Off, the two programs are the ones traced without the option (a test).
+
 Reproducibility: the key of answer row j of question q is
     fold_in(fold_in(PRNGKey(seed), stable_hash(q)), j), folded with the step each step,
 so a question's answers do not depend on the batch size, the order of questions, which
@@ -65,6 +77,7 @@ from se_jax.parallel import mesh as mesh_lib
 from se_jax.generation import sampling_math
 from se_jax.generation import stopping
 from se_jax.data import prompts as prompt_lib
+from se_jax.io.hidden_states import POSITIONS
 from se_jax.parallel.distributed import to_host
 from se_jax.parallel.mesh import ShardingRules
 from se_jax.models.llama import KVCache, LlamaConfig
@@ -107,6 +120,65 @@ class RawRows:
     logprobs: np.ndarray
     lengths: np.ndarray
     steps: int
+    hidden: "DeviceStates | None" = None   # kept residual streams (KeepHidden), on device
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepHidden:
+    """Which residual streams the sampler keeps: `layers` numbered as
+    `Llama.hidden_states` (0 = embeddings' output, i = decoder layer i's output, -1 = the
+    final normed stream), at `positions` among "tbg" (last prompt token) and "slt" (row 0's
+    answer, `slt_step`)."""
+    layers: tuple[int, ...]
+    positions: tuple[str, ...] = POSITIONS
+
+    def __post_init__(self):
+        if not self.layers or not self.positions \
+                or any(p not in POSITIONS for p in self.positions):
+            raise ValueError(f"KeepHidden: need layers and positions among {POSITIONS}, got "
+                             f"{self.layers!r}, {self.positions!r}")
+
+    @property
+    def slt(self) -> bool:
+        return "slt" in self.positions
+
+
+def slt_step(answer_tokens: int) -> int:
+    """The forward step whose residual stream is an answer's SLT, for an answer of
+    `answer_tokens` tokens (stop text and EOS cut): step 0 is the prefill (its last prompt
+    token), step k >= 1 the decode step that fed answer token k - 1.
+
+    As Kossen et al. 2024 pick it (OATML/semantic-entropy-probes, huggingface_models.py:
+    `hidden[n_generated - 2]`, where Hugging Face's hidden[0] is the prefill and hidden[k]
+    the step feeding generated token k - 1, n_generated the answer's tokens before the stop
+    word): the forward pass that emitted the answer's second-to-last token. Answers of one
+    or two tokens take the prefill's (= TBG; their code wraps to hidden[-1] for one token).
+    """
+    return max(answer_tokens - 2, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceStates:
+    """One batch's kept residual streams, still on the devices (batch-sharded, B prompts).
+
+    tbg: [B, L, E], the prefill's last prompt token; steps: [B, N, L, E] or None (SLT not
+    kept): row 0 of each prompt at decode step k in slot k (slot 0 unused: step 0 is tbg).
+    """
+    tbg: jax.Array
+    steps: jax.Array | None
+    mesh: Mesh | None
+    rules: ShardingRules
+
+    def fetch(self, positions: Sequence[str], slt_steps: np.ndarray) -> np.ndarray:
+        """float32[n, P, L, E] for the first n = len(slt_steps) prompts, at `positions`;
+        slt_steps: int[n] (`slt_step` of each prompt's row-0 answer). One gather on the
+        devices, so only [B, P, L, E] crosses to the host."""
+        n, b = len(slt_steps), self.tbg.shape[0]
+        at = np.zeros((b,), np.int32)
+        at[:n] = slt_steps
+        kept = _gather_states(self.tbg, self.steps, put_batch(at, self.mesh, self.rules),
+                              positions=tuple(positions))
+        return to_host(kept)[:n]
 
 
 # ----------------------------------------------------------------------------- keys
@@ -157,26 +229,32 @@ def put_batch(x: np.ndarray, mesh: Mesh | None, rules: ShardingRules) -> jax.Arr
 # ----------------------------------------------------------------------------- jitted core
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "rows_per_prompt", "extra_slots",
-                                             "mesh", "rules"))
+                                             "mesh", "rules", "keep"))
 def _prefill(graphdef, state, tokens, positions, *, rows_per_prompt: int, extra_slots: int,
-             mesh: Mesh | None, rules: ShardingRules):
+             mesh: Mesh | None, rules: ShardingRules, keep: tuple[int, ...] = ()):
     """Prefill [B, P] once; return the prompts' cache, the answer rows' empty cache and the
     last logits repeated per answer row.
 
     Returns (prompt cache: B rows, P slots, read by each prompt's `rows_per_prompt` rows as
     their `context`; answer cache: R = B * rows_per_prompt rows, `extra_slots` slots;
-    logits float32[R, V]).
+    logits float32[R, V]), and when `keep` names layers, the last prompt token's residual
+    stream at them [B, L, E] (TBG; prompts are left-padded, so the last column).
     """
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     prompts = KVCache.init(model.config, b, p)
-    h, prompts = model.hidden(tokens, positions, prompts)
+    if keep:
+        h, prompts, tbg = model.hidden_states(tokens, positions, keep, prompts)
+    else:
+        h, prompts = model.hidden(tokens, positions, prompts)
     logits = model.logits(h[:, -1:])[:, 0]                              # [B, V]
     answers = KVCache.init(model.config, b * rows_per_prompt, extra_slots)
     if mesh is not None:
         prompts, answers = (jax.lax.with_sharding_constraint(
             c, c.shardings(mesh, rules)) for c in (prompts, answers))
     logits = _constrain_batch(jnp.repeat(logits, rows_per_prompt, axis=0), mesh, rules)
+    if keep:
+        return prompts, answers, logits, _constrain_batch(tbg, mesh, rules)
     return prompts, answers, logits
 
 
@@ -193,10 +271,13 @@ jax.tree_util.register_dataclass(_StopArrays, data_fields=[f.name for f in
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",),
-                   static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p"))
+                   static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p", "keep",
+                                    "rows_per_prompt", "mesh", "rules"))
 def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_hash,
             sample_index, temperature, next_position, done, stop: _StopArrays, *,
-            max_new_tokens: int, top_k: int, top_p: float):
+            max_new_tokens: int, top_k: int, top_p: float, keep: tuple[int, ...] = (),
+            rows_per_prompt: int = 1, mesh: Mesh | None = None,
+            rules: ShardingRules = ShardingRules()):
     """Decode all rows together until each is done or has max_new_tokens tokens.
 
     prompts: the prompts' cache, each row read by its prompt's answer rows (`context`);
@@ -207,6 +288,9 @@ def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_
     done: bool[R] (True for dummy rows). Returns tokens int32[R, N], logprobs f32[R, N],
     lengths int32[R], steps int32[], and the final cache (returned so that the donated
     input buffers are reused in place by the loop rather than copied).
+
+    keep (layers, `Llama.hidden_states`): also return [B, N, L, E], the residual stream of
+    row 0 of each prompt's `rows_per_prompt` rows at every step (slot = step; `DeviceStates`).
     """
     model = nnx.merge(graphdef, state)
     rows = logits.shape[0]
@@ -232,6 +316,9 @@ def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_
                  logprobs=jnp.zeros((rows, max_new_tokens), jnp.float32),
                  lengths=jnp.zeros((rows,), jnp.int32), started=jnp.zeros((rows,), bool),
                  done=done, step=jnp.zeros((), jnp.int32), cache=cache)
+    if keep:
+        shape = (rows // rows_per_prompt, max_new_tokens, len(keep), model.config.hidden_size)
+        carry["states"] = _constrain_batch(jnp.zeros(shape, model.config.dtype), mesh, rules)
     carry = sample(carry, logits)
 
     def cond(carry):
@@ -240,13 +327,41 @@ def _decode(graphdef, state, prompts: KVCache, cache: KVCache, logits, seed, id_
     def body(carry):
         step = carry["step"]
         prev = jax.lax.dynamic_slice_in_dim(carry["tokens"], step - 1, 1, axis=1)  # [R, 1]
-        logits, cache = model(prev, (next_position + step - 1)[:, None], carry["cache"],
-                              context=prompts)
-        return sample(dict(carry, cache=cache), logits[:, 0])
+        position = (next_position + step - 1)[:, None]
+        if not keep:
+            logits, cache = model(prev, position, carry["cache"], context=prompts)
+            return sample(dict(carry, cache=cache), logits[:, 0])
+        h, cache, kept = model.hidden_states(prev, position, keep, carry["cache"],
+                                             context=prompts)
+        states = _record_row0(carry["states"], kept, step, rows_per_prompt)
+        return sample(dict(carry, cache=cache, states=states), model.logits(h)[:, 0])
 
     carry = jax.lax.while_loop(cond, body, carry)
-    return (carry["tokens"], carry["logprobs"], carry["lengths"], carry["step"],
-            carry["cache"])
+    out = (carry["tokens"], carry["logprobs"], carry["lengths"], carry["step"],
+           carry["cache"])
+    return out + (carry["states"],) if keep else out
+
+
+def _record_row0(states: jax.Array, kept: jax.Array, step: jax.Array,
+                 rows_per_prompt: int) -> jax.Array:
+    """Write row 0 of each prompt's rows of kept [R, L, E] into states [B, N, L, E] at
+    slot `step` (rows are prompt-major, so a reshape: no cross-shard gather)."""
+    b = states.shape[0]
+    row0 = kept.reshape((b, rows_per_prompt) + kept.shape[1:])[:, 0]
+    return jax.lax.dynamic_update_slice(states, row0[:, None].astype(states.dtype),
+                                        (0, step, 0, 0))
+
+
+@functools.partial(jax.jit, static_argnames=("positions",))
+def _gather_states(tbg: jax.Array, steps: jax.Array | None, at: jax.Array, *,
+                   positions: tuple[str, ...]) -> jax.Array:
+    """float32[B, P, L, E]: tbg [B, L, E] for "tbg"; for "slt" slot at[b] of steps
+    [B, N, L, E] (slot 0 = tbg itself)."""
+    def slt():
+        picked = jnp.take_along_axis(steps, at[:, None, None, None], axis=1)[:, 0]
+        return jnp.where((at == 0)[:, None, None], tbg.astype(steps.dtype), picked)
+    parts = {"tbg": lambda: tbg, "slt": slt}
+    return jnp.stack([parts[p]().astype(jnp.float32) for p in positions], axis=1)
 
 
 # ----------------------------------------------------------------------------- host API
@@ -261,11 +376,13 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
                  stop: stopping.StopTables, top_k: int = 0, top_p: float = 1.0,
                  seed: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS,
                  max_seq_len: int | None = None, mesh: Mesh | None = None,
-                 rules: ShardingRules = ShardingRules()) -> RawRows:
+                 rules: ShardingRules = ShardingRules(),
+                 keep: KeepHidden | None = None) -> RawRows:
     """Run prefill + decode for at most `batch_size` prompts (rows = prompt-major).
 
     The batch is padded to `batch_size` prompts (rounded up to the batch shards), so every
-    batch of a run has the same shape and only the bucket length varies.
+    batch of a run has the same shape and only the bucket length varies. `keep`: the
+    result's `hidden` holds the kept residual streams (`DeviceStates`), else None.
     """
     n = len(prompt_ids)
     if not 0 < n <= batch_size:
@@ -292,28 +409,45 @@ def decode_batch(model, prompt_ids: Sequence[Sequence[int]], ids: Sequence[str],
 
     graphdef, state = nnx.split(model)
     put = functools.partial(put_batch, mesh=mesh, rules=rules)
-    prompts, cache, logits = _prefill(graphdef, state, put(tokens), put(positions),
-                                      rows_per_prompt=r, extra_slots=max(max_new_tokens - 1, 1),
-                                      mesh=mesh, rules=rules)
+    # Only what is asked for enters the programs: off, they are the ones traced without it.
+    prefill_keep = dict(keep=tuple(keep.layers)) if keep else {}
+    decode_keep = (dict(keep=tuple(keep.layers), rows_per_prompt=r, mesh=mesh, rules=rules)
+                   if keep and keep.slt else {})
+    prompts, cache, logits, *tbg = _prefill(
+        graphdef, state, put(tokens), put(positions), rows_per_prompt=r,
+        extra_slots=max(max_new_tokens - 1, 1), mesh=mesh, rules=rules, **prefill_keep)
     stop_arrays = _StopArrays(*(jnp.asarray(getattr(stop, f.name))
                                 for f in dataclasses.fields(_StopArrays)))
     out = _decode(graphdef, state, prompts, cache, logits, np.int32(seed), put(row_hash),
                   put(row_index), put(row_temp), put(np.repeat(prompt_len, r)),
                   put(row_done), stop_arrays,
-                  max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p))
+                  max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p),
+                  **decode_keep)
     toks, lps, lens, steps = (to_host(x) for x in out[:4])  # the cache is dropped on device
-    return RawRows(toks[:n * r], lps[:n * r], lens[:n * r], int(steps))
+    hidden = (DeviceStates(tbg[0], out[5] if decode_keep else None, mesh, rules)
+              if keep else None)
+    return RawRows(toks[:n * r], lps[:n * r], lens[:n * r], int(steps), hidden)
 
 
-def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequence[str], *,
-             temperatures: Sequence[float], max_new_tokens: int = 64, top_k: int = 0,
-             top_p: float = 1.0, seed: int = 0,
-             stop_strings: Sequence[str] = stopping.DEFAULT_STOP_STRINGS,
-             eos_ids: Sequence[int] | None = None, batch_size: int = 8,
-             buckets: Sequence[int] = DEFAULT_BUCKETS, max_seq_len: int | None = None,
-             mesh: Mesh | None = None,
-             rules: ShardingRules = ShardingRules()) -> list[list[Answer]]:
-    """`len(temperatures)` answers for each prompt: answers[i][j] is row j of prompt i.
+def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequence[str],
+             **kwargs) -> list[list[Answer]]:
+    """`len(temperatures)` answers for each prompt: answers[i][j] is row j of prompt i
+    (the arguments of `generate_with_states`, without `keep`)."""
+    return generate_with_states(model, tokenizer, prompts, ids, keep=None, **kwargs)[0]
+
+
+def generate_with_states(
+        model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequence[str], *,
+        temperatures: Sequence[float], keep: KeepHidden | None, max_new_tokens: int = 64,
+        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+        stop_strings: Sequence[str] = stopping.DEFAULT_STOP_STRINGS,
+        eos_ids: Sequence[int] | None = None, batch_size: int = 8,
+        buckets: Sequence[int] = DEFAULT_BUCKETS, max_seq_len: int | None = None,
+        mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()
+        ) -> tuple[list[list[Answer]], np.ndarray | None]:
+    """`len(temperatures)` answers for each prompt (answers[i][j] is row j of prompt i),
+    and with `keep` the residual streams float32[N, P, L, E] of each prompt at
+    keep.positions x keep.layers (SLT: of its row-0 answer), else None.
 
     Args:
       model: a `Llama` (sharded as loaded). tokenizer: its Hugging Face tokenizer.
@@ -334,17 +468,21 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], ids: Sequ
     prompt_ids = _encode(tokenizer, prompts)
     r = len(temperatures)
     answers: list[list[Answer]] = []
+    states: list[np.ndarray] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start:start + batch_size]
         raw = decode_batch(model, chunk, ids[start:start + batch_size],
                            temperatures=temperatures, batch_size=batch_size,
                            max_new_tokens=max_new_tokens, stop=stop, top_k=top_k, top_p=top_p,
                            seed=seed, buckets=buckets, max_seq_len=max_seq_len, mesh=mesh,
-                           rules=rules)
-        for i in range(len(chunk)):
-            answers.append([_answer(tokenizer, raw, i * r + j, stop_strings, eos)
-                            for j in range(r)])
-    return answers
+                           rules=rules, keep=keep)
+        batch = [[_answer(tokenizer, raw, i * r + j, stop_strings, eos) for j in range(r)]
+                 for i in range(len(chunk))]
+        answers += batch
+        if keep:
+            steps = np.asarray([slt_step(len(rows[0].token_ids)) for rows in batch])
+            states.append(raw.hidden.fetch(keep.positions, steps))
+    return answers, (np.concatenate(states) if keep else None)
 
 
 def _answer(tokenizer, raw: RawRows, row: int, stop_strings: Sequence[str],
@@ -361,13 +499,35 @@ def sample_answers(model, tokenizer, prompts, ids, *, num_samples: int = 10,
     """The semantic-entropy set: per prompt one low-temperature "most likely" answer (key
     index 0) and `num_samples` samples at `temperature` (key indices 1..M), all decoded in
     the same loop from one prefill. Returns (most_likely[i], samples[i][m])."""
+    most_likely, samples, _ = sample_answers_and_states(
+        model, tokenizer, prompts, ids, num_samples=num_samples, temperature=temperature,
+        low_temperature=low_temperature, keep=None, **kwargs)
+    return most_likely, samples
+
+
+def sample_answers_and_states(model, tokenizer, prompts, ids, *, keep: KeepHidden | None,
+                              num_samples: int = 10, temperature: float = 1.0,
+                              low_temperature: float = 0.1, **kwargs
+                              ) -> tuple[list[Answer], list[list[Answer]], np.ndarray | None]:
+    """`sample_answers`, and the kept residual streams float32[N, P, L, E] (SLT: of the
+    most likely answer), None without `keep`; from the same prefill and decode loop."""
     temps = (low_temperature,) + (temperature,) * num_samples
-    rows = generate(model, tokenizer, prompts, ids, temperatures=temps, **kwargs)
-    return [r[0] for r in rows], [r[1:] for r in rows]
+    rows, states = generate_with_states(model, tokenizer, prompts, ids, temperatures=temps,
+                                        keep=keep, **kwargs)
+    return [r[0] for r in rows], [r[1:] for r in rows], states
 
 
 def greedy_answers(model, tokenizer, prompts, ids=None, **kwargs) -> list[Answer]:
     """One greedy (T=0) answer per prompt (evaluation)."""
+    return greedy_answers_and_states(model, tokenizer, prompts, ids, keep=None, **kwargs)[0]
+
+
+def greedy_answers_and_states(model, tokenizer, prompts, ids=None, *,
+                              keep: KeepHidden | None, **kwargs
+                              ) -> tuple[list[Answer], np.ndarray | None]:
+    """`greedy_answers`, and the kept residual streams float32[N, P, L, E] (SLT: of the
+    greedy answer), None without `keep`."""
     ids = [str(i) for i in range(len(prompts))] if ids is None else ids
-    return [r[0] for r in generate(model, tokenizer, prompts, ids, temperatures=(0.0,),
-                                   **kwargs)]
+    rows, states = generate_with_states(model, tokenizer, prompts, ids, temperatures=(0.0,),
+                                        keep=keep, **kwargs)
+    return [r[0] for r in rows], states

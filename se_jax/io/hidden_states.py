@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -88,3 +89,58 @@ def load(path: str | os.PathLike) -> HiddenStates:
         if isinstance(error, FileNotFoundError):
             raise
         raise ValueError(f"{path}: not a hidden-state file ({error})") from None
+
+
+# ----------------------------------------------------------------------------- shards
+# A stage writes one file per shard of questions (crash-safe, resumable, one writer per
+# shard on multi-process runs) and merges them once every shard is there.
+
+PARTS_DIR = "hidden_states.parts"
+
+
+def shard_path(out_dir: str | os.PathLike, index: int) -> Path:
+    """`<out_dir>/hidden_states.parts/<index>.npz`."""
+    return Path(out_dir) / PARTS_DIR / f"{index:06d}.npz"
+
+
+def write_shard(out_dir: str | os.PathLike, index: int, states: HiddenStates) -> None:
+    """Shard `index`'s rows, written atomically. A stage writes it before the shard's JSONL
+    part, so a shard that counts as done always has its hidden states."""
+    save(shard_path(out_dir, index), states)
+
+
+def merge_shards(out_dir: str | os.PathLike, num_shards: int, *, layers: Sequence[int],
+                 positions: Sequence[str]) -> Path:
+    """Concatenate shards 0..num_shards-1 into `<out_dir>/hidden_states.npz` (atomic) and
+    remove them; a file already merged is returned as is. `layers`, `positions`: what an
+    empty run (no shards) records."""
+    out_dir = Path(out_dir)
+    final = out_dir / FILE_NAME
+    if final.exists():
+        return final
+    missing = [i for i in range(num_shards) if not shard_path(out_dir, i).exists()]
+    if missing:
+        raise RuntimeError(f"{out_dir / PARTS_DIR}: hidden-state shards {missing[:5]} are "
+                           f"missing (a run that did not keep hidden states wrote them?)")
+    parts = [load(shard_path(out_dir, i)) for i in range(num_shards)]
+    odd = [i for i, p in enumerate(parts)
+           if (p.layers, p.positions) != (parts[0].layers, parts[0].positions)]
+    if odd:
+        raise ValueError(f"{shard_path(out_dir, odd[0])}: other layers or positions than "
+                         f"shard 0's {parts[0].layers}, {parts[0].positions}")
+    if parts:
+        merged = HiddenStates(
+            question_ids=tuple(q for p in parts for q in p.question_ids),
+            layers=parts[0].layers, positions=parts[0].positions,
+            values=np.concatenate([p.values for p in parts]))
+    else:
+        merged = HiddenStates((), tuple(layers), tuple(positions),
+                              np.zeros((0, len(positions), len(layers), 0), np.float16))
+    save(final, merged)
+    for i in range(num_shards):
+        shard_path(out_dir, i).unlink(missing_ok=True)
+    try:
+        (out_dir / PARTS_DIR).rmdir()
+    except OSError:
+        pass
+    return final

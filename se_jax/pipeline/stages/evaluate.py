@@ -8,6 +8,10 @@ Multi-process (one process per host, or N local processes): shard i is computed 
 process i % P with its local devices (data parallelism over hosts needs no cross-host
 collectives for inference); after a barrier process 0 merges the shards and writes the
 metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod).
+
+With `config.probes` enabled, the original model's pass (model_tag "original") also writes
+`hidden_states.npz` beside outcomes.jsonl (se_jax/io/hidden_states.py; SLT of the greedy
+answer), sharded like the outcomes: the probe stage scores the test questions from it.
 """
 from __future__ import annotations
 
@@ -21,12 +25,15 @@ from absl import logging
 
 from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
+from se_jax.io import hidden_states as hidden_io
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier
 from se_jax.parallel import preemption
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed
 from se_jax.generation import sampling
+from se_jax.pipeline.plan import ORIGINAL   # the model whose hidden states the probes read
+from se_jax.pipeline.stages import sample
 
 OUTCOMES = "outcomes"
 METRICS_FILE = "metrics.json"
@@ -62,6 +69,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     """
     out_dir = Path(out_dir)
     ev = config.evaluation
+    keep = sample.keep_hidden(config) if model_tag == ORIGINAL else None
     stage_config = {"model": model_tag, "judge": judge.name,
                     "evaluation": stage_io.config_to_dict(ev),
                     "prompt": stage_io.config_to_dict(config.prompt),
@@ -69,6 +77,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
                     # the questions' content: a rerun on other questions is refused
                     stage_io.INPUTS_KEY: {"questions": {
                         "path": "(split records)", "sha256": stage_io.records_sha256(questions)}}}
+    if keep:   # only then: directories written without probes stay valid while they are off
+        stage_config["probes"] = stage_io.config_to_dict(config.probes)
     if jax.process_index() == 0:
         stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
     done = read_metrics(out_dir)
@@ -81,13 +91,15 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
     mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
-    answer_fn = _greedy_fn(model, tokenizer, config, mesh)
+    answer_fn = _greedy_fn(model, tokenizer, config, mesh, keep)
     progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
                                  unit="questions")
     for i in mine:
         chunk = list(questions[i * shard_size:(i + 1) * shard_size])
-        predictions = answer_fn(prompt_texts(tokenizer, chunk, config),
-                                [q["id"] for q in chunk])
+        ids = [q["id"] for q in chunk]
+        predictions, states = answer_fn(prompt_texts(tokenizer, chunk, config), ids)
+        if states is not None:   # first: a shard whose outcomes exist is complete
+            hidden_io.write_shard(out_dir, i, sample.hidden_states(ids, states, config))
         out.write_shard(i, evaluation.judge_outcomes(
             chunk, predictions, judge, abstention_variants=ev.abstention_variants,
             abstention_phrase=config.labels.abstention_phrase))
@@ -98,6 +110,9 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
                  jax.process_index(), len(mine), num_shards)
     barrier(f"evaluate-shards-{out_dir}")
     if jax.process_index() == 0:
+        if keep:
+            hidden_io.merge_shards(out_dir, num_shards, layers=keep.layers,
+                                   positions=keep.positions)
         out.finalize()
         outcomes = list(out.records())
         metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge.name,
@@ -125,15 +140,18 @@ def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
     return read_metrics(out_dir)
 
 
-def _greedy_fn(model: Any, tokenizer: Any, config: RunConfig, mesh: Any):
+def _greedy_fn(model: Any, tokenizer: Any, config: RunConfig, mesh: Any,
+               keep: sampling.KeepHidden | None):
+    """answer(prompts, ids) -> (greedy answer texts, float32[N, P, L, E] or None)."""
     kwargs = config.sampling.generate_kwargs()
     kwargs["max_new_tokens"] = config.evaluation.max_new_tokens
     kwargs["batch_size"] = config.evaluation.batch_size
     kwargs["max_seq_len"] = config.model.max_seq_len
 
-    def answer(prompts: list[str], ids: list[str]) -> list[str]:
-        return [a.text for a in sampling.greedy_answers(model, tokenizer, prompts, ids,
-                                                        mesh=mesh, **kwargs)]
+    def answer(prompts: list[str], ids: list[str]):
+        answers, states = sampling.greedy_answers_and_states(
+            model, tokenizer, prompts, ids, keep=keep, mesh=mesh, **kwargs)
+        return [a.text for a in answers], states
     return answer
 
 

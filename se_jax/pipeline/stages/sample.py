@@ -22,6 +22,12 @@ Several processes (hosts of a slice, or launch/multihost.py): with the experimen
 each process's own devices, shard i is computed and written by process i % P alone; after
 a barrier process 0 merges them (once). With a mesh spanning every process, all take part
 in each shard and process 0 writes it.
+
+With `config.probes` enabled the stage also writes `hidden_states.npz` (se_jax/io/
+hidden_states.py): each question's residual stream at probes.layers, at the last prompt token
+("tbg") and in its most likely answer ("slt"), from the same forward passes, in
+generations.jsonl's order. Shards as above (`hidden_states.parts/<i>.npz`, each written
+before its JSONL part), merged before generations.jsonl.
 """
 from __future__ import annotations
 
@@ -32,12 +38,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from absl import logging
 
 from se_jax.config.schema import RunConfig
 from se_jax.parallel import distributed
 from se_jax.parallel import preemption
 from se_jax.generation import sampling
+from se_jax.io import hidden_states as hidden_io
 from se_jax.io import stage_io
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
@@ -122,14 +130,38 @@ def read_questions(path: str | Path, tokenizer: Any, *, prompt_kwargs: dict[str,
     return questions, bad
 
 
+def keep_hidden(config: RunConfig) -> sampling.KeepHidden | None:
+    """What the sampler keeps for the probes (config.probes), None when they are off."""
+    pc = config.probes
+    return sampling.KeepHidden(tuple(pc.layers), tuple(pc.positions)) if pc.enabled else None
+
+
+def hidden_states(ids: Sequence[str], states: np.ndarray, config: RunConfig
+                  ) -> hidden_io.HiddenStates:
+    """The sampler's float32[N, P, L, E] as a file's rows, in config.probes.dtype."""
+    pc = config.probes
+    return hidden_io.HiddenStates(tuple(str(i) for i in ids), tuple(pc.layers),
+                                  tuple(pc.positions), states.astype(pc.dtype))
+
+
+def depends_on(config: RunConfig) -> tuple[str, ...]:
+    """The config sections the stage's outputs depend on: `probes` only when enabled, so a
+    directory written before probes existed (or with them off) stays valid while they are
+    off, and one without hidden states is refused once they are on."""
+    return DEPENDS_ON["sample"] + (("probes",) if config.probes.enabled else ())
+
+
 def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question],
-                       config: RunConfig, mesh: Any = None) -> tuple[list[dict], int]:
-    """The output records of one batch of questions, and the answer tokens they hold."""
+                       config: RunConfig, mesh: Any = None
+                       ) -> tuple[list[dict], int, hidden_io.HiddenStates | None]:
+    """The output records of one batch of questions, the answer tokens they hold, and
+    their hidden states (None unless config.probes is enabled)."""
     sc = config.sampling
     kwargs = sc.generate_kwargs()
-    most_likely, samples = sampling.sample_answers(
-        model, tokenizer, [q.prompt_ids for q in questions], [q.id for q in questions],
-        num_samples=sc.num_samples, temperature=sc.temperature,
+    ids = [q.id for q in questions]
+    most_likely, samples, states = sampling.sample_answers_and_states(
+        model, tokenizer, [q.prompt_ids for q in questions], ids,
+        keep=keep_hidden(config), num_samples=sc.num_samples, temperature=sc.temperature,
         low_temperature=sc.low_temperature, seed=config.seed,
         max_seq_len=config.model.max_seq_len, mesh=mesh, **kwargs)
     records, tokens = [], 0
@@ -138,7 +170,7 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
                             prompt=q.prompt, most_likely=ml.to_json(),
                             samples=[s.to_json() for s in ss]))
         tokens += len(ml.token_ids) + sum(len(s.token_ids) for s in ss)
-    return records, tokens
+    return records, tokens, (None if states is None else hidden_states(ids, states, config))
 
 
 def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
@@ -181,7 +213,7 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
     if writer:
         # The questions' sha256 is recorded: a rerun after the file changed is refused.
         stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
-                              depends_on=DEPENDS_ON["sample"], inputs={"questions": in_path})
+                              depends_on=depends_on(config), inputs={"questions": in_path})
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
     distributed.barrier(f"sample-config-{out_dir}")   # checked before anyone writes shards
     per_shard = sc.batch_size
@@ -206,8 +238,11 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
         progress = stage_io.Progress("sample", total=len(questions), unit="questions",
                                      initial=done)
         for i in pending:
-            records, tokens = generation_records(model, tokenizer, shards[i], config, mesh)
+            records, tokens, states = generation_records(model, tokenizer, shards[i],
+                                                         config, mesh)
             if writer or spread:
+                if states is not None:   # first: a shard whose JSONL exists is complete
+                    hidden_io.write_shard(out_dir, i, states)
                 out.write_shard(i, records)
             progress.update(len(shards[i]), answer_tokens=tokens)
             # Spread shards: the processes' loops differ in length, so no lockstep exchange.
@@ -217,6 +252,9 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
         logging.info("sample: process %d computed shards %s of %d in %s",
                      jax.process_index(), list(pending), len(shards), out_dir)
     distributed.barrier(f"sample-shards-{out_dir}")
+    if writer and config.probes.enabled:   # before generations.jsonl, which marks the end
+        hidden_io.merge_shards(out_dir, len(shards), layers=config.probes.layers,
+                               positions=config.probes.positions)
     path = out.finalize() if writer else out.final_path
     distributed.barrier(f"sample-final-{out_dir}")
     logging.info("sample: wrote %s (%d questions, %d skipped)", path, len(questions), len(bad))
