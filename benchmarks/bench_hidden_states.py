@@ -9,7 +9,9 @@ on the embedded SmolLM2-135M-Instruct GGUF (30 layers, E = 576), every answer fo
 "on" keeps --layers at TBG and SLT (`sampling.KeepHidden`): the prefill's last position,
 row 0 of each prompt at every decode step into a [B, N, L, E] buffer, and one gather after
 the host cut. Each mode is compiled once (untimed), then --repeats timed runs alternate
-off / on; the medians, their ratio and the load average are printed.
+off / on; the medians of wall and process CPU seconds (all threads: the work done, less
+sensitive than wall time to other jobs on shared cores), the paired on/off ratios and the
+load average are printed.
 
 Off, the programs are the ones traced before the option existed, so this script with
 --mode=off also runs against an older tree (PYTHONPATH=<old checkout>): it uses only
@@ -68,23 +70,27 @@ def main(_):
         runs[m]()                                   # compile, untimed
     load_before = os.getloadavg()[0]
     times = {m: [] for m in modes}
+    cpu = {m: [] for m in modes}
     for _ in range(_REPEATS.value):
         for m in modes:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             runs[m]()
             times[m].append(time.perf_counter() - start)
+            cpu[m].append(time.process_time() - start_cpu)
     tokens = _QUESTIONS.value * (1 + _SAMPLES.value) * _NEW_TOKENS.value
     print(f"{_QUESTIONS.value} questions x (1 + M={_SAMPLES.value}) rows x "
           f"{_NEW_TOKENS.value} tokens, layers kept when on: {_LAYERS.value}; load average "
           f"{load_before:.2f} -> {os.getloadavg()[0]:.2f} ({os.cpu_count()} cpus)")
     for m in modes:
         med = statistics.median(times[m])
-        print(f"{m}: median {med:.3f} s ({tokens / med:.1f} tok/s); runs "
+        print(f"{m}: median {med:.3f} s wall ({tokens / med:.1f} tok/s), "
+              f"{statistics.median(cpu[m]):.3f} s cpu; wall runs "
               + ", ".join(f"{t:.3f}" for t in times[m]))
     if len(modes) == 2:
-        ratios = [b / a for a, b in zip(times["off"], times["on"])]
-        print(f"on/off: median of paired ratios {statistics.median(ratios):.3f} "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+        for name, values in (("wall", times), ("cpu", cpu)):
+            ratios = [b / a for a, b in zip(values["off"], values["on"])]
+            print(f"on/off {name}: median of paired ratios {statistics.median(ratios):.3f} "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
 
 
 if __name__ == "__main__":
