@@ -140,6 +140,23 @@ def test_only_tbg_and_layer_scan_keep_the_same_states(tiny_dir, model, tokenizer
     np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("axes", [{"data": -1}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_states_are_the_same_on_a_mesh(tiny_dir, model, tokenizer, prompt_ids, eos_ids, axes):
+    """Batch-sharded over 8 devices (and weight-sharded): each prompt's states, fetched with
+    its answers, equal the one-device run's (rows of a batch split across devices)."""
+    from se_jax.parallel.mesh import make_mesh
+    keep = sampling.KeepHidden(LAYERS)
+    kwargs = dict(max_new_tokens=NEW, eos_ids=eos_ids, keep=keep)
+    ref, want = sampling.greedy_answers_and_states(model, tokenizer, prompt_ids, IDS,
+                                                   batch_size=5, **kwargs)
+    mesh = make_mesh(axes)
+    got, states = sampling.greedy_answers_and_states(
+        load_llama(tiny_dir, mesh=mesh), tokenizer, prompt_ids, IDS, batch_size=2, mesh=mesh,
+        **kwargs)
+    assert [a.token_ids for a in got] == [a.token_ids for a in ref]
+    np.testing.assert_allclose(states, want, rtol=1e-4, atol=1e-4)
+
+
 def test_off_is_the_program_of_before_and_keeping_changes_no_sample(
         model, tokenizer, prompt_ids, eos_ids, monkeypatch):
     calls = []
