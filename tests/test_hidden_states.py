@@ -267,6 +267,10 @@ def test_probes_off_keep_old_directories_valid_and_on_refuses_them(tiny_dir, tmp
     # ... and refused once they are on (the directory holds no hidden states).
     with pytest.raises(ValueError, match="probes.layers"):
         standalone.sample(_stage_config(tiny_dir, questions, out, layers=(1,)))
+    # A layer the model lacks is refused before any work.
+    with pytest.raises(ValueError, match="has 2 decoder layers"):
+        standalone.sample(_stage_config(tiny_dir, questions, tmp_path / "new", layers=(3,)))
+    assert not (tmp_path / "new").exists()
 
 
 def test_evaluate_writes_the_original_models_hidden_states(tiny_dir, model, tokenizer,

@@ -460,6 +460,8 @@ def generate_with_states(
       buckets: prompt lengths padded to; max_seq_len: cap of prompt + answer length.
       mesh, rules: batch dims are sharded by `rules.batch` (default over "data" and
         "fsdp"); None = default device.
+      keep: the residual streams to keep (`KeepHidden`); None = none (the programs of
+        before the option).
     """
     if len(prompts) != len(ids):
         raise ValueError(f"{len(prompts)} prompts but {len(ids)} ids")
@@ -482,7 +484,11 @@ def generate_with_states(
         if keep:
             steps = np.asarray([slt_step(len(rows[0].token_ids)) for rows in batch])
             states.append(raw.hidden.fetch(keep.positions, steps))
-    return answers, (np.concatenate(states) if keep else None)
+    if not keep:
+        return answers, None
+    empty = np.zeros((0, len(keep.positions), len(keep.layers), model.config.hidden_size),
+                     np.float32)
+    return answers, np.concatenate(states) if states else empty
 
 
 def _answer(tokenizer, raw: RawRows, row: int, stop_strings: Sequence[str],

@@ -2,11 +2,12 @@
 
     <workdir>/data/<split>.jsonl                   the drawn splits
     <workdir>/teach/                               teach step (knowledge-controlled data)
-    <root>/sample/<split>/generations.jsonl        sample stage
+    <root>/sample/<split>/generations.jsonl        sample stage (+ hidden_states.npz: probes)
     <root>/entropy/<backend>/<split>/uncertainty.jsonl
     <root>/label/<method>[/tau_<t>]/sft.jsonl      label stage (shared by seeds, arms)
     <root>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
-    <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json
+    <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json (+ the
+                                                   original's hidden_states.npz: probes)
     <root>/report/                                 report.md, results.csv, plots
     <workdir>/report/                              with several answer settings: Table 1
 

@@ -144,6 +144,14 @@ def hidden_states(ids: Sequence[str], states: np.ndarray, config: RunConfig
                                   tuple(pc.positions), states.astype(pc.dtype))
 
 
+def check_probe_layers(config: RunConfig, num_layers: int) -> None:
+    """Refuse probes.layers past the model's decoder layers, before any work."""
+    bad = [l for l in config.probes.layers if l > num_layers]
+    if bad:
+        raise ValueError(f"config.probes.layers names layer {bad[0]}, but the model has "
+                         f"{num_layers} decoder layers (0 = embeddings, -1 = final norm)")
+
+
 def depends_on(config: RunConfig) -> tuple[str, ...]:
     """The config sections the stage's outputs depend on: `probes` only when enabled, so a
     directory written before probes existed (or with them off) stays valid while they are
@@ -187,6 +195,7 @@ def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
     tokenizer = resident.tokenizer if resident else load_tokenizer(config.model.path)
     model_config = (resident.model.config if resident
                     else load_config(open_checkpoint(config.model.path)))
+    check_probe_layers(config, model_config.num_hidden_layers)
     max_prompt = sampling.max_prompt_length(model_config, sc.max_new_tokens,
                                             config.model.max_seq_len)
     questions, bad = read_questions(in_path, tokenizer,
