@@ -378,7 +378,8 @@ def test_sample_non_utf8_line_is_skipped_with_file_line(tmp_path, tiny_model):
 def test_evaluate_stage_refuses_other_questions_in_a_finished_dir(tmp_path, monkeypatch):
     from se_jax.abstention import judges
     from se_jax.pipeline.stages import evaluate
-    monkeypatch.setattr(evaluate, "_greedy_fn", lambda *a: lambda p, ids: ["Paris"] * len(p))
+    monkeypatch.setattr(evaluate, "_greedy_fn",
+                        lambda *a: lambda p, ids: (["Paris"] * len(p), None))
     monkeypatch.setattr(evaluate, "prompt_texts", lambda tok, qs, c: [q["question"] for q in qs])
     config = base.get_config()
     qs = [{"id": "a", "question": "Capital of France?", "answers": ["Paris"]}]
