@@ -45,6 +45,7 @@ from se_jax.pipeline.stages import label
 from se_jax.pipeline.stages import train
 from se_jax.pipeline.stages import evaluate
 from se_jax.pipeline import cost
+from se_jax.pipeline import labelling_cost
 from se_jax.pipeline import sep_flow
 from se_jax.pipeline import knowledge_report
 from se_jax.pipeline import report
@@ -519,6 +520,10 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             entropy_field=config.labels.entropy,
             num_samples=config.evaluation.bootstrap_samples,
             confidence=config.evaluation.confidence)
+    probes = sep_flow.report_section(job.layout.root, sweep.methods)
+    costs = labelling_cost.measure(sweep.methods, labelling_cost.layout_files(job.layout),
+                                   job.clock.snapshot(since=job.since))
+    lead = [*lead, *([probes] if probes else []), labelling_cost.table(costs)]
     d = config.data
     each = " each" if len(d.in_distribution_names) > 1 else ""
     data = (f"{d.in_distribution_label} (train {d.train_size}, val {d.val_size}, test "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 
@@ -136,3 +136,38 @@ def prepare_sep(job: Any, methods: Sequence[str]) -> SepInputs:
     scores = {b: run_probes(job, b, generations, uncertainty[b], probe_only)
               for b in dict.fromkeys(sep_backend(m) for m in methods if m.startswith("sep_"))}
     return SepInputs(generations, uncertainty, scores)
+
+
+def _interval(m: Mapping[str, Any] | None) -> str:
+    if not m or m.get("value") is None or m["value"] != m["value"]:
+        return "n/a"
+    return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+
+
+def report_section(root: Path, methods: Sequence[str]) -> str:
+    """The report's probe section: per backend, the chosen probe, its AUROCs beside SE's,
+    and the per-layer table (probe/<b>/metrics.json, per_layer.md); "" without probes."""
+    lines = []
+    for b in dict.fromkeys(sep_backend(m) for m in methods if m.startswith("sep_")):
+        d = root / "probe" / b
+        if not (d / "metrics.json").is_file():
+            continue
+        m = json.loads((d / "metrics.json").read_text())
+        chosen = m["chosen_metrics"]
+        lines += [f"## Semantic entropy probes ({b})\n",
+                  f"SE ({m['entropy_field']}) on {m['num_subset']} training questions "
+                  f"({m['num_train']} fit the probes, {m['num_val']} choose position and "
+                  f"layer); high SE = SE > {m['threshold']:.3f} (best split of the fit "
+                  f"part; {m['high_se_fraction']:.0%} of the subset). Chosen SE probe: "
+                  f"{m['chosen']['position'].upper()} layer {m['chosen']['layer']}; "
+                  f"accuracy probe: " + (f"{m['acc_chosen']['position'].upper()} layer "
+                                         f"{m['acc_chosen']['layer']}" if m['acc_chosen']
+                                         else "none (no correctness labels)") + ".\n",
+                  "| AUROC (90% bootstrap interval) | value |", "|---|---|",
+                  f"| SE vs the base model's errors (val part of the subset) | "
+                  f"{_interval(m['se_auroc_errors_val'])} |"]
+        lines += [f"| {name} | {_interval(v)} |" for name, v in sorted(chosen.items())]
+        lines += ["", "Per position and layer (`probe/" + b + "/metrics.csv` has the "
+                  "intervals" + (", `auroc_per_layer.png` the plot" if m.get("plot") else "")
+                  + "):\n", (d / "per_layer.md").read_text(), ""]
+    return "\n".join(lines)
