@@ -88,8 +88,8 @@ def test_the_subset_alone_pays_for_samples_and_entropies(flow):
         ("entropy", "lexical", sep_flow.SUBSET)]
     assert len(stage_io.read_jsonl(inputs.subset_generations)) == SUBSET
     scores = stage_io.read_jsonl(inputs.train_scores["lexical"])
-    assert len(scores) == N_TRAIN and is_done(job.layout.root / "probe" / "lexical")
-    metrics = json.loads((job.layout.root / "probe" / "lexical" / "metrics.json").read_text())
+    assert len(scores) == N_TRAIN and is_done(job.layout.probe("lexical"))
+    metrics = json.loads((job.layout.probe("lexical") / "metrics.json").read_text())
     assert metrics["chosen"] == dict(position="tbg", layer=5)
 
 
@@ -107,7 +107,7 @@ def test_the_label_step_of_each_probe_method(flow, method, labelled):
 
 def test_report_sections_state_the_probe_and_the_cost(flow):
     job, methods, _ = flow
-    section = sep_flow.report_section(job.layout.root, methods)
+    section = sep_flow.report_section(job.layout, methods)
     assert "TBG layer 5" in section and "| tbg | 5 |" in section
     rows = labelling_cost.measure(("se_lexical", *methods),
                                   labelling_cost.layout_files(job.layout),

@@ -520,7 +520,7 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             entropy_field=config.labels.entropy,
             num_samples=config.evaluation.bootstrap_samples,
             confidence=config.evaluation.confidence)
-    probes = sep_flow.report_section(job.layout.root, sweep.methods)
+    probes = sep_flow.report_section(job.layout, sweep.methods)
     costs = labelling_cost.measure(sweep.methods, labelling_cost.layout_files(job.layout),
                                    job.clock.snapshot(since=job.since))
     lead = [*lead, *([probes] if probes else []), labelling_cost.table(costs)]

@@ -7,6 +7,8 @@
     <root>/label/<method>[/tau_<t>]/sft.jsonl      label stage (shared by seeds, arms)
     <root>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
     <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json
+    <root>/sep/questions/{se_subset,probe_only}.jsonl   the probe methods' train split parts
+    <root>/probe/<backend>/                        probe stage: probes.npz, metrics, scores
     <root>/report/                                 report.md, results.csv, plots
     <workdir>/report/                              with several answer settings: Table 1
 
@@ -72,6 +74,13 @@ class Layout:
 
     def entropy(self, backend: str, split: str = "train") -> Path:
         return self.root / "entropy" / backend / split
+
+    def probe(self, backend: str) -> Path:
+        return self.root / "probe" / backend
+
+    @property
+    def sep_questions(self) -> Path:
+        return self.root / "sep" / "questions"
 
     def label(self, run: Run) -> Path:
         return self.root / "label" / run.label_tag

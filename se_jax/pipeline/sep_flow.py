@@ -31,7 +31,7 @@ from absl import logging
 from se_jax.io import hidden_states as hs
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
-from se_jax.pipeline.layout import DONE, is_done
+from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import ORIGINAL, SWEEP_SPLIT, sep_backend
 from se_jax.pipeline.stages import probe as probe_stage
 
@@ -102,7 +102,7 @@ def scored_sets(job: Any, probe_only: Path | None) -> dict[str, tuple[Path, Path
 def run_probes(job: Any, backend: str, generations: Path, uncertainty: Path,
                probe_only: Path | None) -> Path:
     """The probe stage of one backend's SE subset (once); returns train_scores.jsonl."""
-    out = job.layout.root / "probe" / backend
+    out = job.layout.probe(backend)
     if not is_done(out):
         if is_main_process():   # numpy on one process; the others wait in mark_done
             with job.clock.phase(f"probe {backend}"):
@@ -127,8 +127,7 @@ def _mark_done(path: Path) -> None:
 def prepare_sep(job: Any, methods: Sequence[str]) -> SepInputs:
     """Samples, entropies and probes of the probe methods (see module doc)."""
     size = job.config.labels.sep.train_size
-    subset_q, rest_q = split_train(job.questions["train"], size, job.layout.root / "sep" /
-                                   "questions")
+    subset_q, rest_q = split_train(job.questions["train"], size, job.layout.sep_questions)
     generations = job.sample(SUBSET, subset_q)
     probe_only = job.sample(PROBE_ONLY, rest_q, num_samples=0) if rest_q else None
     backends = list(dict.fromkeys(sep_backend(m) for m in methods if sep_backend(m)))
@@ -144,12 +143,12 @@ def _interval(m: Mapping[str, Any] | None) -> str:
     return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
-def report_section(root: Path, methods: Sequence[str]) -> str:
+def report_section(layout: Layout, methods: Sequence[str]) -> str:
     """The report's probe section: per backend, the chosen probe, its AUROCs beside SE's,
     and the per-layer table (probe/<b>/metrics.json, per_layer.md); "" without probes."""
     lines = []
     for b in dict.fromkeys(sep_backend(m) for m in methods if m.startswith("sep_")):
-        d = root / "probe" / b
+        d = layout.probe(b)
         if not (d / "metrics.json").is_file():
             continue
         m = json.loads((d / "metrics.json").read_text())

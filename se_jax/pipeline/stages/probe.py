@@ -94,33 +94,38 @@ def per_layer_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_per_layer(rows: Sequence[Mapping[str, Any]], se_errors: float, path: Path) -> bool:
-    """AUROC per layer, one line per (probe, position, set, metric); False when matplotlib is
-    not installed (the CSV and per_layer.md hold the same numbers)."""
+    """AUROC per layer: one panel per position, one line per (probe, set, metric); False when
+    matplotlib is not installed (the CSV and per_layer.md hold the same numbers)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    positions = list(dict.fromkeys(r["position"] for r in rows))
+    fig, axes = plt.subplots(1, len(positions), figsize=(5 * len(positions), 4), sharey=True,
+                             squeeze=False)
     lines: dict[tuple, list] = {}
     for r in rows:
         if r["metric"].startswith("auroc"):
-            lines.setdefault((r["probe"], r["position"], r["set"], r["metric"]), []).append(
+            lines.setdefault((r["position"], r["probe"], r["set"], r["metric"]), []).append(
                 (r["layer"], r["value"]))
-    for (probe, pos, split, metric), points in lines.items():
-        points.sort()
-        target = "high SE" if metric == "auroc_se" else "errors"
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                linestyle="-" if probe == "sep" else "--",
-                label=f"{'SEP' if probe == 'sep' else 'Acc. probe'} {pos.upper()} vs {target} "
-                      f"({split})")
-    if not math.isnan(se_errors):
-        ax.axhline(se_errors, color="k", linewidth=0.8, label="SE vs errors (val)")
-    ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("AUROC")
-    ax.legend(fontsize=6)
+    for ax, pos in zip(axes[0], positions):
+        for (p, probe, split, metric), points in lines.items():
+            if p != pos:
+                continue
+            points.sort()
+            target = "high SE" if metric == "auroc_se" else "errors"
+            ax.plot([q[0] for q in points], [q[1] for q in points], marker="o",
+                    linestyle="-" if probe == "sep" else "--",
+                    label=f"{'SEP' if probe == 'sep' else 'Acc. probe'} vs {target} ({split})")
+        if not math.isnan(se_errors):
+            ax.axhline(se_errors, color="k", linewidth=0.8, label="SE vs errors (val)")
+        ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_title(f"{pos.upper()} probes")
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("AUROC")
     fig.tight_layout()
     with stage_io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
