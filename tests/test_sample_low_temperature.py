@@ -1,0 +1,23 @@
+"""The sample stage's low-temperature-only mode (num_samples=0), used for the questions a
+semantic entropy probe labels: one answer row per question, and the same low-temperature
+answer as the full 1 + M run draws (the same per-question keys)."""
+from __future__ import annotations
+
+from se_jax.config.schema import RunConfig
+from se_jax.io import stage_io
+from se_jax.pipeline.stages import sample
+from test_sample_stage import _config, _write_questions, tiny_dir  # noqa: F401 (fixture)
+
+
+def test_low_temperature_only_matches_the_full_run(tiny_dir, tmp_path):  # noqa: F811
+    questions = _write_questions(tmp_path / "q.jsonl", 4)
+    config = RunConfig.from_configdict(_config(tiny_dir, questions, tmp_path / "full"))
+    full = stage_io.read_jsonl(sample.run_sample(config, questions, tmp_path / "full"))
+    low = stage_io.read_jsonl(sample.run_sample(config, questions, tmp_path / "low",
+                                                num_samples=0))
+    assert [r["id"] for r in low] == [r["id"] for r in full]
+    assert all(r["samples"] == [] for r in low) and all(len(r["samples"]) == 3 for r in full)
+    for a, b in zip(low, full):   # the same draw; log-probs within float noise of the
+        a, b = a["most_likely"], b["most_likely"]          # other batch shape
+        assert (a["text"], a["token_ids"]) == (b["text"], b["token_ids"])
+        assert abs(a["mean_logprob"] - b["mean_logprob"]) < 1e-4
