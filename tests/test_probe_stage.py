@@ -50,12 +50,15 @@ def probe_run(tmp_path_factory):
     direction /= np.linalg.norm(direction)
     subset = _write_set(tmp, "se", 160, rng, direction, with_se=True)
     rest = _write_set(tmp, "rest", 240, rng, direction, with_se=False)
+    valset = _write_set(tmp, "valset", 100, rng, direction, with_se=True)
     config = BASE.replace(evaluation=dict(bootstrap_samples=50))
     out = tmp / "probe"
     path = probe_stage.run_probe(
         config, subset / hs.FILE_NAME, subset / "uncertainty.jsonl",
         subset / "generations.jsonl", out,
-        score={"probe_only": (rest / hs.FILE_NAME, rest / "generations.jsonl")},
+        score={"probe_only": (rest / hs.FILE_NAME, rest / "generations.jsonl"),
+               "valset": (valset / hs.FILE_NAME, valset / "generations.jsonl",
+                          valset / "uncertainty.jsonl")},
         train_sets=("probe_only",))
     return config, out, path
 
@@ -67,13 +70,17 @@ def test_probe_stage_chooses_the_signal_layer_and_writes_everything(probe_run):
     assert metrics["acc_chosen"]["layer"] == SIGNAL_LAYER
     assert metrics["chosen_metrics"]["sep auroc_se (val)"]["value"] > 0.9
     assert metrics["chosen_metrics"]["sep auroc_errors (probe_only)"]["value"] > 0.8
+    # SE is known on valset: the probe against high SE there, and SE's own AUROC for errors.
+    assert metrics["chosen_metrics"]["sep auroc_se (valset)"]["value"] > 0.9
+    assert set(metrics["se_auroc_errors"]) == {"val", "valset"}
+    assert metrics["se_auroc_errors"]["valset"]["value"] > 0.8
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     noise = [float(r["value"]) for r in rows if r["probe"] == "sep" and r["layer"] == "0"
              and r["metric"] == "auroc_se"]
     assert noise and all(abs(v - 0.5) < 0.25 for v in noise)
     train = stage_io.read_jsonl(path)
     assert len(train) == 400 and sum(r["entropy"] is not None for r in train) == 160
-    assert len(stage_io.read_jsonl(out / probe_stage.SCORES_FILE)) == 400
+    assert len(stage_io.read_jsonl(out / probe_stage.SCORES_FILE)) == 500
     assert "| tbg | 3 |" in (out / "per_layer.md").read_text()
     with np.load(out / probe_stage.PROBES_FILE) as f:
         assert int(f["sep_layer"]) == SIGNAL_LAYER and f["sep_weights"].shape == (16,)

@@ -14,8 +14,8 @@ Protocol (Kossen et al. 2024, on our data):
   the whole SE subset, which is what labels and scores new questions;
 - every probe is reported on the validation part (AUROC vs binarised SE, Spearman vs SE,
   AUROC vs errors) and on every other scored set with correctness (AUROC vs errors), with
-  percentile bootstrap intervals; SE's own AUROC for errors on the validation part is the
-  reference line.
+  percentile bootstrap intervals (on sets whose SE is known, against binarised SE and
+  Spearman too); SE's own AUROC for errors on every set with both is the reference.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ VAL = "val"   # the name of the SE subset's validation part in the rows
 @dataclasses.dataclass(frozen=True)
 class Scored:
     """A set of questions the probes score: their features and, when known, the base
-    model's errors ([N] bool; None when there is no correctness)."""
+    model's errors ([N] bool) and semantic entropies ([N]); None when unknown."""
     features: Features
     errors: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,9 @@ class Study:
     acc_chosen: Key | None         # the accuracy probe's (None: no correctness labels)
     acc: Probe | None
     rows: list[dict]               # one per (probe, position, layer, set, metric)
-    se_errors: evaluation.Interval  # SE's own AUROC for errors on the validation part
+    # SE's own AUROC for the base model's errors: on the validation part (VAL) and on every
+    # other set with both entropies and errors.
+    se_errors: dict[str, evaluation.Interval]
     num_train: int
     num_val: int
 
@@ -112,15 +115,20 @@ def run_study(keys: Sequence[Key], subset: Scored, entropy: np.ndarray,
             (val_auroc if name == "sep" else acc_val_auroc)[key] = (
                 metrics["auroc_se" if name == "sep" else "auroc_errors"].value)
             for split, other in others.items():
-                if other.errors is not None:
+                se_targets = (dict(high=other.entropy > threshold, entropy=other.entropy)
+                              if name == "sep" and other.entropy is not None else {})
+                if other.errors is not None or se_targets:
                     rows += _rows(name, key, split, interval_metrics(
-                        probe.scores(other.features(*key)), errors=other.errors, **stats))
+                        probe.scores(other.features(*key)), errors=other.errors,
+                        **se_targets, **stats))
     chosen = _best(val_auroc)
     sep = fit_probe(subset.features(*chosen), high, **fit)
     acc_chosen = _best(acc_val_auroc) if acc_val_auroc else None
     acc = (fit_probe(subset.features(*acc_chosen), errors, **fit)
            if acc_chosen is not None else None)
-    se_errors = (evaluation.bootstrap(evaluation.auroc, entropy[val], errors[val], **stats)
-                 if errors is not None else evaluation.Interval(*(float("nan"),) * 3))
+    sets = {VAL: (entropy[val], None if errors is None else errors[val]),
+            **{k: (o.entropy, o.errors) for k, o in others.items()}}
+    se_errors = {k: evaluation.bootstrap(evaluation.auroc, e, err, **stats)
+                 for k, (e, err) in sets.items() if e is not None and err is not None}
     return Study(threshold, chosen, sep, acc_chosen, acc, rows, se_errors, len(train),
                  len(val))

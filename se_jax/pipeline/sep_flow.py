@@ -77,17 +77,21 @@ def split_train(train: Path, size: int, out_dir: Path) -> tuple[Path, Path | Non
     return paths["se_subset"], paths["probe_only"]
 
 
-def scored_sets(job: Any, probe_only: Path | None) -> dict[str, tuple[Path, Path]]:
+def scored_sets(job: Any, backend: str, probe_only: Path | None
+                ) -> dict[str, tuple[Path, ...]]:
     """Question sets the probes score beside the SE subset, where hidden states exist: the
-    probe-only training questions, the validation samples, and the original model's
-    evaluated splits (outcomes judged by the evaluation's judge)."""
+    probe-only training questions, the validation samples (with their entropies, so SE and
+    the probes are compared on the same questions), and the original model's evaluated
+    splits (outcomes judged by the evaluation's judge)."""
     sets = {}
     if probe_only is not None:
         d = job.layout.sample(PROBE_ONLY)
         sets["probe_only"] = (d / hs.FILE_NAME, d / "generations.jsonl")
     d = job.layout.sample(SWEEP_SPLIT)
     if (d / hs.FILE_NAME).is_file():
-        sets[f"{SWEEP_SPLIT}_samples"] = (d / hs.FILE_NAME, d / "generations.jsonl")
+        unc = job.layout.entropy(backend, SWEEP_SPLIT) / "uncertainty.jsonl"
+        sets[f"{SWEEP_SPLIT}_samples"] = (d / hs.FILE_NAME, d / "generations.jsonl",
+                                          *((unc,) if unc.is_file() else ()))
     for split in job.questions:
         if split == "train":
             continue
@@ -108,7 +112,7 @@ def run_probes(job: Any, backend: str, generations: Path, uncertainty: Path,
             with job.clock.phase(f"probe {backend}"):
                 probe_stage.run_probe(
                     job.config, job.layout.sample(SUBSET) / hs.FILE_NAME, uncertainty,
-                    generations, out, score=scored_sets(job, probe_only),
+                    generations, out, score=scored_sets(job, backend, probe_only),
                     train_sets=("probe_only",) if probe_only is not None else ())
         _mark_done(out)
     return out / probe_stage.TRAIN_SCORES_FILE
@@ -143,6 +147,16 @@ def _interval(m: Mapping[str, Any] | None) -> str:
     return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
+_WORDS = {"sep": "SEP", "acc": "Acc. probe", "auroc_se": "AUROC vs high SE",
+          "spearman_se": "Spearman vs SE", "auroc_errors": "AUROC vs errors"}
+
+
+def _pretty(name: str) -> str:
+    """"sep auroc_se (val)" -> "SEP AUROC vs high SE (val)"."""
+    probe, metric, where = name.split(" ", 2)
+    return f"{_WORDS.get(probe, probe)} {_WORDS.get(metric, metric)} {where}"
+
+
 def report_section(layout: Layout, methods: Sequence[str]) -> str:
     """The report's probe section: per backend, the chosen probe, its AUROCs beside SE's,
     and the per-layer table (probe/<b>/metrics.json, per_layer.md); "" without probes."""
@@ -162,10 +176,15 @@ def report_section(layout: Layout, methods: Sequence[str]) -> str:
                   f"accuracy probe: " + (f"{m['acc_chosen']['position'].upper()} layer "
                                          f"{m['acc_chosen']['layer']}" if m['acc_chosen']
                                          else "none (no correctness labels)") + ".\n",
-                  "| AUROC (90% bootstrap interval) | value |", "|---|---|",
-                  f"| SE vs the base model's errors (val part of the subset) | "
-                  f"{_interval(m['se_auroc_errors_val'])} |"]
-        lines += [f"| {name} | {_interval(v)} |" for name, v in sorted(chosen.items())]
+                  "Sets: `val` = the subset's held-out part; `probe_only` = the training "
+                  "questions without SE; `val_samples` = the validation split's samples; "
+                  "`original_<split>` = the original model's evaluated answers. Errors = the "
+                  "base model's answer judged wrong.\n",
+                  f"| metric ({m.get('confidence', 0.9):.0%} bootstrap interval) | value |",
+                  "|---|---|",
+                  *(f"| SE vs errors ({k}) | {_interval(v)} |"
+                    for k, v in sorted(m["se_auroc_errors"].items()))]
+        lines += [f"| {_pretty(name)} | {_interval(v)} |" for name, v in sorted(chosen.items())]
         lines += ["", "Per position and layer (`probe/" + b + "/metrics.csv` has the "
                   "intervals" + (", `auroc_per_layer.png` the plot" if m.get("plot") else "")
                   + "):\n", (d / "per_layer.md").read_text(), ""]

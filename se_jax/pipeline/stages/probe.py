@@ -5,10 +5,11 @@ Inputs (docs/contracts.md, "Probes"):
 - the SE subset: `hidden_states.npz` (se_jax/io/hidden_states.py), its `uncertainty.jsonl`
   (entropy field `config.labels.entropy`) and `generations.jsonl` (the base model's
   most-likely answer, judged for its errors with `config.labels.judge`);
-- `score`: more question sets to score, name -> (hidden_states.npz, records): records are
-  generations (most-likely answer + gold answers, judged) or the evaluate stage's
-  outcomes (`correct`); the sets named in `train_sets` are training questions the `sep`
-  labeller labels.
+- `score`: more question sets to score, name -> (hidden_states.npz, records[,
+  uncertainty.jsonl]): records are generations (most-likely answer + gold answers, judged)
+  or the evaluate stage's outcomes (`correct`); with an uncertainty file the probes are
+  also compared with SE there, and SE's own AUROC for errors is reported; the sets named
+  in `train_sets` are training questions the `sep` labeller labels.
 
 Outputs in `out_dir` (written whole and atomically; the fit is cheap and deterministic, so
 a rerun redoes it, like the label stage):
@@ -63,10 +64,21 @@ def _errors(records: Sequence[Mapping[str, Any]], judge: judges.Judge) -> np.nda
     return None
 
 
-def _scored(hidden: Path, records: list[dict], judge) -> tuple[hs.HiddenStates, Any]:
+def _scored(hidden: Path, records: list[dict], judge, entropy: np.ndarray | None = None
+            ) -> tuple[hs.HiddenStates, Any]:
     """The rows of `hidden` for `records` (in their order) as a probe_study.Scored."""
     states = hs.load(hidden).select([str(r["id"]) for r in records])
-    return states, probe_study.Scored(states.features, _errors(records, judge))
+    return states, probe_study.Scored(states.features, _errors(records, judge), entropy)
+
+
+def _entropies(path: Path, ids: Sequence[str], field: str) -> np.ndarray | None:
+    """[N] entropies of `ids` from an uncertainty.jsonl; None when one is missing (skipped)."""
+    by_id = {str(u["id"]): u for u in stage_io.read_jsonl(path)}
+    if any(i not in by_id for i in ids):
+        logging.warning("probe: %s lacks some questions' entropies; SE is not compared there",
+                        path)
+        return None
+    return np.asarray([float(by_id[i][field]) for i in ids])
 
 
 def _most_likely_text(record: Mapping[str, Any]) -> str:
@@ -93,7 +105,8 @@ def per_layer_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_per_layer(rows: Sequence[Mapping[str, Any]], se_errors: float, path: Path) -> bool:
+def plot_per_layer(rows: Sequence[Mapping[str, Any]], se_errors: Mapping[str, Any],
+                   path: Path) -> bool:
     """AUROC per layer: one panel per position, one line per (probe, set, metric); False when
     matplotlib is not installed (the CSV and per_layer.md hold the same numbers)."""
     try:
@@ -119,8 +132,10 @@ def plot_per_layer(rows: Sequence[Mapping[str, Any]], se_errors: float, path: Pa
             ax.plot([q[0] for q in points], [q[1] for q in points], marker="o",
                     linestyle="-" if probe == "sep" else "--",
                     label=f"{'SEP' if probe == 'sep' else 'Acc. probe'} vs {target} ({split})")
-        if not math.isnan(se_errors):
-            ax.axhline(se_errors, color="k", linewidth=0.8, label="SE vs errors (val)")
+        for (split, iv), style in zip(se_errors.items(), ("-", "-.", ":", "--")):
+            if not math.isnan(iv.value):
+                ax.axhline(iv.value, color="k", linewidth=0.8, linestyle=style,
+                           label=f"SE vs errors ({split})")
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
         ax.set_title(f"{pos.upper()} probes")
         ax.set_xlabel("layer")
@@ -144,7 +159,7 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
 @claimed
 def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
               generations: str | Path, out_dir: str | Path, *,
-              score: Mapping[str, tuple[str | Path, str | Path]] | None = None,
+              score: Mapping[str, tuple[str | Path, ...]] | None = None,
               train_sets: Sequence[str] = ()) -> Path:
     """Fit and assess the probes, score every question (see module doc); returns the path
     of `train_scores.jsonl`."""
@@ -155,8 +170,10 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
                          f"sets {sorted(score)}")
     inputs = {"hidden_states": Path(hidden), "uncertainty": Path(uncertainty),
               "generations": Path(generations)}
-    for name, (h, r) in score.items():
+    for name, (h, r, *u) in score.items():
         inputs.update({f"{name}_hidden_states": Path(h), f"{name}_records": Path(r)})
+        if u:
+            inputs[f"{name}_uncertainty"] = Path(u[0])
     for what, path in inputs.items():
         if not path.is_file():
             raise FileNotFoundError(f"probe stage: {what} file {path} does not exist")
@@ -174,9 +191,11 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
     entropy = np.asarray([float(by_id[str(g["id"])][field]) for g in subset_records])
     subset_states, subset = _scored(Path(hidden), subset_records, judge)
     others, records = {}, {}
-    for name, (h, r) in score.items():
+    for name, (h, r, *u) in score.items():
         records[name] = stage_io.read_jsonl(r)
-        _, others[name] = _scored(Path(h), records[name], judge)
+        ent = (_entropies(Path(u[0]), [str(x["id"]) for x in records[name]], field)
+               if u else None)
+        _, others[name] = _scored(Path(h), records[name], judge, ent)
     keys = [(p, l) for p in subset_states.positions for l in subset_states.layers
             if p in pc.positions]
     study = probe_study.run_study(
@@ -218,22 +237,22 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
     stage_io.atomic_write_text(out_dir / "metrics.csv", _csv(study.rows))
     table = per_layer_table(study.rows)
     stage_io.atomic_write_text(out_dir / "per_layer.md", table + "\n")
-    plotted = plot_per_layer(study.rows, study.se_errors.value,
-                             out_dir / "auroc_per_layer.png")
+    plotted = plot_per_layer(study.rows, study.se_errors, out_dir / "auroc_per_layer.png")
     chosen_rows = {f"{r['probe']} {r['metric']} ({r['set']})": dict(
         value=r["value"], low=r["low"], high=r["high"]) for r in study.rows
         if (r["probe"], r["position"], r["layer"]) in
         (("sep", *study.chosen), ("acc", *(study.acc_chosen or ("", -2))))}
     summary = dict(
-        entropy_field=field, threshold=study.threshold, num_train=study.num_train,
+        entropy_field=field, threshold=study.threshold, confidence=ev.confidence,
+        bootstrap_samples=ev.bootstrap_samples, num_train=study.num_train,
         num_val=study.num_val, num_subset=len(subset_records),
         high_se_fraction=float(np.mean(entropy > study.threshold)),
         chosen=dict(position=study.chosen[0], layer=study.chosen[1]),
         acc_chosen=(dict(position=study.acc_chosen[0], layer=study.acc_chosen[1])
                     if study.acc_chosen else None),
         chosen_metrics=chosen_rows,
-        se_auroc_errors_val=dict(value=study.se_errors.value, low=study.se_errors.low,
-                                 high=study.se_errors.high),
+        se_auroc_errors={k: dict(value=v.value, low=v.low, high=v.high)
+                         for k, v in study.se_errors.items()},
         sets={name: len(records[name]) for name in score}, train_sets=list(train_sets),
         plot="auroc_per_layer.png" if plotted else None)
     stage_io.atomic_write_text(out_dir / "metrics.json",
@@ -243,5 +262,5 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
     logging.info("probe: chose %s layer %d (validation AUROC vs high SE %s); SE's AUROC "
                  "for errors %s; wrote %s", study.chosen[0], study.chosen[1],
                  chosen_rows.get(f"sep auroc_se ({probe_study.VAL})", {}).get("value"),
-                 study.se_errors, out_dir)
+                 {k: str(v) for k, v in study.se_errors.items()}, out_dir)
     return path
