@@ -25,7 +25,8 @@ from se_jax.io import stage_io
 from se_jax.pipeline.layout import Layout
 from se_jax.pipeline.plan import se_backend, sep_backend
 
-Unit = tuple[str, str]   # (kind, name): ("sample", split) | ("entropy", f"{b} {split}") | ("probe", b)
+# (kind, name): ("sample", split) | ("entropy", f"{backend} {split}") | ("probe", backend)
+Unit = tuple[str, str]
 
 
 def units(method: str) -> list[Unit]:

@@ -129,9 +129,10 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
     `num_samples`: None = config.sampling.num_samples; 0 = the low-temperature answer only."""
     sc = config.sampling
     kwargs = sc.generate_kwargs()
+    num_samples = sc.num_samples if num_samples is None else num_samples
     most_likely, samples = sampling.sample_answers(
         model, tokenizer, [q.prompt_ids for q in questions], [q.id for q in questions],
-        num_samples=sc.num_samples if num_samples is None else num_samples, temperature=sc.temperature,
+        num_samples=num_samples, temperature=sc.temperature,
         low_temperature=sc.low_temperature, seed=config.seed,
         max_seq_len=config.model.max_seq_len, mesh=mesh, **kwargs)
     records, tokens = [], 0
