@@ -190,7 +190,8 @@ def validate(config: RunConfig) -> None:
         if b is None and m not in BASELINES:
             raise ConfigError(
                 f"config.experiment.methods: unknown method {m!r}; choose from "
-                f"{[SE_PREFIX + x for x in ENTROPY_BACKENDS] + list(BASELINES)}")
+                f"{[p + x for p in (SE_PREFIX, *SEP_PREFIXES) for x in ENTROPY_BACKENDS]}"
+                f" or {list(BASELINES)}")
         if b is not None and b not in ENTROPY_BACKENDS:
             raise ConfigError(f"config.experiment.methods: {m!r} names unknown entropy "
                               f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
@@ -266,7 +267,7 @@ def method_uses(config: RunConfig) -> dict[str, str]:
                            f"{list(config.probes.layers)}, positions "
                            f"{list(config.probes.positions)}) labels every training question"
                            if m.startswith("sep_") else "SE labels on those questions alone"))
-    if not any(se_backend(m) for m in methods):   # the default backend still runs
+    if not any(entropy_backend(m) for m in methods):   # the default backend still runs
         default = config.entropy.backend
         uses["entropies"] = backend_uses(config, default, f"entropy.backend={default}")
     if "rtuning_u" in methods:
