@@ -109,3 +109,21 @@ def test_probe_stage_names_a_missing_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="hidden_states"):
         probe_stage.run_probe(BASE, tmp_path / "none.npz", tmp_path / "u.jsonl",
                               tmp_path / "g.jsonl", tmp_path / "out")
+
+
+
+def test_probe_stage_reruns_across_labeller_knobs_but_not_probe_fields(probe_run):
+    config, out, _ = probe_run
+    inputs = json.loads((out / "config.json").read_text())["inputs"]
+    call = dict(hidden=inputs["hidden_states"]["path"],
+                uncertainty=inputs["uncertainty"]["path"],
+                generations=inputs["generations"]["path"], out_dir=out,
+                score={"probe_only": (inputs["probe_only_hidden_states"]["path"],
+                                      inputs["probe_only_records"]["path"]),
+                       "valset": (inputs["valset_hidden_states"]["path"],
+                                  inputs["valset_records"]["path"],
+                                  inputs["valset_uncertainty"]["path"])},
+                train_sets=("probe_only",))
+    probe_stage.run_probe(config.replace(labels=dict(tau=0.3, method="sep")), **call)
+    with pytest.raises(Exception, match="probes"):
+        probe_stage.run_probe(config.replace(probes=dict(l2=5.0)), **call)

@@ -48,6 +48,11 @@ SCORES_FILE = "scores.jsonl"
 TRAIN_SCORES_FILE = "train_scores.jsonl"
 SUBSET = "se_subset"
 CSV_FIELDS = ("probe", "position", "layer", "set", "metric", "value", "low", "high")
+# Of `labels`, the probes read the entropy field, the judge and labels.sep; the rest (the
+# labeller's own knobs) never changes them.
+_NEUTRAL = NEUTRAL_KEYS + tuple(f"labels.{k}" for k in (
+    "method", "tau", "backend", "abstention_phrase", "answer_source", "idk_threshold",
+    "slick_unknown"))
 
 
 def _errors(records: Sequence[Mapping[str, Any]], judge: judges.Judge) -> np.ndarray | None:
@@ -177,7 +182,7 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
     for what, path in inputs.items():
         if not path.is_file():
             raise FileNotFoundError(f"probe stage: {what} file {path} does not exist")
-    stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS, depends_on=DEPENDS_ON["probe"],
+    stage_io.write_config(out_dir, config, ignore=_NEUTRAL, depends_on=DEPENDS_ON["probe"],
                           inputs=inputs)
     pc, lc, ev = config.probes, config.labels, config.evaluation
     judge = judges.string_judge(lc.judge, lc.f1_threshold)
