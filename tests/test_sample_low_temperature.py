@@ -17,7 +17,12 @@ def test_low_temperature_only_matches_the_full_run(tiny_dir, tmp_path):  # noqa:
                                                 num_samples=0))
     assert [r["id"] for r in low] == [r["id"] for r in full]
     assert all(r["samples"] == [] for r in low) and all(len(r["samples"]) == 3 for r in full)
-    for a, b in zip(low, full):   # the same draw; log-probs within float noise of the
-        a, b = a["most_likely"], b["most_likely"]          # other batch shape
-        assert (a["text"], a["token_ids"]) == (b["text"], b["token_ids"])
-        assert abs(a["mean_logprob"] - b["mean_logprob"]) < 1e-4
+    # The same keys draw the same answer; the other batch shape moves the logits by float
+    # noise only, which can flip a near-tie draw (docs/contracts.md, "Reproducibility"):
+    # all but one answer must agree (all do on the machines measured).
+    same = [(a["most_likely"]["token_ids"] == b["most_likely"]["token_ids"])
+            for a, b in zip(low, full)]
+    assert sum(same) >= len(same) - 1
+    for a, b, ok in zip(low, full, same):
+        if ok:
+            assert abs(a["most_likely"]["mean_logprob"] - b["most_likely"]["mean_logprob"]) < 1e-4
