@@ -3,10 +3,8 @@ sample and entropy steps write synthetic files in the stages' contracts: the SE 
 the probe-only questions are sampled apart (the latter with num_samples=0), entropies run
 on the subset only, the probe labels every training question, and the report's probe and
 labelling-cost sections read the result."""
-import contextlib
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
