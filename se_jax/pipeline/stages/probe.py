@@ -181,7 +181,10 @@ def run_probe(config: RunConfig, hidden: str | Path, uncertainty: str | Path,
             inputs[f"{name}_uncertainty"] = Path(u[0])
     for what, path in inputs.items():
         if not path.is_file():
-            raise FileNotFoundError(f"probe stage: {what} file {path} does not exist")
+            hint = (" (the sample stage writes it beside generations.jsonl when "
+                    "config.probes.layers is set; a directory sampled without it must be "
+                    "sampled again)" if what.endswith("hidden_states") else "")
+            raise FileNotFoundError(f"probe stage: {what} file {path} does not exist{hint}")
     stage_io.write_config(out_dir, config, ignore=_NEUTRAL, depends_on=DEPENDS_ON["probe"],
                           inputs=inputs)
     pc, lc, ev = config.probes, config.labels, config.evaluation
