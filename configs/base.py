@@ -160,6 +160,10 @@ def labels_config() -> ml_collections.ConfigDict:
         uncertainty="",   # uncertainty.jsonl ("" = <workdir>/entropy/<backend>/train/...)
         slick_answers="",  # slick: few-shot answers jsonl ("" = approximate from generations)
         out_dir="",       # "" = <workdir>/label/<method>[/tau_<t>] (se_jax/pipeline/layout.py)
+        # sep (methods sep_<backend>): semantic entropy on the first `train_size` training
+        # questions only; a probe on hidden states (config.probes) labels all
+        # data.train_size of them. The SE subset also needs config.probes.layers set.
+        sep=dict(train_size=200),
     ))
 
 
@@ -259,6 +263,10 @@ def probes_config() -> ml_collections.ConfigDict:
         # the greedy (low-temperature) answer.
         positions=("tbg", "slt"),
         dtype="float16",   # storage dtype of hidden_states.npz: float16 | float32
+        # The probes (se_jax/abstention/probes.py): logistic regression on standardised
+        # features, L2 penalty l2 (= 1/C of scikit-learn, whose default the SEP code uses),
+        # Newton's method; val_fraction of the SE subset picks the position and layer.
+        l2=1.0, val_fraction=0.2, max_iter=50,
     ))
 
 

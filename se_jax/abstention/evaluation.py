@@ -128,6 +128,17 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def spearman(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Spearman's rank correlation of `scores` and `targets` along the last axis (ties share
+    their average rank); NaN where either is constant."""
+    a = _average_ranks(np.asarray(scores, np.float64))
+    b = _average_ranks(np.asarray(targets, np.float64))
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+
+
 def rejection_curve(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """Accuracy of the kept answers after rejecting the k most uncertain, k = 0..n-1.
 
@@ -184,9 +195,11 @@ class Interval:
 def bootstrap(metric: Callable[[np.ndarray, np.ndarray], np.ndarray], scores: Sequence[float],
               incorrect: Sequence[bool], *, num_samples: int = 1000, confidence: float = 0.90,
               seed: int = 0) -> Interval:
-    """The metric with a percentile bootstrap interval (resamples evaluated as one batch)."""
+    """The metric with a percentile bootstrap interval (resamples evaluated as one batch).
+    `incorrect` is the metric's second argument, kept in its dtype (each metric casts it:
+    booleans for AUROC, continuous values for `spearman`)."""
     scores = np.asarray(scores, np.float64)
-    incorrect = np.asarray(incorrect, bool)
+    incorrect = np.asarray(incorrect)
     value = float(metric(scores, incorrect))
     idx = np.random.default_rng(seed).integers(0, scores.size, (num_samples, scores.size))
     samples = metric(scores[idx], incorrect[idx])

@@ -13,6 +13,10 @@ Methods (one function each):
 - `r_tuning_u_labels`: as `se_labels` with the exact-string entropy of the same samples.
 - `idk_labels` (Cheng et al. 2024): fraction of the M samples judged correct >= threshold
   -> a correct answer, else abstain.
+- `sep_labels` (semantic entropy probes, Kossen et al. 2024): a probe's score of the
+  question's hidden state > threshold -> abstain; else the model's own answer, as SE. The
+  probe (se_jax/abstention/probes.py) is fitted on the questions SE was computed on and
+  labels any number more; no samples are needed (the record's `samples` may be empty).
 - `slick_category` / `slick_labels` (Gekhman et al. 2024): HighlyKnown / MaybeKnown /
   WeaklyKnown / Unknown from greedy and sampled correctness over N few-shot exemplar sets;
   used as an analysis and as a filter (drop Unknown, or relabel it to abstain).
@@ -146,6 +150,27 @@ def r_tuning_u_labels(pairs: Iterable[tuple[Mapping, Mapping]], *, tau: float,
     """R-Tuning-U labels: the exact-string entropy of the same samples, same tau rule."""
     return _threshold_labels(pairs, method="rtuning_u", entropy_field="exact_entropy",
                              tau=tau, phrase=phrase)
+
+
+def sep_labels(records: Iterable[Mapping[str, Any]], scores: Mapping[str, float], *,
+               threshold: float, phrase: str = ABSTENTION_PHRASE) -> list[Example]:
+    """Probe labels: scores[id] > `threshold` -> `phrase`; else the record's most-likely
+    (T=0.1) answer. `records`: generations records (or the probe stage's scores records);
+    `scores`: id -> the probe's probability of high semantic entropy. LabelError naming a
+    record without a score."""
+    out = []
+    for r in records:
+        where = "sep labeller"
+        rid = str(_field(r, "id", where))
+        if rid not in scores:
+            raise LabelError(f"{where}: record id={rid!r} has no probe score")
+        score = float(scores[rid])
+        reason = dict(method="sep", score=score, threshold=threshold)
+        if score > threshold:
+            out.append(_abstain(r, phrase, reason))
+        else:
+            out.append(_answer(r, _most_likely(r, where), reason))
+    return out
 
 
 def _correct_target(record: Mapping[str, Any], correct_model_answers: Sequence[str],

@@ -140,6 +140,9 @@ class ProbesConfig:
     layers: tuple[int, ...]      # 0 = embeddings' output, i = layer i's output, -1 = final norm
     positions: tuple[str, ...]   # tbg (last prompt token) | slt (2nd-to-last greedy token)
     dtype: str                   # storage dtype of hidden_states.npz
+    l2: float                    # the probes' L2 penalty on standardised features (1/C)
+    val_fraction: float          # SE-subset share held out to pick position and layer
+    max_iter: int                # Newton steps at most per probe fit
 
     def __post_init__(self):
         if not isinstance(self.layers, tuple) or not all(
@@ -152,6 +155,11 @@ class ProbesConfig:
             fail("probes.positions", self.positions,
                  "must be a non-empty tuple of distinct 'tbg' / 'slt'")
         check_choice("probes.dtype", self.dtype, ("float16", "float32"))
+        check_float("probes.l2", self.l2, positive=True,
+                    why="separable features have no unpenalised optimum")
+        check_float("probes.val_fraction", self.val_fraction, positive=True, maximum=0.9,
+                    why="the held-out share of the SE subset that picks position and layer")
+        check_int("probes.max_iter", self.max_iter, minimum=1)
 
     @property
     def enabled(self) -> bool:
@@ -194,6 +202,17 @@ class EntropyConfig:
 
 
 @_section
+class SepConfig:
+    """The `sep` labeller: semantic entropy on `train_size` training questions, a probe on
+    their hidden states labels every training question (se_jax/abstention/probes.py)."""
+    train_size: int      # questions SE is computed on (the first of the train split)
+
+    def __post_init__(self):
+        check_int("labels.sep.train_size", self.train_size, minimum=4,
+                  why="the probe is fitted and validated on the SE subset")
+
+
+@_section
 class LabelsConfig:
     """The label stage: generations (+ uncertainties) -> SFT set."""
     method: str
@@ -210,9 +229,11 @@ class LabelsConfig:
     uncertainty: str
     slick_answers: str
     out_dir: str
+    sep: SepConfig
 
     def __post_init__(self):
-        check_choice("labels.method", self.method, ("se", "rtuning", "rtuning_u", "idk", "slick"))
+        check_choice("labels.method", self.method,
+                     ("se", "rtuning", "rtuning_u", "idk", "slick", "sep"))
         check_float("labels.tau", self.tau, minimum=0.0,
                     why="entropies are >= 0; a negative tau labels every question 'abstain'")
         check_choice("labels.entropy", self.entropy,
@@ -476,7 +497,8 @@ SECTIONS: Mapping[str, type] = dict(
     experiment=ExperimentConfig, labels=LabelsConfig, training=TrainingConfig,
     facts=FactsConfig, teach=TeachConfig)
 NESTED: Mapping[tuple[str, str], type] = {("training", "lora"): LoraConfig,
-                                          ("training", "distill"): DistillConfig}
+                                          ("training", "distill"): DistillConfig,
+                                          ("labels", "sep"): SepConfig}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -602,4 +624,4 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["RunConfig", "ConfigError", "SECTIONS", *(c.__name__ for c in SECTIONS.values()),
-           "LoraConfig", "DistillConfig"]
+           "LoraConfig", "DistillConfig", "SepConfig"]

@@ -17,7 +17,7 @@ from typing import Mapping
 from se_jax.config.schema import RunConfig
 from se_jax.config.validation import ConfigError
 from se_jax.config import precision
-from se_jax.pipeline.plan import Sweep
+from se_jax.pipeline.plan import Sweep, needs_full_train, sep_backend
 from se_jax.tuning import training
 from se_jax.models.hf_names import param_specs
 from se_jax.models.llama import LlamaConfig
@@ -90,8 +90,13 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
                 "greedy evaluation, base model (prefill + decode)": 2,
                 "greedy evaluation, fine-tuned models (prefill + decode)": 2,
                 "training step (one per padded batch length)": shapes}
-    disk = {"generations": sampled * (sc.num_samples + 1) * sc.max_new_tokens
-            * _BYTES_PER_TOKEN}
+    rows = answer_rows(config, sweep, sizes) * settings
+    disk = {"generations": rows * sc.max_new_tokens * _BYTES_PER_TOKEN}
+    shapes_ = read_shapes(str(config.model.path)) if config.probes.enabled else None
+    if shapes_ is not None:   # every sampled question: P positions x L layers x D
+        disk["hidden states"] = (sampled * len(config.probes.positions)
+                                 * len(config.probes.layers) * shapes_.hidden_size
+                                 * {"float16": 2, "float32": 4}[config.probes.dtype])
     numbers = _model_numbers(config)
     if numbers is not None:
         adapter, total = numbers
@@ -106,6 +111,20 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
                  + (sizes["test"] + sizes["ood"] * num_ood) * final) * settings
     disk["evaluations"] = evaluated * 300   # one outcome line per question
     return Cost(runs, loads, programs, disk)
+
+
+def answer_rows(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int]) -> int:
+    """Answers the sample stage generates for one setting: 1 + M per validation question
+    and per training question a method samples fully; with probe methods, 1 + M per SE
+    subset question and 1 per other training question (se_jax/pipeline/sep_flow.py)."""
+    full = config.sampling.num_samples + 1
+    rows = sizes["val"] * full
+    if needs_full_train(sweep.methods):
+        rows += sizes["train"] * full
+    if any(sep_backend(m) for m in sweep.methods):
+        subset = min(config.labels.sep.train_size, sizes["train"])
+        rows += subset * full + (sizes["train"] - subset)
+    return rows
 
 
 def describe(cost: Cost) -> str:

@@ -30,6 +30,7 @@ from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
                                   Sweep, backends_needed, method_uses, pick_taus, result_row,
+                                  entropy_backend, label_method, needs_full_train,
                                   se_backend, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
@@ -44,6 +45,8 @@ from se_jax.pipeline.stages import label
 from se_jax.pipeline.stages import train
 from se_jax.pipeline.stages import evaluate
 from se_jax.pipeline import cost
+from se_jax.pipeline import labelling_cost
+from se_jax.pipeline import sep_flow
 from se_jax.pipeline import knowledge_report
 from se_jax.pipeline import report
 from se_jax.pipeline.stages import evaluate as evaluate_stage, report as report_stage
@@ -153,13 +156,16 @@ class Job:
 
     # ------------------------------------------------------------------ stages
 
-    def sample(self, split: str) -> Path:
-        """Generations (most-likely + M samples) of one split; returns generations.jsonl."""
+    def sample(self, split: str, questions: Path | None = None,
+               num_samples: int | None = None) -> Path:
+        """Generations (most-likely + M samples) of one split; returns generations.jsonl.
+        `questions`: a questions file other than the split's (the SE subset); `num_samples`
+        0: the low-temperature answer only (sample.run_sample)."""
         out = self.layout.sample(split)
         if not is_done(out):
             with self.clock.phase(f"sample {split}"):
-                sample.run_sample(self.config, self.questions[split], out,
-                                  resident=self.resident())
+                sample.run_sample(self.config, questions or self.questions[split], out,
+                                  resident=self.resident(), num_samples=num_samples)
             mark_done(out)
         return out / "generations.jsonl"
 
@@ -179,9 +185,9 @@ class Job:
         """The SFT set of a run (shared by its seeds and arms); returns sft.jsonl."""
         out = self.layout.label(run)
         if not is_done(out):
-            backend = se_backend(run.method)
+            backend = entropy_backend(run.method)
             labels = dict(
-                method="se" if backend else run.method,   # rtuning, rtuning_u, idk
+                method=label_method(run.method),   # se, sep, rtuning, rtuning_u, idk
                 tau=float(run.tau) if run.tau is not None else self.config.labels.tau,
                 backend=backend or "")
             ev = self.config.evaluation
@@ -317,23 +323,31 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
 @dataclasses.dataclass
 class Prepared:
     """What every run reads: generations and uncertainties of train and val (and the test
-    splits' generations for the SliCK breakdown), the original model's metrics."""
+    splits' generations for the SliCK breakdown), the original model's metrics; the probe
+    methods' inputs (sep_flow.py) when there are any."""
     generations: dict[str, Path]
     uncertainty: dict[str, dict[str, Path]]
     original: dict[str, dict]
+    sep: sep_flow.SepInputs | None = None
 
     def sft(self, job: Job, run: Run) -> Callable[[], Path]:
         """The run's SFT set, labelled when first asked for."""
+        if sep_flow.wanted([run.method]):
+            return lambda: job.label(run, *self.sep.label_inputs(run.method))
         return lambda: job.label(run, self.generations["train"], self.uncertainty["train"])
 
 
 def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
     """Samples of train and val, their entropies per backend, and (optionally) the original
-    model on validation and every test split."""
-    generations = {s: job.sample(s) for s in ("train", SWEEP_SPLIT)}
+    model on validation and every test split; then the probe methods' SE subset and probes
+    (after the original model, whose evaluated splits the probes are scored on). With only
+    probe methods, the train split is not sampled with M answers: the SE subset stands for
+    it in the report's uncertainty analysis."""
+    sampled = (("train",) if needs_full_train(sweep.methods) else ()) + (SWEEP_SPLIT,)
+    generations = {s: job.sample(s) for s in sampled}
     backends = backends_needed(sweep.methods, job.config.entropy.backend)
     uncertainty = {s: {b: job.entropy(b, s, generations[s]) for b in backends}
-                   for s in ("train", SWEEP_SPLIT)}
+                   for s in sampled}
     if job.config.experiment.slick_breakdown:
         generations.update({s: job.sample(s) for s in job.test_splits})
     original = {}
@@ -341,7 +355,11 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
         original = job.evaluate(
             ORIGINAL, lambda: job.resident().original_model(job.config.training),
             [SWEEP_SPLIT, *job.test_splits])
-    return Prepared(generations, uncertainty, original)
+    sep = sep_flow.prepare_sep(job, sweep.methods) if sep_flow.wanted(sweep.methods) else None
+    if sep is not None and "train" not in generations:
+        generations["train"], uncertainty["train"] = (sep.subset_generations,
+                                                      sep.subset_uncertainty)
+    return Prepared(generations, uncertainty, original, sep)
 
 
 def start(config: RunConfig, setting: str = "", base: SharedBase | None = None,
@@ -502,6 +520,10 @@ def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
             entropy_field=config.labels.entropy,
             num_samples=config.evaluation.bootstrap_samples,
             confidence=config.evaluation.confidence)
+    probes = sep_flow.report_section(job.layout, sweep.methods)
+    costs = labelling_cost.measure(sweep.methods, labelling_cost.layout_files(job.layout),
+                                   job.clock.snapshot(since=job.since))
+    lead = [*lead, *([probes] if probes else []), labelling_cost.table(costs)]
     d = config.data
     each = " each" if len(d.in_distribution_names) > 1 else ""
     data = (f"{d.in_distribution_label} (train {d.train_size}, val {d.val_size}, test "

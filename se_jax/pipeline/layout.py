@@ -8,6 +8,8 @@
     <root>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
     <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json (+ the
                                                    original's hidden_states.npz: probes)
+    <root>/sep/questions/{se_subset,probe_only}.jsonl   the probe methods' train split parts
+    <root>/probe/<backend>/                        probe stage: probes.npz, metrics, scores
     <root>/report/                                 report.md, results.csv, plots
     <workdir>/report/                              with several answer settings: Table 1
 
@@ -73,6 +75,13 @@ class Layout:
 
     def entropy(self, backend: str, split: str = "train") -> Path:
         return self.root / "entropy" / backend / split
+
+    def probe(self, backend: str) -> Path:
+        return self.root / "probe" / backend
+
+    @property
+    def sep_questions(self) -> Path:
+        return self.root / "sep" / "questions"
 
     def label(self, run: Run) -> Path:
         return self.root / "label" / run.label_tag

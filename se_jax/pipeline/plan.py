@@ -3,7 +3,10 @@ cost of it all; checked before any data or model is touched.
 
 Methods: `se_<backend>` (SE labels from the discrete semantic entropy of that equivalence
 backend), `rtuning`, `rtuning_u`, `idk`; the original model is always evaluated as the
-reference. Optional arms retrain the first SE method at its picked tau with
+reference. Semantic entropy probes (se_jax/pipeline/sep_flow.py): `sep_<backend>` (SE on
+the first `labels.sep.train_size` training questions, a probe on hidden states labels all
+of them) and `sesub_<backend>` (SE labels on that subset alone: what the same SE budget
+buys without a probe). Optional arms retrain the first SE method at its picked tau with
 self-distillation ("self_distill") or attention-only full fine-tuning ("attention_only").
 
 Protocols (`experiment.protocol`):
@@ -40,15 +43,46 @@ def se_backend(method: str) -> str | None:
     return method[len(SE_PREFIX):] if method.startswith(SE_PREFIX) else None
 
 
+SEP_PREFIXES = ("sep_", "sesub_")   # the probe's labels; SE labels of the SE subset alone
+
+
+def sep_backend(method: str) -> str | None:
+    """The equivalence backend of a `sep_<b>` or `sesub_<b>` method, else None."""
+    return next((method[len(p):] for p in SEP_PREFIXES if method.startswith(p)), None)
+
+
+def entropy_backend(method: str) -> str | None:
+    """The backend whose entropies a method's labels read (SE, SEP, SE-on-subset)."""
+    return se_backend(method) or sep_backend(method)
+
+
+def label_method(method: str) -> str:
+    """The label stage's `labels.method` of an experiment method."""
+    if se_backend(method) or method.startswith("sesub_"):
+        return "se"
+    return "sep" if method.startswith("sep_") else method
+
+
+def needs_full_train(methods: Sequence[str]) -> bool:
+    """Whether any method reads the M samples of every training question (all but the
+    probe methods, which sample only the SE subset with M)."""
+    return any(sep_backend(m) is None for m in methods)
+
+
 def uses_tau(method: str) -> bool:
-    """SE and R-Tuning-U threshold an entropy at tau; R-Tuning and Idk have no tau."""
-    return se_backend(method) is not None or method == "rtuning_u"
+    """SE, SEP and R-Tuning-U threshold an entropy (SEP: at the SE subset's abstention rate
+    of tau) at tau; R-Tuning and Idk have no tau."""
+    return entropy_backend(method) is not None or method == "rtuning_u"
 
 
 def backends_needed(methods: Sequence[str], default: str) -> list[str]:
-    """Entropy backends to run: those of the SE methods (R-Tuning-U's exact-string entropy
-    is in every uncertainty record, so it needs only one backend, `default`)."""
+    """Entropy backends to run on the train and validation samples: those of the SE methods,
+    else those of the probe methods (which also run on the SE subset, sep_flow.py), else
+    `default` (R-Tuning-U's exact-string entropy is in every uncertainty record, so it needs
+    only one backend)."""
     out = [b for b in (se_backend(m) for m in methods) if b]
+    # Only probe methods: their backend runs on validation too (the report's analysis).
+    out = out or [b for b in (sep_backend(m) for m in methods) if b]
     return list(dict.fromkeys(out or [default]))
 
 
@@ -147,13 +181,17 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("config.experiment.methods is empty")
     for m in methods:
         b = se_backend(m)
+        if sep_backend(m) is not None:
+            _validate_sep(config, m)
+            continue
         if m == ORIGINAL:
             raise ConfigError("config.experiment.methods: 'original' is always evaluated; "
                               "do not list it")
         if b is None and m not in BASELINES:
             raise ConfigError(
                 f"config.experiment.methods: unknown method {m!r}; choose from "
-                f"{[SE_PREFIX + x for x in ENTROPY_BACKENDS] + list(BASELINES)}")
+                f"{[p + x for p in (SE_PREFIX, *SEP_PREFIXES) for x in ENTROPY_BACKENDS]}"
+                f" or {list(BASELINES)}")
         if b is not None and b not in ENTROPY_BACKENDS:
             raise ConfigError(f"config.experiment.methods: {m!r} names unknown entropy "
                               f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
@@ -169,6 +207,17 @@ def validate(config: RunConfig) -> None:
     if ex.arms and not any(se_backend(m) for m in methods):
         raise ConfigError("config.experiment.arms need an SE method in experiment.methods")
     method_uses(config)   # a method that cannot run as named stops here, before any work
+
+
+def _validate_sep(config: RunConfig, method: str) -> None:
+    """A probe method names a known backend; `sep_` needs hidden states."""
+    b = sep_backend(method)
+    if b not in ENTROPY_BACKENDS:
+        raise ConfigError(f"config.experiment.methods: {method!r} names unknown entropy "
+                          f"backend {b!r}; choose from {list(ENTROPY_BACKENDS)}")
+    if method.startswith("sep_") and not config.probes.enabled:
+        raise ConfigError(f"config.probes.layers is empty: {method} needs hidden states "
+                          f"(set e.g. --config.probes.layers='(4,8,12)')")
 
 
 def _same_model(a: str, b: str) -> bool:   # = models.loading.same_model (JAX-free here)
@@ -208,7 +257,17 @@ def method_uses(config: RunConfig) -> dict[str, str]:
         b = se_backend(m)
         if b is not None:
             uses[m] = "SE labels from " + backend_uses(config, b, m)
-    if not any(se_backend(m) for m in methods):   # the default backend still runs
+    for m in methods:
+        b = sep_backend(m)
+        if b is not None:
+            k = config.labels.sep.train_size
+            uses[m] = (f"SE ({backend_uses(config, b, m)}) on the first {k} training "
+                       f"questions, then " + (
+                           f"a logistic probe on hidden states (layers "
+                           f"{list(config.probes.layers)}, positions "
+                           f"{list(config.probes.positions)}) labels every training question"
+                           if m.startswith("sep_") else "SE labels on those questions alone"))
+    if not any(entropy_backend(m) for m in methods):   # the default backend still runs
         default = config.entropy.backend
         uses["entropies"] = backend_uses(config, default, f"entropy.backend={default}")
     if "rtuning_u" in methods:

@@ -38,7 +38,10 @@ _SAMPLE = ("seed", "on_bad_input", "model", "prompt", "sampling")
 _ENTROPY = _SAMPLE + ("entropy",)
 _LABEL = _ENTROPY + ("labels",)
 _TRAIN = _LABEL + ("training",)
-DEPENDS_ON = dict(sample=_SAMPLE, entropy=_ENTROPY, label=_LABEL, train=_TRAIN)
+# The probe stage reads the SE subset's entropies and its hidden states; `labels` names
+# the entropy field, the judge of the base model's errors and the SE subset's size.
+_PROBE = _ENTROPY + ("probes", "labels")
+DEPENDS_ON = dict(sample=_SAMPLE, entropy=_ENTROPY, label=_LABEL, train=_TRAIN, probe=_PROBE)
 
 # Keys within those sections that never change results: output/input paths, batching and
 # logging knobs. A run resumes, and a downstream stage reuses upstream outputs, across them.

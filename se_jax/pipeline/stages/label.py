@@ -19,10 +19,11 @@ from absl import logging
 from se_jax.config.schema import RunConfig
 from se_jax.abstention import judges
 from se_jax.abstention import labels
+from se_jax.abstention import probes
 from se_jax.io import stage_io
 from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
 
-METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick")
+METHODS = ("se", "rtuning", "rtuning_u", "idk", "slick", "sep")
 SFT_FILE = "sft.jsonl"
 
 
@@ -76,6 +77,10 @@ def make_examples(config: RunConfig, gen_path: Path, unc_path: Path
             info["slick_source"] = "approximate: zero-shot generations, one exemplar set"
         return labels.slick_labels(records, judge=judge, unknown=lc.slick_unknown,
                                    phrase=phrase), info
+    if method == "sep":
+        records = _read(gen_path, "probe scores (the probe stage's train_scores.jsonl)")
+        examples, threshold_info = sep_examples(records, lc.tau, phrase)
+        return examples, {**info, "probe_scores": str(gen_path), **threshold_info}
     generations = _read(gen_path, "generations")
     if method in ("rtuning", "idk"):
         if method == "rtuning":
@@ -93,6 +98,26 @@ def make_examples(config: RunConfig, gen_path: Path, unc_path: Path
         return labels.se_labels(pairs, tau=lc.tau, entropy_field=lc.entropy,
                                 phrase=phrase), info
     return labels.r_tuning_u_labels(pairs, tau=lc.tau, phrase=phrase), info
+
+
+def sep_examples(records: list[dict], tau: float, phrase: str
+                 ) -> tuple[list[labels.Example], dict]:
+    """The `sep` labeller at SE threshold `tau`: the probe-score threshold that abstains on
+    the share of training questions SE > tau abstains on within the SE subset (records with
+    an `entropy`). Why rate-matched: the probe's scores are probabilities of "SE above the
+    best split", not entropies, so an entropy tau has no meaning on them; what a tau
+    decides is how many questions abstain, and matching that share makes the sweep pick
+    among the same abstention rates for SE and SEP (the experiment's taus, chosen on
+    validation AED, as for SE)."""
+    entropies = [float(r["entropy"]) for r in records if r.get("entropy") is not None]
+    if not entropies:
+        raise labels.LabelError("sep labeller: no record has an 'entropy' (the SE subset)")
+    rate = sum(e > tau for e in entropies) / len(entropies)
+    threshold = probes.rate_matched_threshold([float(r["score"]) for r in records], rate)
+    examples = labels.sep_labels(records, {str(r["id"]): float(r["score"]) for r in records},
+                                 threshold=threshold, phrase=phrase)
+    return examples, dict(se_abstain_rate=rate, probe_threshold=threshold,
+                          num_se_subset=len(entropies), tau=tau)
 
 
 @claimed

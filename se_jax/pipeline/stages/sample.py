@@ -160,16 +160,18 @@ def depends_on(config: RunConfig) -> tuple[str, ...]:
 
 
 def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question],
-                       config: RunConfig, mesh: Any = None
+                       config: RunConfig, mesh: Any = None, num_samples: int | None = None
                        ) -> tuple[list[dict], int, hidden_io.HiddenStates | None]:
     """The output records of one batch of questions, the answer tokens they hold, and
-    their hidden states (None unless config.probes is enabled)."""
+    their hidden states (None unless config.probes is enabled).
+    `num_samples`: None = config.sampling.num_samples; 0 = the low-temperature answer only."""
     sc = config.sampling
     kwargs = sc.generate_kwargs()
     ids = [q.id for q in questions]
+    num_samples = sc.num_samples if num_samples is None else num_samples
     most_likely, samples, states = sampling.sample_answers_and_states(
         model, tokenizer, [q.prompt_ids for q in questions], ids,
-        keep=keep_hidden(config), num_samples=sc.num_samples, temperature=sc.temperature,
+        keep=keep_hidden(config), num_samples=num_samples, temperature=sc.temperature,
         low_temperature=sc.low_temperature, seed=config.seed,
         max_seq_len=config.model.max_seq_len, mesh=mesh, **kwargs)
     records, tokens = [], 0
@@ -182,9 +184,14 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
 
 
 def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
-               resident: Any = None) -> Path:
+               resident: Any = None, num_samples: int | None = None) -> Path:
     """Run (or resume) the stage on the questions JSONL, writing to `out_dir`; returns the
     path of generations.jsonl.
+
+    `num_samples`: None = config.sampling.num_samples; 0 = the low-temperature answer only
+    (`samples` empty): the questions a semantic entropy probe labels pay for one answer row,
+    not 1 + M (se_jax/pipeline/sep_flow.py). The caller keeps such runs in their own
+    directory (config.json records config.sampling, not this argument).
 
     `resident`: the caller's loaded generator (se_jax.pipeline.resident.Resident); loaded here from
     config.model when None and there is work to do."""
@@ -212,11 +219,13 @@ def run_sample(config: RunConfig, questions: str | Path, out_dir: str | Path,
     writer = distributed.is_main_process()
     # One writer per directory (a second would write orphan shards of its own).
     with stage_io.writer_lock(out_dir) if writer else contextlib.nullcontext():
-        return _write(config, tokenizer, questions, bad, out_dir, writer, in_path, resident)
+        return _write(config, tokenizer, questions, bad, out_dir, writer, in_path, resident,
+                      num_samples)
 
 
 def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: list[dict],
-           out_dir: Path, writer: bool, in_path: Path, resident: Any) -> Path:
+           out_dir: Path, writer: bool, in_path: Path, resident: Any,
+           num_samples: int | None = None) -> Path:
     """Compute the missing shards and merge them (process 0 writes)."""
     sc = config.sampling
     if writer:
@@ -248,7 +257,7 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
                                      initial=done)
         for i in pending:
             records, tokens, states = generation_records(model, tokenizer, shards[i],
-                                                         config, mesh)
+                                                         config, mesh, num_samples)
             if writer or spread:
                 if states is not None:   # first: a shard whose JSONL exists is complete
                     hidden_io.write_shard(out_dir, i, states)
