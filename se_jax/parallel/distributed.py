@@ -93,12 +93,13 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
+def barrier(name: str, stop_aware: bool = True) -> None:
     """All processes reach this point (no-op in a single process). The one convention for
     shared outputs: every process computes, process 0 writes, then all pass a barrier.
 
     Bounded: PeerLostError naming the absent processes after SE_JAX_PEER_TIMEOUT seconds;
-    Preempted when another process stopped for a preemption instead of coming here."""
+    with `stop_aware`, Preempted when a process stopped for a preemption instead of
+    coming here (or asked to stop while waiting)."""
     if jax.process_count() > 1:
         from jax._src import distributed as jax_distributed
         client = jax_distributed.global_state.client
@@ -107,7 +108,7 @@ def barrier(name: str) -> None:
             multihost_utils.sync_global_devices(name)
             return
         preemption.wait_for_all(client, preemption.barrier_key(name), f"barrier {name!r}",
-                                stop_aware=True)
+                                stop_aware=stop_aware)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

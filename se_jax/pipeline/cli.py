@@ -137,7 +137,11 @@ def run(main: Callable[[list[str]], Any]) -> None:
         runtime.setup(library_logs=flags.FLAGS.library_logs)
         stop_signal.install()   # the launcher did already; kept for callers that did not
         try:
-            return _named_lost_peer(main, argv)
+            result = _named_lost_peer(main, argv)
+            # Multi-process: leave together; JAX's shutdown barrier at exit waits only
+            # min(SE_JAX_PEER_TIMEOUT, 60) s for the others, then aborts this process.
+            distributed.barrier("exit", stop_aware=False)
+            return result
         except preemption.Preempted as e:
             print(one_line(f"preempted ({e.reason}): stopped after {e.where}; everything up "
                            f"to there is saved; resume: {resume_command()}"),
