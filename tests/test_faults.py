@@ -289,3 +289,18 @@ def test_a_process_killed_before_it_joined_is_reported_within_the_timeout(setup,
     errors = [x for x in output.splitlines() if x.startswith("[p0] error: ")]
     assert errors and "not every process joined" in errors[0], output[-3000:]
     assert "Aborted" not in output
+
+
+def test_sigterm_is_ignored_once_a_launcher_has_finished():
+    """Python's finalisation resets a handler to the default (death by the signal) for the
+    last fraction of a second: cli.run ignores SIGTERM once the outcome is decided, so a
+    late SIGTERM cannot turn a finished run into status 143."""
+    code = ("import atexit, signal\n"
+            "from se_jax.pipeline import cli\n"
+            "atexit.register(lambda: print('ignored at exit:',\n"
+            "                              signal.getsignal(signal.SIGTERM) == signal.SIG_IGN))\n"
+            "cli.run(lambda argv: None)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ignored at exit: True" in out.stdout, \
+        (out.stdout + out.stderr)[-2000:]

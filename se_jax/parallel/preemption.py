@@ -24,9 +24,12 @@ counts as a flag too. Loops whose processes do different work (the evaluate stag
 shards) use `lockstep=False`: a stopping process publishes a stop key that the others see
 at their next boundary or in `distributed.barrier`.
 
-A dead peer: every wait for other processes (the exchange, the barriers) gives up after
-`peer_timeout()` seconds (SE_JAX_PEER_TIMEOUT, default 300) with `PeerLostError` naming the
-processes that did not arrive; jax.distributed's heartbeat timeout, 30 s longer, is the backstop.
+A dead peer: every wait for other processes (the exchange, the barriers, the exit barrier
+of cli.run) gives up after `peer_timeout()` seconds (SE_JAX_PEER_TIMEOUT, default 300) with
+`PeerLostError` naming the processes that did not arrive. A process that dies before it
+joined cannot be named (the runtime tells nothing before all have joined):
+distributed.initialize's watchdog exits 76 with one line after the same timeout.
+jax.distributed's own checks (heartbeat, join), 30 s later, abort the process: the backstop.
 """
 from __future__ import annotations
 
