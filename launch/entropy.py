@@ -11,6 +11,9 @@ command resumes.
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -11,6 +11,9 @@ outcomes.jsonl / metrics.json / config.json under <workdir>/evaluate/<judge>/<ta
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import json
 
 from absl import app, flags, logging

@@ -13,6 +13,9 @@ starts N local processes (gloo) for testing.
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import time
 
 from absl import app, flags, logging

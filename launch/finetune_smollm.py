@@ -21,6 +21,9 @@ rerunning the same command continues.
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import json
 import os
 from pathlib import Path

@@ -5,6 +5,9 @@
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from absl import app
 from ml_collections import config_flags
 

@@ -7,8 +7,11 @@ Each child gets SE_JAX_COORDINATOR=localhost:<free port>, SE_JAX_NUM_PROCESSES a
 SE_JAX_PROCESS_ID; entry points call se_jax.parallel.distributed.initialize(), which joins them into
 one runtime whose jax.devices() spans all processes. Output lines are prefixed "[p<i>]".
 The exit status is the first non-zero child status (others are then stopped with SIGTERM,
-then SIGKILL after --grace seconds), else 0. A SIGTERM to this launcher is passed to every
-child (each stops at its next boundary, saved, exit 75: se_jax/parallel/preemption.py).
+then SIGKILL after --grace seconds), else 0; a child killed by signal n counts as 128+n.
+A SIGTERM to this launcher is passed to every child (each stops at its next boundary,
+saved, exit 75: se_jax/parallel/preemption.py). The children start with SIGTERM blocked
+(stop_signal.kept()) and unblock it once their handler is in place, so a SIGTERM during
+their start-up is a stop request too, never a death by the signal.
 --nostop_others leaves the others running when one dies (to see them detect the lost peer).
 
 On a TPU pod slice do not use this: run the same command on every host with
@@ -16,8 +19,10 @@ SE_JAX_DISTRIBUTED=auto (JAX reads the pod environment).
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -72,17 +77,16 @@ def run(command: list[str], num_processes: int, local_devices: int, timeout: flo
             distributed.ENV_PROCESS_ID: str(i),
             distributed.ENV_LOCAL_DEVICES: str(local_devices)})
         env.pop("XLA_FLAGS", None)  # device count comes from SE_JAX_LOCAL_DEVICES
-        p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+        with stop_signal.kept():   # inherited blocked: delivered once the child's handler is in
+            p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
         procs.append(p)
         threads.append(threading.Thread(target=_forward, args=(p, f"[p{i}]"), daemon=True))
         threads[-1].start()
-    terminated = []
-    signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
     deadline, status = time.monotonic() + timeout, 0
     while any(p.poll() is None for p in procs):
         failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-        if terminated:   # preemption: every child saves and stops at its next boundary
+        if stop_signal.stop_requested():   # every child saves and stops at its next boundary
             _stop(procs, grace)
             break
         if (failed and stop_others) or time.monotonic() > deadline:
@@ -94,7 +98,12 @@ def run(command: list[str], num_processes: int, local_devices: int, timeout: flo
         p.wait()
     for t in threads:
         t.join(timeout=5)
-    return status or next((p.returncode for p in procs if p.returncode), 0)
+    return _status(status or next((p.returncode for p in procs if p.returncode), 0))
+
+
+def _status(code: int) -> int:
+    """An exit status: a child killed by signal n (returncode -n) gives 128+n, as in a shell."""
+    return 128 - code if code < 0 else code
 
 
 def main(argv: list[str]) -> None:

@@ -16,6 +16,9 @@ A `--score` directory holds `hidden_states.npz` and `generations.jsonl` (judged)
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from pathlib import Path
 
 from absl import app, flags

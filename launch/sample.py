@@ -12,6 +12,9 @@ byte-identical to an uninterrupted run. Bad input lines are skipped (listed in
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from absl import app, flags
 from ml_collections import config_flags
 

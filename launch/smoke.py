@@ -10,6 +10,9 @@ compile, prefill (one batched forward over the prompts), decode tokens/s (batch 
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import json
 import time
 

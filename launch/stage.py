@@ -16,6 +16,9 @@ evaluate stage spreads its shards over processes and process 0 merges them.
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -27,6 +27,9 @@ seeds. `--one_process` runs every experiment in this process on one loaded base 
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 import importlib.util
 import inspect
 import shlex

@@ -7,6 +7,9 @@ Killed at any point, the same command resumes from the newest checkpoint.
 """
 from __future__ import annotations
 
+from se_jax.parallel import stop_signal
+stop_signal.install()   # first: SIGTERM from here on stops at a boundary, saved
+
 from absl import app
 from ml_collections import config_flags
 

@@ -3,8 +3,12 @@
 * SIGTERM (preemption): the launcher stops at its next step or shard boundary, saved, prints
   one `preempted ...; resume: <command>` line and exits 75 within a bound; the rerun's output
   is byte-identical to an uninterrupted run's (train: the adapter; sample: generations).
+  Every launcher catches SIGTERM before it imports JAX, and a SIGTERM sent at the very
+  start (held back until the handler is in: how launch/multihost.py starts its children)
+  stops the run at its first boundary.
 * A dead peer: one of 2 processes killed mid-stage; the other exits 76 naming it within
-  SE_JAX_PEER_TIMEOUT; the rerun completes identically.
+  SE_JAX_PEER_TIMEOUT; the rerun completes identically. Killed before it joined the run:
+  the other exits 76 with one line within the timeout (not JAX's abort).
 * Duplicate launchers of one unit at once: one result, identical, no stray files.
 """
 from __future__ import annotations
@@ -92,16 +96,23 @@ def _run(cmd, **env) -> subprocess.CompletedProcess:
     return out
 
 
-def _signal_when(cmd, ready, sig=signal.SIGTERM, target=None, **env):
-    """Start `cmd`; once `ready(output so far)`, send `sig` (to `target(proc)`'s pid, default
-    the process); returns (returncode, output, seconds from the signal to the exit)."""
+def _block_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _signal_when(cmd, ready, sig=signal.SIGTERM, target=None, blocked=False, **env):
+    """Start `cmd` (with SIGTERM blocked if `blocked`: a signal stays pending until the
+    launcher unblocks it); once `ready(output so far, process)`, send `sig` (to
+    `target(proc)`'s pid, default the process); returns (returncode, output, seconds from
+    the signal to the exit)."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_block_sigterm if blocked else None)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not ready("".join(lines)):
+    while time.time() < deadline and proc.poll() is None and not ready("".join(lines), proc):
         time.sleep(0.02)
     assert proc.poll() is None, "".join(lines)[-3000:]
     os.kill(target(proc) if target else proc.pid, sig)
@@ -112,10 +123,15 @@ def _signal_when(cmd, ready, sig=signal.SIGTERM, target=None, **env):
     return proc.returncode, "".join(lines), seconds
 
 
+def _children(proc) -> list[int]:
+    """The pids of the processes a launch/multihost.py started, in start order."""
+    import psutil
+    return sorted(c.pid for c in psutil.Process(proc.pid).children())
+
+
 def _child_1(proc) -> int:
     """The pid of the second process a launch/multihost.py started."""
-    import psutil
-    return sorted(c.pid for c in psutil.Process(proc.pid).children())[-1]
+    return _children(proc)[-1]
 
 
 def _files(path: Path, pattern: str = "*.jsonl") -> int:
@@ -133,7 +149,7 @@ def test_sigterm_mid_training_saves_exits_75_and_resumes_identically(setup, tmp_
     _run(_train_cmd(setup, ref))
     out = tmp_path / "term"
     code, output, seconds = _signal_when(_train_cmd(setup, out),
-                                         lambda log: "train: step 2 " in log)
+                                         lambda log, _: "train: step 2 " in log)
     assert code == EXIT_PREEMPTED, output[-3000:]
     assert seconds < BOUND_S
     line = _preempted_line(output)
@@ -166,7 +182,7 @@ def test_sigterm_to_one_of_two_sample_processes_stops_both_at_one_shard(
 
     code, output, seconds = _signal_when(
         _multihost(_sample_cmd(setup, out, batch_size=2), "--nostop_others"),
-        lambda log: _files(parts) >= 1, target=_child_1)
+        lambda log, _: _files(parts) >= 1, target=_child_1)
     assert code == EXIT_PREEMPTED, output[-3000:]
     assert seconds < BOUND_S
     p0 = [x for x in output.splitlines() if x.startswith("[p0] preempted (")]
@@ -188,7 +204,7 @@ def test_a_killed_process_is_named_by_the_other_within_the_timeout(setup, tmp_pa
 
     code, output, seconds = _signal_when(
         _multihost(_sample_cmd(setup, out, batch_size=2), "--nostop_others"),
-        lambda log: _files(parts) >= 1, sig=signal.SIGKILL, target=_child_1,
+        lambda log, _: _files(parts) >= 1, sig=signal.SIGKILL, target=_child_1,
         SE_JAX_PEER_TIMEOUT=str(timeout))
     assert code == EXIT_PEER_LOST, output[-3000:]
     assert seconds < timeout + 20
@@ -218,3 +234,73 @@ def test_two_launchers_of_one_unit_give_one_result(setup, tmp_path, trial):
     assert (out / "generations.jsonl").read_bytes() == (ref / "generations.jsonl").read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generations.jsonl",
                                                      "skipped.jsonl"]
+
+
+# A launcher run until it imports JAX: which SIGTERM handler is in place at that moment.
+_SPY = """
+import os, runpy, signal, sys
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib"):
+            handler = signal.getsignal(signal.SIGTERM)
+            print("SIGTERM at jax import:", getattr(handler, "__module__", handler), flush=True)
+            os._exit(0)
+sys.meta_path.insert(0, Spy())
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("launcher", sorted(p.name for p in (REPO / "launch").glob("*.py")))
+def test_every_launcher_catches_sigterm_before_it_imports_jax(launcher):
+    """Importing JAX and the model code takes seconds on a busy CPU: a SIGTERM then must be
+    a stop request (exit 75 at the first boundary), not a death by the signal."""
+    out = subprocess.run([sys.executable, "-c", _SPY, str(REPO / "launch" / launcher)],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert "SIGTERM at jax import: se_jax.parallel.stop_signal" in out.stdout, \
+        (out.stdout + out.stderr)[-2000:]
+
+
+def test_sigterm_at_the_start_of_a_two_process_run_stops_both_at_the_first_shard(
+        setup, tmp_path):
+    """SIGTERM to launch/multihost.py before its first line ran (held back, as a scheduler's
+    signal that races the start): it reaches the children during their start-up, and both
+    stop at the first shard with exit 75 instead of dying by the signal (status 143)."""
+    out = tmp_path / "term"
+    code, output, _ = _signal_when(_multihost(_sample_cmd(setup, out, batch_size=2)),
+                                   lambda *_: True, blocked=True)
+    assert code == EXIT_PREEMPTED, output[-3000:]
+    for p in ("p0", "p1"):
+        line = [x for x in output.splitlines() if x.startswith(f"[{p}] preempted (")]
+        assert line and "stopped after sample shard 1 of 6" in line[0], output[-3000:]
+    assert _files(out / "generations.parts") == 1   # resumed identically: the tests above
+
+
+def test_a_process_killed_before_it_joined_is_reported_within_the_timeout(setup, tmp_path):
+    """Process 1 dies before it joins the multi-process runtime: process 0 would wait in
+    jax.distributed.initialize and then be aborted by the runtime (SIGABRT, no name); it
+    exits 76 with one line once SE_JAX_PEER_TIMEOUT has passed instead."""
+    out = tmp_path / "dead_at_start"
+    code, output, _ = _signal_when(
+        _multihost(_sample_cmd(setup, out, batch_size=2), "--nostop_others"),
+        lambda _, proc: len(_children(proc)) == 2, sig=signal.SIGKILL, target=_child_1,
+        SE_JAX_PEER_TIMEOUT="10")
+    assert code == EXIT_PEER_LOST, output[-3000:]
+    errors = [x for x in output.splitlines() if x.startswith("[p0] error: ")]
+    assert errors and "not every process joined" in errors[0], output[-3000:]
+    assert "Aborted" not in output
+
+
+def test_sigterm_is_ignored_once_a_launcher_has_finished():
+    """Python's finalisation resets a handler to the default (death by the signal) for the
+    last fraction of a second: cli.run ignores SIGTERM once the outcome is decided, so a
+    late SIGTERM cannot turn a finished run into status 143."""
+    code = ("import atexit, signal\n"
+            "from se_jax.pipeline import cli\n"
+            "atexit.register(lambda: print('ignored at exit:',\n"
+            "                              signal.getsignal(signal.SIGTERM) == signal.SIG_IGN))\n"
+            "cli.run(lambda argv: None)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ignored at exit: True" in out.stdout, \
+        (out.stdout + out.stderr)[-2000:]

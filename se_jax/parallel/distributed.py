@@ -14,13 +14,17 @@ global mesh, and each process feeds and reads only its addressable shards.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import threading
+from typing import Iterator
 
 import jax
 import numpy as np
 
-from se_jax.parallel import preemption
+from se_jax.parallel import preemption, stop_signal
 
 ENV_MODE = "SE_JAX_DISTRIBUTED"          # "auto": the cluster environment says everything
 ENV_COORDINATOR = "SE_JAX_COORDINATOR"   # host:port of process 0
@@ -35,28 +39,53 @@ def initialize() -> None:
     """Join the multi-process runtime described by the environment (see module docstring)."""
     if jax.distributed.is_initialized():
         return
-    # A dead peer: our waits name it after peer_timeout(); the runtime's heartbeat check
-    # (which aborts the process with its own message) is the backstop a little later.
-    timeouts = dict(heartbeat_timeout_seconds=int(preemption.peer_timeout()) + 30,
-                    shutdown_timeout_seconds=int(min(preemption.peer_timeout(), 60)))
+    # A dead peer: our waits name it after peer_timeout(); the runtime's own checks (which
+    # abort the process with their message) are the backstop 30 s later.
+    timeout = preemption.peer_timeout()
+    timeouts = dict(heartbeat_timeout_seconds=int(timeout) + 30,
+                    shutdown_timeout_seconds=int(min(timeout, 60)))
     if os.environ.get(ENV_MODE) == "auto":
-        jax.distributed.initialize(**timeouts)
+        args: dict = {}
     elif ENV_COORDINATOR in os.environ:
         local_devices = os.environ.get(ENV_LOCAL_DEVICES)
         if local_devices:
             jax.config.update("jax_num_cpu_devices", int(local_devices))
         # CPU processes exchange collectives through gloo (the default has none across processes).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=os.environ[ENV_COORDINATOR],
-            num_processes=int(os.environ[ENV_NUM_PROCESSES]),
-            process_id=int(os.environ[ENV_PROCESS_ID]),
-            initialization_timeout=120, **timeouts)
+        args = dict(coordinator_address=os.environ[ENV_COORDINATOR],
+                    num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+                    process_id=int(os.environ[ENV_PROCESS_ID]))
     else:
         return
-    preemption.install()   # SIGTERM stays ours (the runtime's notifier may have taken it)
+    # The runtime's preemption notifier takes SIGTERM over: kept() makes it ours again,
+    # a SIGTERM sent meanwhile included. The join waits for every process; one that died
+    # before joining would make the runtime abort the others after initialization_timeout
+    # (status 134, no name): the watchdog stops this process first, with one line.
+    with stop_signal.kept(), _start_watchdog(timeout):
+        jax.distributed.initialize(**args, initialization_timeout=int(timeout) + 30,
+                                   **timeouts)
     log.info("process %d/%d: %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+@contextlib.contextmanager
+def _start_watchdog(timeout: float) -> Iterator[None]:
+    """Inside: exit EXIT_PEER_LOST with one line if the block has not finished after
+    `timeout` seconds (the multi-process start, waiting for a process that is gone)."""
+    def expire() -> None:
+        print(f"error: not every process joined the multi-process run within {timeout:.0f}s "
+              f"({preemption.ENV_PEER_TIMEOUT}): one died or did not start (the runtime "
+              f"does not say which before all have joined); rerun the same command on "
+              f"every host", file=sys.stderr, flush=True)
+        os._exit(preemption.EXIT_PEER_LOST)   # the runtime's exit handler would wait on
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def is_main_process() -> bool:
@@ -64,12 +93,13 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
+def barrier(name: str, stop_aware: bool = True) -> None:
     """All processes reach this point (no-op in a single process). The one convention for
     shared outputs: every process computes, process 0 writes, then all pass a barrier.
 
     Bounded: PeerLostError naming the absent processes after SE_JAX_PEER_TIMEOUT seconds;
-    Preempted when another process stopped for a preemption instead of coming here."""
+    with `stop_aware`, Preempted when a process stopped for a preemption instead of
+    coming here (or asked to stop while waiting)."""
     if jax.process_count() > 1:
         from jax._src import distributed as jax_distributed
         client = jax_distributed.global_state.client
@@ -78,7 +108,7 @@ def barrier(name: str) -> None:
             multihost_utils.sync_global_devices(name)
             return
         preemption.wait_for_all(client, preemption.barrier_key(name), f"barrier {name!r}",
-                                stop_aware=True)
+                                stop_aware=stop_aware)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

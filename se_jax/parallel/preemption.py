@@ -1,12 +1,14 @@
 """Preemption and lost peers: stop at a step or shard boundary, saved, with one line.
 
 Spot/preemptible capacity and cluster schedulers stop a job with SIGTERM and a grace period.
-The launchers (se_jax/pipeline/cli.py) install `install()`'s handler, which only sets a
-process-wide flag. The loops call `should_stop(where)` at their boundaries (the training
-loop after each step, the stages after each shard is written); when it says stop, the loop
-saves what it has (Orbax for training, the shard on disk already for the stages) and raises
-`Preempted(where)`; `cli.run` prints one line, where it stopped and how to resume, and exits
-with EXIT_PREEMPTED. A rerun of the same command resumes exactly, as after a kill -9.
+Every launcher installs se_jax/parallel/stop_signal.py's handler as its first statement;
+it only sets a process-wide flag. The loops call `should_stop(where)` at their boundaries
+(the training loop after each step, the stages after each shard is written); when it says
+stop, the loop saves what it has (Orbax for training, the shard on disk already for the
+stages) and raises `Preempted(where)`; `cli.run` prints one line, where it stopped and how
+to resume, and exits with EXIT_PREEMPTED. A stop requested before the first boundary
+(during imports, the model load, compilation) stops at the first one. A rerun of the same
+command resumes exactly, as after a kill -9.
 
 Exit status 75 (EX_TEMPFAIL of sysexits.h, "temporary failure, retry later"): distinct from
 success, from a user error (2), from a crash (1), and from death by a signal (128+n, which a
@@ -22,19 +24,23 @@ counts as a flag too. Loops whose processes do different work (the evaluate stag
 shards) use `lockstep=False`: a stopping process publishes a stop key that the others see
 at their next boundary or in `distributed.barrier`.
 
-A dead peer: every wait for other processes (the exchange, the barriers) gives up after
-`peer_timeout()` seconds (SE_JAX_PEER_TIMEOUT, default 300) with `PeerLostError` naming the
-processes that did not arrive; jax.distributed's heartbeat timeout, 30 s longer, is the backstop.
+A dead peer: every wait for other processes (the exchange, the barriers, the exit barrier
+of cli.run) gives up after `peer_timeout()` seconds (SE_JAX_PEER_TIMEOUT, default 300) with
+`PeerLostError` naming the processes that did not arrive. A process that dies before it
+joined cannot be named (the runtime tells nothing before all have joined):
+distributed.initialize's watchdog exits 76 with one line after the same timeout.
+jax.distributed's own checks (heartbeat, join), 30 s later, abort the process: the backstop.
 """
 from __future__ import annotations
 
 import collections
 import os
-import signal
-import threading
 import time
 
 import jax
+
+from se_jax.parallel import stop_signal
+from se_jax.parallel.stop_signal import install, request_stop, stop_requested  # noqa: F401
 
 EXIT_PREEMPTED = 75          # sysexits EX_TEMPFAIL
 EXIT_PEER_LOST = 76          # a peer process died or stopped answering
@@ -42,8 +48,6 @@ ENV_PEER_TIMEOUT = "SE_JAX_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 300.0
 _PREFIX = "se_jax/preemption"
 
-_stop = threading.Event()
-_reason: list[str] = []
 _counters: collections.Counter = collections.Counter()
 _published = False
 
@@ -54,7 +58,7 @@ class Preempted(Exception):
     def __init__(self, where: str, reason: str = ""):
         super().__init__(where)
         self.where = where
-        self.reason = reason or (_reason[0] if _reason else "a stop request")
+        self.reason = reason or stop_signal.reason() or "a stop request"
 
 
 class PeerLostError(RuntimeError):
@@ -70,34 +74,10 @@ def peer_timeout() -> float:
         raise ValueError(f"{ENV_PEER_TIMEOUT}={value!r} is not a number of seconds") from None
 
 
-def _handler(signum, frame) -> None:
-    request_stop(signal.Signals(signum).name)
-
-
-def install() -> None:
-    """Make SIGTERM request a stop at the next boundary (main thread only; idempotent).
-    Called by the launchers, again after jax.distributed starts (its notifier may take
-    SIGTERM over)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _handler)
-
-
-def request_stop(reason: str = "a stop request") -> None:
-    if not _stop.is_set():
-        _reason.append(reason)
-    _stop.set()
-
-
-def stop_requested() -> bool:
-    """This process was asked to stop (no coordination with the others)."""
-    return _stop.is_set()
-
-
 def reset() -> None:
     """Forget a stop request (tests)."""
     global _published
-    _stop.clear()
-    _reason.clear()
+    stop_signal.reset()
     _published = False
 
 
@@ -147,7 +127,7 @@ def wait_for_all(client, name: str, what: str, timeout: float | None = None,
     timeout = peer_timeout() if timeout is None else timeout
     me, n = jax.process_index(), jax.process_count()
     keys = {p: f"{_PREFIX}/{name}/{p}" for p in range(n)}
-    client.key_value_set(keys[me], "1" if _stop.is_set() else "0")
+    client.key_value_set(keys[me], "1" if stop_requested() else "0")
     start, values = time.monotonic(), {}
     for p, key in keys.items():
         while p not in values:
@@ -160,7 +140,7 @@ def wait_for_all(client, name: str, what: str, timeout: float | None = None,
                 if "DEADLINE" not in str(e).upper():
                     raise PeerLostError(f"lost the coordination service while waiting at "
                                         f"{what} (process 0 died?): {str(e)[:200]}") from None
-                if stop_aware and (_stop.is_set() or stop_published(client)):
+                if stop_aware and (stop_requested() or stop_published(client)):
                     publish_stop(client)
                     raise Preempted(f"{what} (waiting for the other processes)")
     return values
@@ -183,13 +163,14 @@ def stop_published(client) -> bool:
 def should_stop(where: str = "", lockstep: bool = True) -> bool:
     """At a boundary: True when this run must stop here (every process gets the same answer
     at a lockstep boundary; see module doc). Cheap on one process (a flag read)."""
+    install()   # SIGTERM stays ours, should a library have taken it over since
     client = _client()
     if client is None:
-        return _stop.is_set()
+        return stop_requested()
     if not lockstep:
-        if _stop.is_set():
+        if stop_requested():
             publish_stop(client)
-        return _stop.is_set() or stop_published(client)
+        return stop_requested() or stop_published(client)
     _counters["boundary"] += 1
     n = _counters["boundary"]
     if _jax_notice(n):
@@ -201,7 +182,7 @@ def should_stop(where: str = "", lockstep: bool = True) -> bool:
         except Exception:
             pass
     stop = any(v == "1" for v in values.values()) or stop_published(client)
-    if stop and not _stop.is_set():
+    if stop and not stop_requested():
         request_stop("another process's stop request")
     return stop
 

@@ -10,7 +10,9 @@ keeps its traceback.
 
 SIGTERM (preemption, a scheduler's stop) makes the run stop at its next step or shard
 boundary, saved, with one line `preempted: stopped after <where> ...; resume: <command>`
-and exit status 75 (se_jax/parallel/preemption.py). A lost peer process of a multi-process
+and exit status 75 (se_jax/parallel/preemption.py). Each launcher installs the handler as
+its first statement (se_jax/parallel/stop_signal.py); once the outcome is decided,
+SIGTERM is ignored while the process exits. A lost peer process of a multi-process
 run: `error: process <i> ... did not reach ...`, exit status 76.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from absl import app, flags
 from se_jax.config.schema import RunConfig
 from se_jax.io import runtime
 from se_jax.parallel import distributed
-from se_jax.parallel import preemption
+from se_jax.parallel import preemption, stop_signal
 from se_jax.io.stage_io import WriterLockError
 
 EXIT_USER_ERROR = 2
@@ -133,9 +135,13 @@ def run(main: Callable[[list[str]], Any]) -> None:
 
     def guarded(argv: list[str]) -> Any:
         runtime.setup(library_logs=flags.FLAGS.library_logs)
-        preemption.install()
+        stop_signal.install()   # the launcher did already; kept for callers that did not
         try:
-            return _named_lost_peer(main, argv)
+            result = _named_lost_peer(main, argv)
+            # Multi-process: leave together; JAX's shutdown barrier at exit waits only
+            # min(SE_JAX_PEER_TIMEOUT, 60) s for the others, then aborts this process.
+            distributed.barrier("exit", stop_aware=False)
+            return result
         except preemption.Preempted as e:
             print(one_line(f"preempted ({e.reason}): stopped after {e.where}; everything up "
                            f"to there is saved; resume: {resume_command()}"),
@@ -154,6 +160,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
                 raise
             print("error: interrupted", file=sys.stderr, flush=True)
             sys.exit(130)
+        finally:   # decided: a late SIGTERM must not turn this exit into a death by signal
+            stop_signal.finished()
 
     app.run(guarded, flags_parser=parse_flags)
 
