@@ -100,8 +100,9 @@ def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tmp_pat
     as 2 local processes, each on its own device: every output a result depends on
     (generations, uncertainties, SFT sets, adapters, outcomes, metrics, results.csv,
     sweep.csv) is byte-identical to a 1-process run; sample and entropy shards are each
-    computed by one process; Orbax checkpoints are saved by process 0 only (in its
-    single-process mode: the arrays live on each process's own devices)."""
+    computed by one process; each fine-tuning run is trained, saved (Orbax's
+    single-process mode: the arrays live on each process's own devices) and evaluated by
+    one process, and both processes get runs."""
     import re
     model_dir, data_dir = tiny_inputs
     one, two = tmp_path / "one", tmp_path / "two"
@@ -121,8 +122,22 @@ def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tmp_pat
                 log):
             per_dir.setdefault(where, []).extend(int(s) for s in shards.split(",") if s.strip())
         assert per_dir and all(len(v) == len(set(v)) for v in per_dir.values()), per_dir
-    saves = re.findall(r"\[p(\d)\].*checkpoint: saving step", log)
-    assert saves and set(saves) == {"0"}, saves
+    # Each run is trained and evaluated by one process (both get runs); its checkpoints
+    # are saved by that process alone (Orbax's single-process mode).
+    owned = {}
+    for pid, tags in re.findall(r"\[p(\d)\].*experiment: process \d of 2 trains and "
+                                r"evaluates runs \[(.*)\]", log):
+        for tag in re.findall(r"'([^']+)'", tags):
+            assert owned.setdefault(tag, pid) == pid, (tag, log[-3000:])   # sweep, final
+    assert set(owned.values()) == {"0", "1"}, owned
+    savers: dict[str, set] = {}
+    for pid, where in re.findall(r"\[p(\d)\].*checkpoint: saving step \d+ to (\S+)", log):
+        savers.setdefault(where, set()).add(pid)
+    assert savers and all(len(p) == 1 for p in savers.values()), savers
+    assert {p for s in savers.values() for p in s} == {"0", "1"}, savers
+    for pid, tag in re.findall(r"\[p(\d)\].*evaluate (\S+): process \d answered", log):
+        if tag != "original":
+            assert owned[tag] == pid, (tag, pid)
     compared = 0
     for path in sorted(one.rglob("*")):
         rel = path.relative_to(one)

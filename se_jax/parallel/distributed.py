@@ -11,11 +11,19 @@ Call `initialize()` first thing in every entry point, before any JAX computation
 
 Afterwards `jax.devices()` lists every process's devices, so `se_jax.parallel.mesh.make_mesh` builds a
 global mesh, and each process feeds and reads only its addressable shards.
+
+Work spread over processes as whole units (a sweep's fine-tuning run, trained and evaluated
+by one process on its own devices) runs inside `alone()`: there this process is its own
+group of one (`group_index()` 0 of `group_size()` 1, `is_main_process()`, `barrier` a no-op),
+so every stage it calls computes all of the unit's shards and writes its outputs itself.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -29,6 +37,7 @@ ENV_PROCESS_ID = "SE_JAX_PROCESS_ID"
 ENV_LOCAL_DEVICES = "SE_JAX_LOCAL_DEVICES"  # CPU devices per local process (simulated)
 
 log = logging.getLogger(__name__)
+_group = threading.local()   # .alone: this thread works on a unit of its own (see alone())
 
 
 def initialize() -> None:
@@ -59,9 +68,37 @@ def initialize() -> None:
              jax.local_device_count(), jax.device_count())
 
 
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within: this process is a group of one (see module doc). For work on this process's
+    own devices only: a collective over other processes' devices inside would never end."""
+    before = getattr(_group, "alone", False)
+    _group.alone = True
+    try:
+        yield
+    finally:
+        _group.alone = before
+
+
+def working_alone() -> bool:
+    """Inside `alone()`, or a single process: no other process takes part in this work."""
+    return getattr(_group, "alone", False) or jax.process_count() == 1
+
+
+def group_index() -> int:
+    """This process's rank among those sharing the current work (0 inside `alone()`)."""
+    return 0 if getattr(_group, "alone", False) else jax.process_index()
+
+
+def group_size() -> int:
+    """How many processes share the current work (1 inside `alone()`)."""
+    return 1 if getattr(_group, "alone", False) else jax.process_count()
+
+
 def is_main_process() -> bool:
-    """Process 0 writes shared outputs and prints summaries."""
-    return jax.process_index() == 0
+    """Process 0 (or this process inside `alone()`) writes shared outputs and prints
+    summaries."""
+    return group_index() == 0
 
 
 def barrier(name: str) -> None:
@@ -70,7 +107,7 @@ def barrier(name: str) -> None:
 
     Bounded: PeerLostError naming the absent processes after SE_JAX_PEER_TIMEOUT seconds;
     Preempted when another process stopped for a preemption instead of coming here."""
-    if jax.process_count() > 1:
+    if group_size() > 1:
         from jax._src import distributed as jax_distributed
         client = jax_distributed.global_state.client
         if client is None:   # not started through initialize(): the device-level sync

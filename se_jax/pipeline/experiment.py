@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 from absl import logging
 
 from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
+from se_jax.parallel import distributed
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
@@ -84,7 +86,6 @@ class SharedBase:
 
     def __call__(self):
         if self._resident is None:
-            import jax
             # Inference and training are data-parallel over this process's devices.
             mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
             model_config = self.config.model
@@ -123,6 +124,8 @@ class Job:
     # and the runs that took over an earlier run's outputs: tag -> that run's tag.
     _by_input: dict = dataclasses.field(default_factory=dict)
     _same_as: dict = dataclasses.field(default_factory=dict)
+    # Training input (fingerprint) -> the process that trains it (`owner`).
+    _owners: dict = dataclasses.field(default_factory=dict)
 
     @property
     def test_splits(self) -> list[str]:
@@ -255,6 +258,39 @@ class Job:
     def train_and_evaluate(self, run: Run, sft: Callable[[], Path], splits: Sequence[str]
                            ) -> dict[str, dict]:
         return self.evaluate(run.tag, lambda: self.trained_model(run, sft()), splits)
+
+    def owner(self, run: Run, sft: Path) -> int:
+        """The process that trains and evaluates `run`: runs with the same training input
+        (`train.input_fingerprint`, so twins stay together and one trains for both) go to
+        processes round-robin, in the order they are first asked for (the same on every
+        process), and keep their owner for this invocation."""
+        key = train.input_fingerprint(self.run_config(run), sft)
+        return self._owners.setdefault(key, len(self._owners) % jax.process_count())
+
+    def spread_runs(self, runs: Sequence[Run], sft: Callable[[Run], Callable[[], Path]],
+                    splits: Sequence[str]) -> list[dict[str, dict]]:
+        """Each run trained and evaluated on `splits` by its owner alone, on its own
+        devices (`distributed.alone()`: its stages compute every shard and write the run's
+        files themselves); after a barrier every process reads every run's metrics from
+        the files. Returns the metrics per run, in `runs`' order. Collective: every process
+        calls it with the same runs. One process: the same work, in the same order."""
+        sfts = [sft(r)() for r in runs]   # the label stage, collective (cheap, shared sets)
+        owners = [self.owner(r, p) for r, p in zip(runs, sfts)]
+        metrics = [{s: evaluate.read_metrics(self.layout.evaluate(r.tag, s)) for s in splits}
+                   for r in runs]
+        if any(None in m.values() for m in metrics):
+            self.resident(), self.judge()   # loaded together, before the work splits up
+        mine = [i for i, o in enumerate(owners) if o == jax.process_index()]
+        logging.info("experiment: process %d of %d trains and evaluates runs %s",
+                     jax.process_index(), jax.process_count(), [runs[i].tag for i in mine])
+        for i in mine:
+            with distributed.alone():
+                metrics[i] = self.train_and_evaluate(runs[i], lambda i=i: sfts[i], splits)
+        barrier(f"runs-{self.layout.root}")
+        for r, m in zip(runs, metrics):
+            for s, v in m.items():
+                m[s] = v or evaluate.read_metrics(self.layout.evaluate(r.tag, s))
+        return metrics
 
 
 @dataclasses.dataclass
@@ -430,8 +466,9 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     # Sweep on validation; pick tau per method.
     rows = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT])
             for s in sweep.seeds]
-    for i, r in enumerate(sweep.runs):
-        metrics = job.train_and_evaluate(r, prep.sft(job, r), [SWEEP_SPLIT])
+    sft = lambda r: prep.sft(job, r)   # noqa: E731
+    for i, (r, metrics) in enumerate(zip(sweep.runs, job.spread_runs(sweep.runs, sft,
+                                                                    [SWEEP_SPLIT]))):
         rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         logging.info("experiment: run %d/%d %s: val AED %.3f (%.0fs)", i + 1, len(sweep.runs),
                      r.tag, metrics[SWEEP_SPLIT]["aed"], time.perf_counter() - t0)
@@ -441,9 +478,8 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     final_runs = sweep.final_runs(picked)
     results = [result_row(ORIGINAL, None, sp, s, original[sp])
                for s in sweep.seeds for sp in job.test_splits]
-    for r in final_runs:
-        metrics = job.train_and_evaluate(r, prep.sft(job, r),
-                                         [SWEEP_SPLIT, *job.test_splits])
+    for r, metrics in zip(final_runs, job.spread_runs(final_runs, sft,
+                                                      [SWEEP_SPLIT, *job.test_splits])):
         if r.arm:
             rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in job.test_splits]

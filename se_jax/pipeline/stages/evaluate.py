@@ -7,7 +7,8 @@ finished shards and a finished directory (metrics.json) is returned as is.
 Multi-process (one process per host, or N local processes): shard i is computed by
 process i % P with its local devices (data parallelism over hosts needs no cross-host
 collectives for inference); after a barrier process 0 merges the shards and writes the
-metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod).
+metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod). Inside
+`distributed.alone()` (a sweep run owned by one process) this process does all of it.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from absl import logging
 from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
 from se_jax.io import stage_io
-from se_jax.parallel.distributed import barrier
+from se_jax.parallel.distributed import barrier, is_main_process
+from se_jax.parallel.mesh import my_shards
 from se_jax.parallel import preemption
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed
@@ -69,7 +71,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
                     # the questions' content: a rerun on other questions is refused
                     stage_io.INPUTS_KEY: {"questions": {
                         "path": "(split records)", "sha256": stage_io.records_sha256(questions)}}}
-    if jax.process_index() == 0:
+    if is_main_process():
         stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
     done = read_metrics(out_dir)
     if done is not None:
@@ -80,7 +82,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     shard_size = max(ev.batch_size, 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
-    mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
+    mine = my_shards(out.pending())
     answer_fn = _greedy_fn(model, tokenizer, config, mesh)
     progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
                                  unit="questions")
@@ -97,7 +99,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
                  jax.process_index(), len(mine), num_shards)
     barrier(f"evaluate-shards-{out_dir}")
-    if jax.process_index() == 0:
+    if is_main_process():
         out.finalize()
         outcomes = list(out.records())
         metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge.name,
@@ -113,7 +115,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
 
 def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
     """`src`'s outcomes as this directory's (process 0 writes; metrics.json last)."""
-    if jax.process_index() == 0:
+    if is_main_process():
         target, name = out_dir / f"{OUTCOMES}.jsonl", src / f"{OUTCOMES}.jsonl"
         target.unlink(missing_ok=True)
         stage_io.link_or_copy(name, target)
