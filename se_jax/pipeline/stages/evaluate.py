@@ -96,8 +96,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         progress.update(len(chunk))
         # Processes answer different shards here: a stop is seen at the next shard or barrier.
         preemption.check(f"evaluate shard {i + 1} of {num_shards} in {out_dir}", lockstep=False)
-    logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
-                 jax.process_index(), len(mine), num_shards)
+    logging.info("evaluate %s: process %d answered %d of %d shards in %s", model_tag,
+                 jax.process_index(), len(mine), num_shards, out_dir)
     barrier(f"evaluate-shards-{out_dir}")
     if is_main_process():
         out.finalize()
