@@ -36,7 +36,7 @@ from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigE
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
-from se_jax.pipeline.resident import Resident
+from se_jax.pipeline.resident import Resident, free
 from se_jax.pipeline.stages import teach
 from se_jax.abstention import judges
 from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
@@ -105,6 +105,13 @@ class SharedBase:
             self._resident = resident
         return self._resident
 
+    def release(self) -> None:
+        """Delete the generator's arrays now (a judge stage needs the memory:
+        judge_stage.judge_phase); the next call loads it again."""
+        if self._resident is not None:
+            free(self._resident.model)
+            self._resident = None
+
 
 @dataclasses.dataclass
 class Job:
@@ -153,6 +160,14 @@ class Job:
                 self._judge = judges.make_judge(ev, base.model, base.tokenizer,
                                                 model_name=str(self.config.model.path))
         return self._judge
+
+    def release_generator(self) -> None:
+        """Free the generator's memory for a judge stage: the resident base, the runs'
+        models built on it and a judge running on it are dropped; the next use loads the
+        generator again."""
+        self._trained.clear()
+        self._judge = None
+        self.resident.release()
 
     # ------------------------------------------------------------------ stages
 
