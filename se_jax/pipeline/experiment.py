@@ -361,7 +361,8 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
                           f"on {mem.target.name}, whose devices hold "
                           f"{mem.target.memory_gib:.1f} GiB (mesh {mem.mesh}): shard more "
                           f"(config.mesh.tensor / fsdp) or use smaller sampling / evaluation "
-                          f"batches")
+                          f"batches" + "".join(f"; {n}" for n in mem.notes
+                                               if n.startswith("judge stage")))
     return text
 
 
