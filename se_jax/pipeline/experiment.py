@@ -282,19 +282,21 @@ class Job:
         key = train.input_fingerprint(self.run_config(run), sft)
         return self._owners.setdefault(key, len(self._owners) % jax.process_count())
 
-    def spread_runs(self, runs: Sequence[Run], sft: Callable[[Run], Callable[[], Path]],
+    def spread_runs(self, runs: Sequence[Run], sft: Callable[[Run], Path],
                     splits: Sequence[str]) -> list[dict[str, dict]]:
         """Each run trained and evaluated on `splits` by its owner alone, on its own
         devices (`distributed.alone()`: its stages compute every shard and write the run's
         files themselves); after a barrier every process reads every run's metrics from
         the files. Returns the metrics per run, in `runs`' order. Collective: every process
-        calls it with the same runs. One process: the same work, in the same order."""
-        sfts = [sft(r)() for r in runs]   # the label stage, collective (cheap, shared sets)
+        calls it with the same runs. One process: the same work, in the same order.
+        `sft(run)`: the run's SFT set (the label stage; all processes label together)."""
+        sfts = [sft(r) for r in runs]
         owners = [self.owner(r, p) for r, p in zip(runs, sfts)]
         metrics = [{s: evaluate.read_metrics(self.layout.evaluate(r.tag, s)) for s in splits}
                    for r in runs]
-        if any(None in m.values() for m in metrics):
-            self.resident(), self.judge()   # loaded together, before the work splits up
+        if any(None in m.values() for m in metrics):   # loaded before the work splits up
+            self.resident()
+            self.judge()
         mine = [i for i, o in enumerate(owners) if o == jax.process_index()]
         logging.info("experiment: process %d of %d trains and evaluates runs %s",
                      jax.process_index(), jax.process_count(), [runs[i].tag for i in mine])
@@ -482,7 +484,10 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     # Sweep on validation; pick tau per method.
     rows = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT])
             for s in sweep.seeds]
-    sft = lambda r: prep.sft(job, r)   # noqa: E731
+
+    def sft(r: Run) -> Path:
+        return prep.sft(job, r)()
+
     for i, (r, metrics) in enumerate(zip(sweep.runs, job.spread_runs(sweep.runs, sft,
                                                                     [SWEEP_SPLIT]))):
         rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
