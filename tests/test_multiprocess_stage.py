@@ -126,6 +126,9 @@ def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tiny_nl
     counts = owners.per_process()
     assert sorted(counts) == [0, 1] and all(c.get("runs") for c in counts.values()), counts
     assert {p for saved in owners.saves.values() for p in saved} == {0, 1}
+    steps = [d for d in two.glob("train/**/checkpoints/*") if d.name.isdigit()]
+    assert len(steps) >= len(owners.saves)   # each run's last one (twins: linked copies)
+    assert all((d / "index.json").is_file() and (d / "arrays.npz").is_file() for d in steps)
     compared = 0
     for path in sorted(one.rglob("*")):
         rel = path.relative_to(one)

@@ -361,7 +361,7 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
 
     # Several processes, each on its own devices (the experiment's per-process mesh): the
     # run's owner alone (inside distributed.alone()) or every process trains it; one process
-    # saves, in Orbax's single-process mode.
+    # saves (checkpointing.SoloManager).
     solo = jax.process_count() > 1 and mesh_lib.process_local(mesh)
     writes = not solo or distributed.is_main_process()
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
