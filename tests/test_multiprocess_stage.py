@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from deberta_fixtures import tiny_nli_dirs  # noqa: F401  (fixture)
 from test_experiment_e2e import write_tiny_data
+from tools import multihost_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,34 +97,38 @@ def test_two_processes_prepare_splits_sample_and_entropy_work_once(tiny_inputs, 
     assert not list(two.rglob("*.parts/*"))
 
 
-def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tmp_path):
-    """Issue 37: the whole tiny experiment (configs/tiny.py, the end-to-end test's methods)
-    as 2 local processes, each on its own device: every output a result depends on
-    (generations, uncertainties, SFT sets, adapters, outcomes, metrics, results.csv,
-    sweep.csv) is byte-identical to a 1-process run; sample and entropy shards are each
-    computed by one process; Orbax checkpoints are saved by process 0 only (in its
-    single-process mode: the arrays live on each process's own devices)."""
-    import re
+def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tiny_nli_dirs,  # noqa: F811
+                                                           tmp_path):
+    """Issue 37: the whole tiny experiment (configs/tiny.py) with DeBERTa (a tiny random NLI
+    checkpoint) and LLM-judge (the generator) entropies, as 2 local processes each on its
+    own device: every output a result depends on (generations, uncertainties, SFT sets,
+    adapters, outcomes, metrics, results.csv, sweep.csv) is byte-identical to a 1-process
+    run; each sample / entropy / evaluate shard is computed by one process; each
+    fine-tuning run is trained, saved (Orbax's single-process mode: the arrays live on each
+    process's own devices) and evaluated by one process, and both processes get runs."""
     model_dir, data_dir = tiny_inputs
     one, two = tmp_path / "one", tmp_path / "two"
 
     def command(workdir):
         return [sys.executable, str(REPO / "launch" / "experiment.py"), "--config=configs/tiny.py",
                 f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
-                f"--config.workdir={workdir}",
-                "--config.experiment.methods=('se_lexical','rtuning','rtuning_u')"]
+                f"--config.workdir={workdir}", f"--config.entropy.nli_path={tiny_nli_dirs['v1']}",
+                "--config.entropy.judge_shots=1",   # the prompt fits the tiny model's 256
+                "--config.experiment.methods=('se_deberta','se_llm_judge','rtuning_u')"]
     _run(command(one), devices=1)
     log = _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
                 "--local_devices=1", "--", *command(two)])
-    for stage in ("sample", "entropy"):
-        per_dir: dict[str, list] = {}
-        for pid, shards, where in re.findall(
-                rf"\[p\d\].*{stage}: process (\d) computed shards \[([\d, ]*)\] of \d+ in (\S+)",
-                log):
-            per_dir.setdefault(where, []).extend(int(s) for s in shards.split(",") if s.strip())
-        assert per_dir and all(len(v) == len(set(v)) for v in per_dir.values()), per_dir
-    saves = re.findall(r"\[p(\d)\].*checkpoint: saving step", log)
-    assert saves and set(saves) == {"0"}, saves
+    owners = multihost_log.parse(log)
+    assert owners.problems() == [], owners.problems()
+    assert {stage for stage, _ in owners.shards} == {"sample", "entropy"}
+    assert {where.split("/entropy/")[1].split("/")[0] for stage, where in owners.shards
+            if stage == "entropy"} == {"deberta", "llm_judge"}
+    counts = owners.per_process()
+    assert sorted(counts) == [0, 1] and all(c.get("runs") for c in counts.values()), counts
+    assert {p for saved in owners.saves.values() for p in saved} == {0, 1}
+    steps = [d for d in two.glob("train/**/checkpoints/*") if d.name.isdigit()]
+    assert len(steps) >= len(owners.saves)   # each run's last one (twins: linked copies)
+    assert all((d / "index.json").is_file() and (d / "arrays.npz").is_file() for d in steps)
     compared = 0
     for path in sorted(one.rglob("*")):
         rel = path.relative_to(one)

@@ -180,8 +180,10 @@ def test_paper_config_and_gpu_variant_dry_runs_with_real_shapes():
     assert eight.returncode == 0, eight.stderr[-2000:]
     assert _gib(eight.stdout, "evaluation judge weights (71B)") == pytest.approx(
         70.55e9 * 2 / 8 / 2**30, rel=0.01)
+    assert "judge alone over all 8 devices, the generator released: 16.43 GiB" in eight.stdout
     too_big = _dry_run("paper_llama3_8b_gpu", "h100x1", *judge70)
     assert too_big.returncode == 2 and "GiB per device" in too_big.stderr
+    assert "judge alone over all 1 devices" in too_big.stderr   # the judge stage's line
     odd = _dry_run("paper_llama3_8b_gpu", "h100x8", "--config.training.batch_size=50")
     assert odd.returncode == 2 and "not divisible by the 8 batch shards" in odd.stderr
     bad_mesh = _dry_run("paper_llama3_8b", "h100x1")   # tensor=4 on one GPU

@@ -168,3 +168,30 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(config_file,
     assert step == 3
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored["params"]),
                  good)
+
+
+def test_solo_checkpoint_restores_the_train_state(tmp_path):
+    """A run trained alone by one process of several checkpoints through SoloManager
+    (Orbax's single-process mode writes numpy arrays on process 0 only): the real train
+    state (int-keyed dicts in optax's state, bfloat16 / int leaves) comes back in its
+    structure, dtypes and shardings, and its params alone for a finished run."""
+    from tests.typed_configs import training as training_cfg
+    model = load_llama(make_tiny_llama_dir(tmp_path / "m"))
+    tc = training_cfg(mode="lora", lora=dict(rank=2, alpha=4.0), distill=dict(enabled=False))
+    training.prepare_model(model, tc, seed=0)
+    mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+    state = training.init_train_state(model, tc, mesh=mesh, num_updates=4).checkpoint()
+    manager = checkpointing.make_manager(tmp_path / "ckpt", save_every=1, keep=1,
+                                         async_save=False, solo=True)
+    assert checkpointing.save(manager, 1, state, force=True)
+    step, got = checkpointing.restore_latest(manager, state)
+    manager.close()
+    assert step == 1 and jax.tree.structure(got) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state)):
+        assert a.dtype == b.dtype and a.sharding == b.sharding
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    fresh = checkpointing.make_manager(tmp_path / "ckpt", save_every=1, keep=1,
+                                       async_save=False, solo=True)   # as restored_run_model
+    params = checkpointing.restore_latest_params(fresh, state["params"])
+    fresh.close()
+    assert jax.tree.structure(params) == jax.tree.structure(state["params"])

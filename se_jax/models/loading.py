@@ -30,6 +30,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from se_jax.config import precision
 from se_jax.io import runtime
+from se_jax.parallel import distributed
 from se_jax.parallel.distributed import to_host
 from se_jax.models.embedded import resolve_model_path
 from se_jax.parallel.mesh import ShardingRules, variable_sharding
@@ -264,7 +265,7 @@ def save_hf_checkpoint(model: Llama, path: str, tokenizer=None) -> str:
     """Write `model` as a HF directory (config.json + model.safetensors [+ tokenizer]) that
     transformers and `load_llama` read. Only process 0 writes; returns `path`."""
     tensors = to_hf_state_dict(model)
-    if jax.process_index() == 0:
+    if distributed.is_main_process():
         write_hf_checkpoint(path, hf_config_dict(model.config), tensors)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)

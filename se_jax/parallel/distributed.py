@@ -11,6 +11,11 @@ Call `initialize()` first thing in every entry point, before any JAX computation
 
 Afterwards `jax.devices()` lists every process's devices, so `se_jax.parallel.mesh.make_mesh` builds a
 global mesh, and each process feeds and reads only its addressable shards.
+
+Work spread over processes as whole units (a sweep's fine-tuning run, trained and evaluated
+by one process on its own devices) runs inside `alone()`: there this process is its own
+group of one (`group_index()` 0 of `group_size()` 1, `is_main_process()`, `barrier` a no-op),
+so every stage it calls computes all of the unit's shards and writes its outputs itself.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ ENV_PROCESS_ID = "SE_JAX_PROCESS_ID"
 ENV_LOCAL_DEVICES = "SE_JAX_LOCAL_DEVICES"  # CPU devices per local process (simulated)
 
 log = logging.getLogger(__name__)
+_group = threading.local()   # .alone: this thread works on a unit of its own (see alone())
 
 
 def initialize() -> None:
@@ -88,9 +94,36 @@ def _start_watchdog(timeout: float) -> Iterator[None]:
         timer.cancel()
 
 
+def alone() -> Iterator[None]:
+    """Within: this process is a group of one (see module doc). For work on this process's
+    own devices only: a collective over other processes' devices inside would never end."""
+    before = getattr(_group, "alone", False)
+    _group.alone = True
+    try:
+        yield
+    finally:
+        _group.alone = before
+
+
+def working_alone() -> bool:
+    """Inside `alone()`, or a single process: no other process takes part in this work."""
+    return getattr(_group, "alone", False) or jax.process_count() == 1
+
+
+def group_index() -> int:
+    """This process's rank among those sharing the current work (0 inside `alone()`)."""
+    return 0 if getattr(_group, "alone", False) else jax.process_index()
+
+
+def group_size() -> int:
+    """How many processes share the current work (1 inside `alone()`)."""
+    return 1 if getattr(_group, "alone", False) else jax.process_count()
+
+
 def is_main_process() -> bool:
-    """Process 0 writes shared outputs and prints summaries."""
-    return jax.process_index() == 0
+    """Process 0 (or this process inside `alone()`) writes shared outputs and prints
+    summaries."""
+    return group_index() == 0
 
 
 def barrier(name: str, stop_aware: bool = True) -> None:
@@ -100,7 +133,7 @@ def barrier(name: str, stop_aware: bool = True) -> None:
     Bounded: PeerLostError naming the absent processes after SE_JAX_PEER_TIMEOUT seconds;
     with `stop_aware`, Preempted when a process stopped for a preemption instead of
     coming here (or asked to stop while waiting)."""
-    if jax.process_count() > 1:
+    if group_size() > 1:
         from jax._src import distributed as jax_distributed
         client = jax_distributed.global_state.client
         if client is None:   # not started through initialize(): the device-level sync

@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from se_jax.config.schema import MeshConfig
+from se_jax.parallel import distributed
 
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
@@ -165,8 +166,10 @@ def process_local(mesh: Mesh | None) -> bool:
 
 def my_shards(pending: Sequence[int]) -> list[int]:
     """The shards of `pending` this process computes when work is spread over processes:
-    shard i is process i % P's (the same split whatever each process's `pending` saw)."""
-    return [i for i in pending if i % jax.process_count() == jax.process_index()]
+    shard i is process i % P's (the same split whatever each process's `pending` saw);
+    all of them inside `distributed.alone()`."""
+    return [i for i in pending
+            if i % distributed.group_size() == distributed.group_index()]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

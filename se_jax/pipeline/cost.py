@@ -259,8 +259,7 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
     if target.hosts > 1:
         notes.append(f"each of the {target.hosts} hosts works on its own "
                      f"{target.devices_per_host} devices: sample, entropy and evaluate shards "
-                     f"are spread over the hosts; every host still trains every run of the "
-                     f"sweep (spreading the runs is not built: issue 37 item 2)")
+                     f"and the sweep's runs are spread over the hosts")
     judge = ev.judge_model if ev.judge == "llm" else ""
     for who, path in (("evaluation judge", judge), ("entropy judge",
                       config.entropy.judge_model if any(
@@ -273,6 +272,13 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
             jt = sum(math.prod(s.hf_shape) for s in param_specs(js))
             parts[f"{who} weights ({jt / 1e9:.0f}B)"] = (
                 jt * _bytes(config.model.dtype) // model_shards)
+            if who == "evaluation judge":
+                pod = target.hosts * target.devices_per_host
+                notes.append(f"judge stage (judge_stage.judge_phase, not yet called by the "
+                             f"experiment): the {jt / 1e9:.0f}B judge alone over all {pod} "
+                             f"devices, the generator released: "
+                             f"{jt * _bytes(config.model.dtype) / pod / _GIB:.2f} GiB per "
+                             f"device")
     return Memory(target, axes, parts, tuple(notes))
 
 

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 from absl import logging
 
 from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
+from se_jax.parallel import distributed
 from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.layout import DONE, Layout, is_done
 from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
@@ -35,7 +37,7 @@ from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigE
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
-from se_jax.pipeline.resident import Resident
+from se_jax.pipeline.resident import Resident, free
 from se_jax.pipeline.stages import teach
 from se_jax.abstention import judges
 from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
@@ -87,7 +89,6 @@ class SharedBase:
 
     def __call__(self):
         if self._resident is None:
-            import jax
             # Inference and training are data-parallel over this process's devices.
             mesh = make_mesh(self.config.mesh, devices=jax.local_devices())
             model_config = self.config.model
@@ -106,6 +107,13 @@ class SharedBase:
                 mark_done(self.layout.teach)
             self._resident = resident
         return self._resident
+
+    def release(self) -> None:
+        """Delete the generator's arrays now (a judge stage needs the memory:
+        judge_stage.judge_phase); the next call loads it again."""
+        if self._resident is not None:
+            free(self._resident.model)
+            self._resident = None
 
 
 @dataclasses.dataclass
@@ -126,6 +134,8 @@ class Job:
     # and the runs that took over an earlier run's outputs: tag -> that run's tag.
     _by_input: dict = dataclasses.field(default_factory=dict)
     _same_as: dict = dataclasses.field(default_factory=dict)
+    # Training input (fingerprint) -> the process that trains it (`owner`).
+    _owners: dict = dataclasses.field(default_factory=dict)
 
     @property
     def test_splits(self) -> list[str]:
@@ -153,6 +163,14 @@ class Job:
                 self._judge = judges.make_judge(ev, base.model, base.tokenizer,
                                                 model_name=str(self.config.model.path))
         return self._judge
+
+    def release_generator(self) -> None:
+        """Free the generator's memory for a judge stage: the resident base, the runs'
+        models built on it and a judge running on it are dropped; the next use loads the
+        generator again."""
+        self._trained.clear()
+        self._judge = None
+        self.resident.release()
 
     # ------------------------------------------------------------------ stages
 
@@ -262,6 +280,41 @@ class Job:
                            ) -> dict[str, dict]:
         return self.evaluate(run.tag, lambda: self.trained_model(run, sft()), splits)
 
+    def owner(self, run: Run, sft: Path) -> int:
+        """The process that trains and evaluates `run`: runs with the same training input
+        (`train.input_fingerprint`, so twins stay together and one trains for both) go to
+        processes round-robin, in the order they are first asked for (the same on every
+        process), and keep their owner for this invocation."""
+        key = train.input_fingerprint(self.run_config(run), sft)
+        return self._owners.setdefault(key, len(self._owners) % jax.process_count())
+
+    def spread_runs(self, runs: Sequence[Run], sft: Callable[[Run], Path],
+                    splits: Sequence[str]) -> list[dict[str, dict]]:
+        """Each run trained and evaluated on `splits` by its owner alone, on its own
+        devices (`distributed.alone()`: its stages compute every shard and write the run's
+        files themselves); after a barrier every process reads every run's metrics from
+        the files. Returns the metrics per run, in `runs`' order. Collective: every process
+        calls it with the same runs. One process: the same work, in the same order.
+        `sft(run)`: the run's SFT set (the label stage; all processes label together)."""
+        sfts = [sft(r) for r in runs]
+        owners = [self.owner(r, p) for r, p in zip(runs, sfts)]
+        metrics = [{s: evaluate.read_metrics(self.layout.evaluate(r.tag, s)) for s in splits}
+                   for r in runs]
+        if any(None in m.values() for m in metrics):   # loaded before the work splits up
+            self.resident()
+            self.judge()
+        mine = [i for i, o in enumerate(owners) if o == jax.process_index()]
+        logging.info("experiment: process %d of %d trains and evaluates runs %s",
+                     jax.process_index(), jax.process_count(), [runs[i].tag for i in mine])
+        for i in mine:
+            with distributed.alone():
+                metrics[i] = self.train_and_evaluate(runs[i], lambda i=i: sfts[i], splits)
+        barrier(f"runs-{self.layout.root}")
+        for r, m in zip(runs, metrics):
+            for s, v in m.items():
+                m[s] = v or evaluate.read_metrics(self.layout.evaluate(r.tag, s))
+        return metrics
+
 
 @dataclasses.dataclass
 class ExperimentResult:
@@ -316,7 +369,8 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
                           f"on {mem.target.name}, whose devices hold "
                           f"{mem.target.memory_gib:.1f} GiB (mesh {mem.mesh}): shard more "
                           f"(config.mesh.tensor / fsdp) or use smaller sampling / evaluation "
-                          f"batches")
+                          f"batches" + "".join(f"; {n}" for n in mem.notes
+                                               if n.startswith("judge stage")))
     return text
 
 
@@ -448,8 +502,12 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     # Sweep on validation; pick tau per method.
     rows = [result_row(ORIGINAL, None, SWEEP_SPLIT, s, original[SWEEP_SPLIT])
             for s in sweep.seeds]
-    for i, r in enumerate(sweep.runs):
-        metrics = job.train_and_evaluate(r, prep.sft(job, r), [SWEEP_SPLIT])
+
+    def sft(r: Run) -> Path:
+        return prep.sft(job, r)()
+
+    for i, (r, metrics) in enumerate(zip(sweep.runs, job.spread_runs(sweep.runs, sft,
+                                                                    [SWEEP_SPLIT]))):
         rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         logging.info("experiment: run %d/%d %s: val AED %.3f (%.0fs)", i + 1, len(sweep.runs),
                      r.tag, metrics[SWEEP_SPLIT]["aed"], time.perf_counter() - t0)
@@ -459,9 +517,8 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     final_runs = sweep.final_runs(picked)
     results = [result_row(ORIGINAL, None, sp, s, original[sp])
                for s in sweep.seeds for sp in job.test_splits]
-    for r in final_runs:
-        metrics = job.train_and_evaluate(r, prep.sft(job, r),
-                                         [SWEEP_SPLIT, *job.test_splits])
+    for r, metrics in zip(final_runs, job.spread_runs(final_runs, sft,
+                                                      [SWEEP_SPLIT, *job.test_splits])):
         if r.arm:
             rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in job.test_splits]

@@ -29,6 +29,16 @@ from se_jax.models.loading import load_llama, load_tokenizer
 from se_jax.tuning import checkpointing, export, lora, training
 
 
+def free(model: nnx.Module) -> int:
+    """Delete every array of `model` now (not when Python lets go of it), so its device
+    memory is free at once; returns how many. The module is unusable afterwards, and so is
+    every clone sharing its arrays (the runs' models)."""
+    arrays = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.Array)]
+    for x in arrays:
+        x.delete()
+    return len(arrays)
+
+
 @dataclasses.dataclass
 class Resident:
     """The base model, its tokenizer and the mesh it lives on (never modified)."""

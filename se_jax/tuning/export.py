@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from se_jax.parallel import distributed
 from se_jax.parallel.distributed import to_host
 from se_jax.tuning import lora
 from se_jax.models.hf_names import param_specs
@@ -82,7 +83,7 @@ def export_peft_adapter(model, spec: lora.LoRASpec, out_dir: str, *,
     tensors = adapter_tensors(model)
     modules = sorted({n[len("base_model.model."):-len(".lora_A.weight")]
                       for n in tensors if n.endswith(".lora_A.weight")})
-    if jax.process_index() == 0:
+    if distributed.is_main_process():
         os.makedirs(out_dir, exist_ok=True)
         # atomic, and no .tmp left behind when the disk fills up
         with atomic_path(os.path.join(out_dir, "adapter_model.safetensors")) as tmp:

@@ -33,6 +33,7 @@ from se_jax.tuning import lora
 from se_jax.tuning import losses
 from se_jax.parallel import mesh as mesh_lib
 from se_jax.parallel import preemption
+from se_jax.parallel import distributed
 from se_jax.parallel.distributed import barrier
 from se_jax.tuning import sft_data
 from se_jax.config.schema import TrainingConfig
@@ -358,10 +359,11 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                              num_updates=total // cfg.grad_accum_steps)
     use_kd = state.teacher is not None
 
-    # Several processes, each on its own devices (the experiment's per-process mesh): each
-    # trains the same run; process 0 alone saves, in Orbax's single-process mode.
+    # Several processes, each on its own devices (the experiment's per-process mesh): the
+    # run's owner alone (inside distributed.alone()) or every process trains it; one process
+    # saves (checkpointing.SoloManager).
     solo = jax.process_count() > 1 and mesh_lib.process_local(mesh)
-    writes = not solo or jax.process_index() == 0
+    writes = not solo or distributed.is_main_process()
     manager = checkpointing.make_manager(workdir, save_every=cfg.save_every, keep=cfg.keep,
                                          async_save=cfg.async_checkpoint, solo=solo)
     start, resumed_from = 0, None
@@ -422,7 +424,8 @@ def train(model: nnx.Module, seqs: Sequence[sft_data.TokenizedExample], cfg: Tra
                                    jax.random.fold_in(base_key, step),
                                    distill=use_kd and step >= teacher_step, prefix=prefix)
         held.append((step, epoch, index, metrics))
-        stopping = preemption.should_stop(f"train step {step + 1} of {total}")  # SIGTERM
+        stopping = preemption.should_stop(  # SIGTERM; a run trained alone has no lockstep
+            f"train step {step + 1} of {total}", lockstep=not distributed.working_alone())
         logs = (step + 1) % cfg.log_every_steps == 0
         if logs or stopping or step + 1 == stop or manager.should_save(step + 1):
             metrics = flush()   # checks every held step before anything is saved

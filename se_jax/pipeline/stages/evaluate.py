@@ -7,7 +7,8 @@ finished shards and a finished directory (metrics.json) is returned as is.
 Multi-process (one process per host, or N local processes): shard i is computed by
 process i % P with its local devices (data parallelism over hosts needs no cross-host
 collectives for inference); after a barrier process 0 merges the shards and writes the
-metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod).
+metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod). Inside
+`distributed.alone()` (a sweep run owned by one process) this process does all of it.
 
 With `config.probes` enabled, the original model's pass (model_tag "original") also writes
 `hidden_states.npz` beside outcomes.jsonl (se_jax/io/hidden_states.py; SLT of the greedy
@@ -27,7 +28,8 @@ from se_jax.config.schema import RunConfig
 from se_jax.abstention import evaluation
 from se_jax.io import hidden_states as hidden_io
 from se_jax.io import stage_io
-from se_jax.parallel.distributed import barrier
+from se_jax.parallel.distributed import barrier, is_main_process
+from se_jax.parallel.mesh import my_shards
 from se_jax.parallel import preemption
 from se_jax.data import prompts as prompt_lib
 from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed
@@ -79,7 +81,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
                         "path": "(split records)", "sha256": stage_io.records_sha256(questions)}}}
     if keep:   # only then: directories written without probes stay valid while they are off
         stage_config["probes"] = stage_io.config_to_dict(config.probes)
-    if jax.process_index() == 0:
+    if is_main_process():
         stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
     done = read_metrics(out_dir)
     if done is not None:
@@ -90,7 +92,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     shard_size = max(ev.batch_size, 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
-    mine = [i for i in out.pending() if i % jax.process_count() == jax.process_index()]
+    mine = my_shards(out.pending())
     answer_fn = _greedy_fn(model, tokenizer, config, mesh, keep)
     progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
                                  unit="questions")
@@ -106,10 +108,10 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         progress.update(len(chunk))
         # Processes answer different shards here: a stop is seen at the next shard or barrier.
         preemption.check(f"evaluate shard {i + 1} of {num_shards} in {out_dir}", lockstep=False)
-    logging.info("evaluate %s: process %d answered %d of %d shards", model_tag,
-                 jax.process_index(), len(mine), num_shards)
+    logging.info("evaluate %s: process %d answered %d of %d shards in %s", model_tag,
+                 jax.process_index(), len(mine), num_shards, out_dir)
     barrier(f"evaluate-shards-{out_dir}")
-    if jax.process_index() == 0:
+    if is_main_process():
         if keep:
             hidden_io.merge_shards(out_dir, num_shards, layers=keep.layers,
                                    positions=keep.positions)
@@ -128,7 +130,7 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
 
 def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
     """`src`'s outcomes as this directory's (process 0 writes; metrics.json last)."""
-    if jax.process_index() == 0:
+    if is_main_process():
         target, name = out_dir / f"{OUTCOMES}.jsonl", src / f"{OUTCOMES}.jsonl"
         target.unlink(missing_ok=True)
         stage_io.link_or_copy(name, target)
