@@ -94,6 +94,7 @@ def _start_watchdog(timeout: float) -> Iterator[None]:
         timer.cancel()
 
 
+@contextlib.contextmanager
 def alone() -> Iterator[None]:
     """Within: this process is a group of one (see module doc). For work on this process's
     own devices only: a collective over other processes' devices inside would never end."""
