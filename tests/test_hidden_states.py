@@ -24,41 +24,18 @@ from se_jax.config.schema import RunConfig
 from se_jax.data import prompts as prompt_lib
 from se_jax.generation import sampling, stopping
 from se_jax.io import hidden_states as hidden_io
-from se_jax.models.loading import load_llama, load_tokenizer
+from se_jax.models.loading import load_llama
 from se_jax.pipeline.stages import evaluate, sample
-from tiny_models import load_torch_model, make_tiny_llama_dir
+from tiny_models import load_torch_model
 import standalone
+# The tiny model, its tokenizer and the questions' prompts: test_sampling's (pytest fixtures).
+from test_sampling import IDS, QUESTIONS, model, prompt_ids, tiny_dir, tokenizer  # noqa: F401
 
-QUESTIONS = ("What is the capital of France?", "Who wrote Hamlet?",
-             "In which year did the Berlin Wall fall, and who was chancellor then?",
-             "Name a prime number.", "What colour is the sky?")
-IDS = tuple(f"q{i}" for i in range(len(QUESTIONS)))
 LAYERS = (0, 1, 2, -1)          # the tiny model has 2 decoder layers
 NEW = 10
 # Stop on a few frequent tokens too, so the random model's answers differ in length and
 # the SLT step varies across rows (a fixed step would hide a wrong row or step).
 SAMPLE_KW = dict(num_samples=2, max_new_tokens=NEW, batch_size=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> str:
-    return make_tiny_llama_dir(tmp_path_factory.mktemp("tiny_hidden"), "llama")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    return load_tokenizer(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dir):
-    return load_llama(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def prompt_ids(tokenizer) -> list[list[int]]:
-    return [prompt_lib.encode_prompt(tokenizer, prompt_lib.format_prompt(tokenizer, q))
-            for q in QUESTIONS]
 
 
 @pytest.fixture(scope="module")
