@@ -18,7 +18,7 @@ from se_jax.config.schema import RunConfig
 from se_jax.io import hidden_states as hs
 from se_jax.io import stage_io
 from se_jax.pipeline import experiment as ex
-from se_jax.pipeline import sep_flow
+from se_jax.pipeline import labelling_cost, sep_flow
 from se_jax.pipeline.layout import Layout
 from se_jax.pipeline.stages import sample
 from test_experiment_e2e import tiny_config, tiny_setup  # noqa: F401 (fixture)
@@ -83,3 +83,17 @@ def test_both_methods_are_tuned_evaluated_and_costed(sep_run):
     rows = SUBSET * (M + 1) + TRAIN - SUBSET
     assert f"| sep_lexical | {TRAIN} | {SUBSET} | {rows} |" in text
     assert f"| sesub_lexical | {SUBSET} | {SUBSET} | {SUBSET * (M + 1)} |" in text
+
+
+def test_a_later_invocation_still_reports_the_labelling_seconds(sep_run):
+    """The units record their seconds in done.json: a rerun (or a run resumed after a
+    crash), whose telemetry holds none of them, reports the same seconds, not n/a."""
+    config, _ = sep_run
+    layout = Layout.from_config(config)
+    rows = labelling_cost.measure(("sep_lexical", "sesub_lexical"),
+                                  labelling_cost.layout_files(layout), {"phases": []})
+    assert all(r["seconds"] is not None and r["seconds"] >= 0 for r in rows)
+    recorded = [labelling_cost.recorded_seconds(layout.sample(sep_flow.SUBSET)),
+                labelling_cost.recorded_seconds(layout.entropy("lexical", sep_flow.SUBSET))]
+    sesub = next(r for r in rows if r["method"] == "sesub_lexical")
+    assert sesub["seconds"] == pytest.approx(sum(recorded), abs=0.11)

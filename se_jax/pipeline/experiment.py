@@ -181,10 +181,12 @@ class Job:
         0: the low-temperature answer only (sample.run_sample)."""
         out = self.layout.sample(split)
         if not is_done(out):
+            start = time.perf_counter()
             with self.clock.phase(f"sample {split}"):
                 sample.run_sample(self.config, questions or self.questions[split], out,
                                   resident=self.resident(), num_samples=num_samples)
-            mark_done(out)
+            # The unit's seconds outlive this invocation: the labelling-cost table reads them.
+            mark_done(out, {"seconds": round(time.perf_counter() - start, 1)})
         return out / "generations.jsonl"
 
     def entropy(self, backend: str, split: str, generations: Path) -> Path:
@@ -192,11 +194,12 @@ class Job:
         out = self.layout.entropy(backend, split)
         if not is_done(out):
             cfg = self.config.replace(entropy=dict(backend=backend))
+            start = time.perf_counter()
             with self.clock.phase(f"entropy {backend} {split}"):
                 # An LLM entailment judge that is the generator runs on the resident model.
                 entropy.run_entropy(cfg, generations, out, resident=(
                     self.resident() if backend == "llm_judge" else None))
-            mark_done(out)
+            mark_done(out, {"seconds": round(time.perf_counter() - start, 1)})
         return out / "uncertainty.jsonl"
 
     def label(self, run: Run, generations: Path, uncertainty: Mapping[str, Path]) -> Path:

@@ -4,8 +4,9 @@ rows, equivalence judgements (NLI or LLM-judge pairs) and seconds, for the repor
 Counts come from the stages' outputs (generations.jsonl holds every answer's token ids,
 uncertainty.jsonl the M x M equivalence matrix with None for pairs never judged); seconds
 from this invocation's telemetry phases (se_jax/io/telemetry.py), named as the experiment
-names them ("sample <split>", "entropy <backend> <split>", "probe <backend>"). A unit done
-by an earlier invocation has no seconds here: the table says so rather than guess.
+names them ("sample <split>", "entropy <backend> <split>", "probe <backend>"), or, for a unit
+done by an earlier invocation, from the seconds its done.json recorded; a unit without
+either (done before units recorded them) says n/a rather than guess.
 
 Which units each method's labels need:
 - se_<b>:    sample train (1 + M rows), entropy <b> train
@@ -18,11 +19,12 @@ Which units each method's labels need:
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from se_jax.io import stage_io
-from se_jax.pipeline.layout import Layout
+from se_jax.pipeline.layout import DONE, Layout
 from se_jax.pipeline.plan import se_backend, sep_backend
 
 # (kind, name): ("sample", split) | ("entropy", f"{backend} {split}") | ("probe", backend)
@@ -83,8 +85,18 @@ def layout_files(layout: Layout) -> Callable[[Unit], Path | None]:
         if kind == "entropy":
             backend, split = name.split(" ")
             return layout.entropy(backend, split) / "uncertainty.jsonl"
+        if kind == "probe":
+            return layout.probe(name) / "metrics.json"
         return None
     return files
+
+
+def recorded_seconds(unit_dir: Path) -> float | None:
+    """The seconds a finished unit recorded in its done.json (None: not recorded)."""
+    try:
+        return float(json.loads((unit_dir / DONE).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def seconds_by_phase(telemetry: Mapping[str, Any]) -> dict[str, float]:
@@ -98,7 +110,7 @@ def measure(methods: Sequence[str], files: Callable[[Unit], Path | None],
             telemetry: Mapping[str, Any]) -> list[dict]:
     """One row per method: labelled questions, SE questions, rows, tokens, pairs, seconds
     (None when a unit ran before this invocation). `files(unit)`: the unit's output file
-    (generations.jsonl, uncertainty.jsonl; None for a probe or a missing unit)."""
+    (generations.jsonl, uncertainty.jsonl, a probe's metrics.json; None if there is none)."""
     phases = seconds_by_phase(telemetry)
     cache: dict[Unit, UnitCost] = {}
 
@@ -106,9 +118,12 @@ def measure(methods: Sequence[str], files: Callable[[Unit], Path | None],
         if unit not in cache:
             path = files(unit)
             found = path is not None and path.is_file()
-            base = (UnitCost() if not found else generation_cost(path) if unit[0] == "sample"
-                    else entropy_cost(path))
-            cache[unit] = dataclasses.replace(base, seconds=phases.get(" ".join(unit)))
+            counted = {"sample": generation_cost, "entropy": entropy_cost}.get(unit[0])
+            base = counted(path) if found and counted else UnitCost()
+            seconds = phases.get(" ".join(unit))
+            if seconds is None and found:   # done by an earlier invocation: its record
+                seconds = recorded_seconds(path.parent)
+            cache[unit] = dataclasses.replace(base, seconds=seconds)
         return cache[unit]
 
     rows = []
@@ -133,7 +148,7 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
              "questions whose semantic entropy was computed, answers generated (rows) and "
              "their tokens, equivalence judgements read (NLI or LLM-judge pairs; identical "
              "answers are judged once, so the backend may have made fewer calls), and the "
-             "seconds of those phases in this invocation (n/a: done by an earlier one).\n",
+             "seconds those steps took (recorded by each step when it finished; n/a: a step done before steps recorded them).\n",
              "| method | questions labelled | SE questions | answers generated | tokens "
              "| equivalence pairs | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:

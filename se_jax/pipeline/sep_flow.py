@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -108,23 +109,24 @@ def run_probes(job: Any, backend: str, generations: Path, uncertainty: Path,
     """The probe stage of one backend's SE subset (once); returns train_scores.jsonl."""
     out = job.layout.probe(backend)
     if not is_done(out):
+        start = time.perf_counter()
         if is_main_process():   # numpy on one process; the others wait in mark_done
             with job.clock.phase(f"probe {backend}"):
                 probe_stage.run_probe(
                     job.config, job.layout.sample(SUBSET) / hs.FILE_NAME, uncertainty,
                     generations, out, score=scored_sets(job, backend, probe_only),
                     train_sets=("probe_only",) if probe_only is not None else ())
-        _mark_done(out)
+        _mark_done(out, round(time.perf_counter() - start, 1))
     return out / probe_stage.TRAIN_SCORES_FILE
 
 
-def _mark_done(path: Path) -> None:
+def _mark_done(path: Path, seconds: float) -> None:
     barrier(f"done-{path}")
     if is_main_process():
         summary = json.loads((path / "metrics.json").read_text())
         stage_io.atomic_write_text(path / DONE, json.dumps(
-            {k: summary[k] for k in ("chosen", "threshold", "num_subset")}, sort_keys=True)
-            + "\n")
+            {**{k: summary[k] for k in ("chosen", "threshold", "num_subset")},
+             "seconds": seconds}, sort_keys=True) + "\n")
     barrier(f"marked-{path}")
 
 
