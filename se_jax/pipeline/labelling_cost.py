@@ -148,7 +148,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
              "questions whose semantic entropy was computed, answers generated (rows) and "
              "their tokens, equivalence judgements read (NLI or LLM-judge pairs; identical "
              "answers are judged once, so the backend may have made fewer calls), and the "
-             "seconds those steps took (recorded by each step when it finished; n/a: a step done before steps recorded them).\n",
+             "seconds those steps took (each step records them when it finishes; n/a: a "
+             "step done before steps recorded them).\n",
              "| method | questions labelled | SE questions | answers generated | tokens "
              "| equivalence pairs | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
