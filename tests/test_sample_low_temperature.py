@@ -26,3 +26,25 @@ def test_low_temperature_only_matches_the_full_run(tiny_dir, tmp_path):  # noqa:
     for a, b, ok in zip(low, full, same):
         if ok:
             assert abs(a["most_likely"]["mean_logprob"] - b["most_likely"]["mean_logprob"]) < 1e-4
+
+
+def test_low_temperature_only_batches_more_prompts(tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+    """One row per prompt instead of 1 + M: 1 + M times the prompts per batch (and per
+    shard), so a batch keeps its number of decode rows."""
+    questions = _write_questions(tmp_path / "q.jsonl", 4)
+    config = RunConfig.from_configdict(_config(tiny_dir, questions, tmp_path / "out"))
+    sc = config.sampling   # batch_size 2, M = 3
+    assert sample.prompts_per_batch(config, None) == sc.batch_size
+    assert sample.prompts_per_batch(config, 0) == sc.batch_size * (1 + sc.num_samples)
+    batches = []
+    real = sample.generation_records
+
+    def counted(model, tokenizer, qs, *args, **kwargs):
+        batches.append(len(qs))
+        return real(model, tokenizer, qs, *args, **kwargs)
+
+    monkeypatch.setattr(sample, "generation_records", counted)
+    sample.run_sample(config, questions, tmp_path / "low", num_samples=0)
+    assert batches == [4]                 # one batch of 4 (up to 8) prompts
+    sample.run_sample(config, questions, tmp_path / "full")
+    assert batches[1:] == [2, 2]          # 1 + M rows: batch_size prompts

@@ -13,7 +13,8 @@ model's context (prompt + max_new_tokens) is reported with its file:line. With
 to skipped.jsonl ({"line", "id", "reason"}) and the rest runs.
 
 Resumable: the valid questions, in input order, are cut into shards of
-`sampling.batch_size` (one batch each), written atomically; a rerun (after kill -9, say)
+`prompts_per_batch` (`sampling.batch_size`; 1 + M times that for the low-temperature row
+alone), one batch each, written atomically; a rerun (after kill -9, say)
 computes only the missing shards and yields a byte-identical generations.jsonl, because
 each shard is the same batch computed by the same program, and each answer's random key
 depends only on (seed, question id, sample index).
@@ -159,6 +160,15 @@ def depends_on(config: RunConfig) -> tuple[str, ...]:
     return DEPENDS_ON["sample"] + (("probes",) if config.probes.enabled else ())
 
 
+def prompts_per_batch(config: RunConfig, num_samples: int | None) -> int:
+    """Prompts per compiled batch: `sampling.batch_size` with 1 + M rows each, more prompts
+    when there are fewer rows (`num_samples` 0: the low-temperature row only), so a batch
+    keeps about the same number of decode rows and the device the same load."""
+    sc = config.sampling
+    rows = 1 + (sc.num_samples if num_samples is None else num_samples)
+    return max(sc.batch_size * (1 + sc.num_samples) // rows, 1)
+
+
 def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question],
                        config: RunConfig, mesh: Any = None, num_samples: int | None = None
                        ) -> tuple[list[dict], int, hidden_io.HiddenStates | None]:
@@ -166,7 +176,7 @@ def generation_records(model: Any, tokenizer: Any, questions: Sequence[Question]
     their hidden states (None unless config.probes is enabled).
     `num_samples`: None = config.sampling.num_samples; 0 = the low-temperature answer only."""
     sc = config.sampling
-    kwargs = sc.generate_kwargs()
+    kwargs = {**sc.generate_kwargs(), "batch_size": prompts_per_batch(config, num_samples)}
     ids = [q.id for q in questions]
     num_samples = sc.num_samples if num_samples is None else num_samples
     most_likely, samples, states = sampling.sample_answers_and_states(
@@ -227,14 +237,13 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
            out_dir: Path, writer: bool, in_path: Path, resident: Any,
            num_samples: int | None = None) -> Path:
     """Compute the missing shards and merge them (process 0 writes)."""
-    sc = config.sampling
     if writer:
         # The questions' sha256 is recorded: a rerun after the file changed is refused.
         stage_io.write_config(out_dir, config, ignore=NEUTRAL_KEYS,
                               depends_on=depends_on(config), inputs={"questions": in_path})
         stage_io.write_jsonl(out_dir / "skipped.jsonl", bad)
     distributed.barrier(f"sample-config-{out_dir}")   # checked before anyone writes shards
-    per_shard = sc.batch_size
+    per_shard = prompts_per_batch(config, num_samples)
     shards = [questions[i:i + per_shard] for i in range(0, len(questions), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "generations", len(shards))
     pending = out.pending()
