@@ -22,6 +22,12 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 @dataclasses.dataclass
+class PhaseTime:
+    """The seconds a phase was charged (set when it ends; nested phases excluded)."""
+    seconds: float | None = None
+
+
+@dataclasses.dataclass
 class Telemetry:
     """Counters of one process; `install` registers the one instance with JAX."""
     phases: list[tuple[str, float]] = dataclasses.field(default_factory=list)
@@ -54,23 +60,26 @@ class Telemetry:
             self.cache_hits += 1
 
     @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time a named phase (phases may repeat; the report lists each occurrence).
+    def phase(self, name: str) -> Iterator["PhaseTime"]:
+        """Time a named phase (phases may repeat; the report lists each occurrence); yields
+        a `PhaseTime` whose `seconds` are set on exit.
 
         A phase entered inside another (the base model loaded, or the teach step run, on
         the first sample) is charged to itself only: the outer one records its own seconds
         less its nested phases', so every second counts once and the phases add up to the
         wall time they cover."""
+        timed = PhaseTime()
         start = time.perf_counter()
         self._nested.append(0.0)
         try:
-            yield
+            yield timed
         finally:
             seconds = time.perf_counter() - start
             nested = self._nested.pop()
             if self._nested:
                 self._nested[-1] += seconds
-            self.phases.append((name, seconds - nested))
+            timed.seconds = seconds - nested
+            self.phases.append((name, timed.seconds))
 
     def count_load(self) -> None:
         self.loads += 1

@@ -108,7 +108,7 @@ def alone() -> Iterator[None]:
 
 def working_alone() -> bool:
     """Inside `alone()`, or a single process: no other process takes part in this work."""
-    return getattr(_group, "alone", False) or jax.process_count() == 1
+    return group_size() == 1
 
 
 def group_index() -> int:

@@ -29,7 +29,7 @@ from se_jax.config.schema import RunConfig
 from se_jax.io import stage_io
 from se_jax.parallel import distributed
 from se_jax.parallel.distributed import barrier, is_main_process
-from se_jax.pipeline.layout import DONE, Layout, is_done
+from se_jax.pipeline.layout import DONE, Layout, is_done, mark_done
 from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
                                   Sweep, backends_needed, method_uses, pick_taus, result_row,
                                   entropy_backend, label_method, needs_full_train,
@@ -54,15 +54,6 @@ from se_jax.pipeline import report
 from se_jax.pipeline.stages import evaluate as evaluate_stage, report as report_stage
 
 __all__ = ["ConfigError", "Layout", "Run", "run", "describe_plan", "validate"]
-
-
-def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
-    """Written last, by process 0 once every process has finished the unit of work."""
-    barrier(f"done-{path}")
-    if is_main_process():
-        stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
-                                                           default=str) + "\n")
-    barrier(f"marked-{path}")
 
 
 def prepare_splits(config: RunConfig, layout: Layout) -> dict[str, Path]:
@@ -181,12 +172,11 @@ class Job:
         0: the low-temperature answer only (sample.run_sample)."""
         out = self.layout.sample(split)
         if not is_done(out):
-            start = time.perf_counter()
-            with self.clock.phase(f"sample {split}"):
+            with self.clock.phase(f"sample {split}") as timed:
                 sample.run_sample(self.config, questions or self.questions[split], out,
                                   resident=self.resident(), num_samples=num_samples)
             # The unit's seconds outlive this invocation: the labelling-cost table reads them.
-            mark_done(out, {"seconds": round(time.perf_counter() - start, 1)})
+            mark_done(out, {"seconds": round(timed.seconds, 1)})
         return out / "generations.jsonl"
 
     def entropy(self, backend: str, split: str, generations: Path) -> Path:
@@ -194,12 +184,11 @@ class Job:
         out = self.layout.entropy(backend, split)
         if not is_done(out):
             cfg = self.config.replace(entropy=dict(backend=backend))
-            start = time.perf_counter()
-            with self.clock.phase(f"entropy {backend} {split}"):
+            with self.clock.phase(f"entropy {backend} {split}") as timed:
                 # An LLM entailment judge that is the generator runs on the resident model.
                 entropy.run_entropy(cfg, generations, out, resident=(
                     self.resident() if backend == "llm_judge" else None))
-            mark_done(out, {"seconds": round(time.perf_counter() - start, 1)})
+            mark_done(out, {"seconds": round(timed.seconds, 1)})
         return out / "uncertainty.jsonl"
 
     def label(self, run: Run, generations: Path, uncertainty: Mapping[str, Path]) -> Path:

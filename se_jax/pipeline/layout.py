@@ -23,9 +23,13 @@ run by hand reads what the experiment, or the previous stage, wrote.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any, Mapping
 
 from se_jax.config.schema import RunConfig
+from se_jax.io import stage_io
+from se_jax.parallel.distributed import barrier, is_main_process
 from se_jax.pipeline.plan import Run
 from se_jax.pipeline.plan import uses_tau
 
@@ -150,3 +154,13 @@ def train_paths(config: RunConfig) -> tuple[Path, Path]:
 
 def is_done(path: Path) -> bool:
     return (path / DONE).exists()
+
+
+def mark_done(path: Path, summary: Mapping[str, Any] | None = None) -> None:
+    """Mark a unit of work finished: `done.json` (its summary) written last, by the main
+    process once every process has finished the unit."""
+    barrier(f"done-{path}")
+    if is_main_process():
+        stage_io.atomic_write_text(path / DONE, json.dumps(dict(summary or {}), sort_keys=True,
+                                                           default=str) + "\n")
+    barrier(f"marked-{path}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +31,7 @@ from absl import logging
 from se_jax.io import hidden_states as hs
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
-from se_jax.pipeline.layout import DONE, Layout, is_done
+from se_jax.pipeline.layout import Layout, is_done, mark_done
 from se_jax.pipeline.plan import ORIGINAL, SWEEP_SPLIT, sep_backend
 from se_jax.pipeline.stages import probe as probe_stage
 
@@ -109,25 +108,18 @@ def run_probes(job: Any, backend: str, generations: Path, uncertainty: Path,
     """The probe stage of one backend's SE subset (once); returns train_scores.jsonl."""
     out = job.layout.probe(backend)
     if not is_done(out):
-        start = time.perf_counter()
+        summary = None   # written by the main process, which alone ran the stage
         if is_main_process():   # numpy on one process; the others wait in mark_done
-            with job.clock.phase(f"probe {backend}"):
+            with job.clock.phase(f"probe {backend}") as timed:
                 probe_stage.run_probe(
                     job.config, job.layout.sample(SUBSET) / hs.FILE_NAME, uncertainty,
                     generations, out, score=scored_sets(job, backend, probe_only),
                     train_sets=("probe_only",) if probe_only is not None else ())
-        _mark_done(out, round(time.perf_counter() - start, 1))
+            metrics = json.loads((out / "metrics.json").read_text())
+            summary = {**{k: metrics[k] for k in ("chosen", "threshold", "num_subset")},
+                       "seconds": round(timed.seconds, 1)}
+        mark_done(out, summary)
     return out / probe_stage.TRAIN_SCORES_FILE
-
-
-def _mark_done(path: Path, seconds: float) -> None:
-    barrier(f"done-{path}")
-    if is_main_process():
-        summary = json.loads((path / "metrics.json").read_text())
-        stage_io.atomic_write_text(path / DONE, json.dumps(
-            {**{k: summary[k] for k in ("chosen", "threshold", "num_subset")},
-             "seconds": seconds}, sort_keys=True) + "\n")
-    barrier(f"marked-{path}")
 
 
 def prepare_sep(job: Any, methods: Sequence[str]) -> SepInputs:
