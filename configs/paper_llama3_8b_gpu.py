@@ -12,9 +12,9 @@ decoding never all-gathers weights; the sampler batch is 32 prompts x 11 rows (3
 ~22 GiB of KV cache at 512 tokens) and greedy evaluation 256 prompts, to fill an 80 GB H100.
 Eight GPUs: the same file shards batches 8 ways (data=8; training batch 48 = 6 per GPU);
 raise the batches to keep each GPU as busy: `--config.sampling.batch_size=256
---config.evaluation.batch_size=2048`. A 70B judge (evaluation.judge_model) runs on the
-generator's mesh: on 8 GPUs use `--config.mesh.data=1 --config.mesh.tensor=8` (17.6 GiB
-of judge weights per GPU); it does not fit one GPU.
+--config.evaluation.batch_size=2048`. A 70B judge (evaluation.judge_model) runs in a stage of its own
+over every GPU of every host, the generator released meanwhile (judge_stage.py): 16.4 GiB
+of judge weights per GPU on 8 GPUs with this file as it is; it does not fit one GPU.
 """
 from __future__ import annotations
 

@@ -38,6 +38,8 @@ _LOCAL = flags.DEFINE_integer("local_devices", 1, "simulated CPU devices per pro
 _TIMEOUT = flags.DEFINE_float("timeout", 600, "seconds before all children are stopped")
 _STOP_OTHERS = flags.DEFINE_bool("stop_others", True, "stop the other children when one fails")
 _GRACE = flags.DEFINE_float("grace", 120, "seconds a stopped child gets before SIGKILL")
+_CPUS = flags.DEFINE_integer("cpus_per_process", 0, "pin child i to CPUs [i*n, (i+1)*n) "
+                             "(hosts with their own cores, as on a slice); 0: no pinning")
 
 
 def _free_port() -> int:
@@ -66,10 +68,14 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
 
 
 def run(command: list[str], num_processes: int, local_devices: int, timeout: float,
-        stop_others: bool = True, grace: float = 120) -> int:
+        stop_others: bool = True, grace: float = 120, cpus_per_process: int = 0) -> int:
     """Start `command` as `num_processes` processes; wait; return the combined exit status."""
     coordinator = f"localhost:{_free_port()}"
     procs, threads = [], []
+    everywhere = os.sched_getaffinity(0)
+    if cpus_per_process and num_processes * cpus_per_process > len(everywhere):
+        raise app.UsageError(f"--cpus_per_process={cpus_per_process} x {num_processes} "
+                             f"processes: only {len(everywhere)} CPUs here")
     for i in range(num_processes):
         env = dict(os.environ, JAX_PLATFORMS="cpu", **{
             distributed.ENV_COORDINATOR: coordinator,
@@ -77,9 +83,13 @@ def run(command: list[str], num_processes: int, local_devices: int, timeout: flo
             distributed.ENV_PROCESS_ID: str(i),
             distributed.ENV_LOCAL_DEVICES: str(local_devices)})
         env.pop("XLA_FLAGS", None)  # device count comes from SE_JAX_LOCAL_DEVICES
+        if cpus_per_process:   # inherited by the child (XLA sizes its thread pool by it)
+            os.sched_setaffinity(0, sorted(everywhere)[i * cpus_per_process:
+                                                       (i + 1) * cpus_per_process])
         with stop_signal.kept():   # inherited blocked: delivered once the child's handler is in
             p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
+        os.sched_setaffinity(0, everywhere)
         procs.append(p)
         threads.append(threading.Thread(target=_forward, args=(p, f"[p{i}]"), daemon=True))
         threads[-1].start()
@@ -111,7 +121,7 @@ def main(argv: list[str]) -> None:
     if not command:
         raise app.UsageError("give the command after --, e.g. -- python launch/smoke.py")
     sys.exit(run(command, _NUM.value, _LOCAL.value, _TIMEOUT.value, _STOP_OTHERS.value,
-                 _GRACE.value))
+                 _GRACE.value, _CPUS.value))
 
 
 if __name__ == "__main__":

@@ -95,14 +95,16 @@ def main(argv):
         print(job.layout.train(run))
     elif stage == "run":
         prep = ex.prepare(job, sweep)
-        print(job.train_and_evaluate(run, prep.sft(job, run), [SWEEP_SPLIT]))
+        print(job.evaluate_judged(run.tag, lambda: job.trained_model(run, prep.sft(job, run)()),
+                                  [SWEEP_SPLIT]))
     elif stage == "evaluate":
         if run is None:
-            print(job.evaluate(ORIGINAL, lambda: job.resident().original_model(
+            print(job.evaluate_judged(ORIGINAL, lambda: job.resident().original_model(
                 job.config.training), [_SPLIT.value]))
         else:
             prep = ex.prepare(job, sweep, evaluate_original=False)
-            print(job.train_and_evaluate(run, prep.sft(job, run), [_SPLIT.value]))
+            print(job.evaluate_judged(run.tag, lambda: job.trained_model(
+                run, prep.sft(job, run)()), [_SPLIT.value]))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from se_jax.pipeline.plan import Run
 from se_jax.config.schema import RunConfig
 
 
-def write_tiny_data(root: Path) -> Path:
-    """NQ-open-like and EntityQuestions-like files, in the shared data layout."""
+def write_tiny_data(root: Path, extra: int = 0) -> Path:
+    """NQ-open-like and EntityQuestions-like files, in the shared data layout; `extra` more
+    made-up questions in each (larger workloads: benchmarks/bench_processes.py)."""
     nq = root / "nq_open" / "NQ-open.dev.jsonl"
     nq.parent.mkdir(parents=True, exist_ok=True)
     capitals = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"),
@@ -27,12 +28,13 @@ def write_tiny_data(root: Path) -> Path:
                 ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Poland", "Warsaw"),
                 ("Greece", "Athens"), ("Cuba", "Havana"), ("Iran", "Tehran"),
                 ("Iraq", "Baghdad"), ("Nepal", "Kathmandu"), ("Mali", "Bamako")]
+    capitals += [(f"Country {i}", f"City {i}") for i in range(extra)]
     nq.write_text("".join(json.dumps({"question": f"what is the capital of {c}",
                                       "answer": [a]}) + "\n" for c, a in capitals))
     eq = root / "entity_questions" / "test" / "P50.test.json"
     eq.parent.mkdir(parents=True, exist_ok=True)
     eq.write_text(json.dumps([{"question": f"Who is the author of Book {i}?",
-                               "answers": [f"Author {i}"]} for i in range(6)]))
+                               "answers": [f"Author {i}"]} for i in range(6 + extra)]))
     return root
 
 

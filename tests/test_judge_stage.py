@@ -4,12 +4,14 @@ lives on a mesh over every device in its compute dtype, and its arrays are freed
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from se_jax.io import stage_io
 from tests.typed_configs import BASE
 
 
@@ -70,3 +72,82 @@ def test_judge_phase_needs_a_separate_llm_judge(tmp_path):
                                      release=lambda: released.append(1)):
             pass
     assert not released
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """The tiny experiment with a separate LLM judge (a tiny judge whose verdicts vary):
+    (config, result, root)."""
+    from configs import tiny
+    from se_jax.config.schema import RunConfig
+    from se_jax.pipeline import experiment
+    from test_experiment_e2e import write_tiny_data
+    from tiny_models import write_tiny_judge_dir, write_tiny_llama_dir
+    root = tmp_path_factory.mktemp("judged")
+    config = tiny.get_config()
+    config.model.path = write_tiny_llama_dir(root / "generator")
+    config.data.source_dir = str(write_tiny_data(root / "data"))
+    config.workdir = str(root / "work")
+    config.mesh.num_devices = 1
+    config.evaluation.judge = "llm"
+    config.evaluation.judge_model = write_tiny_judge_dir(root / "judge", seed=3)
+    config.experiment.methods = ("se_lexical", "rtuning")
+    config = RunConfig.from_configdict(config)
+    return config, experiment.run(config), root
+
+
+def _phase_seconds(report: Path) -> dict[str, str]:
+    rows = [line.split("|") for line in report.read_text().splitlines()
+            if line.startswith("| ") and line.count("|") == 3]
+    return {r[1].strip(): r[2].strip() for r in rows}
+
+
+def test_a_separate_judge_judges_every_answer_in_its_stage(judged):
+    """Every outcome's verdict is the judge model's own (the model asked directly here),
+    the verdicts vary, the report reads the recorded verdicts, and the answers were
+    written before any judging (answers.jsonl beside each outcomes.jsonl)."""
+    from se_jax.abstention import judges as judges_lib
+    from se_jax.models.loading import load_llama, load_tokenizer
+    from se_jax.pipeline.layout import Layout
+    config, result, root = judged
+    ev = config.evaluation
+    direct = judges_lib.make_judge(ev, load_llama(ev.judge_model), load_tokenizer(ev.judge_model),
+                                   model_name=ev.judge_model)
+    layout = Layout.from_config(config)
+    outcome_files = sorted(layout.verdicts.parent.glob("**/outcomes.jsonl"))
+    assert len(outcome_files) >= 10
+    verdicts = []
+    for path in outcome_files:
+        assert (path.parent / "answers.jsonl").is_file()
+        outs = [o for o in stage_io.read_jsonl(path) if not o["abstained"]]
+        expected = direct.batch([o["prediction"] for o in outs], [o["answers"] for o in outs],
+                                [o["question"] for o in outs])
+        assert [o["correct"] for o in outs] == expected, path
+        assert {o["judge"] for o in outs} <= {f"llm({ev.judge_model})"}
+        verdicts += expected
+    assert True in verdicts and False in verdicts
+    assert result.judge == f"llm({ev.judge_model})"
+    report = Path(result.paths["report"])
+    assert "judge stage" in _phase_seconds(report)
+    assert f"llm({ev.judge_model})" in report.read_text()
+
+
+def test_a_rerun_of_a_judged_experiment_loads_nothing_and_lost_verdicts_are_judged_again(judged):
+    """Everything judged: a rerun loads no model. With the verdict file lost (a crash
+    between the last outcomes and the verdicts), the rerun holds one judge stage, for the
+    report's judgements only, and gives the same results."""
+    from se_jax.pipeline import experiment
+    from se_jax.pipeline.layout import Layout
+    config, result, root = judged
+    results = Path(result.paths["results"]).read_text()
+    again = experiment.run(config)
+    assert "Model loads: 0." in Path(again.paths["report"]).read_text()
+    verdicts = Layout.from_config(config).verdicts
+    kept = verdicts.read_text()
+    verdicts.unlink()
+    third = experiment.run(config)
+    text = Path(third.paths["report"]).read_text()
+    assert "judge stage" in _phase_seconds(Path(third.paths["report"]))
+    assert "Model loads: 1." in text          # the judge alone: no generator work was left
+    assert Path(third.paths["results"]).read_text() == results
+    assert set(verdicts.read_text().splitlines()) <= set(kept.splitlines())

@@ -96,3 +96,41 @@ def test_llm_judge_from_config_matches_a_plain_forward(tiny_llama, prompt, shots
         judges.make_judge(typed_configs.evaluation(
             judge="llm", f1_threshold=0.5, judge_batch_size=2,
             judge_prompt="entailment_fewshot", judge_shots=1), model, tokenizer)
+
+
+class _CountingJudge:
+    """A string judge that records every batch it is asked (to count model calls)."""
+    name = "counting"
+
+    def __init__(self):
+        self.batches = []
+
+    def batch(self, predictions, goldss, questions):
+        self.batches.append(list(predictions))
+        return judges.AliasJudge().batch(predictions, goldss, questions)
+
+
+def test_recorded_judge_asks_its_model_once_per_item_and_saves_the_verdicts(tmp_path):
+    inner = _CountingJudge()
+    rec = judges.RecordedJudge("llm(judge)", inner=inner)
+    preds, golds, qs = ["Paris", "Lyon", "Paris"], [["Paris"]] * 3, ["capital?"] * 3
+    assert rec.batch(preds, golds, qs) == [True, False, True]
+    assert inner.batches == [["Paris", "Lyon"]]            # the repeated item judged once
+    assert rec.batch(["Lyon", "Rome"], [["Paris"], ["Rome"]], ["capital?"] * 2) == [False, True]
+    assert inner.batches[1:] == [["Rome"]]                 # only the new item
+    # The same answer to another question (or against other golds) is another item.
+    assert rec("Paris", ["Paris"], "another?") and inner.batches[2:] == [["Paris"]]
+    rec.save(tmp_path / "verdicts.jsonl")
+    back = judges.RecordedJudge.load(tmp_path / "verdicts.jsonl", "llm(judge)")
+    assert back.verdicts == rec.verdicts and len(back.verdicts) == 4
+    assert back.batch(preds, golds, qs) == [True, False, True]   # no model needed
+    with pytest.raises(LookupError, match=r"llm\(judge\): 1 answers were not judged.*'Berlin'"):
+        back.batch(["Paris", "Berlin"], [["Paris"]] * 2, ["capital?"] * 2)
+    assert judges.RecordedJudge.load(tmp_path / "none.jsonl", "x").verdicts == {}
+
+
+def test_recorded_judge_names_a_bad_verdict_line(tmp_path):
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text('{"key": "a", "correct": true}\n{"key": "b"}\n')
+    with pytest.raises(ValueError, match=r"verdicts.jsonl:2: not a verdict line"):
+        judges.RecordedJudge.load(path, "llm(judge)")

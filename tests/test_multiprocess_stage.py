@@ -3,7 +3,10 @@ same artifacts as 1 process: each process answers its share of the shards, proce
 merges them."""
 from __future__ import annotations
 
+import collections
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +69,6 @@ def test_two_processes_prepare_splits_sample_and_entropy_work_once(tiny_inputs, 
     1-process files byte for byte (same keys, same batches: the sampling guarantee's
     equal case), every sample / entropy shard is computed by exactly one process, and each
     output is merged once (no shard files left)."""
-    import re
     model_dir, data_dir = tiny_inputs
     one, two = tmp_path / "one", tmp_path / "two"
 
@@ -100,20 +102,24 @@ def test_two_processes_prepare_splits_sample_and_entropy_work_once(tiny_inputs, 
 def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tiny_nli_dirs,  # noqa: F811
                                                            tmp_path):
     """Issue 37: the whole tiny experiment (configs/tiny.py) with DeBERTa (a tiny random NLI
-    checkpoint) and LLM-judge (the generator) entropies, as 2 local processes each on its
-    own device: every output a result depends on (generations, uncertainties, SFT sets,
-    adapters, outcomes, metrics, results.csv, sweep.csv) is byte-identical to a 1-process
-    run; each sample / entropy / evaluate shard is computed by one process; each
+    checkpoint) and LLM-judge (the generator) entropies, and a separate LLM correctness
+    judge in its own stage (a tiny judge on a mesh over both processes), as 2 local
+    processes each on its own device: every output a result depends on (generations,
+    uncertainties, SFT sets, adapters, answers, outcomes, the judge's verdicts, metrics,
+    results.csv, sweep.csv) is byte-identical to a 1-process run; each sample / entropy / evaluate shard is computed by one process; each
     fine-tuning run is trained, saved (Orbax's single-process mode: the arrays live on each
     process's own devices) and evaluated by one process, and both processes get runs."""
+    from tiny_models import write_tiny_judge_dir
     model_dir, data_dir = tiny_inputs
     one, two = tmp_path / "one", tmp_path / "two"
+    judge = write_tiny_judge_dir(tmp_path / "judge", seed=3)
 
     def command(workdir):
         return [sys.executable, str(REPO / "launch" / "experiment.py"), "--config=configs/tiny.py",
                 f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
                 f"--config.workdir={workdir}", f"--config.entropy.nli_path={tiny_nli_dirs['v1']}",
                 "--config.entropy.judge_shots=1",   # the prompt fits the tiny model's 256
+                "--config.evaluation.judge=llm", f"--config.evaluation.judge_model={judge}",
                 "--config.experiment.methods=('se_deberta','se_llm_judge','rtuning_u')"]
     _run(command(one), devices=1)
     log = _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
@@ -138,3 +144,9 @@ def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tiny_nl
             compared += 1
     assert compared > 40
     assert not list(two.rglob("*.parts/*"))
+    verdicts = [json.loads(line)["correct"] for line in
+                next(two.glob("evaluate/*/verdicts.jsonl")).read_text().splitlines()]
+    assert True in verdicts and False in verdicts   # the judge's verdicts vary
+    # Both processes held the judge, in one stage per step (original, sweep, final + report).
+    loads = re.findall(rf"\[p(\d)\].*loaded {re.escape(judge)} ", log)
+    assert collections.Counter(loads) == {"0": 3, "1": 3}, loads

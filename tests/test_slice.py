@@ -77,12 +77,13 @@ def _job(config: RunConfig, tmp_path: Path):
 
 @pytest.fixture
 def spies(monkeypatch):
-    from se_jax.pipeline import experiment
+    from se_jax.pipeline import judge_stage
     calls = {"load": [], "judge": []}
-    monkeypatch.setattr(experiment, "load_llama",
+    monkeypatch.setattr(judge_stage, "load_llama",
                         lambda path, **kw: calls["load"].append((path, kw)) or "judge-model")
-    monkeypatch.setattr(experiment, "load_tokenizer", lambda path: "judge-tokenizer")
-    monkeypatch.setattr(experiment.judges, "make_judge",
+    monkeypatch.setattr(judge_stage, "load_tokenizer", lambda path: "judge-tokenizer")
+    monkeypatch.setattr(judge_stage, "free", lambda model: None)
+    monkeypatch.setattr(judge_stage.judges, "make_judge",
                         lambda ev, model=None, tok=None, **kw: calls["judge"].append(model)
                         or "judge")
     return calls
@@ -95,10 +96,16 @@ def test_llm_judge_that_is_the_generator_reuses_the_resident_model(tmp_path, spi
     assert spies["load"] == [] and spies["judge"] == ["generator"]
 
 
-def test_a_separate_llm_judge_loads_in_the_compute_dtype(tmp_path, spies):
+def test_a_separate_llm_judge_loads_only_in_its_stage_in_the_compute_dtype(tmp_path, spies):
+    from se_jax.abstention import judges
+    from se_jax.pipeline import judge_stage
     cfg = _paper(workdir=str(tmp_path), model=dict(path="/models/llama3-8b"),
                  evaluation=dict(judge="llm", judge_model="/models/llama3-70b"))
-    _job(cfg, tmp_path).judge()
+    judge = _job(cfg, tmp_path).judge()      # the recorded verdicts: nothing loads
+    assert isinstance(judge, judges.RecordedJudge) and spies["load"] == []
+    released = []
+    with judge_stage.judge_phase(cfg, release=lambda: released.append(1)):
+        assert released == [1]
     (path, kw), = spies["load"]
     assert path == "/models/llama3-70b"
     assert kw.get("dtype") == "bfloat16" and kw.get("param_dtype") == "bfloat16"
@@ -160,8 +167,8 @@ def _gib(out: str, part: str) -> float:
 
 def test_paper_config_and_gpu_variant_dry_runs_with_real_shapes():
     """Real Llama-3-8B / 70B shapes (config.json only): per-device memory under each
-    device's; the 70B judge fits 8 GPUs at tensor=8 and is refused on one GPU; a batch that
-    does not divide the batch shards is refused before any work."""
+    device's; the 70B judge in its own stage fits 8 GPUs and a v5e-32 and is refused on one
+    GPU; a batch that does not divide the batch shards is refused before any work."""
     from se_jax.pipeline import cost
     assert not Path("/tmp/se_jax_never_written").exists()
     paper = _dry_run("paper_llama3_8b", "v5e-32")
@@ -175,15 +182,20 @@ def test_paper_config_and_gpu_variant_dry_runs_with_real_shapes():
     assert _gib(one_gpu.stdout, "weights") == pytest.approx(8.03e9 * 2 / 2**30, rel=0.01)
     assert _gib(one_gpu.stdout, "total") < cost.TARGETS["h100x1"].memory_gib
     judge70 = (f"--config.evaluation.judge_model={FIXTURES / 'llama3_70b'}",)
-    eight = _dry_run("paper_llama3_8b_gpu", "h100x8", "--config.mesh.data=1",
-                     "--config.mesh.tensor=8", *judge70)
-    assert eight.returncode == 0, eight.stderr[-2000:]
-    assert _gib(eight.stdout, "evaluation judge weights (71B)") == pytest.approx(
-        70.55e9 * 2 / 8 / 2**30, rel=0.01)
-    assert "judge alone over all 8 devices, the generator released: 16.43 GiB" in eight.stdout
+    for where, config in (("h100x8", "paper_llama3_8b_gpu"), ("v5e-32", "paper_llama3_8b")):
+        # The 70B judge in its own stage over every device, beside nothing: the generator's
+        # plan (data-parallel on the GPUs) is unchanged and counts no judge weights.
+        with_judge = _dry_run(config, where, *judge70)
+        assert with_judge.returncode == 0, with_judge.stderr[-2000:]
+        assert "judge weights" not in with_judge.stdout.split("total:")[0]
+        devices = cost.TARGETS[where].hosts * cost.TARGETS[where].devices_per_host
+        line = next(x for x in with_judge.stdout.splitlines() if "judge stage (alone" in x)
+        weights = float(line.split("judge weights (71B) ")[1].split()[0])
+        assert weights == pytest.approx(70.55e9 * 2 / devices / 2**30, rel=0.01)
+        assert line.endswith("(fits)"), line
     too_big = _dry_run("paper_llama3_8b_gpu", "h100x1", *judge70)
-    assert too_big.returncode == 2 and "GiB per device" in too_big.stderr
-    assert "judge alone over all 1 devices" in too_big.stderr   # the judge stage's line
+    assert too_big.returncode == 2 and "the judge stage needs 133.9 GiB per device" in \
+        too_big.stderr
     odd = _dry_run("paper_llama3_8b_gpu", "h100x8", "--config.training.batch_size=50")
     assert odd.returncode == 2 and "not divisible by the 8 batch shards" in odd.stderr
     bad_mesh = _dry_run("paper_llama3_8b", "h100x1")   # tensor=4 on one GPU

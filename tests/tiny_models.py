@@ -94,6 +94,44 @@ def write_tiny_llama_dir(path, *, seed: int = 0) -> str:
     return path
 
 
+def write_tiny_judge_dir(path, *, seed: int = 0, prompt: str = "correctness_reference") -> str:
+    """`write_tiny_llama_dir` with an output head that makes it a judge whose verdicts vary
+    with the item (a random head says "no" to everything): the rows of `prompt`'s "yes"
+    words are +d and its "no" words' -d, so log p(yes) - log p(no) = 2<h, d> + const, with
+    d the main direction in which the last hidden state h varies over capital-city items,
+    centred on their mean and scaled so most items are far from a tie. Returns the dir."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    from se_jax.generation.scoring import make_prompt_scorer
+    from se_jax.models.loading import load_llama, load_tokenizer
+    path = write_tiny_llama_dir(path, seed=seed)
+    tokenizer, model = load_tokenizer(path), load_llama(path)
+    scorer = make_prompt_scorer(model, tokenizer, prompt, None, "correctness")
+    rng = np.random.default_rng(seed)
+    # Items like the tiny experiment's (test_experiment_e2e.write_tiny_data): its questions,
+    # gold answers, and a random generator's answers (random tokens).
+    questions = [f"what is the capital of {c}" for c in ("France", "Peru", "Mali")] + [
+        f"Who is the author of Book {i}?" for i in (1, 4)]
+    golds = ["Paris", "Lima", "Author 1", "Bamako"]
+    answers = golds + [tokenizer.decode(rng.integers(100, _BASE["vocab_size"], n))
+                       for n in (1, 2, 4, 4, 8, 8)]
+    items = [dict(question=q, gold=g, prediction=a)
+             for q in questions for g in golds for a in answers]
+    h = np.stack([np.asarray(model.hidden(np.asarray([ids], np.int32),
+                                          np.arange(len(ids), dtype=np.int32)[None])[0])[0, -1]
+                  for ids in scorer.full_ids(items)])                              # [N, E]
+    centred = h - h.mean(0)
+    d = np.linalg.svd(centred, full_matrices=False)[2][0]
+    d = d - (h.mean(0) @ d) / (h.mean(0) @ h.mean(0)) * h.mean(0)   # <mean h, d> = 0
+    d *= 4.0 / np.std(centred @ d)                                    # margins ~ N(c, 8)
+    file = os.path.join(path, "model.safetensors")
+    tensors = load_file(file)
+    for tok, label in zip(scorer.label_ids, scorer.owner):
+        tensors["lm_head.weight"][tok] = d if label == 0 else -d
+    save_file(tensors, file, metadata={"format": "pt"})
+    return path
+
+
 def _copy_tokenizer(path: str) -> None:
     src = smollm2_tokenizer_dir()
     for name in os.listdir(src):

@@ -10,10 +10,16 @@ questions) -> list[bool]`, and has a `name` that is printed with every number it
            by the next-token log-probabilities of yes and no from a loaded decoder through
            se_jax.generation.scoring (the prompt from configs/judge_prompts.py, its instruction and
            examples prefilled once, items batched and sharded).
+
+`RecordedJudge` holds verdicts by item: a judge stage (se_jax/pipeline/judge_stage.py) fills
+it from the model once, every later reader (outcomes, the report) looks them up.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -22,6 +28,7 @@ from se_jax.data import text
 from se_jax.config.schema import EvaluationConfig
 from se_jax.config.validation import JUDGE_NAMES
 from se_jax.generation import scoring
+from se_jax.io import stage_io
 
 
 class Judge(Protocol):
@@ -74,6 +81,10 @@ def llm_judge_fields(prediction: str, golds: Sequence[str], question: str) -> di
 LabelScorer = Callable[[Sequence[dict]], np.ndarray]
 
 
+def llm_judge_name(model_name: str) -> str:
+    return f"llm({model_name})"
+
+
 @dataclasses.dataclass
 class LlmJudge:
     """Yes/no judge scored by a decoder's next-token log-probabilities.
@@ -87,7 +98,7 @@ class LlmJudge:
 
     @property
     def name(self) -> str:
-        return f"llm({self.model_name})"
+        return llm_judge_name(self.model_name)
 
     def __call__(self, prediction, golds, question=""):
         return self.batch([prediction], [golds], [question])[0]
@@ -102,6 +113,59 @@ class LlmJudge:
             lp = np.asarray(self.scores(items[start:start + self.batch_size]))  # [n, 2]
             verdicts.extend(bool(v) for v in lp[:, 0] > lp[:, 1])
         return verdicts
+
+
+def verdict_key(prediction: str, golds: Sequence[str], question: str) -> str:
+    """What a verdict depends on, hashed: the same item has the same key in every process."""
+    item = json.dumps([prediction, list(golds), question], ensure_ascii=False)
+    return hashlib.sha256(item.encode()).hexdigest()[:32]
+
+
+@dataclasses.dataclass
+class RecordedJudge:
+    """Verdicts by item (`verdict_key`). Items without one are judged by `inner` (once each,
+    in one batch) and recorded; without `inner` they are an error, since the judge stage
+    should have judged them. Deterministic across processes: every process that asks for
+    the same items gets the same verdicts and makes the same `inner` calls (collective)."""
+    name: str
+    verdicts: dict[str, bool] = dataclasses.field(default_factory=dict)
+    inner: Judge | None = None
+
+    def __call__(self, prediction, golds, question=""):
+        return self.batch([prediction], [golds], [question])[0]
+
+    def batch(self, predictions, goldss, questions) -> list[bool]:
+        keys = [verdict_key(p, g, q) for p, g, q in zip(predictions, goldss, questions)]
+        missing = {k: i for i, k in enumerate(keys) if k not in self.verdicts}
+        if missing:
+            first = predictions[next(iter(missing.values()))]
+            if self.inner is None:
+                raise LookupError(f"judge {self.name}: {len(missing)} answers were not "
+                                  f"judged in its judge stage (first: {first!r})")
+            idx = list(missing.values())
+            got = self.inner.batch([predictions[i] for i in idx], [goldss[i] for i in idx],
+                                   [questions[i] for i in idx])
+            self.verdicts.update(zip(missing, (bool(v) for v in got)))
+        return [self.verdicts[k] for k in keys]
+
+    def save(self, path: str | Path) -> None:
+        """One JSON line per verdict, sorted by key (written by one process)."""
+        stage_io.write_jsonl(path, ({"key": k, "correct": v}
+                                    for k, v in sorted(self.verdicts.items())))
+
+    @classmethod
+    def load(cls, path: str | Path, name: str, inner: Judge | None = None) -> "RecordedJudge":
+        """The verdicts saved at `path` (none when it does not exist)."""
+        path = Path(path)
+        verdicts = {}
+        if path.exists():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                    verdicts[row["key"]] = bool(row["correct"])
+                except (ValueError, KeyError) as e:
+                    raise ValueError(f"{path}:{n}: not a verdict line ({e})") from None
+        return cls(name, verdicts, inner)
 
 
 def make_judge(eval_config: EvaluationConfig, model: Any = None, tokenizer: Any = None,

@@ -17,11 +17,12 @@ from typing import Mapping
 from se_jax.config.schema import RunConfig
 from se_jax.config.validation import ConfigError
 from se_jax.config import precision
+from se_jax.pipeline import judge_stage
 from se_jax.pipeline.plan import Sweep, needs_full_train, sep_backend
 from se_jax.tuning import training
 from se_jax.models.hf_names import param_specs
 from se_jax.models.llama import LlamaConfig
-from se_jax.models.loading import load_config, open_checkpoint
+from se_jax.models.loading import load_config, open_checkpoint, same_model
 
 _BYTES_PER_TOKEN = 40
 _F32 = 4
@@ -82,7 +83,9 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
     each a whole experiment on the same base model)."""
     tc, sc = config.training, config.sampling
     runs = sweep.num_trainings * settings
-    loads = 1 + bool(config.evaluation.judge == "llm" and config.evaluation.judge_model)
+    # A separate judge: 3 judge stages per setting, each followed by a generator reload.
+    stages = 3 * settings if judge_stage.separate(config) else 0
+    loads = 1 + max(2 * stages - 1, 0)
     sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
     shapes = max(1, math.ceil(config.model.max_seq_len / tc.pad_multiple))
@@ -192,15 +195,39 @@ def mesh_axes(config: RunConfig, devices: int) -> dict[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Memory:
-    """Per-device bytes of each resident part, the device's memory, and the mesh."""
+    """Per-device bytes of each resident part, the device's memory, and the mesh; a
+    separate evaluation judge's own stage (`judge_parts`: the generator released) apart."""
     target: Target
     mesh: dict[str, int]
     parts: dict[str, int]
     notes: tuple[str, ...]
+    judge_parts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def judge_total(self) -> int:
+        return sum(self.judge_parts.values())
+
+    def over(self) -> str | None:
+        """What exceeds a device's memory and what to do, in one line; None when it fits."""
+        cap = self.target.memory_gib
+        if not cap:
+            return None
+        for name, parts, total, advice in (
+                ("the plan", self.parts, self.total,
+                 f"mesh {self.mesh}: shard more (config.mesh.tensor / fsdp) or use smaller "
+                 f"sampling / evaluation batches"),
+                ("the judge stage", self.judge_parts, self.judge_total,
+                 "it uses every device of every host: more devices, or a smaller "
+                 "evaluation.judge_batch_size")):
+            if total > cap * _GIB:
+                listed = ", ".join(f"{k} {v / _GIB:.1f}" for k, v in parts.items())
+                return (f"{name} needs {total / _GIB:.1f} GiB per device ({listed}) on "
+                        f"{self.target.name}, whose devices hold {cap:.1f} GiB ({advice})")
+        return None
 
 
 def _bytes(dtype: str) -> int:
@@ -210,8 +237,10 @@ def _bytes(dtype: str) -> int:
 def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
     """Per-device memory of the generator's weights, its KV caches (sampler and greedy
     evaluation), the largest run's optimizer state (float32 master copy and Adam moments
-    of whatever a run trains: precision.py), and a separate judge's weights; None when the
-    model's shapes cannot be read. ConfigError when the mesh does not fit the target or a
+    of whatever a run trains: precision.py) and a separate entropy judge's weights; a
+    separate evaluation judge alone in its stage (its weights and KV cache over every
+    device of the slice: judge_stage.pod_mesh); None when the model's shapes cannot be
+    read. ConfigError when the mesh does not fit the target or a
     batch size does not divide the batch shards.
 
     The experiment builds its mesh over each host's own devices (every host runs the whole
@@ -260,26 +289,31 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
         notes.append(f"each of the {target.hosts} hosts works on its own "
                      f"{target.devices_per_host} devices: sample, entropy and evaluate shards "
                      f"and the sweep's runs are spread over the hosts")
-    judge = ev.judge_model if ev.judge == "llm" else ""
-    for who, path in (("evaluation judge", judge), ("entropy judge",
-                      config.entropy.judge_model if any(
+    stage: dict[str, int] = {}
+    for who, path in (("evaluation judge", ev.judge_model if ev.judge == "llm" else ""),
+                      ("entropy judge", config.entropy.judge_model if any(
                           m == "se_llm_judge" for m in sweep.methods) else "")):
-        if path and path.rstrip("/") != str(config.model.path).rstrip("/"):
-            js = read_shapes(path)
-            if js is None:
-                notes.append(f"{who} {path}: shapes unreadable, not counted")
-                continue
-            jt = sum(math.prod(s.hf_shape) for s in param_specs(js))
+        if not path or same_model(path, config.model.path):
+            continue
+        js = read_shapes(path)
+        if js is None:
+            notes.append(f"{who} {path}: shapes unreadable, not counted")
+            continue
+        jt = sum(math.prod(s.hf_shape) for s in param_specs(js))
+        if who == "entropy judge":   # loaded beside the resident generator
             parts[f"{who} weights ({jt / 1e9:.0f}B)"] = (
                 jt * _bytes(config.model.dtype) // model_shards)
-            if who == "evaluation judge":
-                pod = target.hosts * target.devices_per_host
-                notes.append(f"judge stage (judge_stage.judge_phase, not yet called by the "
-                             f"experiment): the {jt / 1e9:.0f}B judge alone over all {pod} "
-                             f"devices, the generator released: "
-                             f"{jt * _bytes(config.model.dtype) / pod / _GIB:.2f} GiB per "
-                             f"device")
-    return Memory(target, axes, parts, tuple(notes))
+            continue
+        # Its own stage: weights over all devices (fsdp over hosts x tensor over each
+        # host's devices), items over the hosts, KV heads over the tensor axis.
+        pod = target.hosts * target.devices_per_host
+        judge_kv = (2 * js.num_hidden_layers * js.num_key_value_heads * js.head_dim
+                    * _bytes(config.model.dtype))
+        judge_rows = -(-ev.judge_batch_size // target.hosts)
+        stage[f"judge weights ({jt / 1e9:.0f}B)"] = jt * _bytes(config.model.dtype) // pod
+        stage["judge KV cache"] = (judge_rows * config.model.max_seq_len * judge_kv
+                                   // min(target.devices_per_host, js.num_key_value_heads))
+    return Memory(target, axes, parts, tuple(notes), stage)
 
 
 def describe_memory(mem: Memory) -> str:
@@ -293,5 +327,12 @@ def describe_memory(mem: Memory) -> str:
                f" of {cap:.1f} GiB: fits" if total <= cap else f" of {cap:.1f} GiB: DOES NOT FIT")
     lines.append(f"  total: {total:.2f} GiB{verdict} (activations and XLA scratch not "
                  f"counted)")
+    if mem.judge_parts:
+        stage = mem.judge_total / _GIB
+        lines.append(f"  judge stage (alone over all {mem.target.hosts * mem.target.devices_per_host}"
+                     f" devices, the generator released): " + ", ".join(
+            f"{k} {v / _GIB:.2f} GiB" for k, v in mem.judge_parts.items())
+            + f"; total {stage:.2f} GiB" + ("" if cap is None else
+                                             " (fits)" if stage <= cap else " DOES NOT FIT"))
     lines += [f"  {n}" for n in mem.notes]
     return "\n".join(lines)

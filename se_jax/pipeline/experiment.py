@@ -40,13 +40,13 @@ from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import Resident, free
 from se_jax.pipeline.stages import teach
 from se_jax.abstention import judges
-from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 from se_jax.pipeline.stages import sample
 from se_jax.pipeline.stages import entropy
 from se_jax.pipeline.stages import label
 from se_jax.pipeline.stages import train
 from se_jax.pipeline.stages import evaluate
 from se_jax.pipeline import cost
+from se_jax.pipeline import judge_stage
 from se_jax.pipeline import labelling_cost
 from se_jax.pipeline import sep_flow
 from se_jax.pipeline import knowledge_report
@@ -133,27 +133,61 @@ class Job:
         return [s for s in self.questions if s not in ("train", SWEEP_SPLIT)]
 
     def judge(self):
-        """The configured judge (built once); the LLM judge runs `evaluation.judge_model`,
-        else the resident generator, so every model's answers get the same judge."""
+        """The configured judge (built once): a string judge; the LLM judge on the resident
+        generator when it is the generator (model.path; with teach.enabled the taught
+        model), so every model's answers get the same judge; a separate judge model's
+        verdicts recorded by its judge stage (`settle`)."""
         if self._judge is None:
             ev = self.config.evaluation
             if ev.judge != "llm":
                 self._judge = judges.make_judge(ev)
-                return self._judge
-            base = self.resident()
-            # model.path names the generator (with teach.enabled: the taught one, resident).
-            if ev.judge_model and not same_model(ev.judge_model, self.config.model.path):
-                # Inference only: weights stored in the compute dtype (a 70B judge in
-                # float32 would be ~280 GB).
-                model = load_llama(ev.judge_model, mesh=base.mesh,
-                                   **judge_dtypes(self.config.model.dtype),
-                                   scan_layers=self.config.model.scan_layers)
-                self._judge = judges.make_judge(ev, model, load_tokenizer(ev.judge_model),
-                                                model_name=ev.judge_model)
-            else:   # the judge is the generator: the resident model, no second copy
+            elif judge_stage.separate(self.config):
+                self._judge = judge_stage.recorded(self.config, self.layout.verdicts)
+            else:
+                base = self.resident()
                 self._judge = judges.make_judge(ev, base.model, base.tokenizer,
                                                 model_name=str(self.config.model.path))
         return self._judge
+
+    def settle(self, evaluations: Sequence[tuple[str, str]],
+               also: Callable[[judges.Judge], Any] | None = None) -> None:
+        """The judge stage of a separate judge model (no-op otherwise): the answers of
+        `evaluations` ((model tag, split), written unjudged) judged into outcomes and
+        metrics, and `also(judge)` (the report's judgements) recorded, all in one
+        `judge_stage.judge_phase` when anything is missing. Collective: every process calls
+        it with the same arguments (never inside `distributed.alone()`)."""
+        if not judge_stage.separate(self.config):
+            return
+        pending = [(t, s) for t, s in evaluations
+                   if evaluate.read_metrics(self.layout.evaluate(t, s)) is None]
+        if not pending and also is not None:
+            try:   # recorded by an earlier phase (this invocation's or a crashed one's)
+                also(self.judge())
+                return
+            except LookupError:
+                pass
+        elif not pending:
+            return
+        # Every process has read what is pending before any writes it.
+        barrier(f"judge-stage-{self.layout.verdicts}")
+        with self.clock.phase("judge stage"), judge_stage.judge_phase(
+                self.config, release=self.release_generator) as model:
+            recorder = judge_stage.recorded(self.config, self.layout.verdicts, model)
+            for tag, split in pending:
+                evaluate.judge_answers(stage_io.read_jsonl(self.questions[split]),
+                                       self.layout.evaluate(tag, split), self.config,
+                                       judge=recorder, model_tag=tag)
+            if also is not None:
+                also(recorder)
+            recorder.inner = None
+            if is_main_process():
+                recorder.save(self.layout.verdicts)
+            barrier(f"verdicts-{self.layout.verdicts}")
+        self._judge = recorder
+
+    def metrics(self, tag: str, splits: Sequence[str]) -> dict[str, dict | None]:
+        """The metrics of `tag` on `splits` from its files (None where not yet judged)."""
+        return {s: evaluate.read_metrics(self.layout.evaluate(tag, s)) for s in splits}
 
     def release_generator(self) -> None:
         """Free the generator's memory for a judge stage: the resident base, the runs'
@@ -252,8 +286,10 @@ class Job:
     def evaluate(self, tag: str, model_fn: Callable[[], Any], splits: Sequence[str]
                  ) -> dict[str, dict]:
         """Metrics of one model on `splits`; the model is built only if one is missing."""
-        out = {s: evaluate.read_metrics(self.layout.evaluate(tag, s)) for s in splits}
-        pending = [s for s, m in out.items() if m is None]
+        out = self.metrics(tag, splits)
+        answers_only = judge_stage.separate(self.config)   # judged later: `settle`
+        pending = [s for s, m in out.items() if m is None and not (
+            answers_only and evaluate.answers_written(self.layout.evaluate(tag, s)))]
         if not pending:
             return out
         model = model_fn()
@@ -265,8 +301,15 @@ class Job:
                 out[s] = evaluate.evaluate_split(
                     model, base.tokenizer, records, self.layout.evaluate(tag, s), self.config,
                     judge=judge, model_tag=tag, mesh=base.mesh,
-                    same_as=twin and self.layout.evaluate(twin, s))
+                    same_as=twin and self.layout.evaluate(twin, s), answers_only=answers_only)
         return out
+
+    def evaluate_judged(self, tag: str, model_fn: Callable[[], Any], splits: Sequence[str]
+                        ) -> dict[str, dict]:
+        """`evaluate`, then its judge stage (collective: never inside alone())."""
+        self.evaluate(tag, model_fn, splits)
+        self.settle([(tag, s) for s in splits])
+        return self.metrics(tag, splits)
 
     def train_and_evaluate(self, run: Run, sft: Callable[[], Path], splits: Sequence[str]
                            ) -> dict[str, dict]:
@@ -285,13 +328,13 @@ class Job:
         """Each run trained and evaluated on `splits` by its owner alone, on its own
         devices (`distributed.alone()`: its stages compute every shard and write the run's
         files themselves); after a barrier every process reads every run's metrics from
-        the files. Returns the metrics per run, in `runs`' order. Collective: every process
+        the files. Returns the metrics per run, in `runs`' order (None for a split whose
+        answers wait for the judge stage: `settle`). Collective: every process
         calls it with the same runs. One process: the same work, in the same order.
         `sft(run)`: the run's SFT set (the label stage; all processes label together)."""
         sfts = [sft(r) for r in runs]
         owners = [self.owner(r, p) for r, p in zip(runs, sfts)]
-        metrics = [{s: evaluate.read_metrics(self.layout.evaluate(r.tag, s)) for s in splits}
-                   for r in runs]
+        metrics = [self.metrics(r.tag, splits) for r in runs]
         if any(None in m.values() for m in metrics):   # loaded before the work splits up
             self.resident()
             self.judge()
@@ -348,21 +391,19 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
         f"({', '.join(sorted({r.method for r in sweep.runs}))}; taus {list(sweep.taus)}; "
         f"seeds {list(sweep.sweep_seeds)}); in all, per answer setting: "
         f"{sweep.count_formula()}",
-        f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}",
+        f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}" + (
+            f" ({config.evaluation.judge_model}, in a stage of its own: 3 per answer "
+            f"setting, the generator released meanwhile)" if judge_stage.separate(config)
+            else ""),
         "what each method will really use:",
         *(f"  {m}: {what}" for m, what in method_uses(config).items()),
         cost.describe(cost.estimate(config, sweep, sizes, num_ood=num_ood,
                                     settings=settings)),
         cost.describe_memory(mem) if mem else
         f"memory: the shapes of {config.model.path} cannot be read here (no config.json)"])
-    if mem and mem.target.memory_gib and mem.total > mem.target.memory_gib * 2**30:
-        parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in mem.parts.items())
-        raise ConfigError(f"the plan needs {mem.total / 2**30:.1f} GiB per device ({parts}) "
-                          f"on {mem.target.name}, whose devices hold "
-                          f"{mem.target.memory_gib:.1f} GiB (mesh {mem.mesh}): shard more "
-                          f"(config.mesh.tensor / fsdp) or use smaller sampling / evaluation "
-                          f"batches" + "".join(f"; {n}" for n in mem.notes
-                                               if n.startswith("judge stage")))
+    problem = mem.over() if mem else None
+    if problem:
+        raise ConfigError(problem)
     return text
 
 
@@ -398,7 +439,7 @@ def prepare(job: Job, sweep: Sweep, evaluate_original: bool = True) -> Prepared:
         generations.update({s: job.sample(s) for s in job.test_splits})
     original = {}
     if evaluate_original:
-        original = job.evaluate(
+        original = job.evaluate_judged(
             ORIGINAL, lambda: job.resident().original_model(job.config.training),
             [SWEEP_SPLIT, *job.test_splits])
     sep = sep_flow.prepare_sep(job, sweep.methods) if sep_flow.wanted(sweep.methods) else None
@@ -498,8 +539,10 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     def sft(r: Run) -> Path:
         return prep.sft(job, r)()
 
-    for i, (r, metrics) in enumerate(zip(sweep.runs, job.spread_runs(sweep.runs, sft,
-                                                                    [SWEEP_SPLIT]))):
+    job.spread_runs(sweep.runs, sft, [SWEEP_SPLIT])
+    job.settle([(r.tag, SWEEP_SPLIT) for r in sweep.runs])
+    for i, r in enumerate(sweep.runs):
+        metrics = job.metrics(r.tag, [SWEEP_SPLIT])
         rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         logging.info("experiment: run %d/%d %s: val AED %.3f (%.0fs)", i + 1, len(sweep.runs),
                      r.tag, metrics[SWEEP_SPLIT]["aed"], time.perf_counter() - t0)
@@ -509,8 +552,12 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     final_runs = sweep.final_runs(picked)
     results = [result_row(ORIGINAL, None, sp, s, original[sp])
                for s in sweep.seeds for sp in job.test_splits]
-    for r, metrics in zip(final_runs, job.spread_runs(final_runs, sft,
-                                                      [SWEEP_SPLIT, *job.test_splits])):
+    final_splits = [SWEEP_SPLIT, *job.test_splits]
+    job.spread_runs(final_runs, sft, final_splits)
+    job.settle([(r.tag, s) for r in final_runs for s in final_splits],
+               also=lambda judge: judged_analyses(job, prep.generations, prep.uncertainty, judge))
+    for r in final_runs:
+        metrics = job.metrics(r.tag, final_splits)
         if r.arm:
             rows.append(result_row(r.name, r.tau, SWEEP_SPLIT, r.seed, metrics[SWEEP_SPLIT]))
         results += [result_row(r.name, r.tau, sp, r.seed, metrics[sp]) for sp in job.test_splits]
@@ -523,20 +570,30 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
                         final_runs, wall_s=time.perf_counter() - t0)
 
 
+def judged_analyses(job: Job, generations: Mapping[str, Path],
+                    uncertainty: Mapping[str, Mapping[str, Path]], judge: judges.Judge
+                    ) -> tuple[dict, dict, dict[str, str]]:
+    """What the report asks the judge: the uncertainty analysis of train and val, and with
+    the SliCK breakdown each test question's category; (metrics, histograms, categories)."""
+    unc, hist = report_stage.uncertainty_analysis(
+        job.config, {s: generations[s] for s in ("train", SWEEP_SPLIT)}, uncertainty, judge)
+    categories: dict[str, str] = {}
+    if job.config.experiment.slick_breakdown:
+        for s in job.test_splits:
+            categories.update(report_stage.slick_categories(
+                stage_io.read_jsonl(generations[s]), judge))
+    return unc, hist, categories
+
+
 def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
                  uncertainty: Mapping[str, Mapping[str, Path]], results: list[dict],
                  rows: list[dict], picked: dict[str, float | None], final_runs: Sequence[Run],
                  wall_s: float) -> ExperimentResult:
     config = job.config
     judge = job.judge()
-    unc, hist = report_stage.uncertainty_analysis(
-        config, {s: generations[s] for s in ("train", SWEEP_SPLIT)}, uncertainty, judge)
+    unc, hist, categories = judged_analyses(job, generations, uncertainty, judge)
     breakdown = []
     if config.experiment.slick_breakdown:
-        categories = {}
-        for s in job.test_splits:
-            categories.update(report_stage.slick_categories(
-                stage_io.read_jsonl(generations[s]), judge))
         first_seed = sweep.seeds[0]
         tags = {ORIGINAL: ORIGINAL, **{r.name: r.tag for r in final_runs if r.seed == first_seed}}
         breakdown = report_stage.slick_breakdown(

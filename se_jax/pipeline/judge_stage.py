@@ -7,19 +7,18 @@ loads it on its next use).
     with judge_phase(config, release=job.release_generator) as judge:
         ...   # judge.batch(predictions, goldss, questions): every process, the same items
 
-Design, and what is built (issue 37 item 3): the phase, its mesh and its memory line in
-the dry run (`cost.memory`, "judge stage") are built and tested on a tiny judge
-(tests/test_judge_stage.py: the generator is not resident during the phase, the judge's
-arrays are freed after it). The experiment does not call it yet: its evaluate stage judges
-each shard as it answers it, with a separate judge beside the generator on each host's
-mesh, which a 70B judge does not fit. The intended order per answer setting: answers of
-the original model and of the sweep's runs written unjudged (runs spread over processes),
-then one judge phase (every process together, the same items, process 0 writing outcomes
-and metrics once), then the tau pick, the final runs' answers and a second judge phase.
+When: `evaluation.judge=llm` with a `judge_model` that is not the generator (`separate`).
+The experiment then evaluates in two steps (se_jax/pipeline/experiment.py, `Job.settle`):
+models answer with the judge absent (answers.jsonl; sweep runs spread over processes),
+then one judge phase per step of the experiment (the original model; the sweep on
+validation; the picked runs on test with the report's judgements), every process
+together on the same items, process 0 writing outcomes, metrics and the verdicts
+(`Layout.verdicts`, se_jax.abstention.judges.RecordedJudge) that later readers look up.
 """
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
@@ -28,9 +27,24 @@ from jax.sharding import Mesh
 from se_jax.abstention import judges
 from se_jax.config.schema import RunConfig
 from se_jax.io.telemetry import Telemetry
-from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import free
+
+
+def separate(config: RunConfig) -> bool:
+    """The correctness judge is a model other than the generator: it runs in this stage."""
+    ev = config.evaluation
+    return (ev.judge == "llm" and bool(ev.judge_model)
+            and not same_model(ev.judge_model, config.model.path))
+
+
+def recorded(config: RunConfig, path: Path, model: judges.Judge | None = None
+             ) -> judges.RecordedJudge:
+    """The separate judge's verdicts saved at `path`; items without one are judged by
+    `model` (inside `judge_phase`) or are an error (outside it)."""
+    return judges.RecordedJudge.load(path, judges.llm_judge_name(config.evaluation.judge_model),
+                                     inner=model)
 
 
 def pod_mesh() -> Mesh:

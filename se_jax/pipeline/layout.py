@@ -7,7 +7,9 @@
     <root>/label/<method>[/tau_<t>]/sft.jsonl      label stage (shared by seeds, arms)
     <root>/train/<method>[+arm][/tau_<t>]/seed_<s>/  adapter/, checkpoints/, summary.json
     <root>/evaluate/<judge>/<model tag>/<split>/   outcomes.jsonl, metrics.json (+ the
-                                                   original's hidden_states.npz: probes)
+                                                   original's hidden_states.npz: probes;
+                                                   answers.jsonl: a separate LLM judge)
+    <root>/evaluate/<judge>/verdicts.jsonl         a separate LLM judge's verdicts
     <root>/sep/questions/{se_subset,probe_only}.jsonl   the probe methods' train split parts
     <root>/probe/<backend>/                        probe stage: probes.npz, metrics, scores
     <root>/report/                                 report.md, results.csv, plots
@@ -95,6 +97,10 @@ class Layout:
 
     def evaluate(self, tag: str, split: str) -> Path:
         return self.root / "evaluate" / self.judge / tag / split
+
+    @property
+    def verdicts(self) -> Path:
+        return self.root / "evaluate" / self.judge / "verdicts.jsonl"
 
 
 def standalone_run(config: RunConfig) -> Run:

@@ -283,8 +283,9 @@ def method_uses(config: RunConfig) -> dict[str, str]:
         uses["judge"] = (f"LLM yes/no judge {judge}"
                          + (" (the generator, resident: no second load)"
                             if _same_model(judge, config.model.path) else
-                            f" (loaded with weights in the compute dtype {config.model.dtype}, "
-                            f"on the generator's mesh)"))
+                            f" (in a stage of its own: weights in the compute dtype "
+                            f"{config.model.dtype} over every device of every host, the "
+                            f"generator released meanwhile)"))
     else:
         uses["judge"] = f"{ev.judge} judge (no model)"
     return uses

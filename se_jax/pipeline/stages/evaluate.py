@@ -10,6 +10,10 @@ collectives for inference); after a barrier process 0 merges the shards and writ
 metrics. `out_dir` must be on storage every process sees (NFS/GCS-fuse on a pod). Inside
 `distributed.alone()` (a sweep run owned by one process) this process does all of it.
 
+With `answers_only` (a judge that runs in a stage of its own, se_jax/pipeline/judge_stage.py)
+the answers are written as `answers.jsonl` and nothing is judged; `judge_answers` later
+turns them into outcomes and metrics, every process together with the stage's judge.
+
 With `config.probes` enabled, the original model's pass (model_tag "original") also writes
 `hidden_states.npz` beside outcomes.jsonl (se_jax/io/hidden_states.py; SLT of the greedy
 answer), sharded like the outcomes: the probe stage scores the test questions from it.
@@ -38,6 +42,7 @@ from se_jax.pipeline.plan import ORIGINAL   # the model whose hidden states the 
 from se_jax.pipeline.stages import sample
 
 OUTCOMES = "outcomes"
+ANSWERS = "answers"
 METRICS_FILE = "metrics.json"
 
 
@@ -55,8 +60,10 @@ def read_metrics(out_dir: str | Path) -> dict | None:
 @claimed
 def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, Any]],
                    out_dir: str | Path, config: RunConfig, *, judge: Any, model_tag: str,
-                   mesh: Any = None, same_as: str | Path | None = None) -> dict:
-    """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json).
+                   mesh: Any = None, same_as: str | Path | None = None,
+                   answers_only: bool = False) -> dict | None:
+    """Evaluate `model` on `questions`; returns the metrics dict (also in metrics.json), or
+    with `answers_only` None once answers.jsonl is written (`judge_answers` judges it).
 
     Args:
       questions: split records {"id", "question", "answers", ...}.
@@ -67,7 +74,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
       mesh: this process's mesh (the model's); batches are sharded over its batch axes.
       same_as: the finished evaluation, on the same questions with the same judge, of a
         model known to be this one (a sweep run whose training input equals another's):
-        its outcomes are taken over (hard link) instead of answering again.
+        its outcomes (or answers) are taken over (hard link) instead of answering again.
+      answers_only: write the answers, judge nothing (`judge` is then only named).
     """
     out_dir = Path(out_dir)
     ev = config.evaluation
@@ -84,14 +92,16 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     if is_main_process():
         stage_io.write_config(out_dir, stage_config, ignore=NEUTRAL_KEYS)
     done = read_metrics(out_dir)
-    if done is not None:
+    if done is not None or (answers_only and answers_written(out_dir)):
         return done
     barrier(f"evaluate-config-{out_dir}")
     if same_as is not None and read_metrics(same_as) is not None:
         return _adopt(Path(same_as), out_dir, model_tag)
+    if answers_only and same_as is not None and answers_written(same_as):
+        return _adopt_answers(Path(same_as), out_dir, model_tag)
     shard_size = max(ev.batch_size, 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
-    out = stage_io.ShardedJsonl(out_dir, OUTCOMES, num_shards)
+    out = stage_io.ShardedJsonl(out_dir, ANSWERS if answers_only else OUTCOMES, num_shards)
     mine = my_shards(out.pending())
     answer_fn = _greedy_fn(model, tokenizer, config, mesh, keep)
     progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
@@ -102,9 +112,8 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
         predictions, states = answer_fn(prompt_texts(tokenizer, chunk, config), ids)
         if states is not None:   # first: a shard whose outcomes exist is complete
             hidden_io.write_shard(out_dir, i, sample.hidden_states(ids, states, config))
-        out.write_shard(i, evaluation.judge_outcomes(
-            chunk, predictions, judge, abstention_variants=ev.abstention_variants,
-            abstention_phrase=config.labels.abstention_phrase))
+        out.write_shard(i, [{"id": q, "prediction": p} for q, p in zip(ids, predictions)]
+                        if answers_only else _outcomes(chunk, predictions, judge, config))
         progress.update(len(chunk))
         # Processes answer different shards here: a stop is seen at the next shard or barrier.
         preemption.check(f"evaluate shard {i + 1} of {num_shards} in {out_dir}", lockstep=False)
@@ -116,30 +125,75 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
             hidden_io.merge_shards(out_dir, num_shards, layers=keep.layers,
                                    positions=keep.positions)
         out.finalize()
-        outcomes = list(out.records())
-        metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge.name,
-                   "model": model_tag}
-        stage_io.atomic_write_text(out_dir / METRICS_FILE,
-                                   json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        logging.info("evaluate %s: n=%d correct=%d incorrect=%d abstained=%d AED=%.3f "
-                     "(judge: %s)", model_tag, metrics["n"], metrics["correct"],
-                     metrics["incorrect"], metrics["abstained"], metrics["aed"], judge.name)
+        if not answers_only:
+            _write_metrics(out_dir, list(out.records()), judge.name, model_tag)
     barrier(f"evaluate-done-{out_dir}")
+    return None if answers_only else read_metrics(out_dir)
+
+
+def answers_written(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / f"{ANSWERS}.jsonl").exists()
+
+
+def judge_answers(questions: Sequence[Mapping[str, Any]], out_dir: str | Path,
+                  config: RunConfig, *, judge: Any, model_tag: str) -> dict:
+    """answers.jsonl (an `answers_only` evaluation) judged into outcomes.jsonl and
+    metrics.json (again, when they exist). Every process calls it with the same judge (the
+    judge stage's model is collective); process 0 writes."""
+    out_dir = Path(out_dir)
+    answers = stage_io.read_jsonl(out_dir / f"{ANSWERS}.jsonl")
+    if [a["id"] for a in answers] != [q["id"] for q in questions]:
+        raise ValueError(f"{out_dir / ANSWERS}.jsonl: its question ids are not the split's")
+    outcomes = _outcomes(questions, [a["prediction"] for a in answers], judge, config)
+    if is_main_process():
+        stage_io.write_jsonl(out_dir / f"{OUTCOMES}.jsonl", outcomes)
+        _write_metrics(out_dir, outcomes, judge.name, model_tag)
+    barrier(f"evaluate-judged-{out_dir}")
     return read_metrics(out_dir)
+
+
+def _outcomes(questions: Sequence[Mapping[str, Any]], predictions: Sequence[str], judge: Any,
+              config: RunConfig) -> list[dict]:
+    return evaluation.judge_outcomes(
+        questions, predictions, judge, abstention_variants=config.evaluation.abstention_variants,
+        abstention_phrase=config.labels.abstention_phrase)
+
+
+def _write_metrics(out_dir: Path, outcomes: Sequence[Mapping[str, Any]], judge_name: str,
+                   model_tag: str) -> None:
+    metrics = {**evaluation.outcome_metrics(outcomes).as_dict(), "judge": judge_name,
+               "model": model_tag}
+    stage_io.atomic_write_text(out_dir / METRICS_FILE,
+                               json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    logging.info("evaluate %s: n=%d correct=%d incorrect=%d abstained=%d AED=%.3f "
+                 "(judge: %s)", model_tag, metrics["n"], metrics["correct"],
+                 metrics["incorrect"], metrics["abstained"], metrics["aed"], judge_name)
 
 
 def _adopt(src: Path, out_dir: Path, model_tag: str) -> dict:
     """`src`'s outcomes as this directory's (process 0 writes; metrics.json last)."""
     if is_main_process():
-        target, name = out_dir / f"{OUTCOMES}.jsonl", src / f"{OUTCOMES}.jsonl"
-        target.unlink(missing_ok=True)
-        stage_io.link_or_copy(name, target)
+        _link(src, out_dir, OUTCOMES)
         metrics = {**read_metrics(src), "model": model_tag}
         stage_io.atomic_write_text(out_dir / METRICS_FILE,
                                    json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         logging.info("evaluate %s: the outcomes of %s (the same model)", model_tag, src)
     barrier(f"evaluate-done-{out_dir}")
     return read_metrics(out_dir)
+
+
+def _adopt_answers(src: Path, out_dir: Path, model_tag: str) -> None:
+    """`src`'s answers as this directory's (to be judged like its own)."""
+    if is_main_process():
+        _link(src, out_dir, ANSWERS)
+        logging.info("evaluate %s: the answers of %s (the same model)", model_tag, src)
+    barrier(f"evaluate-done-{out_dir}")
+
+
+def _link(src: Path, out_dir: Path, name: str) -> None:
+    target = out_dir / f"{name}.jsonl"
+    target.unlink(missing_ok=True)
+    stage_io.link_or_copy(src / f"{name}.jsonl", target)
 
 
 def _greedy_fn(model: Any, tokenizer: Any, config: RunConfig, mesh: Any,

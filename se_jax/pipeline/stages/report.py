@@ -73,12 +73,14 @@ def uncertainty_analysis(config: RunConfig, generations: Mapping[str, Path],
 
 def slick_categories(generations: Sequence[Mapping[str, Any]], judge: Any) -> dict[str, str]:
     """{question id: SliCK category} from zero-shot most-likely and sampled answers."""
+    answers = [(g, [g["most_likely"], *g["samples"]]) for g in generations]
+    items = [(a["text"], list(g["answers"]), g["question"]) for g, these in answers
+             for a in these]
+    verdicts = iter(judge.batch(*zip(*items)) if items else [])   # one batch: an LLM judge
     out = {}
-    for g in generations:
-        golds, q = g["answers"], g["question"]
-        greedy = [bool(judge(g["most_likely"]["text"], golds, q))]
-        sampled = [bool(judge(s["text"], golds, q)) for s in g["samples"]]
-        out[g["id"]] = labels.slick_category(greedy, sampled)
+    for g, these in answers:
+        greedy, *sampled = (bool(next(verdicts)) for _ in these)
+        out[g["id"]] = labels.slick_category([greedy], sampled)
     return out
 
 
