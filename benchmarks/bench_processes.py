@@ -7,6 +7,8 @@ warm-up runs of both sides filled, with enough questions that the work, not the 
 dominates. Both sides must write the same result files.
 
     python -m benchmarks.bench_processes [--pairs=3] [--extra=120] [--root=/tmp/bench_processes]
+    python -m benchmarks.bench_processes --model=embedded --stage=prepare   # SmolLM2-135M:
+        # samples, entropies, the original model's evaluation and its judge stage
 
 Prints each pair's wall seconds and, last, `processes_speedup=<median P=1 / median P=2>`.
 Figures: docs/benchmarks.md, "Several processes".
@@ -29,9 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 _PAIRS = flags.DEFINE_integer("pairs", 3, "A/B pairs (P=1 then P=2) after the warm-up")
 _EXTRA = flags.DEFINE_integer("extra", 120, "made-up questions added to the tiny data")
 _ROOT = flags.DEFINE_string("root", "/tmp/bench_processes", "fixtures, cache and workdirs")
+_MODEL = flags.DEFINE_string("model", "", "the generator (default: the tiny random one; "
+                             "'embedded': SmolLM2-135M-Instruct)")
+_STAGE = flags.DEFINE_string("stage", "", "'' the whole experiment (launch/experiment.py), "
+                             "else a launch/stage.py stage (e.g. prepare)")
 
 
-def fixtures(root: Path, extra: int) -> list[str]:
+def fixtures(root: Path, extra: int, model: str) -> list[str]:
     """The tiny generator, judge, NLI checkpoint and data; the experiment's arguments."""
     sys.path.insert(0, str(REPO / "tests"))
     from test_experiment_e2e import write_tiny_data
@@ -46,22 +52,25 @@ def fixtures(root: Path, extra: int) -> list[str]:
         write_tiny_data(root / "data", extra=extra)
         (root / "ready").touch()
     sizes = max(extra // 4, 4)
-    return ["--config=configs/tiny.py", f"--config.model.path={root / 'model'}",
+    return ["--config=configs/tiny.py", f"--config.model.path={model or root / 'model'}",
             f"--config.data.source_dir={root / 'data'}", f"--config.entropy.nli_path={root / 'nli'}",
-            "--config.entropy.judge_shots=1", "--config.evaluation.judge=llm",
+            "--config.entropy.judge_shots=1", "--config.entropy.questions_per_shard=10",
+            "--config.evaluation.judge=llm",
             f"--config.evaluation.judge_model={root / 'judge'}",
             "--config.experiment.methods=('se_deberta','se_llm_judge','rtuning')",
             f"--config.data.train_size={2 * sizes}", f"--config.data.val_size={sizes}",
             f"--config.data.test_size={sizes}", f"--config.data.ood_size={sizes}"]
 
 
-def run(processes: int, args: list[str], workdir: Path, cache: Path) -> float:
+def run(processes: int, args: list[str], workdir: Path, cache: Path, stage: str) -> float:
     """Wall seconds of one whole experiment in an empty `workdir`."""
     shutil.rmtree(workdir, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), SE_JAX_COMPILE_CACHE=str(cache))
     command = [sys.executable, "launch/multihost.py", f"--num_processes={processes}",
                "--local_devices=1", "--cpus_per_process=1", "--",
-               sys.executable, "launch/experiment.py", *args, f"--config.workdir={workdir}"]
+               sys.executable, *(["launch/stage.py", f"--stage={stage}"] if stage else
+                                 ["launch/experiment.py"]),
+               *args, f"--config.workdir={workdir}"]
     start = time.perf_counter()
     out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -83,14 +92,15 @@ def same_results(a: Path, b: Path) -> int:
 def main(argv: list[str]) -> None:
     del argv
     root = Path(_ROOT.value)
-    args = fixtures(root, _EXTRA.value)
+    args = fixtures(root, _EXTRA.value, _MODEL.value)
     cache = root / "xla_cache"
     for p in (1, 2):                                    # warm-up: fills the compile cache
-        print(f"warm-up P={p}: {run(p, args, root / f'warm{p}', cache):.1f}s", flush=True)
+        print(f"warm-up P={p}: {run(p, args, root / f'warm{p}', cache, _STAGE.value):.1f}s",
+              flush=True)
     times: dict[int, list[float]] = {1: [], 2: []}
     for i in range(_PAIRS.value):
         for p in (1, 2):
-            times[p].append(run(p, args, root / f"w{p}", cache))
+            times[p].append(run(p, args, root / f"w{p}", cache, _STAGE.value))
         compared = same_results(root / "w1", root / "w2")
         print(f"pair {i}: P=1 {times[1][-1]:.1f}s, P=2 {times[2][-1]:.1f}s; "
               f"{compared} result files equal; load {os.getloadavg()[0]:.2f}", flush=True)

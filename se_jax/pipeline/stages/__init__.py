@@ -11,10 +11,14 @@ SE_JAX_CLAIM_WAIT), so the directory holds one run's results.
 import contextlib
 import functools
 import inspect
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
+
+from absl import logging
 
 from se_jax.io import stage_io
 from se_jax.parallel import distributed
+from se_jax.parallel.mesh import my_shards
 
 
 def claimed(fn: Callable) -> Callable:
@@ -31,6 +35,24 @@ def claimed(fn: Callable) -> Callable:
         with lock:
             return fn(*args, **kwargs)
     return run
+
+
+def my_share(name: str, where: Path, sizes: Sequence[int], pending: Sequence[int], *,
+             spread: bool = True, unit: str = "questions"
+             ) -> tuple[list[int], stage_io.Progress]:
+    """The pending shards this process computes (process i % P's when `spread`, else all)
+    and a progress over its work: shards finished before count there only when one process
+    does them all (a resume), so each process's bar ends at its own total.
+    `sizes`: items per shard."""
+    if len(pending) < len(sizes):
+        logging.info("%s: resuming: %d of %d shards already done in %s", name,
+                     len(sizes) - len(pending), len(sizes), where)
+    mine = my_shards(pending) if spread else list(pending)
+    if len(mine) == len(pending):
+        total, initial = sum(sizes), sum(sizes) - sum(sizes[i] for i in pending)
+    else:
+        total, initial = sum(sizes[i] for i in mine), 0
+    return mine, stage_io.Progress(name, total=total, unit=unit, initial=initial)
 
 
 # Config sections each stage's results depend on (its own and every upstream stage's).

@@ -32,9 +32,9 @@ from se_jax.semantic import entailment
 from se_jax.io import stage_io
 from se_jax.parallel import preemption
 from se_jax.semantic import uncertainty
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, claimed, my_share
 from se_jax.parallel.distributed import barrier
-from se_jax.parallel.mesh import make_mesh, my_shards
+from se_jax.parallel.mesh import make_mesh
 from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
 
 
@@ -242,12 +242,10 @@ def run_entropy(config: RunConfig, generations: str | Path, out_dir: str | Path,
     shards = [items[i:i + per_shard] for i in range(0, len(items), per_shard)]
     out = stage_io.ShardedJsonl(out_dir, "uncertainty", len(shards))
     # Shard i is computed and written by process i % P alone (each on its own devices).
-    pending = my_shards(out.pending())
+    pending, progress = my_share("entropy", out.parts_dir, [len(s) for s in shards],
+                                 out.pending())
     if pending:
         backend = _load_backend(config, resident)
-        done = sum(len(s) for i, s in enumerate(shards) if i not in set(pending))
-        progress = stage_io.Progress("entropy", total=len(items), unit="questions",
-                                     initial=done)
         for i in pending:
             records, pairs = uncertainty_records(backend, shards[i],
                                                  strict=config.entropy.strict,

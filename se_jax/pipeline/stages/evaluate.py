@@ -33,10 +33,9 @@ from se_jax.abstention import evaluation
 from se_jax.io import hidden_states as hidden_io
 from se_jax.io import stage_io
 from se_jax.parallel.distributed import barrier, is_main_process
-from se_jax.parallel.mesh import my_shards
 from se_jax.parallel import preemption
 from se_jax.data import prompts as prompt_lib
-from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed
+from se_jax.pipeline.stages import NEUTRAL_KEYS, claimed, my_share
 from se_jax.generation import sampling
 from se_jax.pipeline.plan import ORIGINAL   # the model whose hidden states the probes read
 from se_jax.pipeline.stages import sample
@@ -102,10 +101,10 @@ def evaluate_split(model: Any, tokenizer: Any, questions: Sequence[Mapping[str, 
     shard_size = max(ev.batch_size, 1)   # one batch per shard
     num_shards = max(math.ceil(len(questions) / shard_size), 1)
     out = stage_io.ShardedJsonl(out_dir, ANSWERS if answers_only else OUTCOMES, num_shards)
-    mine = my_shards(out.pending())
+    mine, progress = my_share(f"evaluate {model_tag}", out.parts_dir,
+                              [len(questions[i * shard_size:(i + 1) * shard_size])
+                               for i in range(num_shards)], out.pending())
     answer_fn = _greedy_fn(model, tokenizer, config, mesh, keep)
-    progress = stage_io.Progress(f"evaluate {model_tag}", total=len(questions),
-                                 unit="questions")
     for i in mine:
         chunk = list(questions[i * shard_size:(i + 1) * shard_size])
         ids = [q["id"] for q in chunk]

@@ -49,7 +49,7 @@ from se_jax.generation import sampling
 from se_jax.io import hidden_states as hidden_io
 from se_jax.io import stage_io
 from se_jax.data import prompts as prompt_lib
-from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS
+from se_jax.pipeline.stages import DEPENDS_ON, NEUTRAL_KEYS, my_share
 from se_jax.models.loading import load_config, load_tokenizer, open_checkpoint
 from se_jax.parallel import mesh as mesh_lib
 from se_jax.parallel.mesh import make_mesh
@@ -256,14 +256,8 @@ def _write(config: RunConfig, tokenizer: Any, questions: list[Question], bad: li
         # and writes its share of the shards. A mesh over every process's devices: every
         # process takes part in every shard, process 0 writes it.
         spread = mesh_lib.process_local(mesh)
-        if spread:
-            pending = mesh_lib.my_shards(pending)
-        done = len(questions) - sum(len(shards[i]) for i in pending)
-        if len(pending) < len(shards):
-            logging.info("sample: resuming: %d of %d shards already done in %s",
-                         len(shards) - len(pending), len(shards), out.parts_dir)
-        progress = stage_io.Progress("sample", total=len(questions), unit="questions",
-                                     initial=done)
+        pending, progress = my_share("sample", out.parts_dir, [len(s) for s in shards],
+                                     pending, spread=spread)
         for i in pending:
             records, tokens, states = generation_records(model, tokenizer, shards[i],
                                                          config, mesh, num_samples)
