@@ -150,3 +150,27 @@ def test_two_processes_run_the_whole_tiny_experiment_as_one(tiny_inputs, tiny_nl
     # Both processes held the judge, in one stage per step (original, sweep, final + report).
     loads = re.findall(rf"\[p(\d)\].*loaded {re.escape(judge)} ", log)
     assert collections.Counter(loads) == {"0": 3, "1": 3}, loads
+
+
+def test_two_processes_run_the_probe_methods_as_one(tiny_inputs, tmp_path):
+    """The probe methods (sep_flow: the SE subset, the low-temperature-only sample, the
+    probe stage on process 0, the probe's labels) as 2 processes give the 1-process
+    files byte for byte, hidden states and probes included."""
+    model_dir, data_dir = tiny_inputs
+    one, two = tmp_path / "one", tmp_path / "two"
+
+    def command(workdir):
+        return [sys.executable, str(REPO / "launch" / "experiment.py"), "--config=configs/tiny.py",
+                f"--config.model.path={model_dir}", f"--config.data.source_dir={data_dir}",
+                f"--config.workdir={workdir}", "--config.experiment.arms=()",
+                "--config.experiment.methods=('sep_lexical','sesub_lexical')",
+                "--config.probes.layers=(1,2)", "--config.labels.sep.train_size=5"]
+    _run(command(one), devices=1)
+    _run([sys.executable, str(REPO / "launch" / "multihost.py"), "--num_processes=2",
+          "--local_devices=1", "--", *command(two)])
+    files = [p.relative_to(one) for p in sorted(one.rglob("*")) if p.is_file() and (
+        p.suffix in (".jsonl", ".csv", ".npz") or p.name == "metrics.json")]
+    assert any(f.name == "probes.npz" for f in files)
+    assert any(f.name == "hidden_states.npz" for f in files)
+    for rel in files:
+        assert (two / rel).read_bytes() == (one / rel).read_bytes(), rel
