@@ -304,3 +304,49 @@ def test_sigterm_is_ignored_once_a_launcher_has_finished():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ignored at exit: True" in out.stdout, \
         (out.stdout + out.stderr)[-2000:]
+
+
+class _KeyValueClient:
+    """The coordination service's key-value calls, in memory (one process's view)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = dict(values)
+
+    def key_value_set(self, key, value):
+        self.values[key] = value
+
+    def key_value_try_get(self, key):
+        return self.values.get(key)
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        if key in self.values:
+            return self.values[key]
+        time.sleep(timeout_ms / 1000)
+        raise RuntimeError("DEADLINE_EXCEEDED: not there yet")
+
+    def key_value_dir_get(self, prefix):
+        return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def test_an_error_after_a_peer_stopped_is_a_stop_not_a_wait_for_the_peer(monkeypatch):
+    """Process 1's collective fails because process 0 is leaving on a stop (exit 75): the
+    liveness check sees the published stop and stops this process too (Preempted) at once,
+    instead of waiting the peer timeout for a process that is in its exit (which then
+    aborts in JAX's shutdown barrier: the 134 this replaced)."""
+    from se_jax.parallel import preemption
+    client = _KeyValueClient({f"{preemption._PREFIX}/stop/0": "1"})
+    monkeypatch.setattr(preemption, "_client", lambda: client)
+    monkeypatch.setattr(preemption, "_published", False)   # restored after the test
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(preemption.jax, "process_index", lambda: 1)
+    monkeypatch.setenv(preemption.ENV_PEER_TIMEOUT, "20")
+    start = time.monotonic()
+    with pytest.raises(preemption.Preempted):
+        preemption.lost_peer(RuntimeError("gloo: connection reset by peer"))
+    assert time.monotonic() - start < 5
+    # Without a stop anywhere, the absent peer is named after the timeout, as before.
+    client.values = {}
+    monkeypatch.setattr(preemption, "_published", False)
+    monkeypatch.setenv(preemption.ENV_PEER_TIMEOUT, "1")
+    lost = preemption.lost_peer(RuntimeError("gloo: connection reset by peer"))
+    assert isinstance(lost, preemption.PeerLostError) and "process 0 of 2" in str(lost)

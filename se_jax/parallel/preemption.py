@@ -214,14 +214,17 @@ def peer_error(error: BaseException) -> bool:
 def lost_peer(error: BaseException) -> PeerLostError | None:
     """After a runtime error of a multi-process run (a collective failing because a peer's
     connection dropped, say): a PeerLostError naming the processes that do not answer
-    within peer_timeout(), or None when all of them do (the error is something else)."""
+    within peer_timeout(), or None when all of them do (the error is something else).
+    Preempted when a stop was asked here or published by another process: that process
+    may be leaving (its exit is what broke the collective), so this one stops too."""
     client = _client()
     if client is None or isinstance(error, (Preempted, PeerLostError)):
         return None
     _counters["alive"] += 1
     try:
         wait_for_all(client, f"alive/{_counters['alive']}",
-                     f"a liveness check after: {str(error).splitlines()[0][:160]}")
+                     f"a liveness check after: {str(error).splitlines()[0][:160]}",
+                     stop_aware=True)
     except PeerLostError as e:
         return e
     return None
