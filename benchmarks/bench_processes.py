@@ -38,7 +38,8 @@ _STAGE = flags.DEFINE_string("stage", "", "'' the whole experiment (launch/exper
 
 
 def fixtures(root: Path, extra: int, model: str) -> list[str]:
-    """The tiny generator, judge, NLI checkpoint and data; the experiment's arguments."""
+    """The tiny generator, judge, NLI checkpoint and data (written once per root, the data
+    once per `extra`); the experiment's arguments."""
     sys.path.insert(0, str(REPO / "tests"))
     from test_experiment_e2e import write_tiny_data
     from tiny_models import write_tiny_judge_dir, write_tiny_llama_dir
@@ -49,11 +50,14 @@ def fixtures(root: Path, extra: int, model: str) -> list[str]:
         write_tiny_judge_dir(root / "judge", seed=3)
         random_nli.save_random_nli(root / "nli", random_nli.TINY["v1"],
                                    random_nli.DEFAULT_SENTENCES, seed=0)
-        write_tiny_data(root / "data", extra=extra)
         (root / "ready").touch()
+    data = root / f"data_extra{extra}"
+    if not data.exists():
+        write_tiny_data(data.with_suffix(".tmp"), extra=extra)
+        data.with_suffix(".tmp").rename(data)
     sizes = max(extra // 4, 4)
     return ["--config=configs/tiny.py", f"--config.model.path={model or root / 'model'}",
-            f"--config.data.source_dir={root / 'data'}", f"--config.entropy.nli_path={root / 'nli'}",
+            f"--config.data.source_dir={data}", f"--config.entropy.nli_path={root / 'nli'}",
             "--config.entropy.judge_shots=1", "--config.entropy.questions_per_shard=10",
             "--config.evaluation.judge=llm",
             f"--config.evaluation.judge_model={root / 'judge'}",
@@ -63,7 +67,8 @@ def fixtures(root: Path, extra: int, model: str) -> list[str]:
 
 
 def run(processes: int, args: list[str], workdir: Path, cache: Path, stage: str) -> float:
-    """Wall seconds of one whole experiment in an empty `workdir`."""
+    """Wall seconds of the experiment (or `stage`) as `processes` pinned processes, in an
+    empty `workdir`."""
     shutil.rmtree(workdir, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), SE_JAX_COMPILE_CACHE=str(cache))
     command = [sys.executable, "launch/multihost.py", f"--num_processes={processes}",

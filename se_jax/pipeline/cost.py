@@ -17,8 +17,7 @@ from typing import Mapping
 from se_jax.config.schema import RunConfig
 from se_jax.config.validation import ConfigError
 from se_jax.config import precision
-from se_jax.pipeline import judge_stage
-from se_jax.pipeline.plan import Sweep, needs_full_train, sep_backend
+from se_jax.pipeline.plan import Sweep, needs_full_train, sep_backend, separate_judge
 from se_jax.tuning import training
 from se_jax.models.hf_names import param_specs
 from se_jax.models.llama import LlamaConfig
@@ -84,7 +83,7 @@ def estimate(config: RunConfig, sweep: Sweep, sizes: Mapping[str, int], num_ood:
     tc, sc = config.training, config.sampling
     runs = sweep.num_trainings * settings
     # A separate judge: 3 judge stages per setting, each followed by a generator reload.
-    stages = 3 * settings if judge_stage.separate(config) else 0
+    stages = 3 * settings if separate_judge(config) else 0
     loads = 1 + max(2 * stages - 1, 0)
     sampled = (sizes["train"] + sizes["val"]) * settings
     # Training batches are padded to multiples of pad_multiple up to the longest sequence.
@@ -153,6 +152,10 @@ class Target:
     hosts: int
     devices_per_host: int
     memory_gib: float | None      # None: unknown (a CPU)
+
+    @property
+    def devices(self) -> int:
+        return self.hosts * self.devices_per_host
 
 
 # What `--target` names (HBM per chip: TPU v4 32 GiB, v5e 16 GiB; H100 80 GB; A100 80 GB).
@@ -234,12 +237,18 @@ def _bytes(dtype: str) -> int:
     return 2 if precision.resolve_dtype(dtype) == "bfloat16" else 4
 
 
+def _kv_bytes_per_token(shapes: LlamaConfig, dtype: str) -> int:
+    """Keys and values of one token over every layer, in `dtype`."""
+    return (2 * shapes.num_hidden_layers * shapes.num_key_value_heads * shapes.head_dim
+            * _bytes(dtype))
+
+
 def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
     """Per-device memory of the generator's weights, its KV caches (sampler and greedy
     evaluation), the largest run's optimizer state (float32 master copy and Adam moments
     of whatever a run trains: precision.py) and a separate entropy judge's weights; a
     separate evaluation judge alone in its stage (its weights and KV cache over every
-    device of the slice: judge_stage.pod_mesh); None when the model's shapes cannot be
+    device of the slice: se_jax/pipeline/judge_stage.py); None when the model's shapes cannot be
     read. ConfigError when the mesh does not fit the target or a
     batch size does not divide the batch shards.
 
@@ -261,8 +270,7 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
     specs = param_specs(shapes)
     total = sum(math.prod(s.hf_shape) for s in specs)
     weights = total * _bytes(config.model.param_dtype) // model_shards
-    kv_token = (2 * shapes.num_hidden_layers * shapes.num_key_value_heads * shapes.head_dim
-                * _bytes(config.model.dtype))
+    kv_token = _kv_bytes_per_token(shapes, config.model.dtype)
     kv_split = batch_shards * min(axes["tensor"], shapes.num_key_value_heads)
 
     def rows(prompts: int, per_prompt: int) -> int:
@@ -306,12 +314,11 @@ def memory(config: RunConfig, sweep: Sweep, target: Target) -> Memory | None:
             continue
         # Its own stage: weights over all devices (fsdp over hosts x tensor over each
         # host's devices), items over the hosts, KV heads over the tensor axis.
-        pod = target.hosts * target.devices_per_host
-        judge_kv = (2 * js.num_hidden_layers * js.num_key_value_heads * js.head_dim
-                    * _bytes(config.model.dtype))
         judge_rows = -(-ev.judge_batch_size // target.hosts)
-        stage[f"judge weights ({jt / 1e9:.0f}B)"] = jt * _bytes(config.model.dtype) // pod
-        stage["judge KV cache"] = (judge_rows * config.model.max_seq_len * judge_kv
+        stage[f"judge weights ({jt / 1e9:.0f}B)"] = (jt * _bytes(config.model.dtype)
+                                                     // target.devices)
+        stage["judge KV cache"] = (judge_rows * config.model.max_seq_len
+                                   * _kv_bytes_per_token(js, config.model.dtype)
                                    // min(target.devices_per_host, js.num_key_value_heads))
     return Memory(target, axes, parts, tuple(notes), stage)
 
@@ -329,8 +336,8 @@ def describe_memory(mem: Memory) -> str:
                  f"counted)")
     if mem.judge_parts:
         stage = mem.judge_total / _GIB
-        lines.append(f"  judge stage (alone over all {mem.target.hosts * mem.target.devices_per_host}"
-                     f" devices, the generator released): " + ", ".join(
+        lines.append(f"  judge stage (alone over all {mem.target.devices} devices, the "
+                     f"generator released): " + ", ".join(
             f"{k} {v / _GIB:.2f} GiB" for k, v in mem.judge_parts.items())
             + f"; total {stage:.2f} GiB" + ("" if cap is None else
                                              " (fits)" if stage <= cap else " DOES NOT FIT"))

@@ -33,7 +33,7 @@ from se_jax.pipeline.layout import DONE, Layout, is_done, mark_done
 from se_jax.pipeline.plan import (ORIGINAL, PROTOCOL_NAMES, SWEEP_SPLIT, ConfigError, Run,
                                   Sweep, backends_needed, method_uses, pick_taus, result_row,
                                   entropy_backend, label_method, needs_full_train,
-                                  se_backend, validate)
+                                  se_backend, separate_judge, validate)
 from se_jax.io.telemetry import Telemetry
 from se_jax.data import splits as split_lib
 from se_jax.parallel.mesh import make_mesh
@@ -141,7 +141,7 @@ class Job:
             ev = self.config.evaluation
             if ev.judge != "llm":
                 self._judge = judges.make_judge(ev)
-            elif judge_stage.separate(self.config):
+            elif separate_judge(self.config):
                 self._judge = judge_stage.recorded(self.config, self.layout.verdicts)
             else:
                 base = self.resident()
@@ -150,24 +150,24 @@ class Job:
         return self._judge
 
     def settle(self, evaluations: Sequence[tuple[str, str]],
-               also: Callable[[judges.Judge], Any] | None = None) -> None:
+               also: Callable[[judges.Judge], Any] | None = None) -> Any:
         """The judge stage of a separate judge model (no-op otherwise): the answers of
         `evaluations` ((model tag, split), written unjudged) judged into outcomes and
         metrics, and `also(judge)` (the report's judgements) recorded, all in one
-        `judge_stage.judge_phase` when anything is missing. Collective: every process calls
-        it with the same arguments (never inside `distributed.alone()`)."""
-        if not judge_stage.separate(self.config):
-            return
+        `judge_stage.judge_phase` when anything is missing. Returns what `also` returned
+        (None when it did not run: no separate judge). Collective: every process calls it
+        with the same arguments (never inside `distributed.alone()`)."""
+        if not separate_judge(self.config):
+            return None
         pending = [(t, s) for t, s in evaluations
                    if evaluate.read_metrics(self.layout.evaluate(t, s)) is None]
         if not pending and also is not None:
             try:   # recorded by an earlier phase (this invocation's or a crashed one's)
-                also(self.judge())
-                return
+                return also(self.judge())
             except LookupError:
                 pass
         elif not pending:
-            return
+            return None
         # Every process has read what is pending before any writes it.
         barrier(f"judge-stage-{self.layout.verdicts}")
         with self.clock.phase("judge stage"), judge_stage.judge_phase(
@@ -177,13 +177,13 @@ class Job:
                 evaluate.judge_answers(stage_io.read_jsonl(self.questions[split]),
                                        self.layout.evaluate(tag, split), self.config,
                                        judge=recorder, model_tag=tag)
-            if also is not None:
-                also(recorder)
+            result = also(recorder) if also is not None else None
             recorder.inner = None
             if is_main_process():
                 recorder.save(self.layout.verdicts)
             barrier(f"verdicts-{self.layout.verdicts}")
         self._judge = recorder
+        return result
 
     def metrics(self, tag: str, splits: Sequence[str]) -> dict[str, dict | None]:
         """The metrics of `tag` on `splits` from its files (None where not yet judged)."""
@@ -287,7 +287,7 @@ class Job:
                  ) -> dict[str, dict]:
         """Metrics of one model on `splits`; the model is built only if one is missing."""
         out = self.metrics(tag, splits)
-        answers_only = judge_stage.separate(self.config)   # judged later: `settle`
+        answers_only = separate_judge(self.config)   # judged later: `settle`
         pending = [s for s, m in out.items() if m is None and not (
             answers_only and evaluate.answers_written(self.layout.evaluate(tag, s)))]
         if not pending:
@@ -393,7 +393,7 @@ def describe_plan(config: RunConfig, target: cost.Target | None = None) -> str:
         f"{sweep.count_formula()}",
         f"arms: {list(sweep.arms)}; judge: {config.evaluation.judge}" + (
             f" ({config.evaluation.judge_model}, in a stage of its own: 3 per answer "
-            f"setting, the generator released meanwhile)" if judge_stage.separate(config)
+            f"setting, the generator released meanwhile)" if separate_judge(config)
             else ""),
         "what each method will really use:",
         *(f"  {m}: {what}" for m, what in method_uses(config).items()),
@@ -554,8 +554,9 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
                for s in sweep.seeds for sp in job.test_splits]
     final_splits = [SWEEP_SPLIT, *job.test_splits]
     job.spread_runs(final_runs, sft, final_splits)
-    job.settle([(r.tag, s) for r in final_runs for s in final_splits],
-               also=lambda judge: judged_analyses(job, prep.generations, prep.uncertainty, judge))
+    analyses = job.settle([(r.tag, s) for r in final_runs for s in final_splits],
+                          also=lambda judge: judged_analyses(job, prep.generations,
+                                                             prep.uncertainty, judge))
     for r in final_runs:
         metrics = job.metrics(r.tag, final_splits)
         if r.arm:
@@ -567,7 +568,7 @@ def run_setting(config: RunConfig, setting: str = "", base: SharedBase | None = 
     if not is_main_process():
         return None
     return write_report(job, sweep, prep.generations, prep.uncertainty, results, rows, picked,
-                        final_runs, wall_s=time.perf_counter() - t0)
+                        final_runs, wall_s=time.perf_counter() - t0, analyses=analyses)
 
 
 def judged_analyses(job: Job, generations: Mapping[str, Path],
@@ -588,10 +589,13 @@ def judged_analyses(job: Job, generations: Mapping[str, Path],
 def write_report(job: Job, sweep: Sweep, generations: Mapping[str, Path],
                  uncertainty: Mapping[str, Mapping[str, Path]], results: list[dict],
                  rows: list[dict], picked: dict[str, float | None], final_runs: Sequence[Run],
-                 wall_s: float) -> ExperimentResult:
+                 wall_s: float, analyses: tuple[dict, dict, dict[str, str]] | None = None
+                 ) -> ExperimentResult:
+    """The report; `analyses`: `judged_analyses`' result when the judge stage computed it
+    already (a separate judge), else computed here."""
     config = job.config
     judge = job.judge()
-    unc, hist, categories = judged_analyses(job, generations, uncertainty, judge)
+    unc, hist, categories = analyses or judged_analyses(job, generations, uncertainty, judge)
     breakdown = []
     if config.experiment.slick_breakdown:
         first_seed = sweep.seeds[0]

@@ -7,7 +7,8 @@ loads it on its next use).
     with judge_phase(config, release=job.release_generator) as judge:
         ...   # judge.batch(predictions, goldss, questions): every process, the same items
 
-When: `evaluation.judge=llm` with a `judge_model` that is not the generator (`separate`).
+When: `evaluation.judge=llm` with a `judge_model` that is not the generator
+(`plan.separate_judge`).
 The experiment then evaluates in two steps (se_jax/pipeline/experiment.py, `Job.settle`):
 models answer with the judge absent (answers.jsonl; sweep runs spread over processes),
 then one judge phase per step of the experiment (the original model; the sweep on
@@ -27,16 +28,9 @@ from jax.sharding import Mesh
 from se_jax.abstention import judges
 from se_jax.config.schema import RunConfig
 from se_jax.io.telemetry import Telemetry
-from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer, same_model
+from se_jax.models.loading import judge_dtypes, load_llama, load_tokenizer
 from se_jax.parallel.mesh import make_mesh
 from se_jax.pipeline.resident import free
-
-
-def separate(config: RunConfig) -> bool:
-    """The correctness judge is a model other than the generator: it runs in this stage."""
-    ev = config.evaluation
-    return (ev.judge == "llm" and bool(ev.judge_model)
-            and not same_model(ev.judge_model, config.model.path))
 
 
 def recorded(config: RunConfig, path: Path, model: judges.Judge | None = None

@@ -224,6 +224,14 @@ def _same_model(a: str, b: str) -> bool:   # = models.loading.same_model (JAX-fr
     return str(a).rstrip("/") == str(b).rstrip("/")
 
 
+def separate_judge(config: RunConfig) -> bool:
+    """The correctness judge is a model other than the generator: it runs in a stage of its
+    own (se_jax/pipeline/judge_stage.py) and its answers are judged there."""
+    ev = config.evaluation
+    return (ev.judge == "llm" and bool(ev.judge_model)
+            and not _same_model(ev.judge_model, config.model.path))
+
+
 def backend_uses(config: RunConfig, backend: str, who: str) -> str:
     """What equivalence backend `backend` will really run, for `who` (a method's name or
     `entropy.backend=...`); ConfigError with one line when it cannot run as named."""
@@ -279,13 +287,11 @@ def method_uses(config: RunConfig) -> dict[str, str]:
                        "idk": "Idk labels (the fraction of samples judged correct)"}[m]
     ev = config.evaluation
     if ev.judge == "llm":
-        judge = ev.judge_model or config.model.path
-        uses["judge"] = (f"LLM yes/no judge {judge}"
-                         + (" (the generator, resident: no second load)"
-                            if _same_model(judge, config.model.path) else
-                            f" (in a stage of its own: weights in the compute dtype "
+        uses["judge"] = (f"LLM yes/no judge {ev.judge_model or config.model.path}"
+                         + (f" (in a stage of its own: weights in the compute dtype "
                             f"{config.model.dtype} over every device of every host, the "
-                            f"generator released meanwhile)"))
+                            f"generator released meanwhile)" if separate_judge(config) else
+                            " (the generator, resident: no second load)"))
     else:
         uses["judge"] = f"{ev.judge} judge (no model)"
     return uses
